@@ -1,0 +1,17 @@
+//! gitlab-jobs-exporter: counts every GitLab CI job exactly once and serves the figures to Prometheus.
+//!
+//! Data flows one way:
+//! `config` → `scheduler` → `gitlab` (HTTP client) → `tracker` (per-project state machine) →
+//! `metrics` → `server` (HTTP).
+//!
+//! - [`config`]: the configuration file and environment overrides, validated up front.
+//! - [`scheduler`]: when each project is polled, with bounded concurrency and jitter.
+//! - [`poll`]: one poll cycle of one project: which requests to send, fed to the tracker.
+//! - [`gitlab`]: the GitLab API client, its wire types and the `Link` header handling.
+//! - [`tracker`]: what has been counted and which jobs are still followed (pure, no I/O).
+//! - [`metrics`]: the Prometheus registry and how tracker events become samples.
+//! - [`server`]: `/metrics`, `/healthz`, `/readyz` and the index page.
+//! - [`simulator`]: an in-process GitLab used by tests, benchmarks and `--demo`.
+//! - [`cli`]: the command line; the only place that uses `anyhow`.
+
+pub mod simulator;
