@@ -12,6 +12,14 @@
 //! - [`metrics`]: the Prometheus registry and how tracker events become samples.
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz` and the index page.
 //! - [`simulator`]: an in-process GitLab used by tests, benchmarks and `--demo`.
-//! - [`cli`]: the command line; the only place that uses `anyhow`.
+//! - [`cli`]: the command line and process wiring; the only place that uses `anyhow`.
 
+pub mod cli;
+pub mod config;
+pub mod gitlab;
+pub mod metrics;
+pub mod poll;
+pub mod scheduler;
+pub mod server;
 pub mod simulator;
+pub mod tracker;

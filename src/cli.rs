@@ -1,0 +1,187 @@
+//! Command line and process wiring (logging, signals, exit codes). The only module using `anyhow`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::{Config, ConfigError};
+use crate::gitlab::RetryPolicy;
+use crate::metrics::Metrics;
+use crate::scheduler::Scheduler;
+use crate::server::{self, AppState};
+
+/// Exit code for configuration errors.
+pub const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gitlab-jobs-exporter",
+    version,
+    about = "Prometheus exporter that counts every GitLab CI job exactly once"
+)]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, short = 'c', value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print it with the token redacted, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Run against a built-in GitLab simulator with lively synthetic projects (no GitLab needed).
+    #[arg(long, conflicts_with = "check_config")]
+    pub demo: bool,
+    /// Listen address, overriding `server.listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Log format on stderr (the level comes from RUST_LOG, default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.demo {
+        return report(runtime.block_on(run_demo(cli.listen)));
+    }
+    let cfg = match load_config(&cli) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            error!(error = %e, "configuration error");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if cli.check_config {
+        println!("# configuration is valid\n{}", cfg.to_redacted_toml());
+        return ExitCode::SUCCESS;
+    }
+    report(runtime.block_on(run(cfg)))
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = format!("{e:#}"), "exiting");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
+    let Some(path) = &cli.config else {
+        return Err(ConfigError::Invalid {
+            key: "--config".into(),
+            message: "no configuration file given (or use --demo)".into(),
+        });
+    };
+    let mut cfg = Config::load(Some(path))?;
+    if let Some(listen) = &cli.listen {
+        cfg.server.listen = listen.clone();
+        cfg.validate()?;
+    }
+    Ok(cfg)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // try_init: a second init (tests) is harmless.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the exporter until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let listener = TcpListener::bind(&cfg.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+    serve(cfg, listener, shutdown).await
+}
+
+/// Runs the exporter on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new(&cfg.metrics)?);
+    let scheduler = Scheduler::new(&cfg, metrics.clone(), RetryPolicy::default())?;
+    let state = AppState {
+        metrics,
+        readiness: scheduler.readiness(),
+    };
+    info!(listen = %listener.local_addr()?, gitlab = %cfg.gitlab.url, "serving /metrics");
+    let stop = shutdown.clone();
+    let http = tokio::spawn(server::serve(listener, state, async move {
+        stop.cancelled().await
+    }));
+    scheduler.run(shutdown.clone()).await;
+    match http.await {
+        Ok(r) => r.context("HTTP server failed")?,
+        Err(e) => anyhow::bail!("HTTP server task failed: {e}"),
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    info!("shutdown requested");
+    token.cancel();
+}
+
+/// `--demo`: the simulator with a live demo world on a loopback port, and the exporter against it.
+async fn run_demo(_listen: Option<String>) -> anyhow::Result<()> {
+    anyhow::bail!("the demo is not wired up yet")
+}

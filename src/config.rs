@@ -1,0 +1,512 @@
+//! Configuration: a TOML file plus `GITLAB_JOBS_EXPORTER__SECTION__KEY` environment overrides,
+//! validated completely before anything starts, so a broken config fails fast and names the key.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "GITLAB_JOBS_EXPORTER";
+/// Environment variable holding the GitLab token (preferred over the file keys).
+pub const TOKEN_ENV: &str = "GITLAB_TOKEN";
+/// Default listen address. 39129 lies outside Prometheus' (exhausted) 9100–9999 allocation range.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:39129";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Source(String),
+    /// `key` is the dotted path of the offending key, e.g. `poll.interval`.
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gitlab: GitlabConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub poll: PollConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub projects: Vec<ProjectRef>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitlabConfig {
+    /// Base URL of the GitLab instance; `/api/v4` is appended.
+    pub url: String,
+    /// Inline token: discouraged (it ends up in config management); prefer `GITLAB_TOKEN` or a file.
+    #[serde(default, serialize_with = "redact")]
+    pub token: Option<SecretString>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_backfill", with = "humantime_serde")]
+    pub backfill: Duration,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            backfill: default_backfill(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Upper bounds (seconds) of `gitlab_ci_job_duration_seconds`.
+    #[serde(default = "default_duration_buckets")]
+    pub duration_buckets: Vec<f64>,
+    /// Upper bounds (seconds) of `gitlab_ci_job_queued_duration_seconds`.
+    #[serde(default = "default_queued_buckets")]
+    pub queued_buckets: Vec<f64>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            duration_buckets: default_duration_buckets(),
+            queued_buckets: default_queued_buckets(),
+        }
+    }
+}
+
+/// A watched project, by path (`group/sub/project`) or numeric id.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+}
+
+impl ProjectRef {
+    /// The `:id` segment of API paths: the numeric id, or the URL-encoded path.
+    pub fn api_id(&self) -> String {
+        match (&self.id, &self.path) {
+            (Some(id), _) => id.to_string(),
+            (None, Some(path)) => url::form_urlencoded::byte_serialize(path.as_bytes()).collect(),
+            // validate() rejects entries with neither; keep a harmless value rather than panic.
+            (None, None) => String::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for ProjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.path, &self.id) {
+            (Some(p), _) => f.write_str(p),
+            (None, Some(id)) => write!(f, "id {id}"),
+            (None, None) => f.write_str("<empty project entry>"),
+        }
+    }
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_listen() -> String {
+    DEFAULT_LISTEN.to_string()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_backfill() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_concurrency() -> usize {
+    4
+}
+/// CI jobs last seconds to hours.
+pub fn default_duration_buckets() -> Vec<f64> {
+    vec![
+        5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0, 7200.0,
+        14400.0,
+    ]
+}
+/// Queue times are usually seconds, sometimes an hour when runners are short.
+pub fn default_queued_buckets() -> Vec<f64> {
+    vec![
+        1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+    ]
+}
+
+fn redact<S: serde::Serializer>(token: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match token {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+impl Config {
+    /// Reads `path` (if given) and the environment, then validates. The token is resolved here
+    /// too, so a missing or unreadable token file is a config error, not a runtime surprise.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let raw = builder
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(|e| ConfigError::Source(e.to_string()))?;
+        let mut cfg: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // A missing section shows up at the root: name the field serde complains about.
+            if key == "." {
+                ConfigError::invalid("config", message)
+            } else {
+                ConfigError::invalid(key, message)
+            }
+        })?;
+        cfg.resolve_token(std::env::var(TOKEN_ENV).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Token precedence: `GITLAB_TOKEN`, then `gitlab.token_file`, then `gitlab.token`.
+    fn resolve_token(&mut self, env_token: Option<String>) -> Result<(), ConfigError> {
+        if let Some(t) = env_token.filter(|t| !t.trim().is_empty()) {
+            self.gitlab.token = Some(SecretString::from(t.trim().to_string()));
+            return Ok(());
+        }
+        if let Some(file) = &self.gitlab.token_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                ConfigError::invalid(
+                    "gitlab.token_file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(ConfigError::invalid(
+                    "gitlab.token_file",
+                    format!("{} is empty", file.display()),
+                ));
+            }
+            self.gitlab.token = Some(SecretString::from(text.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Checks every value that deserialisation alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = url::Url::parse(&self.gitlab.url).map_err(|e| {
+            ConfigError::invalid(
+                "gitlab.url",
+                format!("not a URL ({e}); expected e.g. https://gitlab.example.com"),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(ConfigError::invalid(
+                "gitlab.url",
+                "must be an http:// or https:// URL with a host",
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(ConfigError::invalid(
+                "gitlab.url",
+                "must not carry a query or fragment",
+            ));
+        }
+        match &self.gitlab.token {
+            None => {
+                return Err(ConfigError::invalid(
+                    "gitlab.token",
+                    format!("no token: set {TOKEN_ENV} or gitlab.token_file"),
+                ));
+            }
+            Some(t) if t.expose_secret().trim().is_empty() => {
+                return Err(ConfigError::invalid("gitlab.token", "is empty"));
+            }
+            Some(_) => {}
+        }
+        if self.gitlab.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "gitlab.timeout",
+                "must be greater than zero",
+            ));
+        }
+        self.server.listen.parse::<SocketAddr>().map_err(|e| {
+            ConfigError::invalid(
+                "server.listen",
+                format!("{e}; expected ADDRESS:PORT, e.g. 0.0.0.0:39129"),
+            )
+        })?;
+        if self.poll.interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "poll.interval",
+                "must be greater than zero",
+            ));
+        }
+        if self.poll.concurrency == 0 {
+            return Err(ConfigError::invalid(
+                "poll.concurrency",
+                "must be at least 1",
+            ));
+        }
+        check_buckets("metrics.duration_buckets", &self.metrics.duration_buckets)?;
+        check_buckets("metrics.queued_buckets", &self.metrics.queued_buckets)?;
+        if self.projects.is_empty() {
+            return Err(ConfigError::invalid(
+                "projects",
+                "no project to watch: add at least one [[projects]] entry with `path` or `id`",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, p) in self.projects.iter().enumerate() {
+            let key = format!("projects[{i}]");
+            match (&p.path, p.id) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::invalid(key, "give `path` or `id`, not both"));
+                }
+                (None, None) => return Err(ConfigError::invalid(key, "needs `path` or `id`")),
+                (Some(path), None) => {
+                    let trimmed = path.trim_matches('/');
+                    if trimmed.is_empty() || trimmed != path || path.contains("//") {
+                        return Err(ConfigError::invalid(
+                            format!("{key}.path"),
+                            format!("{path:?} is not a project path like group/subgroup/project"),
+                        ));
+                    }
+                }
+                (None, Some(0)) => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.id"),
+                        "must be positive",
+                    ));
+                }
+                (None, Some(_)) => {}
+            }
+            // Paths are case-insensitive in GitLab.
+            let ident = (p.path.as_ref().map(|s| s.to_lowercase()), p.id);
+            if !seen.insert(ident) {
+                return Err(ConfigError::invalid(key, format!("duplicate project {p}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, token redacted (for `--check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server
+            .listen
+            .parse()
+            .map_err(|e| ConfigError::invalid("server.listen", format!("{e}")))
+    }
+
+    /// The token; validation guarantees it is present.
+    pub fn token(&self) -> SecretString {
+        self.gitlab
+            .token
+            .clone()
+            .unwrap_or_else(|| SecretString::from(String::new()))
+    }
+}
+
+fn check_buckets(key: &str, buckets: &[f64]) -> Result<(), ConfigError> {
+    if buckets.is_empty() {
+        return Err(ConfigError::invalid(key, "needs at least one bucket"));
+    }
+    if buckets.iter().any(|b| !b.is_finite() || *b <= 0.0) {
+        return Err(ConfigError::invalid(
+            key,
+            "buckets must be positive, finite seconds",
+        ));
+    }
+    if buckets.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(ConfigError::invalid(
+            key,
+            "buckets must be strictly increasing",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> Result<Config, ConfigError> {
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(toml_text, config::FileFormat::Toml))
+            .build()
+            .map_err(|e| ConfigError::Source(e.to_string()))?;
+        let mut cfg: Config = serde_path_to_error::deserialize(raw)
+            .map_err(|e| ConfigError::invalid(e.path().to_string(), e.into_inner().to_string()))?;
+        cfg.resolve_token(Some("glpat-secret".into()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    const GOOD: &str = r#"
+        [gitlab]
+        url = "https://gitlab.example.com"
+        [poll]
+        interval = "15s"
+        [[projects]]
+        path = "group/sub/project"
+        [[projects]]
+        id = 42
+    "#;
+
+    fn key_of(err: ConfigError) -> String {
+        match err {
+            ConfigError::Invalid { key, .. } => key,
+            ConfigError::Source(s) => panic!("expected a key error, got source error {s}"),
+        }
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let cfg = parse(GOOD).unwrap();
+        assert_eq!(cfg.poll.interval, Duration::from_secs(15));
+        assert_eq!(cfg.poll.backfill, Duration::from_secs(3600));
+        assert_eq!(cfg.poll.concurrency, 4);
+        assert_eq!(cfg.gitlab.timeout, Duration::from_secs(10));
+        assert_eq!(cfg.server.listen, DEFAULT_LISTEN);
+        assert_eq!(cfg.projects[0].api_id(), "group%2Fsub%2Fproject");
+        assert_eq!(cfg.projects[1].api_id(), "42");
+    }
+
+    #[test]
+    fn redacted_toml_hides_token() {
+        let cfg = parse(GOOD).unwrap();
+        let text = cfg.to_redacted_toml();
+        assert!(!text.contains("glpat-secret"), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
+        assert!(!format!("{cfg:?}").contains("glpat-secret"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                GOOD.replace("interval = \"15s\"", "interval = \"fast\""),
+                "poll.interval",
+            ),
+            (
+                GOOD.replace("interval = \"15s\"", "interval = \"0s\""),
+                "poll.interval",
+            ),
+            (
+                GOOD.replace("interval = \"15s\"", "intervall = \"15s\""),
+                "poll.intervall",
+            ),
+            (
+                GOOD.replace("interval = \"15s\"", "concurrency = 0"),
+                "poll.concurrency",
+            ),
+            (
+                GOOD.replace("https://gitlab.example.com", "gitlab.example.com"),
+                "gitlab.url",
+            ),
+            (
+                GOOD.replace("url = \"https://gitlab.example.com\"", ""),
+                "gitlab",
+            ),
+            (
+                GOOD.replace("id = 42", "path = \"Group/Sub/Project\""),
+                "projects[1]",
+            ),
+            (
+                GOOD.replace("id = 42", "id = 42\npath = \"a/b\""),
+                "projects[1]",
+            ),
+            (
+                format!("{GOOD}\n[server]\nlisten = \"nowhere\""),
+                "server.listen",
+            ),
+            (
+                format!("{GOOD}\n[metrics]\nduration_buckets = [5.0, 1.0]"),
+                "metrics.duration_buckets",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).expect_err(key);
+            let msg = err.to_string();
+            assert_eq!(key_of(err), key, "{msg}");
+        }
+        let no_projects = GOOD.split("[[projects]]").next().unwrap_or_default();
+        assert_eq!(key_of(parse(no_projects).unwrap_err()), "projects");
+    }
+
+    #[test]
+    fn token_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  glpat-from-file\n").unwrap();
+        let mut cfg = parse(GOOD).unwrap();
+        cfg.gitlab.token = None;
+        cfg.gitlab.token_file = Some(file.clone());
+        cfg.resolve_token(None).unwrap();
+        assert_eq!(cfg.token().expose_secret(), "glpat-from-file");
+        cfg.gitlab.token_file = Some(dir.path().join("missing"));
+        assert_eq!(
+            key_of(cfg.resolve_token(None).unwrap_err()),
+            "gitlab.token_file"
+        );
+    }
+}

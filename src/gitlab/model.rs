@@ -1,0 +1,240 @@
+//! The parts of GitLab's job and project JSON that the exporter reads. Decoding is lenient:
+//! GitLab adds fields and statuses over versions, and a proxy may mangle a body; nothing here
+//! panics, and one bad job does not poison its page.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A job status. GitLab grows this list over versions, so unknown values are kept verbatim and
+/// treated as non-final (followed until they turn into a known final status).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum JobStatus {
+    Created,
+    WaitingForResource,
+    Preparing,
+    WaitingForCallback,
+    Pending,
+    Running,
+    Success,
+    Failed,
+    Canceling,
+    Canceled,
+    Skipped,
+    Manual,
+    Scheduled,
+    Unknown(String),
+}
+
+impl JobStatus {
+    /// The known non-final statuses: what a `scope[]` listing of the unfinished population asks for.
+    pub const NON_FINAL: [JobStatus; 9] = [
+        JobStatus::Created,
+        JobStatus::WaitingForResource,
+        JobStatus::Preparing,
+        JobStatus::WaitingForCallback,
+        JobStatus::Pending,
+        JobStatus::Running,
+        JobStatus::Canceling,
+        JobStatus::Manual,
+        JobStatus::Scheduled,
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Created => "created",
+            Self::WaitingForResource => "waiting_for_resource",
+            Self::Preparing => "preparing",
+            Self::WaitingForCallback => "waiting_for_callback",
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Success => "success",
+            Self::Failed => "failed",
+            Self::Canceling => "canceling",
+            Self::Canceled => "canceled",
+            Self::Skipped => "skipped",
+            Self::Manual => "manual",
+            Self::Scheduled => "scheduled",
+            Self::Unknown(s) => s,
+        }
+    }
+
+    /// Completed: the job will not change any more and is counted.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Self::Success | Self::Failed | Self::Canceled | Self::Skipped
+        )
+    }
+
+    /// Statuses that GitLab versions before 17.x reject in `scope[]` (they did not exist yet).
+    pub fn is_recent_scope(&self) -> bool {
+        matches!(self, Self::WaitingForCallback | Self::Canceling)
+    }
+}
+
+impl From<String> for JobStatus {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "created" => Self::Created,
+            "waiting_for_resource" => Self::WaitingForResource,
+            "preparing" => Self::Preparing,
+            "waiting_for_callback" => Self::WaitingForCallback,
+            "pending" => Self::Pending,
+            "running" => Self::Running,
+            "success" => Self::Success,
+            "failed" => Self::Failed,
+            "canceling" => Self::Canceling,
+            "canceled" => Self::Canceled,
+            "skipped" => Self::Skipped,
+            "manual" => Self::Manual,
+            "scheduled" => Self::Scheduled,
+            _ => Self::Unknown(s),
+        }
+    }
+}
+
+impl From<JobStatus> for String {
+    fn from(s: JobStatus) -> Self {
+        s.as_str().to_string()
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One job from `GET /projects/:id/jobs` or `GET /projects/:id/jobs/:job_id`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Job {
+    pub id: u64,
+    pub status: JobStatus,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub stage: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub name: String,
+    #[serde(default, rename = "ref", deserialize_with = "null_as_default")]
+    pub ref_: String,
+    #[serde(default, deserialize_with = "lenient_time")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "lenient_time")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "lenient_time")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "lenient_seconds")]
+    pub duration: Option<f64>,
+    #[serde(default, deserialize_with = "lenient_seconds")]
+    pub queued_duration: Option<f64>,
+    /// Present only when the job failed.
+    #[serde(default)]
+    pub failure_reason: Option<String>,
+}
+
+impl Job {
+    /// The job ran (a runner picked it up): only then do its durations mean anything.
+    pub fn has_started(&self) -> bool {
+        self.started_at.is_some()
+    }
+}
+
+/// `GET /projects/:id`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Project {
+    pub id: u64,
+    pub path_with_namespace: String,
+}
+
+fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// RFC 3339 with any offset (GitLab renders in the instance's time zone). Unparsable → `None`.
+fn lenient_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(v.as_ref().and_then(|v| v.as_str()).and_then(parse_time))
+}
+
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Seconds as a finite, non-negative float; anything else (strings, negatives, NaN) → `None`,
+/// so one absurd value cannot poison a histogram's sum.
+fn lenient_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(v.and_then(|v| v.as_f64())
+        .filter(|s| s.is_finite() && *s >= 0.0))
+}
+
+/// Decodes a page leniently: the items that are valid jobs, and how many were not.
+pub fn decode_jobs(body: &[u8]) -> Result<(Vec<Job>, usize), serde_json::Error> {
+    let items: Vec<serde_json::Value> = serde_json::from_slice(body)?;
+    let mut jobs = Vec::with_capacity(items.len());
+    let mut bad = 0;
+    for item in items {
+        match serde_json::from_value::<Job>(item) {
+            Ok(job) => jobs.push(job),
+            Err(_) => bad += 1,
+        }
+    }
+    Ok((jobs, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_gitlab_docs_example() {
+        let body = include_bytes!("../../tests/fixtures/list_project_jobs_example.json");
+        let (jobs, bad) = decode_jobs(body).unwrap();
+        assert_eq!(bad, 0);
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].id, 7);
+        assert_eq!(jobs[0].status, JobStatus::Failed);
+        assert_eq!(jobs[0].failure_reason.as_deref(), Some("script_failure"));
+        assert_eq!(jobs[0].duration, Some(0.173));
+        assert_eq!(jobs[0].queued_duration, Some(0.010));
+        assert_eq!(jobs[0].ref_, "main");
+        assert!(jobs[0].has_started());
+    }
+
+    #[test]
+    fn unknown_status_and_bad_fields_are_tolerated() {
+        let body = br#"[
+            {"id": 3, "status": "waiting_for_approval", "stage": null, "name": "x", "ref": "main",
+             "duration": -5, "queued_duration": "soon", "created_at": "yesterday"},
+            {"status": "success"},
+            {"id": 1, "status": "success", "created_at": "2024-01-02T03:04:05.678+01:00"}
+        ]"#;
+        let (jobs, bad) = decode_jobs(body).unwrap();
+        assert_eq!(bad, 1);
+        assert_eq!(
+            jobs[0].status,
+            JobStatus::Unknown("waiting_for_approval".into())
+        );
+        assert!(!jobs[0].status.is_final());
+        assert_eq!(jobs[0].stage, "");
+        assert_eq!(jobs[0].duration, None);
+        assert_eq!(jobs[0].queued_duration, None);
+        assert_eq!(jobs[0].created_at, None);
+        assert_eq!(
+            jobs[1].created_at.map(|t| t.to_rfc3339()),
+            Some("2024-01-02T02:04:05.678+00:00".to_string())
+        );
+    }
+
+    #[test]
+    fn status_round_trips() {
+        for s in JobStatus::NON_FINAL {
+            assert_eq!(JobStatus::from(s.as_str().to_string()), s);
+            assert!(!s.is_final());
+        }
+    }
+}

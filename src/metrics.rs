@@ -1,0 +1,350 @@
+//! The Prometheus registry: job metrics fed by tracker events, and the exporter's own metrics.
+//!
+//! Label values are written through [`with`] so that a label-count mistake is logged, never a
+//! panic (`with_label_values` panics).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus::core::{Collector, Metric};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tracing::error;
+
+use crate::config::MetricsConfig;
+use crate::gitlab::JobStatus;
+use crate::tracker::Event;
+
+/// The exact Content-Type of the text exposition format (Prometheus 3 insists on it).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub struct Metrics {
+    registry: Registry,
+    jobs_total: IntCounterVec,
+    job_duration: HistogramVec,
+    job_queued: HistogramVec,
+    jobs_active: IntGaugeVec,
+    oldest_pending: GaugeVec,
+    api_requests: IntCounterVec,
+    api_duration: HistogramVec,
+    api_errors: IntCounterVec,
+    polls: IntCounterVec,
+    poll_errors: IntCounterVec,
+    last_success: GaugeVec,
+    tracked_jobs: IntGauge,
+    rate_limit_remaining: prometheus::Gauge,
+    /// Not every GitLab sends `RateLimit-*`; the gauge is shown only once one arrived.
+    rate_limit_seen: AtomicBool,
+    /// Unknown statuses shown per project last time, so they can be removed when gone.
+    shown_unknown: Mutex<BTreeMap<String, BTreeSet<String>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+/// Resolves a labelled child without panicking; logs and returns `None` on a label mismatch.
+fn with<T: Metric + Clone>(
+    vec: &prometheus::core::MetricVec<impl prometheus::core::MetricVecBuilder<M = T>>,
+    labels: &[&str],
+) -> Option<T> {
+    match vec.get_metric_with_label_values(labels) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            error!(error = %e, ?labels, "metric label mismatch (a bug)");
+            None
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new(cfg: &MetricsConfig) -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let job_labels = ["project", "ref", "stage", "job"];
+        let jobs_total = IntCounterVec::new(
+            Opts::new(
+                "gitlab_ci_jobs_total",
+                "GitLab CI jobs that reached a completed status (success, failed, canceled, skipped), each counted once.",
+            ),
+            &["project", "ref", "stage", "job", "status", "failure_reason"],
+        )?;
+        let job_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gitlab_ci_job_duration_seconds",
+                "Run time of each completed GitLab CI job that ran, observed once at completion.",
+            )
+            .buckets(cfg.duration_buckets.clone()),
+            &["project", "ref", "stage", "job", "status"],
+        )?;
+        let job_queued = HistogramVec::new(
+            HistogramOpts::new(
+                "gitlab_ci_job_queued_duration_seconds",
+                "Time each GitLab CI job waited in the queue before a runner started it, observed once when first seen started.",
+            )
+            .buckets(cfg.queued_buckets.clone()),
+            &job_labels,
+        )?;
+        let jobs_active = IntGaugeVec::new(
+            Opts::new(
+                "gitlab_ci_jobs_active",
+                "GitLab CI jobs now in each non-final status.",
+            ),
+            &["project", "status"],
+        )?;
+        let oldest_pending = GaugeVec::new(
+            Opts::new(
+                "gitlab_ci_jobs_oldest_pending_timestamp_seconds",
+                "Unix time at which the oldest job now pending started waiting.",
+            ),
+            &["project"],
+        )?;
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "gitlab_jobs_exporter_api_requests_total",
+                "HTTP requests sent to the GitLab API, by endpoint and status code (`error` when no response).",
+            ),
+            &["endpoint", "code"],
+        )?;
+        let api_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gitlab_jobs_exporter_api_request_duration_seconds",
+                "Latency of GitLab API requests.",
+            )
+            .buckets(vec![0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["endpoint"],
+        )?;
+        let api_errors = IntCounterVec::new(
+            Opts::new(
+                "gitlab_jobs_exporter_api_errors_total",
+                "Failed GitLab API requests and bad responses, by kind.",
+            ),
+            &["kind"],
+        )?;
+        let polls = IntCounterVec::new(
+            Opts::new(
+                "gitlab_jobs_exporter_polls_total",
+                "Poll cycles started, per project.",
+            ),
+            &["project"],
+        )?;
+        let poll_errors = IntCounterVec::new(
+            Opts::new(
+                "gitlab_jobs_exporter_poll_errors_total",
+                "Poll cycles that failed, per project.",
+            ),
+            &["project"],
+        )?;
+        let last_success = GaugeVec::new(
+            Opts::new(
+                "gitlab_jobs_exporter_last_successful_poll_timestamp_seconds",
+                "Unix time of the last poll cycle that completed, per project.",
+            ),
+            &["project"],
+        )?;
+        let tracked_jobs = IntGauge::new(
+            "gitlab_jobs_exporter_tracked_jobs",
+            "Non-final jobs being followed, over all projects.",
+        )?;
+        let rate_limit_remaining = prometheus::Gauge::new(
+            "gitlab_jobs_exporter_rate_limit_remaining",
+            "Last RateLimit-Remaining header seen from GitLab.",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "gitlab_jobs_exporter_build_info",
+                "Build information; the value is always 1.",
+            ),
+            &["version"],
+        )?;
+        if let Some(g) = with(&build_info, &[env!("CARGO_PKG_VERSION")]) {
+            g.set(1);
+        }
+        let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(jobs_total.clone()),
+            Box::new(job_duration.clone()),
+            Box::new(job_queued.clone()),
+            Box::new(jobs_active.clone()),
+            Box::new(oldest_pending.clone()),
+            Box::new(api_requests.clone()),
+            Box::new(api_duration.clone()),
+            Box::new(api_errors.clone()),
+            Box::new(polls.clone()),
+            Box::new(poll_errors.clone()),
+            Box::new(last_success.clone()),
+            Box::new(tracked_jobs.clone()),
+            Box::new(build_info),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ];
+        for c in collectors {
+            registry.register(c)?;
+        }
+        Ok(Self {
+            registry,
+            jobs_total,
+            job_duration,
+            job_queued,
+            jobs_active,
+            oldest_pending,
+            api_requests,
+            api_duration,
+            api_errors,
+            polls,
+            poll_errors,
+            last_success,
+            tracked_jobs,
+            rate_limit_remaining,
+            rate_limit_seen: AtomicBool::new(false),
+            shown_unknown: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Applies tracker events of one project.
+    pub fn apply(&self, project: &str, events: &[Event]) {
+        for ev in events {
+            match ev {
+                Event::Started {
+                    labels,
+                    queued_duration,
+                } => {
+                    if let Some(h) = with(
+                        &self.job_queued,
+                        &[project, &labels.ref_, &labels.stage, &labels.name],
+                    ) {
+                        h.observe(*queued_duration);
+                    }
+                }
+                Event::Completed {
+                    labels,
+                    status,
+                    failure_reason,
+                    duration,
+                } => {
+                    let l = [
+                        project,
+                        labels.ref_.as_str(),
+                        labels.stage.as_str(),
+                        labels.name.as_str(),
+                        status.as_str(),
+                    ];
+                    if let Some(c) = with(
+                        &self.jobs_total,
+                        &[l[0], l[1], l[2], l[3], l[4], failure_reason],
+                    ) {
+                        c.inc();
+                    }
+                    if let Some(d) = duration
+                        && let Some(h) = with(&self.job_duration, &l)
+                    {
+                        h.observe(*d);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sets the active gauges of one project: every known non-final status (0 when none), plus
+    /// unknown statuses while they have jobs.
+    pub fn set_active(
+        &self,
+        project: &str,
+        counts: &BTreeMap<JobStatus, u64>,
+        oldest_pending: Option<f64>,
+    ) {
+        for s in JobStatus::NON_FINAL {
+            if let Some(g) = with(&self.jobs_active, &[project, s.as_str()]) {
+                g.set(counts.get(&s).copied().unwrap_or(0) as i64);
+            }
+        }
+        let unknown: BTreeSet<String> = counts
+            .keys()
+            .filter(|s| matches!(s, JobStatus::Unknown(_)))
+            .map(|s| s.as_str().to_string())
+            .collect();
+        for s in &unknown {
+            if let Some(g) = with(&self.jobs_active, &[project, s]) {
+                g.set(
+                    counts
+                        .get(&JobStatus::from(s.clone()))
+                        .copied()
+                        .unwrap_or(0) as i64,
+                );
+            }
+        }
+        let mut shown = self
+            .shown_unknown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = shown.insert(project.to_string(), unknown.clone());
+        for gone in before.unwrap_or_default().difference(&unknown) {
+            let _ = self.jobs_active.remove_label_values(&[project, gone]);
+        }
+        match oldest_pending {
+            Some(t) => {
+                if let Some(g) = with(&self.oldest_pending, &[project]) {
+                    g.set(t);
+                }
+            }
+            None => {
+                let _ = self.oldest_pending.remove_label_values(&[project]);
+            }
+        }
+    }
+
+    pub fn observe_request(&self, endpoint: &str, code: &str, seconds: f64) {
+        if let Some(c) = with(&self.api_requests, &[endpoint, code]) {
+            c.inc();
+        }
+        if let Some(h) = with(&self.api_duration, &[endpoint]) {
+            h.observe(seconds);
+        }
+    }
+
+    pub fn api_error(&self, kind: &str) {
+        if let Some(c) = with(&self.api_errors, &[kind]) {
+            c.inc();
+        }
+    }
+
+    pub fn rate_limit_remaining(&self, remaining: f64) {
+        self.rate_limit_remaining.set(remaining);
+        self.rate_limit_seen.store(true, Ordering::Relaxed);
+    }
+
+    pub fn poll_started(&self, project: &str) {
+        if let Some(c) = with(&self.polls, &[project]) {
+            c.inc();
+        }
+        // Make the error series exist from the start, so rate() sees the first error.
+        let _ = with(&self.poll_errors, &[project]);
+    }
+
+    pub fn poll_finished(&self, project: &str, ok: bool, now_unix: f64) {
+        if ok {
+            if let Some(g) = with(&self.last_success, &[project]) {
+                g.set(now_unix);
+            }
+        } else if let Some(c) = with(&self.poll_errors, &[project]) {
+            c.inc();
+        }
+    }
+
+    pub fn add_tracked_jobs(&self, delta: i64) {
+        self.tracked_jobs.add(delta);
+    }
+
+    /// The registry in the text exposition format.
+    pub fn render(&self) -> Result<String, MetricsError> {
+        let mut families = self.registry.gather();
+        // Registered lazily: the gauge appears once GitLab has sent the header at least once.
+        if self.rate_limit_seen.load(Ordering::Relaxed) {
+            families.extend(self.rate_limit_remaining.collect());
+        }
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&families, &mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}

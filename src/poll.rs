@@ -1,0 +1,340 @@
+//! One poll cycle of one project: which GitLab requests to send, and feeding their answers to
+//! the project's [`Tracker`].
+//!
+//! A cycle reads the job list from the top (newest first) until it reaches jobs it already knows
+//! (on a first start: until the backfill window is covered). Followed jobs deeper than that are
+//! checked with one `scope[]` listing of the non-final statuses, and only those that left it are
+//! fetched one by one. An idle project thus costs one request per cycle.
+//!
+//! Events are applied to the metrics right after the snapshot that caused them, and the tracker
+//! only advances its high-water mark when a cycle completes; a cycle that fails part-way leaves
+//! nothing half-done: the next cycle re-reads what it needs, and re-reading is idempotent.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::config::ProjectRef;
+use crate::gitlab::{ApiError, GitlabClient, JobStatus, JobsPage, PageRequest};
+use crate::metrics::Metrics;
+use crate::tracker::{Event, Tracker, secs};
+
+/// Pages read in one go on a first start, at most (10,000 jobs).
+pub const MAX_BACKFILL_PAGES: usize = 100;
+/// Pages read per cycle afterwards, at most: a burst larger than this is caught up next cycle.
+pub const MAX_PAGES_PER_CYCLE: usize = 50;
+/// Single-job fetches per cycle, at most; the rest wait for the next cycle.
+pub const MAX_SINGLE_FETCHES: usize = 100;
+
+#[derive(Debug, Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("pagination loop: the Link header pointed back to a page already read")]
+    PaginationLoop,
+    #[error("poll task ended unexpectedly")]
+    Aborted,
+}
+
+impl PollError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Api(e) => e.kind(),
+            Self::PaginationLoop => "pagination_loop",
+            Self::Aborted => "aborted",
+        }
+    }
+}
+
+/// What a cycle did, for logs, tests and benchmarks.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CycleStats {
+    pub requests: usize,
+    pub pages: usize,
+    pub scoped_pages: usize,
+    pub single_fetches: usize,
+    pub completed: usize,
+}
+
+/// A watched project and its tracker.
+#[derive(Debug)]
+pub struct ProjectPoller {
+    pub reference: ProjectRef,
+    /// Numeric id and `path_with_namespace`, once resolved.
+    resolved: Option<(u64, String)>,
+    tracker: Tracker,
+    backfill: Duration,
+    /// The GitLab rejected `waiting_for_callback`/`canceling` in `scope[]` (older than 17.x).
+    legacy_scopes: bool,
+    completed_cycles: u64,
+}
+
+impl ProjectPoller {
+    pub fn new(reference: ProjectRef, backfill: Duration) -> Self {
+        Self {
+            reference,
+            resolved: None,
+            tracker: Tracker::new(),
+            backfill,
+            legacy_scopes: false,
+            completed_cycles: 0,
+        }
+    }
+
+    /// The `project` label: `path_with_namespace` once known.
+    pub fn label(&self) -> String {
+        match &self.resolved {
+            Some((_, path)) => path.clone(),
+            None => self.reference.to_string(),
+        }
+    }
+
+    pub fn completed_cycles(&self) -> u64 {
+        self.completed_cycles
+    }
+
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// Runs one cycle, recording metrics; errors are logged and counted, never fatal.
+    pub async fn poll(
+        &mut self,
+        client: &GitlabClient,
+        metrics: &Metrics,
+    ) -> Result<CycleStats, PollError> {
+        let mut stats = CycleStats::default();
+        if self.resolved.is_none() {
+            // No per-project series before the project's real path is known.
+            let p = client
+                .project(&self.reference.api_id())
+                .await
+                .inspect_err(|e| warn!(project = %self.reference, error = %e, "cannot look up project; will retry next cycle"))?;
+            stats.requests += 1;
+            info!(project = %p.path_with_namespace, id = p.id, "watching project");
+            self.resolved = Some((p.id, p.path_with_namespace));
+        }
+        let followed_before = self.tracker.followed_len() as i64;
+        metrics.poll_started(&self.label());
+        let result = self.cycle(client, metrics, &mut stats).await;
+        let label = self.label();
+        metrics.add_tracked_jobs(self.tracker.followed_len() as i64 - followed_before);
+        match &result {
+            Ok(()) => {
+                self.completed_cycles += 1;
+                metrics.set_active(
+                    &label,
+                    &self.tracker.active_counts(),
+                    self.tracker.oldest_pending_since(),
+                );
+                metrics.poll_finished(&label, true, secs(Utc::now()));
+                debug!(project = %label, ?stats, "poll cycle done");
+            }
+            Err(e) => {
+                metrics.poll_finished(&label, false, secs(Utc::now()));
+                warn!(project = %label, error = %e, "poll cycle failed; will retry next cycle");
+            }
+        }
+        result.map(|()| stats)
+    }
+
+    async fn cycle(
+        &mut self,
+        client: &GitlabClient,
+        metrics: &Metrics,
+        stats: &mut CycleStats,
+    ) -> Result<(), PollError> {
+        // poll() resolves the project before calling this.
+        let Some((id, label)) = self.resolved.clone() else {
+            return Ok(());
+        };
+        let api_id = id.to_string();
+        let first_cycle = self.tracker.is_first_cycle();
+        let max_pages = if first_cycle {
+            MAX_BACKFILL_PAGES
+        } else {
+            MAX_PAGES_PER_CYCLE
+        };
+
+        // 1. From the top until known territory (or the backfill window) is reached.
+        let mut lowest: Option<u64> = None;
+        let mut highest: Option<u64> = None;
+        let mut visited = HashSet::new();
+        let mut next: Option<String> = None;
+        let mut server_now = None;
+        loop {
+            let req = match &next {
+                None => PageRequest::First {
+                    project: &api_id,
+                    scopes: &[],
+                },
+                Some(rel) => PageRequest::Next(rel),
+            };
+            let page = client.jobs_page(req).await?;
+            stats.requests += 1;
+            stats.pages += 1;
+            let now = *server_now.get_or_insert_with(|| page_time(&page));
+            if first_cycle {
+                self.tracker
+                    .begin_first_cycle(now, self.backfill.as_secs_f64());
+            }
+            self.feed(&page, now, &label, metrics, stats);
+            for j in &page.jobs {
+                lowest = Some(lowest.map_or(j.id, |l| l.min(j.id)));
+                highest = Some(highest.map_or(j.id, |h| h.max(j.id)));
+            }
+            match page.next {
+                Some(n) if self.tracker.wants_page_after(&page.jobs) => {
+                    if stats.pages >= max_pages {
+                        warn!(project = %label, pages = stats.pages, "page limit reached this cycle; older jobs are left out");
+                        break;
+                    }
+                    if !visited.insert(n.clone()) {
+                        return Err(PollError::PaginationLoop);
+                    }
+                    next = Some(n);
+                }
+                _ => break,
+            }
+        }
+        let server_now = server_now.unwrap_or_else(|| secs(Utc::now()));
+
+        // 2. Followed jobs below what was read: one scoped listing, then single fetches.
+        let deep = self.tracker.deep_followed(lowest);
+        let mut to_fetch = Vec::new();
+        if first_cycle || deep.len() > 1 {
+            let listed = self
+                .list_non_final(
+                    client, &api_id, lowest, highest, server_now, &label, metrics, stats,
+                )
+                .await?;
+            to_fetch.extend(deep.iter().filter(|id| !listed.contains(id)));
+        } else {
+            to_fetch.extend(deep);
+        }
+        to_fetch.retain(|id| self.tracker.is_followed(*id));
+        if to_fetch.len() > MAX_SINGLE_FETCHES {
+            warn!(project = %label, pending = to_fetch.len(), "many followed jobs changed at once; fetching the rest next cycle");
+            // Oldest first: they have waited longest.
+            to_fetch.truncate(MAX_SINGLE_FETCHES);
+        }
+        for job_id in to_fetch {
+            let job = client.job(&api_id, job_id).await?;
+            stats.requests += 1;
+            stats.single_fetches += 1;
+            match job {
+                Some(job) => {
+                    let page = JobsPage {
+                        jobs: vec![job],
+                        bad_items: 0,
+                        next: None,
+                        server_time: None,
+                    };
+                    self.feed(&page, server_now, &label, metrics, stats);
+                }
+                None => {
+                    info!(project = %label, job_id, "followed job no longer exists (pipeline deleted?); dropping it");
+                    self.tracker.forget(job_id);
+                }
+            }
+        }
+
+        self.tracker.complete_cycle(lowest, highest);
+        Ok(())
+    }
+
+    /// Pages through the non-final `scope[]` listing, feeding jobs below `lowest` (the ones above
+    /// were just read) and at most `highest` (newer ones are next cycle's). Returns the ids seen.
+    #[allow(clippy::too_many_arguments)]
+    async fn list_non_final(
+        &mut self,
+        client: &GitlabClient,
+        api_id: &str,
+        lowest: Option<u64>,
+        highest: Option<u64>,
+        server_now: f64,
+        label: &str,
+        metrics: &Metrics,
+        stats: &mut CycleStats,
+    ) -> Result<HashSet<u64>, PollError> {
+        let mut seen = HashSet::new();
+        let mut visited = HashSet::new();
+        let mut next: Option<String> = None;
+        loop {
+            let scopes: Vec<JobStatus> = JobStatus::NON_FINAL
+                .into_iter()
+                .filter(|s| !(self.legacy_scopes && s.is_recent_scope()))
+                .collect();
+            let req = match &next {
+                None => PageRequest::First {
+                    project: api_id,
+                    scopes: &scopes,
+                },
+                Some(rel) => PageRequest::Next(rel),
+            };
+            let page = match client.jobs_page(req).await {
+                Err(ApiError::Status { status: 400, .. })
+                    if next.is_none() && !self.legacy_scopes =>
+                {
+                    stats.requests += 1;
+                    warn!(project = %label, "GitLab rejected the newer statuses in scope[]; using the older list");
+                    self.legacy_scopes = true;
+                    continue;
+                }
+                r => r?,
+            };
+            stats.requests += 1;
+            stats.scoped_pages += 1;
+            let mut page = page;
+            page.jobs.retain(|j| {
+                seen.insert(j.id);
+                lowest.is_none_or(|l| j.id < l) && highest.is_none_or(|h| j.id <= h)
+            });
+            let now = page.server_time.map(secs).unwrap_or(server_now);
+            self.feed(&page, now, label, metrics, stats);
+            match page.next {
+                Some(n) => {
+                    if !visited.insert(n.clone()) {
+                        return Err(PollError::PaginationLoop);
+                    }
+                    next = Some(n);
+                }
+                None => return Ok(seen),
+            }
+        }
+    }
+
+    fn feed(
+        &mut self,
+        page: &JobsPage,
+        server_now: f64,
+        label: &str,
+        metrics: &Metrics,
+        stats: &mut CycleStats,
+    ) {
+        if page.bad_items > 0 {
+            warn!(project = %label, items = page.bad_items, "skipped list items that are not valid jobs");
+            for _ in 0..page.bad_items {
+                metrics.api_error("bad_job");
+            }
+        }
+        let mut events = Vec::new();
+        for job in &page.jobs {
+            self.tracker.observe(job, server_now, &mut events);
+        }
+        stats.completed += events
+            .iter()
+            .filter(|e| matches!(e, Event::Completed { .. }))
+            .count();
+        metrics.apply(label, &events);
+    }
+}
+
+fn page_time(page: &JobsPage) -> f64 {
+    page.server_time
+        .map(secs)
+        .unwrap_or_else(|| secs(Utc::now()))
+}

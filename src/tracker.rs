@@ -1,0 +1,503 @@
+//! Per-project job tracker: a pure state machine (no I/O) that turns observed job snapshots into
+//! events, each exactly once.
+//!
+//! Invariants:
+//! - Every job id `>= floor` that is not followed and is in `done` has been handled (counted, or
+//!   deliberately ignored); every id `< floor` that is not followed is treated as handled.
+//! - A job emits `Completed` at most once: the first time it is seen in a final status; it then
+//!   moves to `done` and is never counted again, whatever later pages or retries show.
+//! - A job emits `Started` (its queued duration) at most once: the first time it is seen started.
+//! - Observing the same snapshot twice changes nothing, so re-reading a page (after a failed
+//!   request, an overlapping page, a retried cycle) is always safe.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::gitlab::{Job, JobStatus};
+
+/// How many handled ids above the floor are remembered (to recognise late-committed jobs that
+/// appear below the high-water mark). Older ones are folded into `floor`.
+pub const DONE_KEEP: usize = 5_000;
+/// On a first start, jobs created this long before the backfill cutoff are still read, because a
+/// long job created then may have finished inside the window (GitLab's default job timeout is 1h).
+pub const BACKFILL_LOOKBACK_SECS: f64 = 3600.0;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobLabels {
+    pub ref_: String,
+    pub stage: String,
+    pub name: String,
+}
+
+impl JobLabels {
+    fn of(job: &Job) -> Self {
+        Self {
+            ref_: job.ref_.clone(),
+            stage: job.stage.clone(),
+            name: job.name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// First seen started: observe its queued duration.
+    Started {
+        labels: JobLabels,
+        queued_duration: f64,
+    },
+    /// First seen completed: count it (and observe its duration if it ran).
+    Completed {
+        labels: JobLabels,
+        status: JobStatus,
+        failure_reason: String,
+        duration: Option<f64>,
+    },
+}
+
+/// A job not yet final.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Followed {
+    pub status: JobStatus,
+    pub labels: JobLabels,
+    /// Its queued duration has been observed (or must not be).
+    pub started_seen: bool,
+    /// Already counted once (a final job that GitLab later reset, e.g. skipped → created after a
+    /// retry): followed for the active gauge only, never counted again.
+    pub counted: bool,
+    /// Unix seconds when it began waiting, while pending.
+    pub pending_since: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tracker {
+    /// Highest id seen at the end of a completed cycle; `None` before the first one.
+    high_water: Option<u64>,
+    floor: u64,
+    done: BTreeSet<u64>,
+    followed: BTreeMap<u64, Followed>,
+    /// Backfill cutoff (unix seconds), fixed when the first cycle starts and kept until it
+    /// completes, so a retried first cycle uses the same window.
+    cutoff: Option<f64>,
+}
+
+/// Unix seconds.
+pub fn secs(t: DateTime<Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+impl Tracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True until the first cycle has completed.
+    pub fn is_first_cycle(&self) -> bool {
+        self.high_water.is_none()
+    }
+
+    pub fn high_water(&self) -> Option<u64> {
+        self.high_water
+    }
+
+    /// Starts (or resumes) the first cycle; returns the backfill cutoff in unix seconds.
+    pub fn begin_first_cycle(&mut self, server_now: f64, backfill_secs: f64) -> f64 {
+        *self.cutoff.get_or_insert(server_now - backfill_secs)
+    }
+
+    fn is_handled(&self, id: u64) -> bool {
+        id < self.floor || self.done.contains(&id)
+    }
+
+    /// Feeds one job snapshot; pushes the events it causes. `server_now` is GitLab's clock at the
+    /// response (unix seconds).
+    pub fn observe(&mut self, job: &Job, server_now: f64, events: &mut Vec<Event>) {
+        let id = job.id;
+        if let Some(f) = self.followed.get_mut(&id) {
+            if job.has_started() && !f.started_seen {
+                f.started_seen = true;
+                if let Some(q) = job.queued_duration {
+                    events.push(Event::Started {
+                        labels: f.labels.clone(),
+                        queued_duration: q,
+                    });
+                }
+            }
+            if job.status.is_final() {
+                if !f.counted {
+                    events.push(completed(job, f.labels.clone()));
+                }
+                self.followed.remove(&id);
+                self.done.insert(id);
+            } else {
+                f.status = job.status.clone();
+                f.pending_since = pending_since(job, server_now);
+            }
+            return;
+        }
+        if self.is_handled(id) {
+            if !job.status.is_final() {
+                // GitLab can reset a final job (a skipped job after its pipeline is retried):
+                // show it as active, but it was counted once already.
+                self.follow(job, server_now, true);
+            }
+            return;
+        }
+        // Never seen before.
+        if job.status.is_final() {
+            if !self.before_backfill(job) {
+                if job.has_started()
+                    && let Some(q) = job.queued_duration
+                {
+                    events.push(Event::Started {
+                        labels: JobLabels::of(job),
+                        queued_duration: q,
+                    });
+                }
+                events.push(completed(job, JobLabels::of(job)));
+            }
+            self.done.insert(id);
+        } else {
+            if job.has_started()
+                && let Some(q) = job.queued_duration
+            {
+                events.push(Event::Started {
+                    labels: JobLabels::of(job),
+                    queued_duration: q,
+                });
+            }
+            self.follow(job, server_now, false);
+        }
+    }
+
+    fn follow(&mut self, job: &Job, server_now: f64, counted: bool) {
+        self.followed.insert(
+            job.id,
+            Followed {
+                status: job.status.clone(),
+                labels: JobLabels::of(job),
+                started_seen: counted || job.has_started(),
+                counted,
+                pending_since: pending_since(job, server_now),
+            },
+        );
+    }
+
+    /// During the first cycle: a final job that ended before the backfill window is ignored
+    /// altogether. Skipped jobs have no `finished_at` in GitLab; their creation time stands in.
+    fn before_backfill(&self, job: &Job) -> bool {
+        let Some(cutoff) = self.cutoff else {
+            return false;
+        };
+        match job.finished_at.or(job.created_at) {
+            Some(t) => secs(t) < cutoff,
+            None => false,
+        }
+    }
+
+    /// A followed job that GitLab no longer has (its pipeline was deleted): stop following it.
+    pub fn forget(&mut self, id: u64) {
+        if self.followed.remove(&id).is_some() {
+            self.done.insert(id);
+        }
+    }
+
+    /// Whether the page after `page` (ids descending) may still hold jobs this cycle must see.
+    pub fn wants_page_after(&self, page: &[Job]) -> bool {
+        let Some(lowest) = page.iter().map(|j| j.id).min() else {
+            return false;
+        };
+        match (self.high_water, self.cutoff) {
+            // Every job on the page is new: the next page may hold more new ones.
+            (Some(hw), _) => lowest > hw,
+            (None, Some(cutoff)) => page.iter().any(|j| {
+                let recent_created = j
+                    .created_at
+                    .is_none_or(|t| secs(t) >= cutoff - BACKFILL_LOOKBACK_SECS);
+                let finished_inside = j.status.is_final()
+                    && j.finished_at
+                        .or(j.created_at)
+                        .is_none_or(|t| secs(t) >= cutoff);
+                recent_created || finished_inside
+            }),
+            (None, None) => true,
+        }
+    }
+
+    /// Followed jobs below `lowest_read` (all of them when nothing was read): these were not on
+    /// the pages read this cycle, so their fate must be learnt another way.
+    pub fn deep_followed(&self, lowest_read: Option<u64>) -> Vec<u64> {
+        match lowest_read {
+            Some(low) => self.followed.range(..low).map(|(id, _)| *id).collect(),
+            None => self.followed.keys().copied().collect(),
+        }
+    }
+
+    pub fn is_followed(&self, id: u64) -> bool {
+        self.followed.contains_key(&id)
+    }
+
+    /// Ends a cycle that read ids `lowest_read..=highest_read` from the top of the list.
+    pub fn complete_cycle(&mut self, lowest_read: Option<u64>, highest_read: Option<u64>) {
+        let first = self.high_water.is_none();
+        let hw = self.high_water.unwrap_or(0).max(highest_read.unwrap_or(0));
+        self.high_water = Some(hw);
+        if first {
+            // Everything below what the backfill read is history: handled by definition.
+            self.floor = self.floor.max(lowest_read.unwrap_or(hw.saturating_add(1)));
+            self.done.retain(|id| *id >= self.floor);
+            self.cutoff = None;
+        }
+        while self.done.len() > DONE_KEEP {
+            if let Some(id) = self.done.pop_first() {
+                self.floor = self.floor.max(id + 1);
+            }
+        }
+    }
+
+    /// Number of followed jobs per status.
+    pub fn active_counts(&self) -> BTreeMap<JobStatus, u64> {
+        let mut counts = BTreeMap::new();
+        for f in self.followed.values() {
+            *counts.entry(f.status.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// When the longest-waiting pending job began waiting (unix seconds).
+    pub fn oldest_pending_since(&self) -> Option<f64> {
+        self.followed
+            .values()
+            .filter(|f| f.status == JobStatus::Pending)
+            .filter_map(|f| f.pending_since)
+            .min_by(f64::total_cmp)
+    }
+
+    pub fn followed_len(&self) -> usize {
+        self.followed.len()
+    }
+}
+
+fn completed(job: &Job, labels: JobLabels) -> Event {
+    let failure_reason = if job.status == JobStatus::Failed {
+        job.failure_reason
+            .clone()
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "unknown_failure".to_string())
+    } else {
+        String::new()
+    };
+    Event::Completed {
+        labels,
+        status: job.status.clone(),
+        failure_reason,
+        // Only a job that ran has a meaningful duration.
+        duration: if job.has_started() {
+            job.duration
+        } else {
+            None
+        },
+    }
+}
+
+/// For a pending job: GitLab's clock minus how long it has been queued, i.e. when it was queued.
+fn pending_since(job: &Job, server_now: f64) -> Option<f64> {
+    if job.status != JobStatus::Pending {
+        return None;
+    }
+    match job.queued_duration {
+        Some(q) => Some(server_now - q),
+        None => job.created_at.map(secs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: u64, status: &str) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "status": status, "stage": "test", "name": "rspec", "ref": "main",
+            "created_at": "2026-01-01T10:00:00.000Z",
+        }))
+        .unwrap()
+    }
+
+    fn started(mut j: Job, queued: f64, duration: f64) -> Job {
+        j.started_at = j.created_at;
+        j.queued_duration = Some(queued);
+        j.duration = Some(duration);
+        j
+    }
+
+    fn finished(mut j: Job) -> Job {
+        j.finished_at = j.created_at;
+        j
+    }
+
+    fn count_completed(events: &[Event]) -> usize {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Completed { .. }))
+            .count()
+    }
+
+    #[test]
+    fn counts_once_across_repeats_and_transitions() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        t.observe(&job(10, "pending"), 0.0, &mut ev);
+        t.observe(&started(job(10, "running"), 4.0, 1.0), 0.0, &mut ev);
+        t.observe(&started(job(10, "running"), 4.0, 2.0), 0.0, &mut ev);
+        let done = finished(started(job(10, "success"), 4.0, 9.0));
+        t.observe(&done, 0.0, &mut ev);
+        t.observe(&done, 0.0, &mut ev);
+        t.complete_cycle(Some(10), Some(10));
+        t.observe(&done, 0.0, &mut ev);
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!(
+            ev[0],
+            Event::Started {
+                labels: JobLabels::of(&done),
+                queued_duration: 4.0
+            }
+        );
+        assert!(
+            matches!(&ev[1], Event::Completed { duration: Some(d), status: JobStatus::Success, .. } if *d == 9.0)
+        );
+        assert_eq!(t.followed_len(), 0);
+    }
+
+    #[test]
+    fn canceled_while_pending_observes_no_duration() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        let mut j = finished(job(5, "canceled"));
+        j.queued_duration = Some(1000.0); // keeps growing in GitLab: meaningless
+        t.observe(&j, 0.0, &mut ev);
+        assert_eq!(
+            ev,
+            vec![Event::Completed {
+                labels: JobLabels::of(&j),
+                status: JobStatus::Canceled,
+                failure_reason: String::new(),
+                duration: None
+            }]
+        );
+    }
+
+    #[test]
+    fn failure_reason_defaults_and_unknown_status_is_followed() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        t.observe(&job(7, "waiting_for_approval"), 0.0, &mut ev);
+        assert!(ev.is_empty());
+        assert_eq!(
+            t.active_counts()
+                .get(&JobStatus::Unknown("waiting_for_approval".into())),
+            Some(&1)
+        );
+        t.observe(&finished(job(7, "failed")), 0.0, &mut ev);
+        assert!(
+            matches!(&ev[0], Event::Completed { failure_reason, .. } if failure_reason == "unknown_failure")
+        );
+    }
+
+    #[test]
+    fn backfill_ignores_jobs_finished_before_cutoff() {
+        let mut t = Tracker::new();
+        let now = secs(parse("2026-01-01T12:00:00Z"));
+        let cutoff = t.begin_first_cycle(now, 3600.0);
+        assert_eq!(cutoff, now - 3600.0);
+        // A retried first cycle keeps its cutoff.
+        assert_eq!(t.begin_first_cycle(now + 50.0, 3600.0), cutoff);
+        let mut ev = Vec::new();
+        let mut old = finished(started(job(1, "success"), 1.0, 1.0));
+        old.finished_at = Some(parse("2026-01-01T10:30:00Z"));
+        let mut recent = finished(started(job(2, "success"), 1.0, 1.0));
+        recent.finished_at = Some(parse("2026-01-01T11:30:00Z"));
+        t.observe(&old, now, &mut ev);
+        t.observe(&recent, now, &mut ev);
+        assert_eq!(count_completed(&ev), 1);
+        assert!(t.wants_page_after(&[recent.clone(), old.clone()]));
+        t.complete_cycle(Some(1), Some(2));
+        // After the first cycle there is no cutoff: a late job finished long ago still counts.
+        let mut late = old.clone();
+        late.id = 3;
+        t.observe(&late, now, &mut ev);
+        assert_eq!(count_completed(&ev), 2);
+    }
+
+    #[test]
+    fn paging_stops_at_high_water() {
+        let mut t = Tracker::new();
+        t.complete_cycle(Some(90), Some(100));
+        assert!(t.wants_page_after(&[job(150, "success"), job(101, "success")]));
+        assert!(!t.wants_page_after(&[job(150, "success"), job(100, "success")]));
+        assert!(!t.wants_page_after(&[]));
+    }
+
+    #[test]
+    fn ids_below_floor_are_history_and_reset_jobs_are_not_recounted() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        t.observe(&finished(job(50, "skipped")), 0.0, &mut ev);
+        t.complete_cycle(Some(50), Some(50));
+        t.observe(&finished(job(40, "success")), 0.0, &mut ev);
+        assert_eq!(count_completed(&ev), 1, "below the floor: history");
+        // Skipped job 50 reset to created, then succeeds: shown active, not counted again.
+        t.observe(&job(50, "created"), 0.0, &mut ev);
+        assert_eq!(t.active_counts().get(&JobStatus::Created), Some(&1));
+        t.observe(&finished(job(50, "success")), 0.0, &mut ev);
+        assert_eq!(count_completed(&ev), 1);
+        assert_eq!(t.followed_len(), 0);
+    }
+
+    #[test]
+    fn late_committed_job_below_high_water_is_counted() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        t.observe(&finished(job(100, "success")), 0.0, &mut ev);
+        t.observe(&finished(job(90, "success")), 0.0, &mut ev);
+        t.complete_cycle(Some(90), Some(100));
+        t.observe(&finished(job(95, "success")), 0.0, &mut ev);
+        t.observe(&finished(job(95, "success")), 0.0, &mut ev);
+        assert_eq!(count_completed(&ev), 3);
+    }
+
+    #[test]
+    fn done_set_is_bounded() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        t.complete_cycle(Some(1), Some(1));
+        for id in 2..(DONE_KEEP as u64 + 500) {
+            t.observe(&finished(job(id, "success")), 0.0, &mut ev);
+        }
+        t.complete_cycle(Some(2), Some(DONE_KEEP as u64 + 499));
+        assert_eq!(t.done.len(), DONE_KEEP);
+        let before = ev.len();
+        t.observe(&finished(job(3, "success")), 0.0, &mut ev);
+        assert_eq!(ev.len(), before);
+    }
+
+    #[test]
+    fn oldest_pending_uses_server_clock() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        let mut a = job(1, "pending");
+        a.queued_duration = Some(30.0);
+        let mut b = job(2, "pending");
+        b.queued_duration = Some(10.0);
+        t.observe(&a, 1000.0, &mut ev);
+        t.observe(&b, 1000.0, &mut ev);
+        assert_eq!(t.oldest_pending_since(), Some(970.0));
+        t.observe(&started(job(1, "running"), 31.0, 0.0), 1001.0, &mut ev);
+        assert_eq!(t.oldest_pending_since(), Some(990.0));
+    }
+
+    fn parse(s: &str) -> DateTime<Utc> {
+        crate::gitlab::model::parse_time(s).unwrap()
+    }
+}
