@@ -201,19 +201,20 @@ impl GitlabClient {
 
     /// `GET /projects/:id`.
     pub async fn project(&self, project: &str) -> Result<Project, ApiError> {
-        let resp = self.get("project", &format!("projects/{project}")).await?;
-        serde_json::from_slice(&resp.body).map_err(|e| decode_error("project", &e, &resp.body))
+        self.get("project", &format!("projects/{project}"), |resp| {
+            serde_json::from_slice(&resp.body).map_err(|e| decode_error("project", &e, &resp.body))
+        })
+        .await
     }
 
     /// `GET /projects/:id/jobs/:job_id`; `Ok(None)` when the job is gone (404).
     pub async fn job(&self, project: &str, job_id: u64) -> Result<Option<Job>, ApiError> {
-        match self
-            .get("job", &format!("projects/{project}/jobs/{job_id}"))
-            .await
-        {
-            Ok(resp) => serde_json::from_slice(&resp.body)
-                .map(Some)
-                .map_err(|e| decode_error("job", &e, &resp.body)),
+        let rel = format!("projects/{project}/jobs/{job_id}");
+        let found = self.get("job", &rel, |resp| {
+            serde_json::from_slice(&resp.body).map_err(|e| decode_error("job", &e, &resp.body))
+        });
+        match found.await {
+            Ok(job) => Ok(Some(job)),
             Err(ApiError::Status { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -233,32 +234,17 @@ impl GitlabClient {
             }
             PageRequest::Next(rel) => rel.to_string(),
         };
-        let resp = self.get("jobs", &rel).await?;
-        let next = match resp.headers.get(reqwest::header::LINK) {
-            Some(v) => {
-                let text = v.to_str().map_err(|e| ApiError::Link {
-                    endpoint: "jobs",
-                    source: link::LinkError::Syntax(e.to_string()),
-                })?;
-                link::next_relative(text).map_err(|source| ApiError::Link {
-                    endpoint: "jobs",
-                    source,
-                })?
-            }
-            None => None,
-        };
-        let (jobs, bad_items) =
-            model::decode_jobs(&resp.body).map_err(|e| decode_error("jobs", &e, &resp.body))?;
-        Ok(JobsPage {
-            jobs,
-            bad_items,
-            next,
-            server_time: server_time(&resp.headers),
-        })
+        self.get("jobs", &rel, parse_jobs_page).await
     }
 
-    /// GET with bounded retries for transient failures (5xx, 429, timeouts, broken bodies).
-    async fn get(&self, endpoint: &'static str, rel: &str) -> Result<Response, ApiError> {
+    /// GET and `parse`, with bounded retries for transient failures (5xx, 429, timeouts, broken
+    /// or undecodable bodies): a retry re-sends the request, so nothing half-parsed is kept.
+    async fn get<T>(
+        &self,
+        endpoint: &'static str,
+        rel: &str,
+        parse: impl Fn(Response) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         let url = self.api_base.join(rel).map_err(|e| ApiError::Transport {
             endpoint,
             message: format!("bad URL {rel:?}: {e}"),
@@ -277,7 +263,7 @@ impl GitlabClient {
             .with_max_times(policy.retries)
             .with_jitter();
         let max_wait = policy.max_retry_after;
-        (|| self.get_once(endpoint, url.clone()))
+        (|| self.get_once(endpoint, url.clone(), &parse))
             .retry(backoff)
             .when(|e: &ApiError| match e {
                 ApiError::RateLimited {
@@ -299,7 +285,12 @@ impl GitlabClient {
             .await
     }
 
-    async fn get_once(&self, endpoint: &'static str, url: url::Url) -> Result<Response, ApiError> {
+    async fn get_once<T>(
+        &self,
+        endpoint: &'static str,
+        url: url::Url,
+        parse: &impl Fn(Response) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         let started = Instant::now();
         let result = self.send(endpoint, url).await;
         let code = match &result {
@@ -310,6 +301,8 @@ impl GitlabClient {
         };
         self.metrics
             .observe_request(endpoint, &code, started.elapsed().as_secs_f64());
+        // A body that does not decode counts as a failed request too (and is retried).
+        let result = result.and_then(parse);
         if let Err(e) = &result {
             self.metrics.api_error(e.kind());
         }
@@ -359,6 +352,30 @@ impl GitlabClient {
             body,
         })
     }
+}
+
+fn parse_jobs_page(resp: Response) -> Result<JobsPage, ApiError> {
+    let next = match resp.headers.get(reqwest::header::LINK) {
+        Some(v) => {
+            let text = v.to_str().map_err(|e| ApiError::Link {
+                endpoint: "jobs",
+                source: link::LinkError::Syntax(e.to_string()),
+            })?;
+            link::next_relative(text).map_err(|source| ApiError::Link {
+                endpoint: "jobs",
+                source,
+            })?
+        }
+        None => None,
+    };
+    let (jobs, bad_items) =
+        model::decode_jobs(&resp.body).map_err(|e| decode_error("jobs", &e, &resp.body))?;
+    Ok(JobsPage {
+        jobs,
+        bad_items,
+        next,
+        server_time: server_time(&resp.headers),
+    })
 }
 
 /// reqwest is built without a default crypto provider (the default one needs a C toolchain

@@ -1,1 +1,351 @@
-//! placeholder
+//! An in-process GitLab API that serves scripted CI job histories, for tests, benchmarks and
+//! `--demo`.
+//!
+//! It models what GitLab really does (see `shared/gitlab-api-notes.md`): keyset and offset
+//! pagination of `GET /projects/:id/jobs` with GitLab's exact `Link` headers, `scope[]`
+//! filtering, live `duration`/`queued_duration`, GitLab's error bodies, and faults on demand
+//! (proxy errors, rate limits, broken bodies). Time comes from a [`SimClock`] that tests can
+//! move by hand; [`Simulator::ground_truth`] says what a correct exporter should report.
+
+mod generate;
+mod http;
+mod render;
+mod truth;
+mod world;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+pub use generate::{ProjectSpec, WorldSpec};
+pub use render::{http_date, iso};
+pub use truth::{DurationKey, GroundTruth, JobKey, QueuedKey};
+pub use world::{
+    FINAL_STATUSES, JobPlan, Ms, ProjectDef, RunnerDef, STATUSES, World, WorldError, is_final,
+};
+
+/// The simulator's notion of now.
+#[derive(Debug, Clone)]
+pub enum SimClock {
+    /// The real wall clock.
+    Live,
+    /// A clock that only moves when told; clones share it.
+    Manual(Arc<AtomicI64>),
+}
+
+impl SimClock {
+    pub fn manual(start_ms: Ms) -> Self {
+        Self::Manual(Arc::new(AtomicI64::new(start_ms)))
+    }
+
+    pub fn now_ms(&self) -> Ms {
+        match self {
+            Self::Live => chrono::Utc::now().timestamp_millis(),
+            Self::Manual(t) => t.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Moves a manual clock forward; no-op for the live clock.
+    pub fn advance(&self, by: Duration) {
+        if let Self::Manual(t) = self {
+            t.fetch_add(
+                i64::try_from(by.as_millis()).unwrap_or(i64::MAX),
+                Ordering::SeqCst,
+            );
+        }
+    }
+
+    /// Sets a manual clock; no-op for the live clock.
+    pub fn set_ms(&self, ms: Ms) {
+        if let Self::Manual(t) = self {
+            t.store(ms, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A misbehaviour to answer one request with, instead of the normal answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// A proxy's HTML error page with this status (502, 503, 504, …).
+    ServerError(u16),
+    /// GitLab's per-endpoint limit: 429 JSON, no `Retry-After`.
+    RateLimitedJson,
+    /// Rack::Attack's instance throttle: 429 `text/plain` with `Retry-After` and `RateLimit-*`.
+    RateLimitedText { retry_after_secs: u64 },
+    /// 200 `application/json` with a truncated body.
+    MalformedJson,
+    /// 200 `text/html`: a proxy's login page.
+    HtmlOk,
+    /// 401 `{"message":"401 Unauthorized"}`.
+    Unauthorized,
+    /// 401 `{"error":"invalid_token",…}`.
+    ExpiredToken,
+    /// 403 `{"message":"403 Forbidden"}`.
+    Forbidden,
+    /// Waits this long in real time, then answers normally.
+    Delay(Duration),
+}
+
+/// Which API endpoint a request addressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /projects/:id`
+    Project,
+    /// `GET /projects/:id/jobs` without `scope`
+    Jobs,
+    /// `GET /projects/:id/jobs` with `scope` or `scope[]`
+    JobsScoped,
+    /// `GET /projects/:id/jobs/:job_id`
+    Job,
+    Other,
+}
+
+/// Request counts since the last reset (faulted requests included).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestStats {
+    pub total: u64,
+    pub project: u64,
+    pub jobs: u64,
+    pub jobs_scoped: u64,
+    pub job: u64,
+    pub other: u64,
+    pub by_status: BTreeMap<u16, u64>,
+}
+
+/// One logged request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRequest {
+    pub method: String,
+    pub path_and_query: String,
+    pub status: u16,
+    pub endpoint: Endpoint,
+    /// Simulated time of the answer.
+    pub at_ms: Ms,
+    /// Where credentials came from: `PRIVATE-TOKEN`, `Authorization` or `private_token` (query).
+    pub auth: Option<&'static str>,
+    pub token_ok: bool,
+}
+
+/// How many requests [`Simulator::request_log`] keeps (the oldest are dropped).
+pub const REQUEST_LOG_CAPACITY: usize = 10_000;
+
+struct Inner {
+    world: World,
+    clock: SimClock,
+    token: String,
+    external_url: Mutex<String>,
+    faults: Mutex<VecDeque<Fault>>,
+    stats: Mutex<RequestStats>,
+    log: Mutex<VecDeque<LoggedRequest>>,
+}
+
+/// The simulated GitLab; clones share everything.
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data stays consistent even if a holder panicked, so poisoning is ignored.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Simulator {
+    pub fn new(world: World, clock: SimClock, token: String) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                world,
+                clock,
+                token,
+                external_url: Mutex::new("https://gitlab.example.com".to_owned()),
+                faults: Mutex::default(),
+                stats: Mutex::default(),
+                log: Mutex::default(),
+            }),
+        }
+    }
+
+    pub fn world(&self) -> &World {
+        &self.inner.world
+    }
+
+    pub fn clock(&self) -> &SimClock {
+        &self.inner.clock
+    }
+
+    pub fn now_ms(&self) -> Ms {
+        self.inner.clock.now_ms()
+    }
+
+    /// Moves a manual clock forward (no-op for a live one).
+    pub fn advance(&self, by: Duration) {
+        self.inner.clock.advance(by);
+    }
+
+    pub fn project_by_id(&self, id: u64) -> Option<&ProjectDef> {
+        self.inner.world.project(id)
+    }
+
+    /// GitLab's configured external URL, used in `Link` headers and `web_url`s.
+    pub fn external_url(&self) -> String {
+        lock(&self.inner.external_url).clone()
+    }
+
+    pub fn set_external_url(&self, url: &str) {
+        *lock(&self.inner.external_url) = url.trim_end_matches('/').to_owned();
+    }
+
+    /// Queues a fault; each request answers with the first queued fault, if any.
+    pub fn push_fault(&self, fault: Fault) {
+        lock(&self.inner.faults).push_back(fault);
+    }
+
+    pub fn pending_faults(&self) -> usize {
+        lock(&self.inner.faults).len()
+    }
+
+    pub fn clear_faults(&self) {
+        lock(&self.inner.faults).clear();
+    }
+
+    fn pop_fault(&self) -> Option<Fault> {
+        lock(&self.inner.faults).pop_front()
+    }
+
+    pub fn requests(&self) -> RequestStats {
+        lock(&self.inner.stats).clone()
+    }
+
+    pub fn reset_requests(&self) {
+        *lock(&self.inner.stats) = RequestStats::default();
+        lock(&self.inner.log).clear();
+    }
+
+    /// The latest requests, oldest first (at most [`REQUEST_LOG_CAPACITY`]).
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        lock(&self.inner.log).iter().cloned().collect()
+    }
+
+    fn record(
+        &self,
+        method: &str,
+        path_and_query: String,
+        status: u16,
+        at_ms: Ms,
+        o: http::Outcome,
+    ) {
+        tracing::debug!(method, path = %path_and_query, status, "simulator request");
+        {
+            let mut s = lock(&self.inner.stats);
+            s.total += 1;
+            *s.by_status.entry(status).or_default() += 1;
+            *match o.endpoint {
+                Endpoint::Project => &mut s.project,
+                Endpoint::Jobs => &mut s.jobs,
+                Endpoint::JobsScoped => &mut s.jobs_scoped,
+                Endpoint::Job => &mut s.job,
+                Endpoint::Other => &mut s.other,
+            } += 1;
+        }
+        let mut log = lock(&self.inner.log);
+        if log.len() == REQUEST_LOG_CAPACITY {
+            log.pop_front();
+        }
+        let (method, endpoint, auth, token_ok) =
+            (method.to_owned(), o.endpoint, o.auth, o.token_ok);
+        log.push_back(LoggedRequest {
+            method,
+            path_and_query,
+            status,
+            endpoint,
+            at_ms,
+            auth,
+            token_ok,
+        });
+    }
+
+    /// What a correct exporter reports now, if it ignores jobs completed before `cutoff_ms`.
+    pub fn ground_truth(&self, cutoff_ms: Ms) -> GroundTruth {
+        self.inner.world.ground_truth(self.now_ms(), cutoff_ms)
+    }
+
+    /// The HTTP service, to mount or serve elsewhere.
+    pub fn router(&self) -> axum::Router {
+        axum::Router::new()
+            .fallback(http::handle)
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// Serves on a fresh port of 127.0.0.1 in a background task.
+    pub async fn spawn(&self) -> std::io::Result<SimHandle> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let sim = self.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = sim.serve(listener, shutdown).await {
+                tracing::warn!(error = %e, "simulator server failed");
+            }
+        });
+        Ok(SimHandle {
+            addr,
+            base_url: format!("http://{addr}"),
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+}
+
+/// A running server; stops on [`SimHandle::shutdown`] or when dropped.
+#[derive(Debug)]
+pub struct SimHandle {
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub base_url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// Stops accepting, lets open requests finish (for up to 5 s) and waits for the server.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

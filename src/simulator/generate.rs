@@ -1,0 +1,542 @@
+//! Deterministic generation of realistic job histories.
+//!
+//! Pipelines arrive per project as a Poisson process; each runs build → test → deploy, a stage
+//! starting when the previous one completes, later stages skipped after a blocking failure and
+//! left `created` behind a job that never completes. Lifecycle kinds are weighted so that a few
+//! hundred jobs per project show every case the exporter must handle.
+
+use super::world::{JobPlan, Ms, ProjectDef, RunnerDef, World, is_final};
+
+const SEC: Ms = 1_000;
+const MIN: Ms = 60 * SEC;
+/// Every job that finishes does so within this long after its creation.
+const MAX_LIFETIME: Ms = 100 * MIN - SEC;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectSpec {
+    pub id: u64,
+    pub path: String,
+    pub pipelines_per_hour: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorldSpec {
+    pub projects: Vec<ProjectSpec>,
+    /// Pipelines are created in `[start_ms, end_ms]`.
+    pub start_ms: Ms,
+    pub end_ms: Ms,
+    pub first_job_id: u64,
+    pub first_pipeline_id: u64,
+}
+
+impl WorldSpec {
+    pub fn new(projects: Vec<ProjectSpec>, start_ms: Ms, end_ms: Ms) -> Self {
+        Self {
+            projects,
+            start_ms,
+            end_ms,
+            first_job_id: 1000,
+            first_pipeline_id: 100,
+        }
+    }
+
+    /// `count` projects (ids 1..=count, 50 per group) at the same rate.
+    pub fn uniform(count: u64, pipelines_per_hour: f64, start_ms: Ms, end_ms: Ms) -> Self {
+        let projects = (1..=count)
+            .map(|id| ProjectSpec {
+                id,
+                path: format!("bulk/group-{}/project-{id}", id / 50),
+                pipelines_per_hour,
+            })
+            .collect();
+        Self::new(projects, start_ms, end_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Success,
+    Fail,
+    AllowFail,
+    ViaResource,
+    CancelPending,
+    CancelRunning,
+    Skip,
+    StuckPending,
+    Unknown,
+    Callback,
+    Retried,
+    Manual,
+    ManualPlayed,
+    Scheduled,
+}
+
+const AUTO_KINDS: [(Kind, u32); 14] = [
+    (Kind::Success, 600),
+    (Kind::Fail, 80),
+    (Kind::AllowFail, 40),
+    (Kind::ViaResource, 60),
+    (Kind::CancelPending, 30),
+    (Kind::CancelRunning, 30),
+    (Kind::Skip, 20),
+    (Kind::StuckPending, 20),
+    (Kind::Unknown, 20),
+    (Kind::Callback, 20),
+    (Kind::Retried, 40),
+    (Kind::Manual, 10),
+    (Kind::ManualPlayed, 10),
+    (Kind::Scheduled, 15),
+];
+const MANUAL_KINDS: [(Kind, u32); 3] = [
+    (Kind::Manual, 40),
+    (Kind::ManualPlayed, 40),
+    (Kind::Scheduled, 20),
+];
+const FAILURE_REASONS: [(&str, u32); 5] = [
+    ("script_failure", 60),
+    ("runner_system_failure", 12),
+    ("stuck_or_timeout_failure", 10),
+    ("job_execution_timeout", 10),
+    ("some_future_reason", 8),
+];
+
+fn pick<T: Copy>(rng: &mut fastrand::Rng, table: &[(T, u32)]) -> T {
+    let total: u32 = table.iter().map(|e| e.1).sum();
+    let mut roll = rng.u32(0..total);
+    for &(item, weight) in table {
+        if roll < weight {
+            return item;
+        }
+        roll -= weight;
+    }
+    table[table.len() - 1].0
+}
+
+fn log_uniform(rng: &mut fastrand::Rng, lo: Ms, hi: Ms) -> Ms {
+    let (lo, hi) = ((lo as f64).ln(), (hi as f64).ln());
+    (lo + rng.f64() * (hi - lo)).exp() as Ms
+}
+
+fn queue_time(rng: &mut fastrand::Rng) -> Ms {
+    log_uniform(rng, SEC, 5 * MIN)
+}
+
+fn run_time(rng: &mut fastrand::Rng) -> Ms {
+    if rng.u32(0..100) < 3 {
+        rng.i64(40 * MIN..70 * MIN)
+    } else {
+        log_uniform(rng, 5 * SEC, 40 * MIN)
+    }
+}
+
+/// What a job means for the next stage.
+#[derive(Debug, Clone, Copy)]
+enum Gate {
+    Ready(Ms),
+    Blocked(Ms),
+    Never,
+}
+
+struct Gen<'a> {
+    rng: fastrand::Rng,
+    project: &'a ProjectSpec,
+    pipeline_seq: u64,
+    tag_seq: u64,
+    /// `(created_at, project id, pipeline seq, order in pipeline)` sorts jobs into id order.
+    jobs: Vec<((Ms, u64, u64, u32), JobPlan)>,
+    pipelines: Vec<(Ms, u64, u64)>,
+}
+
+impl Gen<'_> {
+    fn pipeline(&mut self, created: Ms) {
+        let rng = &mut self.rng;
+        let seq = self.pipeline_seq;
+        self.pipeline_seq += 1;
+        self.pipelines.push((created, self.project.id, seq));
+        let (ref_, tag, source) = match rng.u32(0..100) {
+            0..55 if rng.u32(0..100) < 15 => ("main".to_owned(), false, "schedule"),
+            0..55 => ("main".to_owned(), false, "push"),
+            55..75 => {
+                let topic = ["login", "search", "billing", "cache", "docs"][rng.usize(0..5)];
+                (
+                    format!("feature/{topic}-{}", rng.u32(1..300)),
+                    false,
+                    "push",
+                )
+            }
+            75..90 => (
+                format!("refs/merge-requests/{}/head", rng.u32(1..200)),
+                false,
+                "merge_request_event",
+            ),
+            _ => {
+                self.tag_seq += 1;
+                (
+                    format!("v1.{}.{}", self.tag_seq / 5, self.tag_seq % 5),
+                    true,
+                    "push",
+                )
+            }
+        };
+        let mut build = vec![("compile".to_owned(), false)];
+        if rng.bool() && rng.u32(0..5) < 4 {
+            build.push(("docker-build".to_owned(), false));
+        }
+        let parallel = rng.u32(2..=4);
+        let mut test: Vec<(String, bool)> = (1..=parallel)
+            .map(|i| (format!("rspec {i}/{parallel}"), false))
+            .collect();
+        if rng.bool() {
+            test.push(("unit".to_owned(), false));
+        }
+        if rng.u32(0..10) < 3 {
+            test.push(("lint".to_owned(), false));
+        }
+        let deploy = match (ref_.as_str(), tag) {
+            ("main", _) => vec![
+                ("deploy-staging".to_owned(), false),
+                ("deploy-production".to_owned(), true),
+            ],
+            (_, true) => vec![
+                ("release".to_owned(), false),
+                ("deploy-production".to_owned(), true),
+            ],
+            _ if rng.u32(0..10) < 4 => vec![("review-app".to_owned(), true)],
+            _ => Vec::new(),
+        };
+        let base = JobPlan {
+            ref_,
+            tag,
+            source: source.to_owned(),
+            runner: None,
+            ..JobPlan::new(0, self.project.id, seq, "", "", &[(created, "created")])
+        };
+        let mut gate = Gate::Ready(created + rng.i64(200..3 * SEC));
+        let mut order = 0;
+        for (stage, names) in [("build", build), ("test", test), ("deploy", deploy)] {
+            let mut outcomes = Vec::new();
+            for (name, manual) in names {
+                let tags: [&[&str]; 4] = [&["docker"], &["docker", "linux"], &["kubernetes"], &[]];
+                let tag_list = tags[self.rng.usize(0..4)]
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect();
+                let mut job = JobPlan {
+                    name,
+                    stage: stage.to_owned(),
+                    tag_list,
+                    ..base.clone()
+                };
+                job.created_at_ms = created + Ms::from(order);
+                job.timeline[0].0 = job.created_at_ms;
+                match gate {
+                    Gate::Never => {}
+                    Gate::Blocked(at) => job
+                        .timeline
+                        .push((at + self.rng.i64(50..500), "skipped".to_owned())),
+                    Gate::Ready(at) => {
+                        outcomes.push(self.lifecycle(&mut job, at, manual, seq, order))
+                    }
+                }
+                self.jobs
+                    .push(((job.created_at_ms, self.project.id, seq, order), job));
+                order += 1;
+            }
+            gate = match gate {
+                Gate::Ready(_) if outcomes.iter().any(|g| matches!(g, Gate::Never)) => Gate::Never,
+                Gate::Ready(_) => {
+                    let last = outcomes.iter().filter_map(|g| match g {
+                        Gate::Ready(t) | Gate::Blocked(t) => Some(*t),
+                        Gate::Never => None,
+                    });
+                    let at = last.max().unwrap_or(created) + self.rng.i64(100..2 * SEC);
+                    if outcomes.iter().any(|g| matches!(g, Gate::Blocked(_))) {
+                        Gate::Blocked(at)
+                    } else {
+                        Gate::Ready(at)
+                    }
+                }
+                other => other,
+            };
+        }
+    }
+
+    /// Fills in `job` (ready to run at `ready`) and returns what it means for the next stage.
+    fn lifecycle(
+        &mut self,
+        job: &mut JobPlan,
+        ready: Ms,
+        manual: bool,
+        seq: u64,
+        order: u32,
+    ) -> Gate {
+        let kind = pick(
+            &mut self.rng,
+            if manual {
+                &MANUAL_KINDS[..]
+            } else {
+                &AUTO_KINDS[..]
+            },
+        );
+        let rng = &mut self.rng;
+        let mut tl: Vec<(Ms, &str)> = Vec::new();
+        let mut at = ready;
+        let mut step = |tl: &mut Vec<(Ms, &str)>, delay: Ms, status: &'static str| {
+            at += delay.max(1);
+            tl.push((at, status));
+        };
+        let q = queue_time(rng);
+        let run = run_time(rng);
+        let mut end = "success";
+        match kind {
+            Kind::Manual | Kind::ManualPlayed => {
+                job.allow_failure = true; // `when: manual` jobs are allowed to fail by default
+                step(&mut tl, 0, "manual");
+                if kind == Kind::ManualPlayed {
+                    step(&mut tl, rng.i64(MIN..30 * MIN), "pending");
+                    end = if rng.u32(0..100) < 85 {
+                        "success"
+                    } else {
+                        "failed"
+                    };
+                }
+            }
+            Kind::Scheduled => {
+                step(&mut tl, 0, "scheduled");
+                step(&mut tl, rng.i64(MIN..10 * MIN), "pending");
+            }
+            Kind::ViaResource => {
+                let (wfr, prep) = [(true, false), (false, true), (true, true)][rng.usize(0..3)];
+                if wfr {
+                    step(&mut tl, 0, "waiting_for_resource");
+                }
+                if prep {
+                    step(
+                        &mut tl,
+                        if wfr { rng.i64(SEC..3 * MIN) } else { 0 },
+                        "preparing",
+                    );
+                }
+                step(&mut tl, rng.i64(SEC..2 * MIN), "pending");
+            }
+            Kind::Unknown => {
+                step(&mut tl, 0, "waiting_for_approval");
+                step(&mut tl, rng.i64(MIN..20 * MIN), "pending");
+            }
+            Kind::Skip => step(&mut tl, 0, "skipped"),
+            _ => step(&mut tl, 0, "pending"),
+        }
+        if matches!(kind, Kind::Fail | Kind::AllowFail | Kind::Retried) {
+            end = "failed";
+            job.allow_failure = kind == Kind::AllowFail;
+        }
+        if end == "failed" {
+            let reason = match kind {
+                Kind::Retried => ["script_failure", "runner_system_failure"][rng.usize(0..2)],
+                _ => pick(rng, &FAILURE_REASONS),
+            };
+            job.failure_reason = Some(reason.to_owned());
+        }
+        let reason = job.failure_reason.as_deref();
+        match kind {
+            Kind::Skip | Kind::Manual => {}
+            Kind::StuckPending => {}
+            Kind::CancelPending => step(&mut tl, q, "canceled"),
+            _ if reason == Some("stuck_or_timeout_failure") => {
+                step(&mut tl, rng.i64(10 * MIN..60 * MIN), "failed")
+            }
+            _ => {
+                step(&mut tl, q, "running");
+                match kind {
+                    Kind::CancelRunning => {
+                        step(&mut tl, run / 2, "canceling");
+                        step(&mut tl, rng.i64(SEC..30 * SEC), "canceled");
+                    }
+                    Kind::Callback => {
+                        step(&mut tl, run, "waiting_for_callback");
+                        step(&mut tl, rng.i64(5 * SEC..5 * MIN), "success");
+                    }
+                    _ if reason == Some("job_execution_timeout") => {
+                        step(&mut tl, rng.i64(30 * MIN..60 * MIN), end)
+                    }
+                    _ => step(&mut tl, run, end),
+                }
+            }
+        }
+        self.finish(job, ready, tl);
+        let mut outcome = gate_of(job, ready);
+        if kind == Kind::Retried
+            && let Some(failed_at) = job.completed_at(Ms::MAX)
+        {
+            outcome = self.retry(job, failed_at, seq, order);
+        }
+        outcome
+    }
+
+    /// The retry GitLab creates as a new job with the same name in the same pipeline.
+    fn retry(&mut self, original: &JobPlan, failed_at: Ms, seq: u64, order: u32) -> Gate {
+        let rng = &mut self.rng;
+        let created = failed_at + rng.i64(2 * SEC..60 * SEC);
+        let mut job = JobPlan {
+            created_at_ms: created,
+            timeline: vec![(created, "created".to_owned())],
+            failure_reason: None,
+            allow_failure: false,
+            runner: None,
+            ..original.clone()
+        };
+        let pending = created + rng.i64(100..2 * SEC);
+        let running = pending + queue_time(rng);
+        let ok = rng.u32(0..100) < 85;
+        let done = running + run_time(rng).min(20 * MIN);
+        let end = if ok { "success" } else { "failed" };
+        if !ok {
+            job.failure_reason = Some("script_failure".to_owned());
+        }
+        self.finish(
+            &mut job,
+            pending,
+            vec![(pending, "pending"), (running, "running"), (done, end)],
+        );
+        let gate = gate_of(&job, pending);
+        self.jobs
+            .push(((created, self.project.id, seq, order + 1000), job));
+        gate
+    }
+
+    /// Appends `tl` to the job's timeline, squeezed to finish within [`MAX_LIFETIME`], and picks
+    /// a runner if it ever runs.
+    fn finish(&mut self, job: &mut JobPlan, ready: Ms, mut tl: Vec<(Ms, &str)>) {
+        let deadline = job.created_at_ms + MAX_LIFETIME;
+        if let Some(&(end, _)) = tl.last().filter(|e| is_final(e.1) && e.0 > deadline) {
+            if ready + MIN < deadline {
+                let scale = (deadline - ready) as f64 / (end - ready) as f64;
+                let mut prev = ready;
+                for e in tl.iter_mut().filter(|e| e.0 > ready) {
+                    e.0 = (ready + ((e.0 - ready) as f64 * scale) as Ms)
+                        .max(prev + 1)
+                        .min(deadline);
+                    prev = e.0;
+                }
+            } else {
+                // The stage came too late to finish in time: it is skipped, as after a timeout.
+                tl = vec![(ready, "skipped")];
+                job.failure_reason = None;
+            }
+        }
+        if tl.iter().any(|e| e.1 == "running") {
+            let rng = &mut self.rng;
+            job.runner = Some(match rng.u32(0..10) {
+                0..7 => RunnerDef::instance(rng.u64(1..=4)),
+                7..9 => RunnerDef {
+                    id: rng.u64(11..=12),
+                    description: "group-runner".to_owned(),
+                    runner_type: "group_type".to_owned(),
+                    is_shared: false,
+                },
+                _ => RunnerDef {
+                    id: 100 + self.project.id % 50,
+                    description: format!("project-{}-runner", self.project.id),
+                    runner_type: "project_type".to_owned(),
+                    is_shared: false,
+                },
+            });
+        } else {
+            job.runner = None;
+        }
+        job.timeline
+            .extend(tl.into_iter().map(|(t, s)| (t, s.to_owned())));
+    }
+}
+
+fn gate_of(job: &JobPlan, ready: Ms) -> Gate {
+    let last = job.timeline.last().map(|e| (e.0, e.1.as_str()));
+    match last {
+        Some((at, "success" | "skipped")) => Gate::Ready(at),
+        Some((at, "failed" | "canceled")) if job.allow_failure => Gate::Ready(at),
+        Some((at, "failed" | "canceled")) => Gate::Blocked(at),
+        _ if job.allow_failure => Gate::Ready(ready),
+        _ => Gate::Never,
+    }
+}
+
+impl World {
+    /// A deterministic history for `spec`: the same seed always gives the same world.
+    pub fn generate(spec: &WorldSpec, seed: u64) -> World {
+        let mut jobs = Vec::new();
+        let mut pipelines = Vec::new();
+        for project in &spec.projects {
+            // One stream per project, so adding a project leaves the others unchanged.
+            let rng =
+                fastrand::Rng::with_seed(seed ^ project.id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut g = Gen {
+                rng,
+                project,
+                pipeline_seq: 1,
+                tag_seq: 0,
+                jobs: Vec::new(),
+                pipelines: Vec::new(),
+            };
+            let per_ms = project.pipelines_per_hour.max(0.0) / 3_600_000.0;
+            let mut t = spec.start_ms as f64;
+            while per_ms > 0.0 && per_ms.is_finite() {
+                t += -(1.0 - g.rng.f64()).ln() / per_ms;
+                if t > spec.end_ms as f64 {
+                    break;
+                }
+                g.pipeline(t as Ms);
+            }
+            jobs.append(&mut g.jobs);
+            pipelines.append(&mut g.pipelines);
+        }
+        // Ids come from one instance-wide sequence in creation order.
+        pipelines.sort_unstable();
+        let pipeline_ids: std::collections::HashMap<(u64, u64), u64> =
+            (pipelines.iter().enumerate())
+                .map(|(i, p)| ((p.1, p.2), spec.first_pipeline_id + i as u64))
+                .collect();
+        jobs.sort_unstable_by_key(|j| j.0);
+        let jobs = (jobs.into_iter().enumerate())
+            .map(|(i, (_, mut job))| {
+                job.id = spec.first_job_id + i as u64;
+                // The iid was stored in `pipeline_id` while generating.
+                job.pipeline_iid = job.pipeline_id;
+                job.pipeline_id = pipeline_ids
+                    .get(&(job.project_id, job.pipeline_iid))
+                    .copied()
+                    .unwrap_or(0);
+                job
+            })
+            .collect();
+        let projects = spec
+            .projects
+            .iter()
+            .map(|p| ProjectDef::new(p.id, &p.path))
+            .collect();
+        World::from_valid(projects, jobs)
+    }
+
+    /// A lively world for `--demo`: a few projects in subgroups, history from two hours ago to
+    /// two days ahead.
+    pub fn demo(now_ms: Ms) -> World {
+        let projects = [
+            (101, "acme/platform/api", 12.0),
+            (102, "acme/platform/worker", 5.0),
+            (103, "acme/web/frontend", 9.0),
+            (104, "acme/web/docs", 1.5),
+            (105, "acme/infra/terraform", 0.7),
+        ];
+        let projects = projects
+            .iter()
+            .map(|&(id, path, rate)| ProjectSpec {
+                id,
+                path: path.to_owned(),
+                pipelines_per_hour: rate,
+            })
+            .collect();
+        World::generate(
+            &WorldSpec::new(projects, now_ms - 2 * 60 * MIN, now_ms + 48 * 60 * MIN),
+            7,
+        )
+    }
+}

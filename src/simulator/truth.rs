@@ -1,0 +1,144 @@
+//! What a correct exporter should report, computed from the world at a given time.
+
+use std::collections::BTreeMap;
+
+use super::world::{Ms, World, is_final};
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobKey {
+    pub project: String,
+    pub ref_: String,
+    pub stage: String,
+    pub job: String,
+    pub status: String,
+    /// The reason for `failed` (`unknown_failure` if none), `""` for other statuses.
+    pub failure_reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DurationKey {
+    pub project: String,
+    pub ref_: String,
+    pub stage: String,
+    pub job: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueuedKey {
+    pub project: String,
+    pub ref_: String,
+    pub stage: String,
+    pub job: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroundTruth {
+    /// Completed jobs, each counted once.
+    pub jobs_total: BTreeMap<JobKey, u64>,
+    /// Seconds from `started_at` to `finished_at` of the counted jobs that ran, ascending job id.
+    pub duration: BTreeMap<DurationKey, Vec<f64>>,
+    /// Seconds from `queued_at` to `started_at` of every job that started (not ignored).
+    pub queued: BTreeMap<QueuedKey, Vec<f64>>,
+    /// Jobs not in a final status, by `(project, status)`; unknown statuses included.
+    pub active: BTreeMap<(String, String), u64>,
+    /// Per project, the earliest `queued_at` (unix seconds) of the jobs now `pending`.
+    pub oldest_pending: BTreeMap<String, f64>,
+}
+
+impl GroundTruth {
+    pub fn total_jobs(&self) -> u64 {
+        self.jobs_total.values().sum()
+    }
+
+    /// Counted jobs with this final status.
+    pub fn jobs_with_status(&self, status: &str) -> u64 {
+        self.jobs_total
+            .iter()
+            .filter(|(k, _)| k.status == status)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn total_active(&self) -> u64 {
+        self.active.values().sum()
+    }
+
+    pub fn duration_count(&self) -> usize {
+        self.duration.values().map(Vec::len).sum()
+    }
+
+    pub fn queued_count(&self) -> usize {
+        self.queued.values().map(Vec::len).sum()
+    }
+}
+
+impl World {
+    /// The truth at `now` for an exporter that ignores jobs completed before `cutoff_ms`.
+    ///
+    /// A job's completion time is its `finished_at`; a skipped job has none in GitLab, so its
+    /// `created_at` (the only time the API shows for it) stands in.
+    pub fn ground_truth(&self, now: Ms, cutoff_ms: Ms) -> GroundTruth {
+        let mut truth = GroundTruth::default();
+        let sec = |ms: Ms| ms as f64 / 1000.0;
+        for job in self.jobs() {
+            let (Some(status), Some(project)) = (job.status_at(now), self.project(job.project_id))
+            else {
+                continue;
+            };
+            let project = &project.path_with_namespace;
+            let started = job.started_at(now);
+            if is_final(status) {
+                let finished = job.finished_at(now);
+                if finished.unwrap_or(job.created_at_ms) < cutoff_ms {
+                    continue;
+                }
+                let failure_reason = match status {
+                    "failed" => job.failure_reason.as_deref().unwrap_or("unknown_failure"),
+                    _ => "",
+                };
+                let key = JobKey {
+                    project: project.clone(),
+                    ref_: job.ref_.clone(),
+                    stage: job.stage.clone(),
+                    job: job.name.clone(),
+                    status: status.to_owned(),
+                    failure_reason: failure_reason.to_owned(),
+                };
+                *truth.jobs_total.entry(key).or_default() += 1;
+                if let (Some(s), Some(f)) = (started, finished) {
+                    let key = DurationKey {
+                        project: project.clone(),
+                        ref_: job.ref_.clone(),
+                        stage: job.stage.clone(),
+                        job: job.name.clone(),
+                        status: status.to_owned(),
+                    };
+                    truth.duration.entry(key).or_default().push(sec(f - s));
+                }
+            } else {
+                *truth
+                    .active
+                    .entry((project.clone(), status.to_owned()))
+                    .or_default() += 1;
+                if let Some(q) = job.queued_at(now).filter(|_| status == "pending") {
+                    let oldest = truth
+                        .oldest_pending
+                        .entry(project.clone())
+                        .or_insert(f64::MAX);
+                    *oldest = oldest.min(sec(q));
+                }
+            }
+            if let (Some(_), Some(q)) = (started, job.queued_duration_ms(now)) {
+                let key = QueuedKey {
+                    project: project.clone(),
+                    ref_: job.ref_.clone(),
+                    stage: job.stage.clone(),
+                    job: job.name.clone(),
+                };
+                truth.queued.entry(key).or_default().push(sec(q));
+            }
+        }
+        truth
+    }
+}

@@ -1,0 +1,389 @@
+//! The scripted world: projects, jobs and each job's status timeline.
+//!
+//! Everything a job shows at time `t` (status, `started_at`, `duration`, …) is derived from its
+//! timeline, so one immutable `World` answers consistently for any clock value.
+
+use std::collections::HashMap;
+
+/// Milliseconds since the Unix epoch.
+pub type Ms = i64;
+
+/// Every status GitLab accepts in `scope[]` (`CommitStatus::AVAILABLE_STATUSES`).
+pub const STATUSES: [&str; 13] = [
+    "created",
+    "waiting_for_resource",
+    "preparing",
+    "waiting_for_callback",
+    "pending",
+    "running",
+    "success",
+    "failed",
+    "canceling",
+    "canceled",
+    "skipped",
+    "manual",
+    "scheduled",
+];
+
+/// Completed statuses: once entered, a job never changes again.
+pub const FINAL_STATUSES: [&str; 4] = ["success", "failed", "canceled", "skipped"];
+
+pub fn is_final(status: &str) -> bool {
+    FINAL_STATUSES.contains(&status)
+}
+
+/// Statuses that set `finished_at` in GitLab (`before_transition any => [:success, :failed,
+/// :canceled]`); `skipped` does not, so a skipped job has `finished_at: null`.
+fn sets_finished_at(status: &str) -> bool {
+    matches!(status, "success" | "failed" | "canceled")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectDef {
+    pub id: u64,
+    pub path_with_namespace: String,
+    pub default_branch: String,
+    pub archived: bool,
+}
+
+impl ProjectDef {
+    pub fn new(id: u64, path_with_namespace: &str) -> Self {
+        Self {
+            id,
+            path_with_namespace: path_with_namespace.to_owned(),
+            default_branch: "main".to_owned(),
+            archived: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerDef {
+    pub id: u64,
+    pub description: String,
+    /// `instance_type`, `group_type` or `project_type`.
+    pub runner_type: String,
+    pub is_shared: bool,
+}
+
+impl RunnerDef {
+    pub fn instance(id: u64) -> Self {
+        Self {
+            id,
+            description: format!("shared-runner-{id}"),
+            runner_type: "instance_type".to_owned(),
+            is_shared: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobPlan {
+    pub id: u64,
+    pub project_id: u64,
+    pub pipeline_id: u64,
+    pub pipeline_iid: u64,
+    pub name: String,
+    pub stage: String,
+    pub ref_: String,
+    pub tag: bool,
+    pub allow_failure: bool,
+    /// Pipeline source: `push`, `merge_request_event`, `schedule`, …
+    pub source: String,
+    pub created_at_ms: Ms,
+    /// `(at, status)`, sorted by time; the first entry is at `created_at_ms`.
+    pub timeline: Vec<(Ms, String)>,
+    /// Shown when the job ends `failed` (`unknown_failure` when `None`).
+    pub failure_reason: Option<String>,
+    /// Shown from `started_at` on.
+    pub runner: Option<RunnerDef>,
+    pub tag_list: Vec<String>,
+}
+
+impl JobPlan {
+    /// A job on `main` with defaults for the fields tests rarely care about.
+    pub fn new(
+        id: u64,
+        project_id: u64,
+        pipeline_id: u64,
+        name: &str,
+        stage: &str,
+        timeline: &[(Ms, &str)],
+    ) -> Self {
+        Self {
+            id,
+            project_id,
+            pipeline_id,
+            pipeline_iid: pipeline_id,
+            name: name.to_owned(),
+            stage: stage.to_owned(),
+            ref_: "main".to_owned(),
+            tag: false,
+            allow_failure: false,
+            source: "push".to_owned(),
+            created_at_ms: timeline.first().map_or(0, |e| e.0),
+            timeline: timeline.iter().map(|&(t, s)| (t, s.to_owned())).collect(),
+            failure_reason: None,
+            runner: Some(RunnerDef::instance(1)),
+            tag_list: Vec::new(),
+        }
+    }
+
+    /// Timeline entries that have happened by `t`.
+    fn until(&self, t: Ms) -> &[(Ms, String)] {
+        let n = self.timeline.partition_point(|e| e.0 <= t);
+        &self.timeline[..n]
+    }
+
+    fn first(&self, t: Ms, pred: impl Fn(&str) -> bool) -> Option<Ms> {
+        self.until(t).iter().find(|e| pred(&e.1)).map(|e| e.0)
+    }
+
+    pub fn visible_at(&self, t: Ms) -> bool {
+        self.created_at_ms <= t
+    }
+
+    /// `None` while the job does not exist yet.
+    pub fn status_at(&self, t: Ms) -> Option<&str> {
+        if !self.visible_at(t) {
+            return None;
+        }
+        self.until(t).last().map(|e| e.1.as_str())
+    }
+
+    /// The first time it entered `running`.
+    pub fn started_at(&self, t: Ms) -> Option<Ms> {
+        self.first(t, |s| s == "running")
+    }
+
+    /// The time it entered success, failed or canceled (never set for skipped, as in GitLab).
+    pub fn finished_at(&self, t: Ms) -> Option<Ms> {
+        self.first(t, sets_finished_at)
+    }
+
+    /// The time it entered any final status, skipped included.
+    pub fn completed_at(&self, t: Ms) -> Option<Ms> {
+        self.first(t, is_final)
+    }
+
+    /// The last time it entered `pending` before starting (or up to now if it never started).
+    pub fn queued_at(&self, t: Ms) -> Option<Ms> {
+        let limit = self.started_at(t).unwrap_or(Ms::MAX);
+        let mut entries = self
+            .until(t)
+            .iter()
+            .filter(|e| e.1 == "pending" && e.0 <= limit);
+        entries.next_back().map(|e| e.0)
+    }
+
+    /// `(finished_at or now) - started_at`.
+    pub fn duration_ms(&self, t: Ms) -> Option<Ms> {
+        let started = self.started_at(t)?;
+        Some(self.finished_at(t).unwrap_or(t) - started)
+    }
+
+    /// `(started_at or now) - queued_at`: keeps growing for a job that ended without starting.
+    pub fn queued_duration_ms(&self, t: Ms) -> Option<Ms> {
+        let queued = self.queued_at(t)?;
+        Some(self.started_at(t).unwrap_or(t) - queued)
+    }
+
+    pub fn runner_at(&self, t: Ms) -> Option<&RunnerDef> {
+        self.started_at(t).and(self.runner.as_ref())
+    }
+
+    /// Time of the latest change by `t`.
+    pub fn updated_at(&self, t: Ms) -> Ms {
+        self.until(t).last().map_or(self.created_at_ms, |e| e.0)
+    }
+
+    fn check(&self) -> Result<(), &'static str> {
+        let first = self.timeline.first().ok_or("empty timeline")?;
+        if first.0 != self.created_at_ms {
+            return Err("first entry is not at created_at");
+        }
+        if self.timeline.windows(2).any(|w| w[1].0 < w[0].0) {
+            return Err("entries out of order");
+        }
+        let last = self.timeline.len() - 1;
+        if self.timeline[..last].iter().any(|e| is_final(&e.1)) {
+            return Err("changes after a final status");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WorldError {
+    #[error("duplicate project id {0}")]
+    DuplicateProject(u64),
+    #[error("job {0} belongs to unknown project {1}")]
+    UnknownProject(u64, u64),
+    #[error("duplicate job id {0}")]
+    DuplicateJob(u64),
+    #[error("job {0} was created before a job with a lower id (ids grow with creation)")]
+    IdOrder(u64),
+    #[error("job {0}: {1}")]
+    Timeline(u64, &'static str),
+}
+
+#[derive(Debug, Clone)]
+pub struct World {
+    projects: Vec<ProjectDef>,
+    /// Sorted by id, which also sorts by `created_at`.
+    jobs: Vec<JobPlan>,
+    project_idx: HashMap<u64, usize>,
+    project_by_path: HashMap<String, usize>,
+    by_project: HashMap<u64, Vec<usize>>,
+    by_pipeline: HashMap<u64, Vec<usize>>,
+}
+
+impl World {
+    /// Checks that the world could exist in GitLab: one global id sequence growing with creation
+    /// time, and timelines that never leave a final status.
+    pub fn new(projects: Vec<ProjectDef>, mut jobs: Vec<JobPlan>) -> Result<Self, WorldError> {
+        let mut ids: Vec<u64> = projects.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(WorldError::DuplicateProject(w[0]));
+        }
+        jobs.sort_by_key(|j| j.id);
+        for (i, job) in jobs.iter().enumerate() {
+            if ids.binary_search(&job.project_id).is_err() {
+                return Err(WorldError::UnknownProject(job.id, job.project_id));
+            }
+            job.check().map_err(|e| WorldError::Timeline(job.id, e))?;
+            if let Some(prev) = i.checked_sub(1).map(|p| &jobs[p]) {
+                if prev.id == job.id {
+                    return Err(WorldError::DuplicateJob(job.id));
+                }
+                if prev.created_at_ms > job.created_at_ms {
+                    return Err(WorldError::IdOrder(job.id));
+                }
+            }
+        }
+        Ok(Self::from_valid(projects, jobs))
+    }
+
+    /// Builds the indexes; `jobs` must already satisfy the checks of [`World::new`].
+    pub(crate) fn from_valid(projects: Vec<ProjectDef>, jobs: Vec<JobPlan>) -> Self {
+        let mut world = Self {
+            project_idx: projects
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.id, i))
+                .collect(),
+            project_by_path: (projects.iter().enumerate())
+                .map(|(i, p)| (p.path_with_namespace.to_lowercase(), i))
+                .collect(),
+            projects,
+            jobs,
+            by_project: HashMap::new(),
+            by_pipeline: HashMap::new(),
+        };
+        for (i, job) in world.jobs.iter().enumerate() {
+            world.by_project.entry(job.project_id).or_default().push(i);
+            world
+                .by_pipeline
+                .entry(job.pipeline_id)
+                .or_default()
+                .push(i);
+        }
+        world
+    }
+
+    pub fn projects(&self) -> &[ProjectDef] {
+        &self.projects
+    }
+
+    /// All jobs, ascending id.
+    pub fn jobs(&self) -> &[JobPlan] {
+        &self.jobs
+    }
+
+    pub fn project(&self, id: u64) -> Option<&ProjectDef> {
+        self.project_idx.get(&id).map(|&i| &self.projects[i])
+    }
+
+    /// Resolves the `:id` of an API path (already percent-decoded): digits are an id, anything
+    /// else a full path, matched case-insensitively like GitLab does.
+    pub fn find_project(&self, id_or_path: &str) -> Option<&ProjectDef> {
+        if !id_or_path.is_empty() && id_or_path.bytes().all(|b| b.is_ascii_digit()) {
+            return id_or_path.parse().ok().and_then(|id| self.project(id));
+        }
+        let i = self.project_by_path.get(&id_or_path.to_lowercase())?;
+        Some(&self.projects[*i])
+    }
+
+    pub fn job(&self, id: u64) -> Option<&JobPlan> {
+        let i = self.jobs.binary_search_by_key(&id, |j| j.id).ok()?;
+        Some(&self.jobs[i])
+    }
+
+    /// A project's jobs, ascending id.
+    pub fn project_jobs(&self, project_id: u64) -> impl DoubleEndedIterator<Item = &JobPlan> {
+        self.project_indexes(project_id)
+            .iter()
+            .map(|&i| &self.jobs[i])
+    }
+
+    pub(crate) fn project_indexes(&self, project_id: u64) -> &[usize] {
+        self.by_project.get(&project_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// A pipeline's jobs (retries included), ascending id.
+    pub fn pipeline_jobs(&self, pipeline_id: u64) -> impl Iterator<Item = &JobPlan> {
+        let idx = self
+            .by_pipeline
+            .get(&pipeline_id)
+            .map_or(&[][..], Vec::as_slice);
+        idx.iter().map(|&i| &self.jobs[i])
+    }
+
+    /// The pipeline's status at `t` from its latest (non-retried) visible jobs, following
+    /// GitLab's `Ci::Status::Composite` precedence.
+    pub fn pipeline_status(&self, pipeline_id: u64, t: Ms) -> &'static str {
+        let visible: Vec<&JobPlan> = self
+            .pipeline_jobs(pipeline_id)
+            .filter(|j| j.visible_at(t))
+            .collect();
+        let mut seen: Vec<&str> = Vec::new();
+        for job in &visible {
+            // A later job with the same name is its retry; only the latest counts.
+            if visible.iter().any(|o| o.name == job.name && o.id > job.id) {
+                continue;
+            }
+            let status = job.status_at(t).unwrap_or("created");
+            seen.push(match status {
+                "failed" | "canceled" if job.allow_failure => "success",
+                "manual" if job.allow_failure => "skipped",
+                s if STATUSES.contains(&s) => s,
+                _ => "pending", // a status this GitLab version does not know yet
+            });
+        }
+        let only = |set: &[&str]| seen.iter().all(|s| set.contains(s));
+        let any = |set: &[&str]| seen.iter().any(|s| set.contains(s));
+        match () {
+            _ if only(&["skipped"]) => "skipped",
+            _ if only(&["success", "skipped"]) => "success",
+            _ if only(&["created", "skipped"]) => "created",
+            _ if only(&["preparing", "success", "skipped"]) => "preparing",
+            _ if only(&["canceled", "success", "skipped"]) => "canceled",
+            _ if only(&["pending", "created", "skipped"]) => "pending",
+            _ if any(&["running", "pending", "canceling"]) => "running",
+            _ if any(&["waiting_for_resource"]) => "waiting_for_resource",
+            _ if any(&["waiting_for_callback"]) => "waiting_for_callback",
+            _ if any(&["manual"]) => "manual",
+            _ if any(&["scheduled"]) => "scheduled",
+            _ if any(&["preparing"]) => "preparing",
+            _ if any(&["created"]) => "running",
+            _ => "failed",
+        }
+    }
+
+    /// When the pipeline last changed by `t`.
+    pub fn pipeline_updated_at(&self, pipeline_id: u64, t: Ms) -> Ms {
+        let jobs = self.pipeline_jobs(pipeline_id).filter(|j| j.visible_at(t));
+        jobs.map(|j| j.updated_at(t)).max().unwrap_or(0)
+    }
+}

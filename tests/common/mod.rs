@@ -1,0 +1,376 @@
+//! Shared harness: the simulator and the exporter (scheduler + HTTP server) on loopback ports,
+//! cycles driven by hand, `/metrics` scraped over real HTTP and compared with ground truth.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gitlab_jobs_exporter::config::{
+    Config, GitlabConfig, MetricsConfig, PollConfig, ProjectRef, ServerConfig,
+};
+use gitlab_jobs_exporter::gitlab::RetryPolicy;
+use gitlab_jobs_exporter::metrics::Metrics;
+use gitlab_jobs_exporter::poll::CycleStats;
+use gitlab_jobs_exporter::scheduler::Scheduler;
+use gitlab_jobs_exporter::server::{self, AppState};
+use gitlab_jobs_exporter::simulator::{GroundTruth, Ms, SimClock, SimHandle, Simulator, World};
+use tokio_util::sync::CancellationToken;
+
+pub const TOKEN: &str = "glpat-TEST-SECRET-0123456789";
+
+pub fn config(base_url: &str, projects: Vec<ProjectRef>, backfill: Duration) -> Config {
+    Config {
+        gitlab: GitlabConfig {
+            url: base_url.to_string(),
+            token: Some(TOKEN.to_string().into()),
+            token_file: None,
+            timeout: Duration::from_secs(5),
+        },
+        server: ServerConfig {
+            listen: "127.0.0.1:0".into(),
+        },
+        poll: PollConfig {
+            interval: Duration::from_secs(30),
+            backfill,
+            concurrency: 4,
+        },
+        metrics: MetricsConfig::default(),
+        projects,
+    }
+}
+
+pub fn by_path(path: &str) -> ProjectRef {
+    ProjectRef {
+        path: Some(path.into()),
+        id: None,
+    }
+}
+
+pub fn by_id(id: u64) -> ProjectRef {
+    ProjectRef {
+        path: None,
+        id: Some(id),
+    }
+}
+
+/// Fast retries: the simulator answers instantly, so tests need not wait long.
+pub fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        retries: 4,
+        min_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(40),
+        max_retry_after: Duration::from_secs(2),
+    }
+}
+
+pub struct Harness {
+    pub sim: Simulator,
+    sim_handle: Option<SimHandle>,
+    pub scheduler: Arc<Scheduler>,
+    pub metrics_url: String,
+    pub base_url: String,
+    stop: CancellationToken,
+    /// The first poll's backfill cutoff, as GitLab's clock (whole seconds) saw it.
+    pub cutoff_ms: Option<Ms>,
+    backfill: Duration,
+    http: reqwest::Client,
+}
+
+impl Harness {
+    /// Starts the simulator on a manual clock at `start_ms` and the exporter against it.
+    pub async fn start(
+        world: World,
+        start_ms: Ms,
+        projects: Vec<ProjectRef>,
+        backfill: Duration,
+    ) -> Self {
+        Self::start_with(world, start_ms, projects, backfill, |_| {}).await
+    }
+
+    /// Like [`Harness::start`], with the exporter's configuration adjusted by `tweak`.
+    pub async fn start_with(
+        world: World,
+        start_ms: Ms,
+        projects: Vec<ProjectRef>,
+        backfill: Duration,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
+        let sim = Simulator::new(world, SimClock::manual(start_ms), TOKEN.to_string());
+        let sim_handle = sim.spawn().await.expect("simulator starts");
+        let base_url = sim_handle.base_url.clone();
+        let mut cfg = config(&base_url, projects, backfill);
+        tweak(&mut cfg);
+        Self::start_exporter(sim, sim_handle, cfg).await
+    }
+
+    pub async fn start_exporter(sim: Simulator, sim_handle: SimHandle, cfg: Config) -> Self {
+        let metrics = Arc::new(Metrics::new(&cfg.metrics).expect("metrics"));
+        let scheduler = Scheduler::new(&cfg, metrics.clone(), fast_retry()).expect("scheduler");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let state = AppState {
+            metrics,
+            readiness: scheduler.readiness(),
+        };
+        let s = stop.clone();
+        tokio::spawn(server::serve(listener, state, async move {
+            s.cancelled().await
+        }));
+        Self {
+            base_url: sim_handle.base_url.clone(),
+            sim,
+            sim_handle: Some(sim_handle),
+            scheduler,
+            metrics_url: format!("http://{addr}"),
+            stop,
+            cutoff_ms: None,
+            backfill: cfg.poll.backfill,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// One cycle of every project; panics if any fails.
+    pub async fn poll(&mut self) -> Vec<CycleStats> {
+        if self.cutoff_ms.is_none() {
+            // The Date header has whole seconds.
+            let now = self.sim.now_ms();
+            self.cutoff_ms = Some(now - now.rem_euclid(1000) - self.backfill.as_millis() as Ms);
+        }
+        self.scheduler
+            .poll_all_once()
+            .await
+            .into_iter()
+            .map(|r| r.expect("poll cycle succeeds"))
+            .collect()
+    }
+
+    pub fn truth(&self) -> GroundTruth {
+        self.sim
+            .ground_truth(self.cutoff_ms.expect("polled at least once"))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String, String) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.metrics_url))
+            .send()
+            .await
+            .expect("exporter answers");
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        (status, ct, resp.text().await.expect("body"))
+    }
+
+    pub async fn scrape(&self) -> Scrape {
+        let (status, _, body) = self.get("/metrics").await;
+        assert_eq!(status, 200);
+        Scrape::parse(&body)
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(h) = self.sim_handle.take() {
+            h.shutdown().await;
+        }
+    }
+}
+
+/// A parsed `/metrics` page.
+pub struct Scrape {
+    pub text: String,
+    pub samples: Vec<prometheus_parse::Sample>,
+}
+
+pub type Labels = BTreeMap<String, String>;
+
+impl Scrape {
+    pub fn parse(text: &str) -> Self {
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let parsed = prometheus_parse::Scrape::parse(lines).expect("valid exposition format");
+        Self {
+            text: text.to_string(),
+            samples: parsed.samples,
+        }
+    }
+
+    fn labels(s: &prometheus_parse::Sample) -> Labels {
+        s.labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Counter or gauge values of `name`, by label set.
+    pub fn values(&self, name: &str) -> BTreeMap<Labels, f64> {
+        self.samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter_map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => Some((Self::labels(s), v)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Histograms of `name`: (count, sum, cumulative bucket counts by upper bound).
+    pub fn histograms(&self, name: &str) -> BTreeMap<Labels, Histogram> {
+        let mut out = BTreeMap::new();
+        for s in self.samples.iter().filter(|s| s.metric == name) {
+            if let prometheus_parse::Value::Histogram(buckets) = &s.value {
+                let mut labels = Self::labels(s);
+                labels.remove("le");
+                let h: &mut Histogram = out.entry(labels).or_default();
+                h.buckets = buckets.iter().map(|b| (b.less_than, b.count)).collect();
+            }
+        }
+        for (suffix, is_count) in [("_count", true), ("_sum", false)] {
+            for (labels, v) in self.values(&format!("{name}{suffix}")) {
+                let h = out.entry(labels).or_default();
+                if is_count {
+                    h.count = v;
+                } else {
+                    h.sum = v;
+                }
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Histogram {
+    pub count: f64,
+    pub sum: f64,
+    pub buckets: Vec<(f64, f64)>,
+}
+
+fn labels<const N: usize>(pairs: [(&str, &str); N]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn assert_hist_matches(what: &str, key: &Labels, h: Option<&Histogram>, values: &[f64]) {
+    let h = h.unwrap_or_else(|| panic!("{what}: no histogram for {key:?}"));
+    assert_eq!(h.count, values.len() as f64, "{what} count for {key:?}");
+    let sum: f64 = values.iter().sum();
+    assert!(
+        (h.sum - sum).abs() <= 1e-6 * sum.abs().max(1.0),
+        "{what} sum for {key:?}: {} vs {sum}",
+        h.sum
+    );
+    for (le, count) in &h.buckets {
+        let expected = values.iter().filter(|v| **v <= *le).count() as f64;
+        assert_eq!(*count, expected, "{what} bucket le={le} for {key:?}");
+    }
+}
+
+/// Every job metric equals the ground truth exactly (histogram sums to float rounding).
+pub fn assert_matches_truth(scrape: &Scrape, truth: &GroundTruth) {
+    // gitlab_ci_jobs_total: same series, same values.
+    let got = scrape.values("gitlab_ci_jobs_total");
+    let mut want = BTreeMap::new();
+    for (k, n) in &truth.jobs_total {
+        want.insert(
+            labels([
+                ("project", &k.project),
+                ("ref", &k.ref_),
+                ("stage", &k.stage),
+                ("job", &k.job),
+                ("status", &k.status),
+                ("failure_reason", &k.failure_reason),
+            ]),
+            *n as f64,
+        );
+    }
+    let got_nonzero: BTreeMap<_, _> = got.into_iter().filter(|(_, v)| *v != 0.0).collect();
+    if got_nonzero != want {
+        let missing: Vec<_> = want
+            .iter()
+            .filter(|(k, v)| got_nonzero.get(*k) != Some(v))
+            .collect();
+        let extra: Vec<_> = got_nonzero
+            .iter()
+            .filter(|(k, v)| want.get(*k) != Some(v))
+            .collect();
+        panic!(
+            "gitlab_ci_jobs_total differs from ground truth ({} vs {} jobs)\nwant but not got: {missing:#?}\ngot but not wanted: {extra:#?}",
+            got_nonzero.values().sum::<f64>(),
+            truth.total_jobs()
+        );
+    }
+
+    let durations = scrape.histograms("gitlab_ci_job_duration_seconds");
+    assert_eq!(
+        durations.values().map(|h| h.count).sum::<f64>(),
+        truth.duration_count() as f64,
+        "duration observations"
+    );
+    for (k, values) in &truth.duration {
+        let key = labels([
+            ("project", &k.project),
+            ("ref", &k.ref_),
+            ("stage", &k.stage),
+            ("job", &k.job),
+            ("status", &k.status),
+        ]);
+        assert_hist_matches("duration", &key, durations.get(&key), values);
+    }
+
+    let queued = scrape.histograms("gitlab_ci_job_queued_duration_seconds");
+    assert_eq!(
+        queued.values().map(|h| h.count).sum::<f64>(),
+        truth.queued_count() as f64,
+        "queued observations"
+    );
+    for (k, values) in &truth.queued {
+        let key = labels([
+            ("project", &k.project),
+            ("ref", &k.ref_),
+            ("stage", &k.stage),
+            ("job", &k.job),
+        ]);
+        assert_hist_matches("queued", &key, queued.get(&key), values);
+    }
+
+    let active: BTreeMap<_, _> = scrape
+        .values("gitlab_ci_jobs_active")
+        .into_iter()
+        .filter(|(_, v)| *v != 0.0)
+        .collect();
+    let want_active: BTreeMap<_, _> = truth
+        .active
+        .iter()
+        .map(|((p, s), n)| (labels([("project", p), ("status", s)]), *n as f64))
+        .collect();
+    assert_eq!(active, want_active, "gitlab_ci_jobs_active");
+
+    let oldest = scrape.values("gitlab_ci_jobs_oldest_pending_timestamp_seconds");
+    assert_eq!(
+        oldest.len(),
+        truth.oldest_pending.len(),
+        "projects with a pending job: {oldest:?} vs {:?}",
+        truth.oldest_pending
+    );
+    for (project, t) in &truth.oldest_pending {
+        let got = oldest
+            .get(&labels([("project", project)]))
+            .unwrap_or_else(|| panic!("no oldest pending for {project}"));
+        // GitLab's Date header has whole seconds: the exporter's estimate may be up to 1 s early.
+        assert!(
+            (got - t).abs() <= 1.0,
+            "oldest pending for {project}: {got} vs {t}"
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! The exporter against the simulator over real loopback HTTP: after scripted histories with
+//! hundreds of jobs per project, every counter and histogram equals the ground truth exactly.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, assert_matches_truth, by_id, by_path};
+use gitlab_jobs_exporter::simulator::{Fault, Ms, ProjectSpec, World, WorldSpec};
+
+const MIN: Ms = 60_000;
+const HOUR: Ms = 60 * MIN;
+/// A whole second, so GitLab's `Date` header and the manual clock agree.
+const T0: Ms = 1_790_000_000_000;
+
+fn world(seed: u64) -> World {
+    let projects = vec![
+        ProjectSpec {
+            id: 11,
+            path: "acme/platform/api".into(),
+            pipelines_per_hour: 14.0,
+        },
+        ProjectSpec {
+            id: 12,
+            path: "acme/web/frontend".into(),
+            pipelines_per_hour: 9.0,
+        },
+        ProjectSpec {
+            id: 13,
+            path: "tools/cli".into(),
+            pipelines_per_hour: 4.0,
+        },
+    ];
+    World::generate(&WorldSpec::new(projects, T0, T0 + 4 * HOUR), seed)
+}
+
+fn projects() -> Vec<gitlab_jobs_exporter::config::ProjectRef> {
+    // One by path with subgroups, one by id (shown by its path), one plain path.
+    vec![
+        by_path("acme/platform/api"),
+        by_id(12),
+        by_path("tools/cli"),
+    ]
+}
+
+/// Advances the clock in the given steps, polling after each, and checks the truth every
+/// `check_every` cycles and at the end.
+async fn run_history(h: &mut Harness, steps: &[(Ms, usize)], check_every: usize) {
+    let mut cycles = 0;
+    for &(step, count) in steps {
+        for _ in 0..count {
+            h.sim.advance(Duration::from_millis(step as u64));
+            h.poll().await;
+            cycles += 1;
+            if cycles % check_every == 0 {
+                assert_matches_truth(&h.scrape().await, &h.truth());
+            }
+        }
+    }
+    assert_matches_truth(&h.scrape().await, &h.truth());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_mid_history_counts_every_job_once() {
+    let world = world(1);
+    let jobs = world.jobs().len();
+    assert!(jobs > 600, "a few hundred jobs per project: {jobs}");
+    let mut h = Harness::start(world, T0 + 90 * MIN, projects(), Duration::from_secs(3600)).await;
+    let (status, _, body) = h.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    h.poll().await;
+    let (status, _, _) = h.get("/readyz").await;
+    assert_eq!(status, 200);
+    assert_matches_truth(&h.scrape().await, &h.truth());
+    // 30 s cycles through the history, a 50-minute gap (a multi-page burst), then past the end
+    // until everything that can finish has finished.
+    run_history(
+        &mut h,
+        &[(30_000, 120), (50 * MIN, 1), (30_000, 200), (5 * MIN, 40)],
+        25,
+    )
+    .await;
+    let truth = h.truth();
+    assert!(truth.total_jobs() > 400, "{}", truth.total_jobs());
+    for status in ["success", "failed", "canceled", "skipped"] {
+        assert!(truth.jobs_with_status(status) > 0, "history has {status}");
+    }
+    assert!(truth.total_active() > 0, "stuck and manual jobs remain");
+    // The history exercised every request kind of the polling plan.
+    let req = h.sim.requests();
+    assert!(
+        req.jobs_scoped > 0 && req.job > 0 && req.project == 3,
+        "{req:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_start_with_long_backfill_reads_many_pages() {
+    let mut h = Harness::start(
+        world(2),
+        T0 + 5 * HOUR,
+        projects(),
+        Duration::from_secs(24 * 3600),
+    )
+    .await;
+    let stats = h.poll().await;
+    assert!(
+        stats.iter().any(|s| s.pages >= 3),
+        "several pages per project: {stats:?}"
+    );
+    assert_matches_truth(&h.scrape().await, &h.truth());
+    run_history(&mut h, &[(MIN, 30), (10 * MIN, 12)], 10).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_are_retried_without_losing_or_double_counting() {
+    let mut h = Harness::start(
+        world(3),
+        T0 + 2 * HOUR,
+        projects(),
+        Duration::from_secs(3600),
+    )
+    .await;
+    h.poll().await;
+    let faults = [
+        Fault::ServerError(502),
+        Fault::ServerError(503),
+        Fault::RateLimitedJson,
+        Fault::RateLimitedText {
+            retry_after_secs: 1,
+        },
+        Fault::MalformedJson,
+        Fault::HtmlOk,
+        Fault::ServerError(504),
+    ];
+    for (i, f) in faults.iter().cycle().take(60).enumerate() {
+        h.sim.advance(Duration::from_secs(45));
+        if i % 3 == 0 {
+            h.sim.push_fault(f.clone());
+        }
+        h.poll().await;
+    }
+    assert_eq!(h.sim.pending_faults(), 0);
+    let scrape = h.scrape().await;
+    assert_matches_truth(&scrape, &h.truth());
+    let errors = scrape.values("gitlab_jobs_exporter_api_errors_total");
+    let total_errors: f64 = errors.values().sum();
+    assert_eq!(total_errors, 20.0, "every fault counted once: {errors:?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_cycle_is_redone_without_double_counting() {
+    // One project at a time, so the faults below all hit the first project polled.
+    let mut h = Harness::start_with(
+        world(4),
+        T0 + 2 * HOUR,
+        projects(),
+        Duration::from_secs(3600),
+        |cfg| cfg.poll.concurrency = 1,
+    )
+    .await;
+    h.poll().await;
+    // More consecutive 5xx than the retry budget (4 retries): one project's cycle fails.
+    h.sim.advance(Duration::from_secs(40 * 60));
+    for _ in 0..6 {
+        h.sim.push_fault(Fault::ServerError(500));
+    }
+    let results = h.scheduler.poll_all_once().await;
+    assert!(results.iter().any(|r| r.is_err()), "one cycle failed");
+    h.sim.clear_faults();
+    h.poll().await;
+    assert_matches_truth(&h.scrape().await, &h.truth());
+    let scrape = h.scrape().await;
+    let poll_errors: f64 = scrape
+        .values("gitlab_jobs_exporter_poll_errors_total")
+        .values()
+        .sum();
+    assert_eq!(poll_errors, 1.0);
+    h.stop().await;
+}
