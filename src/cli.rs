@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
@@ -10,11 +11,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{
+    Config, ConfigError, GitlabConfig, MetricsConfig, PollConfig, ProjectRef, ServerConfig,
+};
 use crate::gitlab::RetryPolicy;
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::server::{self, AppState};
+use crate::simulator;
+
+/// Where `--demo` listens unless told otherwise: loopback only, the simulator is no real GitLab.
+pub const DEMO_LISTEN: &str = "127.0.0.1:39129";
 
 /// Exit code for configuration errors.
 pub const EXIT_CONFIG: u8 = 2;
@@ -112,6 +119,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // try_init: a second init (tests) is harmless.
     let _ = match format {
@@ -182,6 +190,37 @@ async fn cancel_on_signal(token: CancellationToken) {
 }
 
 /// `--demo`: the simulator with a live demo world on a loopback port, and the exporter against it.
-async fn run_demo(_listen: Option<String>) -> anyhow::Result<()> {
-    anyhow::bail!("the demo is not wired up yet")
+async fn run_demo(listen: Option<String>) -> anyhow::Result<()> {
+    let token = "demo-token".to_string();
+    let world = simulator::World::demo(chrono::Utc::now().timestamp_millis());
+    let projects = world
+        .projects()
+        .iter()
+        .map(|p| ProjectRef {
+            path: Some(p.path_with_namespace.clone()),
+            id: None,
+        })
+        .collect();
+    let sim = simulator::Simulator::new(world, simulator::SimClock::Live, token.clone());
+    let handle = sim.spawn().await.context("cannot start the simulator")?;
+    let cfg = Config {
+        gitlab: GitlabConfig {
+            url: handle.base_url.clone(),
+            token: Some(token.into()),
+            token_file: None,
+            timeout: Duration::from_secs(10),
+        },
+        server: ServerConfig {
+            listen: listen.unwrap_or_else(|| DEMO_LISTEN.to_string()),
+        },
+        poll: PollConfig {
+            interval: Duration::from_secs(5),
+            ..PollConfig::default()
+        },
+        metrics: MetricsConfig::default(),
+        projects,
+    };
+    cfg.validate().context("demo configuration")?;
+    info!(gitlab = %handle.base_url, "demo: simulated GitLab started");
+    run(cfg).await
 }

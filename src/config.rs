@@ -222,12 +222,11 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Token precedence: `GITLAB_TOKEN`, then `gitlab.token_file`, then `gitlab.token`.
+    /// Token precedence: `GITLAB_TOKEN`, then `gitlab.token_file`, then `gitlab.token`. A
+    /// configured token file must be readable even when the environment wins: a broken path is
+    /// a deployment mistake worth failing on.
     fn resolve_token(&mut self, env_token: Option<String>) -> Result<(), ConfigError> {
-        if let Some(t) = env_token.filter(|t| !t.trim().is_empty()) {
-            self.gitlab.token = Some(SecretString::from(t.trim().to_string()));
-            return Ok(());
-        }
+        let mut from_file = None;
         if let Some(file) = &self.gitlab.token_file {
             let text = std::fs::read_to_string(file).map_err(|e| {
                 ConfigError::invalid(
@@ -242,7 +241,14 @@ impl Config {
                     format!("{} is empty", file.display()),
                 ));
             }
-            self.gitlab.token = Some(SecretString::from(text.to_string()));
+            from_file = Some(text.to_string());
+        }
+        if let Some(t) = env_token
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .or(from_file)
+        {
+            self.gitlab.token = Some(SecretString::from(t));
         }
         Ok(())
     }

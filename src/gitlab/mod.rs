@@ -378,9 +378,9 @@ fn parse_jobs_page(resp: Response) -> Result<JobsPage, ApiError> {
     })
 }
 
-/// reqwest is built without a default crypto provider (the default one needs a C toolchain
-/// with cmake); install ring's once per process.
-fn install_tls_provider() {
+/// reqwest is built without a default crypto provider (aws-lc's build is heavy); install ring's.
+/// Idempotent; any code building a `reqwest::Client` in this process must call it first.
+pub fn install_tls_provider() {
     // Err only means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

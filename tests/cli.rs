@@ -1,0 +1,352 @@
+//! The real binary: configuration errors (exit code 2, naming the key), `--check-config`, and a
+//! full run against the simulator in which the token must never leak.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TOKEN;
+use gitlab_jobs_exporter::simulator::{Fault, ProjectSpec, SimClock, Simulator, World, WorldSpec};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gitlab-jobs-exporter");
+
+const GOOD: &str = r#"
+[gitlab]
+url = "https://gitlab.example.com"
+timeout = "5s"
+
+[server]
+listen = "127.0.0.1:0"
+
+[poll]
+interval = "30s"
+backfill = "1h"
+concurrency = 2
+
+[[projects]]
+path = "group/subgroup/project"
+
+[[projects]]
+id = 42
+"#;
+
+fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    let mut f = std::fs::File::create(&path).expect("create config");
+    f.write_all(text.as_bytes()).expect("write config");
+    path
+}
+
+fn run(config: &Path, env: &[(&str, &str)], extra: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(config).args(extra);
+    cmd.env_remove("GITLAB_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("binary runs")
+}
+
+fn check(text: &str, env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), text);
+    run(&path, env, &["--check-config"])
+}
+
+#[test]
+fn check_config_prints_effective_config_without_token() {
+    let out = check(GOOD, &[("GITLAB_TOKEN", TOKEN)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("group/subgroup/project"), "{stdout}");
+    assert!(stdout.contains("<redacted>"), "{stdout}");
+    assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
+}
+
+#[test]
+fn environment_overrides_keys() {
+    let out = check(
+        GOOD,
+        &[
+            ("GITLAB_TOKEN", TOKEN),
+            ("GITLAB_JOBS_EXPORTER__POLL__INTERVAL", "15s"),
+            ("GITLAB_JOBS_EXPORTER__POLL__CONCURRENCY", "7"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("interval = \"15s\""), "{stdout}");
+    assert!(stdout.contains("concurrency = 7"), "{stdout}");
+}
+
+#[test]
+fn token_file_is_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_path = dir.path().join("token");
+    std::fs::write(&token_path, format!("{TOKEN}\n")).expect("write token");
+    let text = GOOD.replace(
+        "timeout = \"5s\"",
+        &format!(
+            "timeout = \"5s\"\ntoken_file = {:?}",
+            token_path.display().to_string()
+        ),
+    );
+    let out = check(&text, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_bad_key_fails_fast_with_exit_code_2_naming_it() {
+    let no_projects = GOOD
+        .split("[[projects]]")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+        (
+            GOOD.replace("interval = \"30s\"", "intervall = \"30s\""),
+            vec![],
+            "poll.intervall",
+        ),
+        (
+            GOOD.replace("interval = \"30s\"", "interval = \"soon\""),
+            vec![],
+            "poll.interval",
+        ),
+        (
+            GOOD.replace("interval = \"30s\"", "interval = \"0s\""),
+            vec![],
+            "poll.interval",
+        ),
+        (
+            GOOD.replace("backfill = \"1h\"", "backfill = \"an hour\""),
+            vec![],
+            "poll.backfill",
+        ),
+        (
+            GOOD.replace("concurrency = 2", "concurrency = 0"),
+            vec![],
+            "poll.concurrency",
+        ),
+        (
+            GOOD.replace("timeout = \"5s\"", "timeout = \"5 parsecs\""),
+            vec![],
+            "gitlab.timeout",
+        ),
+        (
+            GOOD.replace("url = \"https://gitlab.example.com\"", ""),
+            vec![],
+            "gitlab",
+        ),
+        (
+            GOOD.replace("https://gitlab.example.com", "gitlab.example.com"),
+            vec![],
+            "gitlab.url",
+        ),
+        (
+            GOOD.replace("listen = \"127.0.0.1:0\"", "listen = \"everywhere\""),
+            vec![],
+            "server.listen",
+        ),
+        (no_projects, vec![], "projects"),
+        (
+            GOOD.replace("id = 42", "path = \"group/subgroup/project\""),
+            vec![],
+            "projects[1]",
+        ),
+        (
+            GOOD.replace("id = 42", "id = 42\npath = \"a/b\""),
+            vec![],
+            "projects[1]",
+        ),
+        (
+            GOOD.replace("id = 42", "id = \"forty-two\""),
+            vec![],
+            "projects[1].id",
+        ),
+        (
+            GOOD.replace(
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\ntoken_file = \"/nonexistent/token\"",
+            ),
+            vec![],
+            "gitlab.token_file",
+        ),
+        (
+            GOOD.to_string(),
+            vec![("GITLAB_JOBS_EXPORTER__POLL__INTERVAL", "bogus")],
+            "poll.interval",
+        ),
+        (GOOD.replace("[server]", "[sever]"), vec![], "sever"),
+    ];
+    for (text, mut env, key) in cases {
+        env.push(("GITLAB_TOKEN", TOKEN));
+        let out = check(&text, &env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}: {stderr}");
+        assert!(stderr.contains(key), "error should name {key}: {stderr}");
+        assert!(!stderr.contains(TOKEN));
+    }
+    // No token at all.
+    let out = check(GOOD, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GITLAB_TOKEN"));
+}
+
+#[test]
+fn version_flag() {
+    let out = Command::new(BIN).arg("--version").output().expect("runs");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+/// Polls `url` until it answers 200 or the deadline passes.
+async fn wait_ok(client: &reqwest::Client, url: &str, deadline: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_run_never_leaks_the_token_and_stops_cleanly_on_sigterm() {
+    let now = chrono::Utc::now().timestamp_millis();
+    let spec = WorldSpec::new(
+        vec![
+            ProjectSpec {
+                id: 7,
+                path: "acme/platform/api".into(),
+                pipelines_per_hour: 20.0,
+            },
+            ProjectSpec {
+                id: 8,
+                path: "acme/web/frontend".into(),
+                pipelines_per_hour: 10.0,
+            },
+        ],
+        now - 3 * 3_600_000,
+        now,
+    );
+    let sim = Simulator::new(World::generate(&spec, 5), SimClock::Live, TOKEN.to_string());
+    // Error paths log too: make sure they do not leak either.
+    sim.push_fault(Fault::ServerError(502));
+    sim.push_fault(Fault::ExpiredToken);
+    sim.push_fault(Fault::MalformedJson);
+    let handle = sim.spawn().await.expect("simulator");
+
+    // A free port for the exporter: bind, read, release.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[gitlab]\nurl = {:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n[poll]\ninterval = \"1s\"\n[[projects]]\npath = \"acme/platform/api\"\n[[projects]]\nid = 8\n",
+            handle.base_url
+        ),
+    );
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .env("GITLAB_TOKEN", TOKEN)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exporter starts");
+    gitlab_jobs_exporter::gitlab::install_tls_provider();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = wait_ok(&client, &format!("{base}/readyz"), Duration::from_secs(60)).await;
+
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    let content_type = metrics
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let metrics = metrics.text().await.expect("body");
+    let index = client
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .expect("index")
+        .text()
+        .await
+        .expect("body");
+    let health = client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz")
+        .status();
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("exporter exits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+
+    assert!(ready, "exporter became ready; log:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "clean exit on SIGTERM; log:\n{stderr}"
+    );
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(metrics.contains("gitlab_ci_jobs_total{"), "{metrics}");
+    assert!(
+        metrics.contains("project=\"acme/web/frontend\""),
+        "a project given by id is shown by its path"
+    );
+    assert!(index.contains("href=\"metrics\""));
+    assert!(health.is_success());
+    assert!(
+        stderr.contains("poll cycle failed") || stderr.contains("retrying"),
+        "faults were logged"
+    );
+    for (what, text) in [
+        ("stderr", &*stderr),
+        ("stdout", &*stdout),
+        ("/metrics", &*metrics),
+    ] {
+        assert!(!text.contains(TOKEN), "token leaked into {what}");
+        assert!(
+            !text.contains("TEST-SECRET"),
+            "part of the token leaked into {what}"
+        );
+    }
+    // Every request carried the token in a header, never in the URL.
+    let log = sim.request_log();
+    assert!(!log.is_empty());
+    assert!(log.iter().all(|r| !r.path_and_query.contains(TOKEN)));
+    handle.shutdown().await;
+}
