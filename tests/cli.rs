@@ -114,7 +114,8 @@ fn every_bad_key_fails_fast_with_exit_code_2_naming_it() {
         .next()
         .unwrap_or_default()
         .to_string();
-    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             GOOD.replace("interval = \"30s\"", "intervall = \"30s\""),
             vec![],
