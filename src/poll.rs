@@ -28,6 +28,43 @@ pub const MAX_BACKFILL_PAGES: usize = 100;
 pub const MAX_PAGES_PER_CYCLE: usize = 50;
 /// Single-job fetches per cycle, at most; the rest wait for the next cycle.
 pub const MAX_SINGLE_FETCHES: usize = 100;
+/// Pages of `scope[]` listings per cycle, at most.
+pub const MAX_LISTING_PAGES: usize = 100;
+/// Deep waiting jobs (created, manual, scheduled) are all re-checked every this many cycles.
+pub const COLD_SWEEP_CYCLES: u64 = 10;
+
+/// Waiting for something else (an earlier stage, a person, a time): changes rarely on its own.
+fn is_waiting(status: &JobStatus) -> bool {
+    matches!(
+        status,
+        JobStatus::Created | JobStatus::Manual | JobStatus::Scheduled
+    )
+}
+
+/// Which `scope[]` listing to read.
+#[derive(Debug, Clone, Copy)]
+enum Listing {
+    /// Every non-final status.
+    All,
+    /// The non-final statuses that move on their own (pending, running, …).
+    Busy,
+    /// created, manual, scheduled.
+    Waiting,
+}
+
+impl Listing {
+    fn scopes(self, legacy: bool) -> Vec<JobStatus> {
+        JobStatus::NON_FINAL
+            .into_iter()
+            .filter(|s| !(legacy && s.is_recent_scope()))
+            .filter(|s| match self {
+                Self::All => true,
+                Self::Busy => !is_waiting(s),
+                Self::Waiting => is_waiting(s),
+            })
+            .collect()
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum PollError {
@@ -70,6 +107,8 @@ pub struct ProjectPoller {
     /// The GitLab rejected `waiting_for_callback`/`canceling` in `scope[]` (older than 17.x).
     legacy_scopes: bool,
     completed_cycles: u64,
+    /// Pages the last listing of waiting jobs took.
+    waiting_pages: usize,
 }
 
 impl ProjectPoller {
@@ -81,6 +120,7 @@ impl ProjectPoller {
             backfill,
             legacy_scopes: false,
             completed_cycles: 0,
+            waiting_pages: 1,
         }
     }
 
@@ -153,6 +193,8 @@ impl ProjectPoller {
         };
         let api_id = id.to_string();
         let first_cycle = self.tracker.is_first_cycle();
+        // Only changes seen in this cycle count (a failed cycle may have left some behind).
+        self.tracker.take_touched();
         let max_pages = if first_cycle {
             MAX_BACKFILL_PAGES
         } else {
@@ -202,57 +244,110 @@ impl ProjectPoller {
         }
         let server_now = server_now.unwrap_or_else(|| secs(Utc::now()));
 
-        // 2. Followed jobs below what was read: one scoped listing, then single fetches.
-        let deep = self.tracker.deep_followed(lowest);
-        let mut to_fetch = Vec::new();
-        if first_cycle || deep.len() > 1 {
-            let listed = self
-                .list_non_final(
-                    client, &api_id, lowest, highest, server_now, &label, metrics, stats,
-                )
-                .await?;
-            to_fetch.extend(deep.iter().filter(|id| !listed.contains(id)));
+        // 2. Followed jobs below what was read. Busy ones (pending, running, …) every cycle: one
+        // listing of those statuses, then single fetches for the jobs that left it. Waiting ones
+        // (created, manual, scheduled) pile up in real projects (a manual deploy in every
+        // pipeline, never played) and mostly change when something else in their pipeline does:
+        // they are fetched when their pipeline showed a change this cycle, and all of them are
+        // swept every `COLD_SWEEP_CYCLES` cycles. A played manual job usually shows up in the
+        // busy listing (pending, running) well before that.
+        if first_cycle {
+            // Learn the whole non-final population, however old.
+            self.list(
+                client,
+                &api_id,
+                Listing::All,
+                lowest,
+                highest,
+                server_now,
+                &label,
+                metrics,
+                stats,
+            )
+            .await?;
         } else {
-            to_fetch.extend(deep);
-        }
-        to_fetch.retain(|id| self.tracker.is_followed(*id));
-        if to_fetch.len() > MAX_SINGLE_FETCHES {
-            warn!(project = %label, pending = to_fetch.len(), "many followed jobs changed at once; fetching the rest next cycle");
-            // Oldest first: they have waited longest.
-            to_fetch.truncate(MAX_SINGLE_FETCHES);
-        }
-        for job_id in to_fetch {
-            let job = client.job(&api_id, job_id).await?;
-            stats.requests += 1;
-            stats.single_fetches += 1;
-            match job {
-                Some(job) => {
-                    let page = JobsPage {
-                        jobs: vec![job],
-                        bad_items: 0,
-                        next: None,
-                        server_time: None,
-                    };
-                    self.feed(&page, server_now, &label, metrics, stats);
+            let hot: Vec<u64> = self
+                .tracker
+                .deep_followed(lowest)
+                .filter(|(_, f)| !is_waiting(&f.status))
+                .map(|(id, _)| id)
+                .collect();
+            let to_fetch = match hot.len() {
+                0 => Vec::new(),
+                1 => hot,
+                _ => {
+                    let listed = self
+                        .list(
+                            client,
+                            &api_id,
+                            Listing::Busy,
+                            lowest,
+                            highest,
+                            server_now,
+                            &label,
+                            metrics,
+                            stats,
+                        )
+                        .await?;
+                    hot.into_iter().filter(|id| !listed.contains(id)).collect()
                 }
-                None => {
-                    info!(project = %label, job_id, "followed job no longer exists (pipeline deleted?); dropping it");
-                    self.tracker.forget(job_id);
-                }
-            }
+            };
+            self.fetch_each(
+                client, &api_id, to_fetch, server_now, &label, metrics, stats,
+            )
+            .await?;
+
+            let sweep = self.completed_cycles.is_multiple_of(COLD_SWEEP_CYCLES);
+            // A waiting job moves when the running part of its pipeline is over (next stage,
+            // skipped after a failure, canceled with it): re-check those pipelines only.
+            let mut settled = self.tracker.take_touched();
+            settled.retain(|p| !self.tracker.pipeline_has_busy_job(*p, is_waiting));
+            let cold: Vec<u64> = self
+                .tracker
+                .deep_followed(lowest)
+                .filter(|(_, f)| is_waiting(&f.status))
+                .filter(|(_, f)| sweep || f.pipeline_id.is_some_and(|p| settled.contains(&p)))
+                .map(|(id, _)| id)
+                .collect();
+            // One listing serves them all when that is cheaper than fetching each.
+            let to_fetch = if cold.len() > 1 && (sweep || cold.len() > self.waiting_pages) {
+                let before = stats.scoped_pages;
+                let listed = self
+                    .list(
+                        client,
+                        &api_id,
+                        Listing::Waiting,
+                        lowest,
+                        highest,
+                        server_now,
+                        &label,
+                        metrics,
+                        stats,
+                    )
+                    .await?;
+                self.waiting_pages = (stats.scoped_pages - before).max(1);
+                cold.into_iter().filter(|id| !listed.contains(id)).collect()
+            } else {
+                cold
+            };
+            self.fetch_each(
+                client, &api_id, to_fetch, server_now, &label, metrics, stats,
+            )
+            .await?;
         }
 
         self.tracker.complete_cycle(lowest, highest);
         Ok(())
     }
 
-    /// Pages through the non-final `scope[]` listing, feeding jobs below `lowest` (the ones above
-    /// were just read) and at most `highest` (newer ones are next cycle's). Returns the ids seen.
+    /// Pages through a `scope[]` listing, feeding jobs below `lowest` (the ones above were just
+    /// read) and at most `highest` (newer ones are next cycle's). Returns the ids listed.
     #[allow(clippy::too_many_arguments)]
-    async fn list_non_final(
+    async fn list(
         &mut self,
         client: &GitlabClient,
         api_id: &str,
+        listing: Listing,
         lowest: Option<u64>,
         highest: Option<u64>,
         server_now: f64,
@@ -264,10 +359,7 @@ impl ProjectPoller {
         let mut visited = HashSet::new();
         let mut next: Option<String> = None;
         loop {
-            let scopes: Vec<JobStatus> = JobStatus::NON_FINAL
-                .into_iter()
-                .filter(|s| !(self.legacy_scopes && s.is_recent_scope()))
-                .collect();
+            let scopes = listing.scopes(self.legacy_scopes);
             let req = match &next {
                 None => PageRequest::First {
                     project: api_id,
@@ -296,6 +388,10 @@ impl ProjectPoller {
             let now = page.server_time.map(secs).unwrap_or(server_now);
             self.feed(&page, now, label, metrics, stats);
             match page.next {
+                Some(_) if stats.scoped_pages >= MAX_LISTING_PAGES => {
+                    warn!(project = %label, pages = stats.scoped_pages, "listing too long; the rest waits for the next cycle");
+                    return Ok(seen);
+                }
                 Some(n) => {
                     if !visited.insert(n.clone()) {
                         return Err(PollError::PaginationLoop);
@@ -305,6 +401,46 @@ impl ProjectPoller {
                 None => return Ok(seen),
             }
         }
+    }
+
+    /// Fetches followed jobs one by one (at most `MAX_SINGLE_FETCHES`, oldest first).
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_each(
+        &mut self,
+        client: &GitlabClient,
+        api_id: &str,
+        mut ids: Vec<u64>,
+        server_now: f64,
+        label: &str,
+        metrics: &Metrics,
+        stats: &mut CycleStats,
+    ) -> Result<(), PollError> {
+        ids.retain(|id| self.tracker.is_followed(*id));
+        if ids.len() > MAX_SINGLE_FETCHES {
+            warn!(project = %label, pending = ids.len(), "many followed jobs changed at once; fetching the rest next cycle");
+            ids.truncate(MAX_SINGLE_FETCHES);
+        }
+        for job_id in ids {
+            let job = client.job(api_id, job_id).await?;
+            stats.requests += 1;
+            stats.single_fetches += 1;
+            match job {
+                Some(job) => {
+                    let page = JobsPage {
+                        jobs: vec![job],
+                        bad_items: 0,
+                        next: None,
+                        server_time: None,
+                    };
+                    self.feed(&page, server_now, label, metrics, stats);
+                }
+                None => {
+                    info!(project = %label, job_id, "followed job no longer exists (pipeline deleted?); dropping it");
+                    self.tracker.forget(job_id);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn feed(

@@ -69,6 +69,8 @@ pub struct Followed {
     pub counted: bool,
     /// Unix seconds when it began waiting, while pending.
     pub pending_since: Option<f64>,
+    #[serde(default)]
+    pub pipeline_id: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -81,6 +83,9 @@ pub struct Tracker {
     /// Backfill cutoff (unix seconds), fixed when the first cycle starts and kept until it
     /// completes, so a retried first cycle uses the same window.
     cutoff: Option<f64>,
+    /// Pipelines in which a job was seen new or changing since the last `take_touched`.
+    #[serde(skip)]
+    touched: BTreeSet<u64>,
 }
 
 /// Unix seconds.
@@ -115,6 +120,16 @@ impl Tracker {
     /// response (unix seconds).
     pub fn observe(&mut self, job: &Job, server_now: f64, events: &mut Vec<Event>) {
         let id = job.id;
+        let changed = self
+            .followed
+            .get(&id)
+            .is_none_or(|f| f.status != job.status);
+        if changed
+            && !(job.status.is_final() && self.is_handled(id))
+            && let Some(p) = job.pipeline_id
+        {
+            self.touched.insert(p);
+        }
         if let Some(f) = self.followed.get_mut(&id) {
             if job.has_started() && !f.started_seen {
                 f.started_seen = true;
@@ -181,6 +196,7 @@ impl Tracker {
                 started_seen: counted || job.has_started(),
                 counted,
                 pending_since: pending_since(job, server_now),
+                pipeline_id: job.pipeline_id,
             },
         );
     }
@@ -228,11 +244,31 @@ impl Tracker {
 
     /// Followed jobs below `lowest_read` (all of them when nothing was read): these were not on
     /// the pages read this cycle, so their fate must be learnt another way.
-    pub fn deep_followed(&self, lowest_read: Option<u64>) -> Vec<u64> {
-        match lowest_read {
-            Some(low) => self.followed.range(..low).map(|(id, _)| *id).collect(),
-            None => self.followed.keys().copied().collect(),
-        }
+    pub fn deep_followed(
+        &self,
+        lowest_read: Option<u64>,
+    ) -> impl Iterator<Item = (u64, &Followed)> {
+        let range = match lowest_read {
+            Some(low) => self.followed.range(..low),
+            None => self.followed.range(..),
+        };
+        range.map(|(id, f)| (*id, f))
+    }
+
+    /// Whether a followed job of `pipeline` is in a status for which `waiting` is false.
+    pub fn pipeline_has_busy_job(
+        &self,
+        pipeline: u64,
+        waiting: impl Fn(&JobStatus) -> bool,
+    ) -> bool {
+        self.followed
+            .values()
+            .any(|f| f.pipeline_id == Some(pipeline) && !waiting(&f.status))
+    }
+
+    /// Pipelines with a job seen new or changing since the last call.
+    pub fn take_touched(&mut self) -> BTreeSet<u64> {
+        std::mem::take(&mut self.touched)
     }
 
     pub fn is_followed(&self, id: u64) -> bool {

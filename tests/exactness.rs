@@ -44,7 +44,8 @@ fn projects() -> Vec<gitlab_jobs_exporter::config::ProjectRef> {
 }
 
 /// Advances the clock in the given steps, polling after each, and checks the truth every
-/// `check_every` cycles and at the end.
+/// `check_every` cycles (a multiple of the manual-job sweep period, so deep manual jobs were just
+/// swept) and at the end, once the exporter has settled.
 async fn run_history(h: &mut Harness, steps: &[(Ms, usize)], check_every: usize) {
     let mut cycles = 0;
     for &(step, count) in steps {
@@ -57,6 +58,7 @@ async fn run_history(h: &mut Harness, steps: &[(Ms, usize)], check_every: usize)
             }
         }
     }
+    h.settle().await;
     assert_matches_truth(&h.scrape().await, &h.truth());
 }
 
@@ -76,8 +78,8 @@ async fn started_mid_history_counts_every_job_once() {
     // until everything that can finish has finished.
     run_history(
         &mut h,
-        &[(30_000, 120), (50 * MIN, 1), (30_000, 200), (5 * MIN, 40)],
-        25,
+        &[(30_000, 120), (50 * MIN, 1), (30_000, 199), (5 * MIN, 40)],
+        20,
     )
     .await;
     let truth = h.truth();
@@ -143,6 +145,7 @@ async fn faults_are_retried_without_losing_or_double_counting() {
         h.poll().await;
     }
     assert_eq!(h.sim.pending_faults(), 0);
+    h.settle().await;
     let scrape = h.scrape().await;
     assert_matches_truth(&scrape, &h.truth());
     let errors = scrape.values("gitlab_jobs_exporter_api_errors_total");
@@ -171,7 +174,7 @@ async fn a_failing_cycle_is_redone_without_double_counting() {
     let results = h.scheduler.poll_all_once().await;
     assert!(results.iter().any(|r| r.is_err()), "one cycle failed");
     h.sim.clear_faults();
-    h.poll().await;
+    h.settle().await;
     assert_matches_truth(&h.scrape().await, &h.truth());
     let scrape = h.scrape().await;
     let poll_errors: f64 = scrape

@@ -109,6 +109,8 @@ impl std::fmt::Display for JobStatus {
 /// One job from `GET /projects/:id/jobs` or `GET /projects/:id/jobs/:job_id`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Job {
+    #[serde(rename = "pipeline", default, deserialize_with = "lenient_pipeline")]
+    pub pipeline_id: Option<u64>,
     pub id: u64,
     pub status: JobStatus,
     #[serde(default, deserialize_with = "null_as_default")]
@@ -137,6 +139,12 @@ impl Job {
     pub fn has_started(&self) -> bool {
         self.started_at.is_some()
     }
+}
+
+/// `pipeline.id`, if the job names a pipeline.
+fn lenient_pipeline<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(v.and_then(|p| p.get("id").and_then(serde_json::Value::as_u64)))
 }
 
 /// `GET /projects/:id`.
@@ -202,6 +210,7 @@ mod tests {
         assert_eq!(jobs[0].duration, Some(0.173));
         assert_eq!(jobs[0].queued_duration, Some(0.010));
         assert_eq!(jobs[0].ref_, "main");
+        assert_eq!(jobs[0].pipeline_id, Some(6));
         assert!(jobs[0].has_started());
     }
 

@@ -426,20 +426,11 @@ impl Gen<'_> {
         }
         if tl.iter().any(|e| e.1 == "running") {
             let rng = &mut self.rng;
+            let project = self.project.id;
             job.runner = Some(match rng.u32(0..10) {
                 0..7 => RunnerDef::instance(rng.u64(1..=4)),
-                7..9 => RunnerDef {
-                    id: rng.u64(11..=12),
-                    description: "group-runner".to_owned(),
-                    runner_type: "group_type".to_owned(),
-                    is_shared: false,
-                },
-                _ => RunnerDef {
-                    id: 100 + self.project.id % 50,
-                    description: format!("project-{}-runner", self.project.id),
-                    runner_type: "project_type".to_owned(),
-                    is_shared: false,
-                },
+                7..9 => RunnerDef::new(rng.u64(11..=12), "group-runner", "group_type"),
+                _ => RunnerDef::new(100 + project % 50, "project-runner", "project_type"),
             });
         } else {
             job.runner = None;

@@ -67,13 +67,19 @@ pub struct RunnerDef {
 }
 
 impl RunnerDef {
-    pub fn instance(id: u64) -> Self {
+    /// `runner_type` is `instance_type` (shared), `group_type` or `project_type`.
+    pub fn new(id: u64, description: &str, runner_type: &str) -> Self {
+        let (description, is_shared) = (description.to_owned(), runner_type == "instance_type");
         Self {
             id,
-            description: format!("shared-runner-{id}"),
-            runner_type: "instance_type".to_owned(),
-            is_shared: true,
+            description,
+            runner_type: runner_type.to_owned(),
+            is_shared,
         }
+    }
+
+    pub fn instance(id: u64) -> Self {
+        Self::new(id, &format!("shared-runner-{id}"), "instance_type")
     }
 }
 

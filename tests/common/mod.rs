@@ -148,6 +148,14 @@ impl Harness {
             .collect()
     }
 
+    /// Polls without moving the clock until every project has swept its deep manual jobs, so
+    /// the exporter has caught up with everything that happened.
+    pub async fn settle(&mut self) {
+        for _ in 0..gitlab_jobs_exporter::poll::COLD_SWEEP_CYCLES {
+            self.poll().await;
+        }
+    }
+
     pub fn truth(&self) -> GroundTruth {
         self.sim
             .ground_truth(self.cutoff_ms.expect("polled at least once"))

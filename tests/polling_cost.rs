@@ -1,0 +1,171 @@
+//! API requests per poll cycle, against the cost model (`shared/polling-cost-model.md`): an idle
+//! project costs one request, a burst of N new jobs ⌈(N+1)/100⌉, deep followed jobs one listing.
+//! Run with `--nocapture` to see the figures next to the naive one-hour-window baseline.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, assert_matches_truth, by_path};
+use gitlab_jobs_exporter::simulator::{JobPlan, Ms, ProjectDef, ProjectSpec, World, WorldSpec};
+
+const SEC: Ms = 1000;
+const MIN: Ms = 60 * SEC;
+const HOUR: Ms = 60 * MIN;
+const T0: Ms = 1_790_000_000_000;
+
+fn success(id: u64, project: u64, created: Ms) -> JobPlan {
+    JobPlan::new(
+        id,
+        project,
+        id / 10,
+        "build",
+        "build",
+        &[
+            (created, "created"),
+            (created + SEC, "pending"),
+            (created + 5 * SEC, "running"),
+            (created + 65 * SEC, "success"),
+        ],
+    )
+}
+
+/// Project 1 idle (300 old jobs), project 2 the same plus a burst of 100 jobs at T0+3h+1m,
+/// project 3 idle but with three manual jobs and one stuck pending job deep in its history.
+fn world() -> World {
+    let projects = vec![
+        ProjectDef::new(1, "cost/idle"),
+        ProjectDef::new(2, "cost/burst"),
+        ProjectDef::new(3, "cost/deep"),
+    ];
+    let mut jobs = Vec::new();
+    let mut id = 1000;
+    for i in 0..300 {
+        let t = T0 + i * 36 * SEC; // 100 jobs an hour for three hours
+        for project in 1..=3 {
+            id += 1;
+            let mut job = success(id, project, t);
+            if project == 3 && i % 50 == 7 && i < 200 {
+                job.timeline.truncate(1);
+                job.timeline[0].1 = if i == 57 { "pending" } else { "manual" }.into();
+            }
+            jobs.push(job);
+        }
+    }
+    let burst_at = T0 + 3 * HOUR + MIN;
+    for _ in 0..100 {
+        id += 1;
+        jobs.push(success(id, 2, burst_at));
+    }
+    World::new(projects, jobs).expect("valid world")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_per_cycle_follow_the_cost_model() {
+    let projects = vec![
+        by_path("cost/idle"),
+        by_path("cost/burst"),
+        by_path("cost/deep"),
+    ];
+    let mut h = Harness::start(world(), T0 + 3 * HOUR, projects, Duration::from_secs(3600)).await;
+    let first = h.poll().await;
+    eprintln!(
+        "first cycle (lookup + backfill 1h + listing): {:?}",
+        first.iter().map(|s| s.requests).collect::<Vec<_>>()
+    );
+    // Steady state: nothing new.
+    h.sim.advance(Duration::from_secs(30));
+    let idle = h.poll().await;
+    assert_eq!(idle[0].requests, 1, "idle project: one request");
+    assert_eq!(idle[1].requests, 1, "idle project: one request");
+    assert_eq!(
+        idle[2].requests, 2,
+        "idle project whose deep non-final jobs are manual ones and one stuck pending job: \
+         the pending one is fetched alone"
+    );
+    // A burst of 100 new jobs (created, then running): the top page is all new, so the page
+    // after it is read to find where the new jobs end.
+    h.sim.advance(Duration::from_secs(40));
+    let burst = h.poll().await;
+    assert_eq!(burst[1].requests, 2, "100 new jobs: ⌈101/100⌉ pages");
+    assert_eq!(burst[0].requests, 1);
+    // They all complete near the top of the list: one page shows them.
+    h.sim.advance(Duration::from_secs(90));
+    let done = h.poll().await;
+    assert_eq!(
+        done[1].requests, 1,
+        "100 completions near the top: one page"
+    );
+    assert_eq!(done[1].completed, 100);
+    h.settle().await;
+    assert_matches_truth(&h.scrape().await, &h.truth());
+
+    // The naive baseline re-reads the last hour every cycle: 100 jobs/h → 1 page per project,
+    // 200 for the burst project's hour → 2 pages; it also never sees deeper non-final jobs.
+    eprintln!(
+        "idle: {} request(s)/cycle (naive 1h window: 1); deep non-final: {} (naive: 1, blind to them); \
+         burst of 100 new: {} (naive: 2); 100 completions: {} (naive: 2)",
+        idle[0].requests, idle[2].requests, burst[1].requests, done[1].requests
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_project_costs_no_more_than_rereading_an_hour() {
+    let spec = WorldSpec::new(
+        vec![ProjectSpec {
+            id: 5,
+            path: "busy/monorepo".into(),
+            pipelines_per_hour: 60.0,
+        }],
+        T0,
+        T0 + 4 * HOUR,
+    );
+    let world = World::generate(&spec, 9);
+    let created: Vec<Ms> = world.jobs().iter().map(|j| j.created_at_ms).collect();
+    let mut h = Harness::start(
+        world,
+        T0 + HOUR,
+        vec![by_path("busy/monorepo")],
+        Duration::from_secs(3600),
+    )
+    .await;
+    h.poll().await;
+    let (mut ours, mut naive, mut cycles) = (0usize, 0usize, 0usize);
+    let (mut pages, mut scoped, mut singles) = (0usize, 0usize, 0usize);
+    for _ in 0..(2 * 120) {
+        h.sim.advance(Duration::from_secs(30));
+        let now = h.sim.now_ms();
+        let st = h.poll().await[0].clone();
+        ours += st.requests;
+        pages += st.pages;
+        scoped += st.scoped_pages;
+        singles += st.single_fetches;
+        let in_window = created
+            .iter()
+            .filter(|c| **c > now - HOUR && **c <= now)
+            .count();
+        naive += in_window.div_ceil(100).max(1);
+        cycles += 1;
+    }
+    h.settle().await;
+    assert_matches_truth(&h.scrape().await, &h.truth());
+    let (ours_avg, naive_avg) = (ours as f64 / cycles as f64, naive as f64 / cycles as f64);
+    eprintln!(
+        "busy project ({} jobs/h): {ours_avg:.2} requests/cycle vs naive 1h window {naive_avg:.2}",
+        created.len() / 4
+    );
+    eprintln!(
+        "per cycle: {:.2} top pages, {:.2} listing pages, {:.2} single fetches",
+        pages as f64 / cycles as f64,
+        scoped as f64 / cycles as f64,
+        singles as f64 / cycles as f64
+    );
+    // A busy project pays for the completions of jobs deeper than the top page (one fetch
+    // each); the naive re-read pays for the whole hour and still misses older jobs. Guard
+    // against regressions: one top page per cycle, and no more than the naive cost overall.
+    assert_eq!(
+        pages, cycles,
+        "fewer than 100 new jobs per cycle fit on one page"
+    );
+    assert!(ours_avg <= naive_avg * 1.1, "{ours_avg} vs {naive_avg}");
+}
