@@ -536,4 +536,74 @@ mod tests {
     fn parse(s: &str) -> DateTime<Utc> {
         crate::gitlab::model::parse_time(s).unwrap()
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A job's life: statuses it passes through; the last may be final.
+        fn lifecycle() -> impl Strategy<Value = Vec<&'static str>> {
+            prop_oneof![
+                Just(vec!["created", "pending", "running", "success"]),
+                Just(vec!["pending", "running", "failed"]),
+                Just(vec!["pending", "canceled"]),
+                Just(vec!["created", "skipped"]),
+                Just(vec!["manual"]),
+                Just(vec!["manual", "pending", "running", "success"]),
+                Just(vec!["waiting_for_approval", "running", "success"]),
+                Just(vec!["pending", "running", "canceling", "canceled"]),
+                Just(vec!["running"]),
+            ]
+        }
+
+        fn snapshot(id: u64, status: &str) -> Job {
+            let mut j = job(id, status);
+            if matches!(status, "running" | "success" | "failed" | "canceling")
+                || (status == "canceled" && id % 2 == 0)
+            {
+                j = started(j, 3.0, 7.0);
+            }
+            if JobStatus::from(status.to_string()).is_final() {
+                j = finished(j);
+            }
+            j
+        }
+
+        proptest! {
+            /// Whatever order, repetition and overlap the snapshots come in, each job completes
+            /// once (if it ever is seen final) and starts once (if it ever is seen started).
+            #[test]
+            fn each_job_counted_once(
+                lives in proptest::collection::vec(lifecycle(), 1..40),
+                schedule in proptest::collection::vec((any::<prop::sample::Index>(), 0usize..4, any::<bool>()), 1..300),
+            ) {
+                let mut t = Tracker::new();
+                let mut events = Vec::new();
+                let mut progress = vec![0usize; lives.len()];
+                let mut seen_final = vec![false; lives.len()];
+                let mut seen_started = vec![false; lives.len()];
+                let mut observed = vec![false; lives.len()];
+                for (pick, advance, end_cycle) in schedule {
+                    let i = pick.index(lives.len());
+                    progress[i] = (progress[i] + advance).min(lives[i].len() - 1);
+                    let status = lives[i][progress[i]];
+                    let snap = snapshot(1000 + i as u64, status);
+                    seen_final[i] |= snap.status.is_final();
+                    seen_started[i] |= snap.has_started();
+                    observed[i] = true;
+                    t.observe(&snap, 0.0, &mut events);
+                    if end_cycle {
+                        t.complete_cycle(Some(1000), Some(1000 + lives.len() as u64));
+                    }
+                }
+                let starts = events.iter().filter(|e| matches!(e, Event::Started { .. })).count();
+                let completed = events.iter().filter(|e| matches!(e, Event::Completed { .. })).count();
+                prop_assert_eq!(completed, seen_final.iter().filter(|f| **f).count());
+                prop_assert_eq!(starts, seen_started.iter().filter(|s| **s).count());
+                for (i, f) in seen_final.iter().enumerate() {
+                    prop_assert_eq!(t.is_followed(1000 + i as u64), observed[i] && !f);
+                }
+            }
+        }
+    }
 }
