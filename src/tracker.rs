@@ -559,7 +559,7 @@ mod tests {
         fn snapshot(id: u64, status: &str) -> Job {
             let mut j = job(id, status);
             if matches!(status, "running" | "success" | "failed" | "canceling")
-                || (status == "canceled" && id % 2 == 0)
+                || (status == "canceled" && id.is_multiple_of(2))
             {
                 j = started(j, 3.0, 7.0);
             }
