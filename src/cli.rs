@@ -209,6 +209,7 @@ async fn run_demo(listen: Option<String>) -> anyhow::Result<()> {
             token: Some(token.into()),
             token_file: None,
             timeout: Duration::from_secs(10),
+            max_requests_per_minute: 300.0,
         },
         server: ServerConfig {
             listen: listen.unwrap_or_else(|| DEMO_LISTEN.to_string()),

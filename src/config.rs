@@ -60,6 +60,9 @@ pub struct GitlabConfig {
     pub token_file: Option<PathBuf>,
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// One budget for every request of the process; half GitLab's 600/min jobs-endpoint limit.
+    #[serde(default = "default_max_rpm")]
+    pub max_requests_per_minute: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -152,6 +155,9 @@ impl std::fmt::Display for ProjectRef {
 
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_rpm() -> f64 {
+    300.0
 }
 fn default_listen() -> String {
     DEFAULT_LISTEN.to_string()
@@ -289,6 +295,13 @@ impl Config {
             return Err(ConfigError::invalid(
                 "gitlab.timeout",
                 "must be greater than zero",
+            ));
+        }
+        let rpm = self.gitlab.max_requests_per_minute;
+        if !rpm.is_finite() || rpm <= 0.0 {
+            return Err(ConfigError::invalid(
+                "gitlab.max_requests_per_minute",
+                "must be a positive number (fractions allowed, e.g. 0.5)",
             ));
         }
         self.server.listen.parse::<SocketAddr>().map_err(|e| {

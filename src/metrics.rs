@@ -36,6 +36,7 @@ pub struct Metrics {
     last_success: GaugeVec,
     tracked_jobs: IntGauge,
     rate_limit_remaining: prometheus::Gauge,
+    rate_limited_seconds: prometheus::Counter,
     /// Not every GitLab sends `RateLimit-*`; the gauge is shown only once one arrived.
     rate_limit_seen: AtomicBool,
     /// Unknown statuses shown per project last time, so they can be removed when gone.
@@ -152,6 +153,10 @@ impl Metrics {
             "gitlab_jobs_exporter_rate_limit_remaining",
             "Last RateLimit-Remaining header seen from GitLab.",
         )?;
+        let rate_limited_seconds = prometheus::Counter::new(
+            "gitlab_jobs_exporter_rate_limited_seconds_total",
+            "Time all requests to GitLab were paused because GitLab answered 429.",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "gitlab_jobs_exporter_build_info",
@@ -175,6 +180,7 @@ impl Metrics {
             Box::new(poll_errors.clone()),
             Box::new(last_success.clone()),
             Box::new(tracked_jobs.clone()),
+            Box::new(rate_limited_seconds.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -196,6 +202,7 @@ impl Metrics {
             last_success,
             tracked_jobs,
             rate_limit_remaining,
+            rate_limited_seconds,
             rate_limit_seen: AtomicBool::new(false),
             shown_unknown: Mutex::new(BTreeMap::new()),
         })
@@ -311,6 +318,10 @@ impl Metrics {
     pub fn rate_limit_remaining(&self, remaining: f64) {
         self.rate_limit_remaining.set(remaining);
         self.rate_limit_seen.store(true, Ordering::Relaxed);
+    }
+
+    pub fn rate_limited(&self, seconds: f64) {
+        self.rate_limited_seconds.inc_by(seconds.max(0.0));
     }
 
     pub fn poll_started(&self, project: &str) {

@@ -3,6 +3,7 @@
 
 pub mod link;
 pub mod model;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,8 +102,8 @@ pub struct RetryPolicy {
     pub retries: usize,
     pub min_delay: Duration,
     pub max_delay: Duration,
-    /// Longest `Retry-After` honoured inline; longer waits fail the call and the next cycle retries.
-    pub max_retry_after: Duration,
+    /// First pause after a 429 that names no wait (doubled for each one in a row).
+    pub rate_limit_pause: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -111,7 +112,7 @@ impl Default for RetryPolicy {
             retries: 3,
             min_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(10),
-            max_retry_after: Duration::from_secs(60),
+            rate_limit_pause: Duration::from_secs(5),
         }
     }
 }
@@ -147,6 +148,7 @@ pub struct GitlabClient {
     token: SecretString,
     retry: RetryPolicy,
     metrics: Arc<Metrics>,
+    throttle: throttle::Throttle,
 }
 
 impl std::fmt::Debug for GitlabClient {
@@ -194,6 +196,7 @@ impl GitlabClient {
             http,
             api_base,
             token,
+            throttle: throttle::Throttle::new(cfg.max_requests_per_minute, retry.rate_limit_pause),
             retry,
             metrics,
         })
@@ -262,23 +265,10 @@ impl GitlabClient {
             .with_max_delay(policy.max_delay)
             .with_max_times(policy.retries)
             .with_jitter();
-        let max_wait = policy.max_retry_after;
+        // A 429 is retried too: the throttle holds every request until GitLab's wait is over.
         (|| self.get_once(endpoint, url.clone(), &parse))
             .retry(backoff)
-            .when(|e: &ApiError| match e {
-                ApiError::RateLimited {
-                    retry_after: Some(d),
-                    ..
-                } => *d <= max_wait,
-                e => e.is_transient(),
-            })
-            .adjust(|e: &ApiError, planned: Option<Duration>| match e {
-                ApiError::RateLimited {
-                    retry_after: Some(d),
-                    ..
-                } => planned.map(|p| p.max(*d)),
-                _ => planned,
-            })
+            .when(ApiError::is_transient)
             .notify(|e: &ApiError, wait: Duration| {
                 warn!(endpoint, error = %e, wait_ms = wait.as_millis() as u64, "GitLab request failed; retrying");
             })
@@ -316,6 +306,7 @@ impl GitlabClient {
                 message: "the token contains characters not allowed in an HTTP header".into(),
             })?;
         token.set_sensitive(true);
+        self.throttle.wait().await;
         debug!(endpoint, path = url.path(), "GET");
         let resp = self
             .http
@@ -329,16 +320,30 @@ impl GitlabClient {
         let headers = resp.headers().clone();
         if let Some(remaining) = header_f64(&headers, "ratelimit-remaining") {
             self.metrics.rate_limit_remaining(remaining);
+            self.throttle.remaining(
+                remaining,
+                header_f64(&headers, "ratelimit-limit"),
+                reset_in(&headers),
+            );
         }
         let body = read_capped(resp)
             .await
             .map_err(|message| ApiError::Transport { endpoint, message })?;
         if status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = retry_after(&headers);
+            let paused = self.throttle.rate_limited(retry_after);
+            self.metrics.rate_limited(paused.as_secs_f64());
+            warn!(
+                endpoint,
+                pause_s = paused.as_secs_f64(),
+                "GitLab rate limit hit (429): all requests paused"
+            );
             return Err(ApiError::RateLimited {
                 endpoint,
-                retry_after: retry_after(&headers),
+                retry_after,
             });
         }
+        self.throttle.succeeded();
         if !status.is_success() {
             return Err(ApiError::Status {
                 endpoint,
@@ -462,13 +467,17 @@ fn header_f64(headers: &HeaderMap, name: &str) -> Option<f64> {
         .filter(|v| v.is_finite())
 }
 
+/// `RateLimit-Reset` (unix time) as a wait from GitLab's now.
+fn reset_in(headers: &HeaderMap) -> Option<Duration> {
+    let reset = header_f64(headers, "ratelimit-reset")?;
+    let now = server_time(headers).unwrap_or_else(Utc::now).timestamp() as f64;
+    (reset > now).then(|| Duration::from_secs_f64((reset - now).min(24.0 * 3600.0)))
+}
+
 /// The later of `Retry-After` (seconds) and `RateLimit-Reset` (unix time), as a wait from now.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let after = header_f64(headers, "retry-after").filter(|s| *s >= 0.0);
-    let reset = header_f64(headers, "ratelimit-reset").and_then(|reset| {
-        let now = server_time(headers).unwrap_or_else(Utc::now).timestamp() as f64;
-        (reset > now).then_some(reset - now)
-    });
+    let reset = reset_in(headers).map(|d| d.as_secs_f64());
     match (after, reset) {
         (Some(a), Some(r)) => Some(a.max(r)),
         (a, r) => a.or(r),

@@ -1,0 +1,187 @@
+//! The process-wide request budget: every request to GitLab, whatever the project or endpoint,
+//! first waits here. A steady rate (`gitlab.max_requests_per_minute`), a full stop after a 429
+//! until GitLab's reset, and a slow-down as `RateLimit-Remaining` nears zero.
+
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use governor::clock::{Clock, MonotonicClock};
+use governor::{Quota, RateLimiter};
+use tokio::time::Instant;
+
+type Limiter = RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    MonotonicClock,
+    governor::middleware::NoOpMiddleware<<MonotonicClock as Clock>::Instant>,
+>;
+
+/// Longest pause after 429s that name no wait.
+const MAX_PAUSE: Duration = Duration::from_secs(600);
+/// Below this share of the window's budget left, requests are spread over the rest of it.
+const SLOW_DOWN_BELOW: f64 = 0.2;
+
+pub struct Throttle {
+    /// `None` when the budget is too large to matter (a period under a microsecond).
+    limiter: Option<Limiter>,
+    /// No request may start before this instant (a 429's wait, or a slow-down).
+    pause_until: Mutex<Option<Instant>>,
+    consecutive_429: AtomicU32,
+    /// Pause after a 429 that names no wait: doubled per consecutive 429, up to `MAX_PAUSE`.
+    base_pause: Duration,
+}
+
+impl Throttle {
+    /// `per_minute` may be fractional (e.g. 0.5 = one request every two minutes).
+    pub fn new(per_minute: f64, base_pause: Duration) -> Self {
+        let period = (per_minute.is_finite() && per_minute > 0.0)
+            .then(|| Duration::from_secs_f64(60.0 / per_minute))
+            .filter(|p| *p >= Duration::from_micros(1));
+        let limiter = period.and_then(Quota::with_period).map(|quota| {
+            // No burst: the budget holds over any window, not only on average.
+            RateLimiter::direct_with_clock(quota.allow_burst(NonZeroU32::MIN), MonotonicClock)
+        });
+        Self {
+            limiter,
+            pause_until: Mutex::new(None),
+            consecutive_429: AtomicU32::new(0),
+            base_pause,
+        }
+    }
+
+    fn paused_until(&self) -> Option<Instant> {
+        *self
+            .pause_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until a request may be sent.
+    pub async fn wait(&self) {
+        loop {
+            if let Some(until) = self.paused_until()
+                && until > Instant::now()
+            {
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
+            if let Some(limiter) = &self.limiter {
+                limiter.until_ready().await;
+            }
+            // A 429 may have arrived while this request waited for its slot.
+            match self.paused_until() {
+                Some(until) if until > Instant::now() => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// Stops every request for `wait` (or a growing backoff when GitLab named none). Returns how
+    /// much the pause grew, for `rate_limited_seconds_total`.
+    pub fn rate_limited(&self, wait: Option<Duration>) -> Duration {
+        let n = self.consecutive_429.fetch_add(1, Ordering::AcqRel);
+        let wait = wait.unwrap_or_else(|| {
+            self.base_pause
+                .saturating_mul(2u32.saturating_pow(n.min(16)))
+                .min(MAX_PAUSE)
+        });
+        self.extend_pause(wait)
+    }
+
+    /// A request went through without a 429.
+    pub fn succeeded(&self) {
+        self.consecutive_429.store(0, Ordering::Release);
+    }
+
+    /// `RateLimit-Remaining` requests may still be sent before `reset_in`: when few are left,
+    /// spread them out so the window is never exhausted.
+    pub fn remaining(&self, remaining: f64, limit: Option<f64>, reset_in: Option<Duration>) {
+        let (Some(limit), Some(reset_in)) = (limit, reset_in) else {
+            return;
+        };
+        if limit <= 0.0 || remaining >= limit * SLOW_DOWN_BELOW {
+            return;
+        }
+        let spacing = reset_in.div_f64(remaining.max(1.0));
+        self.extend_pause(spacing.min(MAX_PAUSE));
+    }
+
+    fn extend_pause(&self, wait: Duration) -> Duration {
+        let now = Instant::now();
+        let mut guard = self
+            .pause_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = guard.filter(|u| *u > now).unwrap_or(now);
+        let wanted = now + wait;
+        if wanted > current {
+            *guard = Some(wanted);
+            wanted - current
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn holds_the_configured_rate_without_burst() {
+        let t = Throttle::new(0.5, BASE); // one request every two minutes
+        let limiter = t.limiter.as_ref().expect("limited");
+        assert!(limiter.check().is_ok());
+        assert!(
+            limiter.check().is_err(),
+            "no second request in the same period"
+        );
+        let fast = Throttle::new(6000.0, BASE);
+        let limiter = fast.limiter.as_ref().expect("limited");
+        assert!(limiter.check().is_ok());
+        assert!(limiter.check().is_err(), "no burst above one");
+        assert!(Throttle::new(1e12, BASE).limiter.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_stops_every_request_until_its_wait_is_over() {
+        let t = Throttle::new(1_000_000.0, BASE);
+        let grown = t.rate_limited(Some(Duration::from_secs(30)));
+        assert_eq!(grown, Duration::from_secs(30));
+        // A shorter wait inside the pause does not shorten or extend it.
+        assert_eq!(
+            t.rate_limited(Some(Duration::from_secs(10))),
+            Duration::ZERO
+        );
+        let start = Instant::now();
+        t.wait().await;
+        assert!(Instant::now() - start >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unnamed_waits_back_off_exponentially() {
+        let t = Throttle::new(1_000_000.0, BASE);
+        let first = t.rate_limited(None);
+        assert_eq!(first, BASE);
+        let second = t.rate_limited(None);
+        // The second pause (10 s from now) extends the first (5 s from now) by about 5 s.
+        assert!(second > Duration::from_secs(4) && second < Duration::from_secs(6));
+        t.succeeded();
+        assert_eq!(t.consecutive_429.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn slows_down_when_few_requests_remain() {
+        let t = Throttle::new(1_000_000.0, BASE);
+        t.remaining(500.0, Some(600.0), Some(Duration::from_secs(30)));
+        assert!(t.paused_until().is_none(), "plenty left: no slow-down");
+        t.remaining(10.0, Some(600.0), Some(Duration::from_secs(30)));
+        let until = t.paused_until().expect("slowed down");
+        let spacing = until - Instant::now();
+        assert!(spacing > Duration::from_secs(2) && spacing <= Duration::from_secs(3));
+    }
+}
