@@ -35,6 +35,7 @@ pub struct Metrics {
     poll_errors: IntCounterVec,
     last_success: GaugeVec,
     tracked_jobs: IntGauge,
+    project_state: IntGaugeVec,
     rate_limit_remaining: prometheus::Gauge,
     rate_limited_seconds: prometheus::Counter,
     /// Not every GitLab sends `RateLimit-*`; the gauge is shown only once one arrived.
@@ -153,6 +154,13 @@ impl Metrics {
             "gitlab_jobs_exporter_rate_limit_remaining",
             "Last RateLimit-Remaining header seen from GitLab.",
         )?;
+        let project_state = IntGaugeVec::new(
+            Opts::new(
+                "gitlab_jobs_exporter_project_state",
+                "1 for the state the last poll of the project ended in (ok, failing, unauthorized, forbidden, not_found), 0 for the others.",
+            ),
+            &["project", "state"],
+        )?;
         let rate_limited_seconds = prometheus::Counter::new(
             "gitlab_jobs_exporter_rate_limited_seconds_total",
             "Time all requests to GitLab were paused because GitLab answered 429.",
@@ -181,6 +189,7 @@ impl Metrics {
             Box::new(last_success.clone()),
             Box::new(tracked_jobs.clone()),
             Box::new(rate_limited_seconds.clone()),
+            Box::new(project_state.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -203,6 +212,7 @@ impl Metrics {
             tracked_jobs,
             rate_limit_remaining,
             rate_limited_seconds,
+            project_state,
             rate_limit_seen: AtomicBool::new(false),
             shown_unknown: Mutex::new(BTreeMap::new()),
         })
@@ -318,6 +328,14 @@ impl Metrics {
     pub fn rate_limit_remaining(&self, remaining: f64) {
         self.rate_limit_remaining.set(remaining);
         self.rate_limit_seen.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_project_state(&self, project: &str, state: &str, all: &[&str]) {
+        for s in all {
+            if let Some(g) = with(&self.project_state, &[project, s]) {
+                g.set(i64::from(*s == state));
+            }
+        }
     }
 
     pub fn rate_limited(&self, seconds: f64) {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::ProjectRef;
 use crate::gitlab::{ApiError, GitlabClient, JobStatus, JobsPage, PageRequest};
@@ -109,6 +109,49 @@ pub struct ProjectPoller {
     completed_cycles: u64,
     /// Pages the last listing of waiting jobs took.
     waiting_pages: usize,
+    state: ProjectState,
+    /// 401/403 answers in a row.
+    denials: u32,
+    /// Already counted towards `/readyz`.
+    pub counted_ready: bool,
+}
+
+/// How polling a project went last time, for logs, back-off and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProjectState {
+    Ok,
+    /// 5xx, timeouts, broken bodies: retried at the normal interval.
+    Failing,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+}
+
+impl ProjectState {
+    pub const ALL: &[&str] = &["ok", "failing", "unauthorized", "forbidden", "not_found"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Failing => "failing",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+        }
+    }
+
+    fn after(result: &Result<(), PollError>) -> Self {
+        match result {
+            Ok(()) => Self::Ok,
+            Err(PollError::Api(e)) => match e.status() {
+                Some(401) => Self::Unauthorized,
+                Some(403) => Self::Forbidden,
+                Some(404) => Self::NotFound,
+                _ => Self::Failing,
+            },
+            Err(_) => Self::Failing,
+        }
+    }
 }
 
 impl ProjectPoller {
@@ -121,6 +164,9 @@ impl ProjectPoller {
             legacy_scopes: false,
             completed_cycles: 0,
             waiting_pages: 1,
+            state: ProjectState::Ok,
+            denials: 0,
+            counted_ready: false,
         }
     }
 
@@ -147,19 +193,66 @@ impl ProjectPoller {
         metrics: &Metrics,
     ) -> Result<CycleStats, PollError> {
         let mut stats = CycleStats::default();
+        let result = self.poll_inner(client, metrics, &mut stats).await;
+        let state = ProjectState::after(&result);
+        if state != self.state {
+            // Logged once per change, not once per cycle: a revoked token must not flood logs.
+            match (&result, state) {
+                (Ok(()), _) => info!(project = %self.label(), "polling works again"),
+                (Err(e), ProjectState::NotFound) => error!(project = %self.label(), error = %e,
+                    "project not found (deleted, moved, or invisible to the token); no longer polled"),
+                (Err(e), ProjectState::Unauthorized | ProjectState::Forbidden) => error!(
+                    project = %self.label(), error = %e,
+                    "GitLab refuses the token (expired, revoked, or missing the read_api scope or Reporter access); backing off, last metrics kept"),
+                (Err(_), _) => {}
+            }
+            self.state = state;
+        }
+        self.denials = match state {
+            ProjectState::Unauthorized | ProjectState::Forbidden => self.denials.saturating_add(1),
+            _ => 0,
+        };
+        metrics.set_project_state(&self.label(), state.as_str(), ProjectState::ALL);
+        result.map(|()| stats)
+    }
+
+    /// When to poll next: `None` once the project is gone.
+    pub fn next_delay(&self, interval: Duration) -> Option<Duration> {
+        match self.state {
+            ProjectState::NotFound => None,
+            // Hard back-off: 5 min, doubling up to an hour; a fixed token is picked up then.
+            ProjectState::Unauthorized | ProjectState::Forbidden => Some(
+                Duration::from_secs(300)
+                    .saturating_mul(2u32.saturating_pow(self.denials.saturating_sub(1).min(8)))
+                    .min(Duration::from_secs(3600))
+                    .max(interval),
+            ),
+            ProjectState::Ok | ProjectState::Failing => Some(interval),
+        }
+    }
+
+    pub fn state(&self) -> ProjectState {
+        self.state
+    }
+
+    async fn poll_inner(
+        &mut self,
+        client: &GitlabClient,
+        metrics: &Metrics,
+        stats: &mut CycleStats,
+    ) -> Result<(), PollError> {
         if self.resolved.is_none() {
             // No per-project series before the project's real path is known.
-            let p = client
-                .project(&self.reference.api_id())
-                .await
-                .inspect_err(|e| warn!(project = %self.reference, error = %e, "cannot look up project; will retry next cycle"))?;
+            let p = client.project(&self.reference.api_id()).await.inspect_err(
+                |e| warn!(project = %self.reference, error = %e, "cannot look up project"),
+            )?;
             stats.requests += 1;
             info!(project = %p.path_with_namespace, id = p.id, "watching project");
             self.resolved = Some((p.id, p.path_with_namespace));
         }
         let followed_before = self.tracker.followed_len() as i64;
         metrics.poll_started(&self.label());
-        let result = self.cycle(client, metrics, &mut stats).await;
+        let result = self.cycle(client, metrics, stats).await;
         let label = self.label();
         metrics.add_tracked_jobs(self.tracker.followed_len() as i64 - followed_before);
         match &result {
@@ -178,7 +271,7 @@ impl ProjectPoller {
                 warn!(project = %label, error = %e, "poll cycle failed; will retry next cycle");
             }
         }
-        result.map(|()| stats)
+        result
     }
 
     async fn cycle(

@@ -13,7 +13,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::gitlab::{ClientBuildError, GitlabClient, RetryPolicy};
 use crate::metrics::Metrics;
-use crate::poll::{CycleStats, PollError, ProjectPoller};
+use crate::poll::{CycleStats, PollError, ProjectPoller, ProjectState};
 
 /// `/readyz` turns ready once every project has completed its first cycle.
 #[derive(Debug)]
@@ -81,16 +81,19 @@ impl Scheduler {
     }
 
     /// Polls one project once (waiting for a concurrency permit).
-    async fn poll_one(&self, idx: usize) -> Result<CycleStats, PollError> {
+    /// Polls one project once (waiting for a concurrency permit); returns when to poll it
+    /// next (`None`: never again).
+    async fn poll_one(&self, idx: usize) -> (Result<CycleStats, PollError>, Option<Duration>) {
         // The semaphore is never closed, so acquire() cannot fail; treat it as "no limit" if it did.
         let _permit = self.permits.acquire().await.ok();
         let mut poller = self.pollers[idx].lock().await;
-        let first = poller.completed_cycles() == 0;
         let result = poller.poll(&self.client, &self.metrics).await;
-        if first && result.is_ok() {
+        // Ready once polled, or known to be gone (it would otherwise hold readiness forever).
+        if !poller.counted_ready && (result.is_ok() || poller.state() == ProjectState::NotFound) {
+            poller.counted_ready = true;
             self.readiness.mark_one();
         }
-        result
+        (result, poller.next_delay(self.interval))
     }
 
     /// Polls every project once, concurrently within the limit; results in project order.
@@ -99,7 +102,7 @@ impl Scheduler {
         let mut set = JoinSet::new();
         for idx in 0..self.pollers.len() {
             let me = self.clone();
-            set.spawn(async move { (idx, me.poll_one(idx).await) });
+            set.spawn(async move { (idx, me.poll_one(idx).await.0) });
         }
         let mut results: Vec<Option<Result<CycleStats, PollError>>> =
             (0..self.pollers.len()).map(|_| None).collect();
@@ -134,12 +137,15 @@ impl Scheduler {
                         _ = tokio::time::sleep(delay) => {}
                     }
                     let started = tokio::time::Instant::now();
-                    tokio::select! {
+                    let next = tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = me.poll_one(idx) => {}
-                    }
+                        (_, next) = me.poll_one(idx) => next,
+                    };
+                    let Some(next) = next else {
+                        return; // the project is gone; logged and exported by the poller
+                    };
                     // ±10% jitter keeps projects from falling into lock-step.
-                    let period = me.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
+                    let period = next.mul_f64(0.9 + fastrand::f64() * 0.2);
                     delay = period.saturating_sub(started.elapsed());
                 }
             });

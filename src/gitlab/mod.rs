@@ -318,13 +318,9 @@ impl GitlabClient {
             .map_err(|e| transport_error(endpoint, &e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        if let Some(remaining) = header_f64(&headers, "ratelimit-remaining") {
+        let remaining = header_f64(&headers, "ratelimit-remaining");
+        if let Some(remaining) = remaining {
             self.metrics.rate_limit_remaining(remaining);
-            self.throttle.remaining(
-                remaining,
-                header_f64(&headers, "ratelimit-limit"),
-                reset_in(&headers),
-            );
         }
         let body = read_capped(resp)
             .await
@@ -344,6 +340,13 @@ impl GitlabClient {
             });
         }
         self.throttle.succeeded();
+        if let Some(remaining) = remaining {
+            self.throttle.remaining(
+                remaining,
+                header_f64(&headers, "ratelimit-limit"),
+                reset_in(&headers),
+            );
+        }
         if !status.is_success() {
             return Err(ApiError::Status {
                 endpoint,

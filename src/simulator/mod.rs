@@ -121,6 +121,8 @@ pub struct RequestStats {
 /// One logged request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggedRequest {
+    /// Real time the answer was made (for checks such as "nothing inside a Retry-After window").
+    pub wall: std::time::Instant,
     pub method: String,
     pub path_and_query: String,
     pub status: u16,
@@ -260,6 +262,7 @@ impl Simulator {
         let (method, endpoint, auth, token_ok) =
             (method.to_owned(), o.endpoint, o.auth, o.token_ok);
         log.push_back(LoggedRequest {
+            wall: std::time::Instant::now(),
             method,
             path_and_query,
             status,

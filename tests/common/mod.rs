@@ -163,6 +163,18 @@ impl Harness {
             .ground_truth(self.cutoff_ms.expect("polled at least once"))
     }
 
+    /// The truth restricted to some projects (when the world holds more than are watched).
+    pub fn truth_for(&self, projects: &[&str]) -> GroundTruth {
+        let keep = |p: &String| projects.contains(&p.as_str());
+        let mut t = self.truth();
+        t.jobs_total.retain(|k, _| keep(&k.project));
+        t.duration.retain(|k, _| keep(&k.project));
+        t.queued.retain(|k, _| keep(&k.project));
+        t.active.retain(|k, _| keep(&k.0));
+        t.oldest_pending.retain(|k, _| keep(k));
+        t
+    }
+
     pub async fn get(&self, path: &str) -> (u16, String, String) {
         let resp = self
             .http

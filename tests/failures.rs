@@ -1,0 +1,150 @@
+//! Refusals and disappearances: a missing project, a rejected token, and a rate-limit window
+//! during which no request is sent.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, assert_matches_truth, by_path};
+use gitlab_jobs_exporter::simulator::{Fault, Ms, ProjectSpec, World, WorldSpec};
+
+const T0: Ms = 1_790_000_000_000;
+const HOUR: Ms = 3_600_000;
+
+fn world() -> World {
+    let spec = WorldSpec::new(
+        vec![
+            ProjectSpec {
+                id: 31,
+                path: "acme/platform/api".into(),
+                pipelines_per_hour: 10.0,
+            },
+            ProjectSpec {
+                id: 32,
+                path: "tools/cli".into(),
+                pipelines_per_hour: 4.0,
+            },
+        ],
+        T0,
+        T0 + 3 * HOUR,
+    );
+    World::generate(&spec, 21)
+}
+
+fn state_of(scrape: &common::Scrape, project: &str) -> String {
+    scrape
+        .values("gitlab_jobs_exporter_project_state")
+        .into_iter()
+        .filter(|(l, v)| l.get("project").map(String::as_str) == Some(project) && *v == 1.0)
+        .map(|(l, _)| l.get("state").cloned().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_project_is_reported_and_does_not_block_the_others() {
+    let h = Harness::start(
+        world(),
+        T0 + 2 * HOUR,
+        vec![
+            by_path("acme/platform/api"),
+            by_path("acme/gone"),
+            by_path("tools/cli"),
+        ],
+        Duration::from_secs(3600),
+    )
+    .await;
+    let results = h.scheduler.poll_all_once().await;
+    assert!(results[0].is_ok() && results[2].is_ok());
+    let err = results[1].as_ref().expect_err("404");
+    assert!(err.to_string().contains("404"), "{err}");
+    // Known to be gone: it does not hold readiness back.
+    let (status, _, _) = h.get("/readyz").await;
+    assert_eq!(status, 200);
+    let scrape = h.scrape().await;
+    assert_eq!(state_of(&scrape, "acme/gone"), "not_found");
+    assert_eq!(state_of(&scrape, "acme/platform/api"), "ok");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_token_keeps_the_last_metrics_and_recovers() {
+    let mut h = Harness::start_with(
+        world(),
+        T0 + 2 * HOUR,
+        vec![by_path("acme/platform/api")],
+        Duration::from_secs(3600),
+        |_| {},
+    )
+    .await;
+    h.poll().await;
+    let before = h.scrape().await.values("gitlab_ci_jobs_total");
+    assert!(!before.is_empty());
+    h.sim.advance(Duration::from_secs(600));
+    h.sim.push_fault(Fault::ExpiredToken);
+    let results = h.scheduler.poll_all_once().await;
+    let err = results[0].as_ref().expect_err("401");
+    assert!(err.to_string().contains("Token is expired"), "{err}");
+    let scrape = h.scrape().await;
+    assert_eq!(state_of(&scrape, "acme/platform/api"), "unauthorized");
+    assert_eq!(
+        scrape.values("gitlab_ci_jobs_total"),
+        before,
+        "last metrics kept"
+    );
+    // The token works again (renewed): nothing is lost.
+    h.sim.push_fault(Fault::Forbidden);
+    assert!(h.scheduler.poll_all_once().await[0].is_err());
+    assert_eq!(
+        state_of(&h.scrape().await, "acme/platform/api"),
+        "forbidden"
+    );
+    h.settle().await;
+    let scrape = h.scrape().await;
+    assert_eq!(state_of(&scrape, "acme/platform/api"), "ok");
+    assert_matches_truth(&scrape, &h.truth_for(&["acme/platform/api"]));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_is_sent_during_a_retry_after_window() {
+    // One request at a time, so none is already on the wire when the 429 arrives.
+    let mut h = Harness::start_with(
+        world(),
+        T0 + 2 * HOUR,
+        vec![by_path("acme/platform/api"), by_path("tools/cli")],
+        Duration::from_secs(3600),
+        |cfg| cfg.poll.concurrency = 1,
+    )
+    .await;
+    h.poll().await;
+    h.sim.reset_requests();
+    h.sim.advance(Duration::from_secs(60));
+    h.sim.push_fault(Fault::RateLimitedText {
+        retry_after_secs: 2,
+    });
+    h.poll().await;
+    let log = h.sim.request_log();
+    let limited = log
+        .iter()
+        .position(|r| r.status == 429)
+        .expect("one 429 answered");
+    let wall = |r: &gitlab_jobs_exporter::simulator::LoggedRequest| r.wall;
+    let window_end = wall(&log[limited]) + Duration::from_secs(2);
+    for r in &log[limited + 1..] {
+        assert!(
+            wall(r) >= window_end,
+            "request {} sent inside the Retry-After window",
+            r.path_and_query
+        );
+    }
+    assert!(log.len() > limited + 1, "requests resumed after the window");
+    let paused = h
+        .scrape()
+        .await
+        .values("gitlab_jobs_exporter_rate_limited_seconds_total");
+    let paused: f64 = paused.values().sum();
+    assert!(paused >= 2.0, "pause exported: {paused}");
+    assert_matches_truth(&h.scrape().await, &h.truth());
+    h.stop().await;
+}
