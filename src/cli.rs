@@ -59,7 +59,7 @@ pub enum LogFormat {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let _log_guard = init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -114,18 +114,25 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
     Ok(cfg)
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr through a background writer: a slow or stuck reader of stderr must never
+/// stall polling or `/metrics` (lines are dropped instead, and the drop is counted by the
+/// writer). Keep the returned guard alive: dropping it flushes what is buffered.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // try_init: a second init (tests) is harmless.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    guard
 }
 
 /// Runs the exporter until SIGTERM or SIGINT.

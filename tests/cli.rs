@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -249,8 +249,8 @@ async fn full_run_never_leaks_the_token_and_stops_cleanly_on_sigterm() {
     let sim = Simulator::new(World::generate(&spec, 5), SimClock::Live, TOKEN.to_string());
     // Error paths log too: make sure they do not leak either.
     sim.push_fault(Fault::ServerError(502));
-    sim.push_fault(Fault::ExpiredToken);
     sim.push_fault(Fault::MalformedJson);
+    sim.push_fault(Fault::RateLimitedJson);
     let handle = sim.spawn().await.expect("simulator");
 
     // A free port for the exporter: bind, read, release.
@@ -275,6 +275,19 @@ async fn full_run_never_leaks_the_token_and_stops_cleanly_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("exporter starts");
+    // Drain both pipes while it runs, so every log line is kept and checked.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let mut child = child;
+    let stderr_reader = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let stdout_reader = drain(child.stdout.take().map(|p| Box::new(p) as _));
     gitlab_jobs_exporter::gitlab::install_tls_provider();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -312,13 +325,13 @@ async fn full_run_never_leaks_the_token_and_stops_cleanly_on_sigterm() {
         .status()
         .expect("kill runs");
     assert!(status.success());
-    let out = child.wait_with_output().expect("exporter exits");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let exit = child.wait().expect("exporter exits");
+    let stderr = stderr_reader.join().expect("stderr read");
+    let stdout = stdout_reader.join().expect("stdout read");
 
     assert!(ready, "exporter became ready; log:\n{stderr}");
     assert_eq!(
-        out.status.code(),
+        exit.code(),
         Some(0),
         "clean exit on SIGTERM; log:\n{stderr}"
     );

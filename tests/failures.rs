@@ -85,6 +85,9 @@ async fn a_rejected_token_keeps_the_last_metrics_and_recovers() {
     let results = h.scheduler.poll_all_once().await;
     let err = results[0].as_ref().expect_err("401");
     assert!(err.to_string().contains("Token is expired"), "{err}");
+    assert!(
+        !err.to_string().contains(common::TOKEN) && !format!("{err:?}").contains(common::TOKEN)
+    );
     let scrape = h.scrape().await;
     assert_eq!(state_of(&scrape, "acme/platform/api"), "unauthorized");
     assert_eq!(
