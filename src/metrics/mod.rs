@@ -1,7 +1,9 @@
 //! The Prometheus registry: job metrics fed by tracker events, and the exporter's own metrics.
 //!
 //! Label values are written through [`with`] so that a label-count mistake is logged, never a
-//! panic (`with_label_values` panics).
+//! panic (`with_label_values` panics). The job metrics live in [`jobs`], restorable.
+
+pub mod jobs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -23,9 +25,9 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub struct Metrics {
     registry: Registry,
-    jobs_total: IntCounterVec,
-    job_duration: HistogramVec,
-    job_queued: HistogramVec,
+    /// Job series per project (`path_with_namespace`).
+    jobs: Mutex<BTreeMap<String, jobs::ProjectSeries>>,
+    bounds: jobs::Bounds,
     jobs_active: IntGaugeVec,
     oldest_pending: GaugeVec,
     api_requests: IntCounterVec,
@@ -65,30 +67,6 @@ fn with<T: Metric + Clone>(
 impl Metrics {
     pub fn new(cfg: &MetricsConfig) -> Result<Self, MetricsError> {
         let registry = Registry::new();
-        let job_labels = ["project", "ref", "stage", "job"];
-        let jobs_total = IntCounterVec::new(
-            Opts::new(
-                "gitlab_ci_jobs_total",
-                "GitLab CI jobs that reached a completed status (success, failed, canceled, skipped), each counted once.",
-            ),
-            &["project", "ref", "stage", "job", "status", "failure_reason"],
-        )?;
-        let job_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "gitlab_ci_job_duration_seconds",
-                "Run time of each completed GitLab CI job that ran, observed once at completion.",
-            )
-            .buckets(cfg.duration_buckets.clone()),
-            &["project", "ref", "stage", "job", "status"],
-        )?;
-        let job_queued = HistogramVec::new(
-            HistogramOpts::new(
-                "gitlab_ci_job_queued_duration_seconds",
-                "Time each GitLab CI job waited in the queue before a runner started it, observed once when first seen started.",
-            )
-            .buckets(cfg.queued_buckets.clone()),
-            &job_labels,
-        )?;
         let jobs_active = IntGaugeVec::new(
             Opts::new(
                 "gitlab_ci_jobs_active",
@@ -176,9 +154,6 @@ impl Metrics {
             g.set(1);
         }
         let collectors: Vec<Box<dyn Collector>> = vec![
-            Box::new(jobs_total.clone()),
-            Box::new(job_duration.clone()),
-            Box::new(job_queued.clone()),
             Box::new(jobs_active.clone()),
             Box::new(oldest_pending.clone()),
             Box::new(api_requests.clone()),
@@ -198,9 +173,11 @@ impl Metrics {
         }
         Ok(Self {
             registry,
-            jobs_total,
-            job_duration,
-            job_queued,
+            jobs: Mutex::new(BTreeMap::new()),
+            bounds: jobs::Bounds {
+                duration: cfg.duration_buckets.clone(),
+                queued: cfg.queued_buckets.clone(),
+            },
             jobs_active,
             oldest_pending,
             api_requests,
@@ -220,46 +197,33 @@ impl Metrics {
 
     /// Applies tracker events of one project.
     pub fn apply(&self, project: &str, events: &[Event]) {
-        for ev in events {
-            match ev {
-                Event::Started {
-                    labels,
-                    queued_duration,
-                } => {
-                    if let Some(h) = with(
-                        &self.job_queued,
-                        &[project, &labels.ref_, &labels.stage, &labels.name],
-                    ) {
-                        h.observe(*queued_duration);
-                    }
-                }
-                Event::Completed {
-                    labels,
-                    status,
-                    failure_reason,
-                    duration,
-                } => {
-                    let l = [
-                        project,
-                        labels.ref_.as_str(),
-                        labels.stage.as_str(),
-                        labels.name.as_str(),
-                        status.as_str(),
-                    ];
-                    if let Some(c) = with(
-                        &self.jobs_total,
-                        &[l[0], l[1], l[2], l[3], l[4], failure_reason],
-                    ) {
-                        c.inc();
-                    }
-                    if let Some(d) = duration
-                        && let Some(h) = with(&self.job_duration, &l)
-                    {
-                        h.observe(*d);
-                    }
-                }
-            }
+        if events.is_empty() {
+            return;
         }
+        self.lock_jobs()
+            .entry(project.to_string())
+            .or_default()
+            .apply(events, &self.bounds);
+    }
+
+    fn lock_jobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, jobs::ProjectSeries>> {
+        // A panic while holding it cannot leave a map half-updated in a harmful way.
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A copy of one project's job series (for a checkpoint).
+    pub fn project_series(&self, project: &str) -> jobs::ProjectSeries {
+        self.lock_jobs().get(project).cloned().unwrap_or_default()
+    }
+
+    /// Puts back a project's job series from a checkpoint; histograms whose buckets no longer
+    /// match the configuration are dropped (and reported).
+    pub fn restore_project_series(&self, project: &str, mut series: jobs::ProjectSeries) -> usize {
+        let dropped = series.drop_mismatched(&self.bounds);
+        self.lock_jobs().insert(project.to_string(), series);
+        dropped
     }
 
     /// Sets the active gauges of one project: every known non-final status (0 when none), plus
@@ -367,6 +331,10 @@ impl Metrics {
     /// The registry in the text exposition format.
     pub fn render(&self) -> Result<String, MetricsError> {
         let mut families = self.registry.gather();
+        {
+            let jobs = self.lock_jobs();
+            families.extend(jobs::families(jobs.iter(), &self.bounds));
+        }
         // Registered lazily: the gauge appears once GitLab has sent the header at least once.
         if self.rate_limit_seen.load(Ordering::Relaxed) {
             families.extend(self.rate_limit_remaining.collect());
