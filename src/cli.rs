@@ -153,6 +153,17 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(&cfg.metrics)?);
     let scheduler = Scheduler::new(&cfg, metrics.clone(), RetryPolicy::default())?;
+    if let Some(dir) = &cfg.state.dir {
+        // Restore before serving: /metrics never shows a counter lower than before the restart.
+        crate::state::prepare(dir)?;
+        if let Some(cp) = crate::state::load(dir, &cfg.gitlab.url) {
+            scheduler.restore(cp).await;
+        }
+        scheduler
+            .write_checkpoint()
+            .await
+            .context("cannot write the first checkpoint")?;
+    }
     let state = AppState {
         metrics,
         readiness: scheduler.readiness(),
@@ -226,6 +237,7 @@ async fn run_demo(listen: Option<String>) -> anyhow::Result<()> {
             ..PollConfig::default()
         },
         metrics: MetricsConfig::default(),
+        state: Default::default(),
         projects,
     };
     cfg.validate().context("demo configuration")?;

@@ -45,7 +45,17 @@ pub struct Config {
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
     pub projects: Vec<ProjectRef>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Where the checkpoint lives; unset: nothing persists (backfill on every start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -321,6 +331,11 @@ impl Config {
                 "poll.concurrency",
                 "must be at least 1",
             ));
+        }
+        if let Some(dir) = &self.state.dir
+            && dir.as_os_str().is_empty()
+        {
+            return Err(ConfigError::invalid("state.dir", "is empty"));
         }
         check_buckets("metrics.duration_buckets", &self.metrics.duration_buckets)?;
         check_buckets("metrics.queued_buckets", &self.metrics.queued_buckets)?;

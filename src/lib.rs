@@ -11,6 +11,7 @@
 //! - [`tracker`]: what has been counted and which jobs are still followed (pure, no I/O).
 //! - [`metrics`]: the Prometheus registry and how tracker events become samples.
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz` and the index page.
+//! - [`state`]: the checkpoint file (`state.dir`): load, atomic save, corruption handling.
 //! - [`simulator`]: an in-process GitLab used by tests, benchmarks and `--demo`.
 //! - [`cli`]: the command line and process wiring; the only place that uses `anyhow`.
 
@@ -22,4 +23,5 @@ pub mod poll;
 pub mod scheduler;
 pub mod server;
 pub mod simulator;
+pub mod state;
 pub mod tracker;

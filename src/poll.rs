@@ -24,8 +24,9 @@ use crate::tracker::{Event, Tracker, secs};
 
 /// Pages read in one go on a first start, at most (10,000 jobs).
 pub const MAX_BACKFILL_PAGES: usize = 100;
-/// Pages read per cycle afterwards, at most: a burst larger than this is caught up next cycle.
-pub const MAX_PAGES_PER_CYCLE: usize = 50;
+/// Pages read per cycle afterwards, at most (100,000 jobs): only a safety net. Catching up after
+/// downtime must read down to the high-water mark in one cycle, or the gap would be skipped.
+pub const MAX_PAGES_PER_CYCLE: usize = 1_000;
 /// Single-job fetches per cycle, at most; the rest wait for the next cycle.
 pub const MAX_SINGLE_FETCHES: usize = 100;
 /// Pages of `scope[]` listings per cycle, at most.
@@ -167,6 +168,42 @@ impl ProjectPoller {
             state: ProjectState::Ok,
             denials: 0,
             counted_ready: false,
+        }
+    }
+
+    /// This project's part of a checkpoint: tracker and job series taken together (the caller
+    /// holds the poll lock, so no cycle is half-way).
+    pub fn checkpoint(&self, metrics: &Metrics) -> crate::state::ProjectCheckpoint {
+        crate::state::ProjectCheckpoint {
+            resolved: self.resolved.clone(),
+            tracker: self.tracker.clone(),
+            series: self
+                .resolved
+                .as_ref()
+                .map(|(_, path)| metrics.project_series(path))
+                .unwrap_or_default(),
+            completed_cycles: self.completed_cycles,
+        }
+    }
+
+    /// Takes up where a checkpoint left off.
+    pub fn restore(&mut self, cp: crate::state::ProjectCheckpoint, metrics: &Metrics) {
+        if let Some((_, path)) = &cp.resolved {
+            let dropped = metrics.restore_project_series(path, cp.series);
+            if dropped > 0 {
+                warn!(project = %path, dropped, "histogram buckets changed since the checkpoint; those histograms restart from zero");
+            }
+        }
+        self.resolved = cp.resolved;
+        self.tracker = cp.tracker;
+        self.completed_cycles = cp.completed_cycles;
+        metrics.add_tracked_jobs(self.tracker.followed_len() as i64);
+        if let Some((_, path)) = &self.resolved {
+            metrics.set_active(
+                path,
+                &self.tracker.active_counts(),
+                self.tracker.oldest_pending_since(),
+            );
         }
     }
 

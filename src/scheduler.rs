@@ -1,19 +1,36 @@
 //! When each project is polled: every `poll.interval` with jitter, at most `poll.concurrency`
 //! projects at once, each in its own task so a slow or failing project never holds up the others.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::config::Config;
 use crate::gitlab::{ClientBuildError, GitlabClient, RetryPolicy};
 use crate::metrics::Metrics;
+use crate::metrics::carry::capture;
 use crate::poll::{CycleStats, PollError, ProjectPoller, ProjectState};
+use crate::state::{self, Checkpoint, StateError};
+
+/// How often, at most, a checkpoint is written.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Render(#[from] crate::metrics::MetricsError),
+    #[error("checkpoint task failed: {0}")]
+    Task(String),
+}
 
 /// `/readyz` turns ready once every project has completed its first cycle.
 #[derive(Debug)]
@@ -42,6 +59,11 @@ impl Readiness {
 }
 
 pub struct Scheduler {
+    /// Where checkpoints go (`state.dir`), if anywhere.
+    state_dir: Option<PathBuf>,
+    gitlab_url: String,
+    /// A cycle ran since the last checkpoint.
+    dirty: AtomicBool,
     client: GitlabClient,
     metrics: Arc<Metrics>,
     pollers: Vec<Arc<Mutex<ProjectPoller>>>,
@@ -63,6 +85,9 @@ impl Scheduler {
             .map(|p| Arc::new(Mutex::new(ProjectPoller::new(p.clone(), cfg.poll.backfill))))
             .collect::<Vec<_>>();
         Ok(Arc::new(Self {
+            state_dir: cfg.state.dir.clone(),
+            gitlab_url: cfg.gitlab.url.clone(),
+            dirty: AtomicBool::new(false),
             client,
             metrics,
             readiness: Arc::new(Readiness::new(pollers.len())),
@@ -93,7 +118,83 @@ impl Scheduler {
             poller.counted_ready = true;
             self.readiness.mark_one();
         }
+        self.dirty.store(true, Ordering::Release);
         (result, poller.next_delay(self.interval))
+    }
+
+    /// Puts every configured project back where the checkpoint left it (projects no longer
+    /// configured are dropped; new ones start with the backfill window).
+    pub async fn restore(&self, mut cp: Checkpoint) {
+        self.metrics.set_base(std::mem::take(&mut cp.own));
+        let mut restored = 0;
+        for poller in &self.pollers {
+            let mut poller = poller.lock().await;
+            if let Some(p) = cp.projects.remove(&poller.reference.to_string()) {
+                poller.restore(p, &self.metrics);
+                restored += 1;
+            }
+        }
+        info!(
+            restored,
+            dropped = cp.projects.len(),
+            "restored from the checkpoint"
+        );
+    }
+
+    /// Takes a checkpoint (each project under its poll lock) and the `/metrics` page that
+    /// shows exactly its values.
+    pub async fn checkpoint(&self) -> Result<(Checkpoint, String), crate::metrics::MetricsError> {
+        let mut projects = BTreeMap::new();
+        let mut series = BTreeMap::new();
+        for poller in &self.pollers {
+            let poller = poller.lock().await;
+            let cp = poller.checkpoint(&self.metrics);
+            if let Some((_, path)) = &cp.resolved {
+                series.insert(path.clone(), cp.series.clone());
+            }
+            projects.insert(poller.reference.to_string(), cp);
+        }
+        let own = self.metrics.own_families();
+        let carried = capture(&own);
+        let page = self.metrics.render_with(own, &series)?;
+        let cp = Checkpoint {
+            version: state::VERSION,
+            gitlab_url: self.gitlab_url.clone(),
+            projects,
+            own: carried,
+        };
+        Ok((cp, page))
+    }
+
+    /// Writes a checkpoint (when `state.dir` is set), then lets `/metrics` show its values:
+    /// what a scrape sees is always on disk already, so a crash never takes a value back.
+    pub async fn write_checkpoint(&self) -> Result<(), CheckpointError> {
+        let Some(dir) = self.state_dir.clone() else {
+            return Ok(());
+        };
+        let (cp, page) = self.checkpoint().await?;
+        tokio::task::spawn_blocking(move || state::save(&dir, &cp))
+            .await
+            .map_err(|e| CheckpointError::Task(e.to_string()))??;
+        self.metrics.publish(page);
+        Ok(())
+    }
+
+    /// Writes a checkpoint whenever a cycle ran, at most once a second, until `shutdown`;
+    /// then a last one.
+    async fn checkpoint_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+            }
+            if self.dirty.swap(false, Ordering::AcqRel)
+                && let Err(e) = self.write_checkpoint().await
+            {
+                self.dirty.store(true, Ordering::Release);
+                error!(error = %e, "cannot write the checkpoint; /metrics keeps the last saved values");
+            }
+        }
     }
 
     /// Polls every project once, concurrently within the limit; results in project order.
@@ -125,6 +226,10 @@ impl Scheduler {
             "polling started"
         );
         let mut set = JoinSet::new();
+        let writer = self
+            .state_dir
+            .is_some()
+            .then(|| tokio::spawn(self.clone().checkpoint_loop(shutdown.clone())));
         for idx in 0..self.pollers.len() {
             let me = self.clone();
             let stop = shutdown.clone();
@@ -151,6 +256,13 @@ impl Scheduler {
             });
         }
         while set.join_next().await.is_some() {}
+        if let Some(writer) = writer {
+            let _ = writer.await;
+            match self.write_checkpoint().await {
+                Ok(()) => info!("final checkpoint written"),
+                Err(e) => error!(error = %e, "cannot write the final checkpoint"),
+            }
+        }
         info!("polling stopped");
     }
 }

@@ -39,9 +39,35 @@ impl Hist {
 /// (ref, stage, job).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProjectSeries {
+    #[serde(with = "pairs")]
     pub total: BTreeMap<[String; 5], u64>,
+    #[serde(with = "pairs")]
     pub duration: BTreeMap<[String; 4], Hist>,
+    #[serde(with = "pairs")]
     pub queued: BTreeMap<[String; 3], Hist>,
+}
+
+/// Maps with composite keys as lists of `[key, value]` pairs (JSON keys must be strings).
+pub mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 impl ProjectSeries {
@@ -203,7 +229,11 @@ pub fn families<'a>(
     total.set_metric(t);
     duration.set_metric(d);
     queued.set_metric(q);
-    vec![total, duration, queued]
+    // The text encoder refuses a family without samples.
+    [total, duration, queued]
+        .into_iter()
+        .filter(|f| !f.get_metric().is_empty())
+        .collect()
 }
 
 #[cfg(test)]

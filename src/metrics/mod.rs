@@ -3,6 +3,7 @@
 //! Label values are written through [`with`] so that a label-count mistake is logged, never a
 //! panic (`with_label_values` panics). The job metrics live in [`jobs`], restorable.
 
+pub mod carry;
 pub mod jobs;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,6 +28,11 @@ pub struct Metrics {
     registry: Registry,
     /// Job series per project (`path_with_namespace`).
     jobs: Mutex<BTreeMap<String, jobs::ProjectSeries>>,
+    /// The exporter's own counters and histograms as saved before a restart.
+    base: Mutex<carry::Carry>,
+    /// With persistence: the page as of the last checkpoint, so no scrape ever sees a value
+    /// that a crash could take back. `None`: serve live values.
+    published: Mutex<Option<String>>,
     bounds: jobs::Bounds,
     jobs_active: IntGaugeVec,
     oldest_pending: GaugeVec,
@@ -174,6 +180,8 @@ impl Metrics {
         Ok(Self {
             registry,
             jobs: Mutex::new(BTreeMap::new()),
+            base: Mutex::new(carry::Carry::new()),
+            published: Mutex::new(None),
             bounds: jobs::Bounds {
                 duration: cfg.duration_buckets.clone(),
                 queued: cfg.queued_buckets.clone(),
@@ -328,20 +336,82 @@ impl Metrics {
         self.tracked_jobs.add(delta);
     }
 
-    /// The registry in the text exposition format.
-    pub fn render(&self) -> Result<String, MetricsError> {
+    /// The exporter's own families, live values plus the carried base.
+    pub fn own_families(&self) -> Vec<prometheus::proto::MetricFamily> {
         let mut families = self.registry.gather();
-        {
-            let jobs = self.lock_jobs();
-            families.extend(jobs::families(jobs.iter(), &self.bounds));
-        }
         // Registered lazily: the gauge appears once GitLab has sent the header at least once.
         if self.rate_limit_seen.load(Ordering::Relaxed) {
             families.extend(self.rate_limit_remaining.collect());
         }
+        carry::add_base(&mut families, &lock(&self.base));
+        families
+    }
+
+    /// Sets the base of the own counters and histograms (from a checkpoint).
+    pub fn set_base(&self, base: carry::Carry) {
+        *lock(&self.base) = base;
+    }
+
+    /// The `/metrics` page: as of the last checkpoint when persistence is on, else live.
+    pub fn render(&self) -> Result<String, MetricsError> {
+        if let Some(page) = lock(&self.published).clone() {
+            return Ok(page);
+        }
+        let own = self.own_families();
+        let jobs = self.lock_jobs().clone();
+        self.render_with(own, &jobs)
+    }
+
+    /// Renders the given own families and job series.
+    pub fn render_with(
+        &self,
+        mut families: Vec<prometheus::proto::MetricFamily>,
+        jobs: &BTreeMap<String, jobs::ProjectSeries>,
+    ) -> Result<String, MetricsError> {
+        families.extend(jobs::families(jobs.iter(), &self.bounds));
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = Vec::new();
         TextEncoder::new().encode(&families, &mut buf)?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// From now on `/metrics` serves `page` (rendered from a checkpoint just written).
+    pub fn publish(&self, page: String) {
+        *lock(&self.published) = Some(page);
+    }
+}
+
+/// Locks a mutex whose data stays valid even if a holder panicked (plain values only).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_before_any_job_and_after_some() {
+        let m = Metrics::new(&MetricsConfig::default()).unwrap();
+        let page = m.render().unwrap();
+        assert!(page.contains("gitlab_jobs_exporter_build_info"));
+        assert!(!page.contains("gitlab_ci_jobs_total"));
+        let labels = crate::tracker::JobLabels {
+            ref_: "main".into(),
+            stage: "test".into(),
+            name: "rspec".into(),
+        };
+        m.apply(
+            "g/p",
+            &[Event::Completed {
+                labels,
+                status: JobStatus::Success,
+                failure_reason: String::new(),
+                duration: Some(3.0),
+            }],
+        );
+        let page = m.render().unwrap();
+        assert!(page.contains(r#"gitlab_ci_jobs_total{failure_reason="",job="rspec",project="g/p",ref="main",stage="test",status="success"} 1"#), "{page}");
+        assert!(page.contains("gitlab_ci_job_duration_seconds_count"));
     }
 }

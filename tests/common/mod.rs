@@ -38,6 +38,7 @@ pub fn config(base_url: &str, projects: Vec<ProjectRef>, backfill: Duration) -> 
             concurrency: 4,
         },
         metrics: MetricsConfig::default(),
+        state: Default::default(),
         projects,
     }
 }
@@ -300,6 +301,20 @@ fn assert_hist_matches(what: &str, key: &Labels, h: Option<&Histogram>, values: 
 
 /// Every job metric equals the ground truth exactly (histogram sums to float rounding).
 pub fn assert_matches_truth(scrape: &Scrape, truth: &GroundTruth) {
+    check_truth(scrape, truth)
+}
+
+/// Whether every job metric equals the ground truth (see [`assert_matches_truth`]).
+pub fn matches_truth(scrape: &Scrape, truth: &GroundTruth) -> bool {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_truth(scrape, truth)))
+        .is_ok();
+    std::panic::set_hook(hook);
+    ok
+}
+
+fn check_truth(scrape: &Scrape, truth: &GroundTruth) {
     // gitlab_ci_jobs_total: same series, same values.
     let got = scrape.values("gitlab_ci_jobs_total");
     let mut want = BTreeMap::new();

@@ -1,0 +1,207 @@
+//! Durability: the real binary is killed with SIGKILL at random moments while jobs keep
+//! completing, and restarted on the same `state.dir`. No scrape ever sees a counter go down,
+//! and at the end every counter equals the ground truth.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Scrape, TOKEN, matches_truth};
+use gitlab_jobs_exporter::simulator::{Ms, ProjectSpec, SimClock, Simulator, World, WorldSpec};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gitlab-jobs-exporter");
+const T0: Ms = 1_790_000_000_000;
+const HOUR: Ms = 3_600_000;
+
+fn start(config: &std::path::Path, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .env("GITLAB_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("exporter starts")
+}
+
+/// Every counter-like value of a scrape: counters, histogram counts and sums.
+fn monotonic_values(s: &Scrape) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for sample in &s.samples {
+        let counter = match sample.value {
+            prometheus_parse::Value::Counter(v) => Some(v),
+            _ => None,
+        };
+        let is_total = sample.metric.ends_with("_total")
+            || sample.metric.ends_with("_count")
+            || sample.metric.ends_with("_sum");
+        let v = match (counter, &sample.value) {
+            (Some(v), _) => v,
+            (None, prometheus_parse::Value::Untyped(v)) if is_total => *v,
+            _ => continue,
+        };
+        if sample.metric.starts_with("process_") {
+            continue; // this process's own CPU time restarts with it, as everywhere
+        }
+        let mut labels: Vec<_> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        labels.sort();
+        out.insert(format!("{}{{{}}}", sample.metric, labels.join(",")), v);
+    }
+    out
+}
+
+async fn scrape(client: &reqwest::Client, url: &str) -> Option<Scrape> {
+    let resp = client.get(url).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    Some(Scrape::parse(&resp.text().await.ok()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_lose_nothing_and_never_go_backwards() {
+    let spec = WorldSpec::new(
+        vec![
+            ProjectSpec {
+                id: 41,
+                path: "acme/platform/api".into(),
+                pipelines_per_hour: 20.0,
+            },
+            ProjectSpec {
+                id: 42,
+                path: "tools/cli".into(),
+                pipelines_per_hour: 8.0,
+            },
+        ],
+        T0,
+        T0 + 4 * HOUR,
+    );
+    let start_ms = T0 + HOUR;
+    let sim = Simulator::new(
+        World::generate(&spec, 31),
+        SimClock::manual(start_ms),
+        TOKEN.to_string(),
+    );
+    let handle = sim.spawn().await.expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gitlab]\nurl = {:?}\nmax_requests_per_minute = 1e9\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+             [poll]\ninterval = \"200ms\"\nbackfill = \"1h\"\n[state]\ndir = {:?}\n\
+             [[projects]]\npath = \"acme/platform/api\"\n[[projects]]\nid = 42\n",
+            handle.base_url,
+            dir.path().join("state").display().to_string()
+        ),
+    )
+    .expect("config");
+    let log = dir.path().join("exporter.log");
+    gitlab_jobs_exporter::gitlab::install_tls_provider();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let ready_url = format!("http://127.0.0.1:{port}/readyz");
+
+    // First start: the clock stands still until the first poll, so the backfill cutoff is known.
+    let mut child = start(&config, &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client
+        .get(&ready_url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cutoff_ms = start_ms - HOUR;
+
+    let mut last: BTreeMap<String, f64> = BTreeMap::new();
+    let mut scrapes = 0;
+    let check = |s: &Scrape, last: &mut BTreeMap<String, f64>| {
+        let now = monotonic_values(s);
+        for (k, v) in last.iter() {
+            let new = now.get(k).copied();
+            assert!(new.is_some_and(|n| n >= *v), "{k} went from {v} to {new:?}");
+        }
+        *last = now;
+    };
+    let mut rng = fastrand::Rng::with_seed(7);
+    for kill in 0..5 {
+        // Run a random while, with jobs completing, scraping all along.
+        let until = Instant::now() + Duration::from_millis(rng.u64(300..2500));
+        while Instant::now() < until {
+            sim.advance(Duration::from_secs(45));
+            if let Some(s) = scrape(&client, &metrics_url).await {
+                check(&s, &mut last);
+                scrapes += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        assert!(
+            dir.path().join("state").join("checkpoint.json").exists(),
+            "checkpoint written before kill {kill}"
+        );
+        child = start(&config, &log);
+    }
+    // Let the rest of the history happen, then stop the clock and wait until the exporter has
+    // caught up (an awaited condition with a deadline, not a fixed sleep).
+    for _ in 0..40 {
+        sim.advance(Duration::from_secs(180));
+        if let Some(s) = scrape(&client, &metrics_url).await {
+            check(&s, &mut last);
+            scrapes += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let truth = sim.ground_truth(cutoff_ms);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut matched = false;
+    let mut latest = None;
+    while Instant::now() < deadline {
+        if let Some(s) = scrape(&client, &metrics_url).await {
+            check(&s, &mut last);
+            if matches_truth(&s, &truth) {
+                matched = true;
+                break;
+            }
+            latest = Some(s);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().expect("stop");
+    let _ = child.wait();
+    let final_scrape = scrape(&client, &metrics_url).await;
+    assert!(final_scrape.is_none(), "the exporter is gone");
+    if !matched && let Some(s) = &latest {
+        common::assert_matches_truth(s, &truth); // panics with the difference
+    }
+    assert!(matched, "counters equal the ground truth after 5 kills");
+    assert!(scrapes > 20, "scraped throughout: {scrapes}");
+    assert!(truth.total_jobs() > 100, "{}", truth.total_jobs());
+    handle.shutdown().await;
+}
