@@ -348,6 +348,7 @@ impl ProjectPoller {
             let page = client.jobs_page(req).await?;
             stats.requests += 1;
             stats.pages += 1;
+            check_page(&page, lowest, &label, metrics)?;
             let now = *server_now.get_or_insert_with(|| page_time(&page));
             if first_cycle {
                 self.tracker
@@ -466,7 +467,12 @@ impl ProjectPoller {
             .await?;
         }
 
-        self.tracker.complete_cycle(lowest, highest);
+        let given_up = self.tracker.complete_cycle(lowest, highest);
+        if given_up > 0 {
+            warn!(project = %label, given_up, limit = crate::tracker::MAX_FOLLOWED,
+                "too many unfinished jobs to follow; the oldest are no longer followed");
+            metrics.api_error("followed_limit");
+        }
         Ok(())
     }
 
@@ -488,6 +494,7 @@ impl ProjectPoller {
         let mut seen = HashSet::new();
         let mut visited = HashSet::new();
         let mut next: Option<String> = None;
+        let mut listed_min: Option<u64> = None;
         loop {
             let scopes = listing.scopes(self.legacy_scopes);
             let req = match &next {
@@ -510,6 +517,8 @@ impl ProjectPoller {
             };
             stats.requests += 1;
             stats.scoped_pages += 1;
+            check_page(&page, listed_min, label, metrics)?;
+            listed_min = page.jobs.iter().map(|j| j.id).min().or(listed_min);
             let mut page = page;
             page.jobs.retain(|j| {
                 seen.insert(j.id);
@@ -597,6 +606,32 @@ impl ProjectPoller {
             .count();
         metrics.apply(label, &events);
     }
+}
+
+/// Sanity checks on a page that follows one whose lowest id was `previous_min`: GitLab lists by
+/// id descending, at most `PER_PAGE` jobs. Oddities are logged and counted; a page that does
+/// not move below the previous one is a pagination loop (an error, so the cycle ends).
+fn check_page(
+    page: &JobsPage,
+    previous_min: Option<u64>,
+    label: &str,
+    metrics: &Metrics,
+) -> Result<(), PollError> {
+    if page.jobs.len() > crate::gitlab::PER_PAGE as usize {
+        warn!(project = %label, jobs = page.jobs.len(), "page longer than asked");
+        metrics.api_error("page_too_long");
+    }
+    if page.jobs.windows(2).any(|w| w[0].id <= w[1].id) {
+        warn!(project = %label, "page not in descending id order");
+        metrics.api_error("ids_out_of_order");
+    }
+    if let Some(prev) = previous_min
+        && page.jobs.iter().any(|j| j.id >= prev)
+    {
+        metrics.api_error("pagination_loop");
+        return Err(PollError::PaginationLoop);
+    }
+    Ok(())
 }
 
 fn page_time(page: &JobsPage) -> f64 {

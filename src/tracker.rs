@@ -20,6 +20,10 @@ use crate::gitlab::{Job, JobStatus};
 /// How many handled ids above the floor are remembered (to recognise late-committed jobs that
 /// appear below the high-water mark). Older ones are folded into `floor`.
 pub const DONE_KEEP: usize = 5_000;
+/// Non-final jobs followed per project, at most. Beyond it the oldest are given up (never
+/// counted): a project with more unfinished jobs than this is broken in ways no exporter fixes,
+/// and memory must stay bounded.
+pub const MAX_FOLLOWED: usize = 50_000;
 /// On a first start, jobs created this long before the backfill cutoff are still read, because a
 /// long job created then may have finished inside the window (GitLab's default job timeout is 1h).
 pub const BACKFILL_LOOKBACK_SECS: f64 = 3600.0;
@@ -276,7 +280,8 @@ impl Tracker {
     }
 
     /// Ends a cycle that read ids `lowest_read..=highest_read` from the top of the list.
-    pub fn complete_cycle(&mut self, lowest_read: Option<u64>, highest_read: Option<u64>) {
+    /// Returns how many followed jobs were given up to stay within `MAX_FOLLOWED`.
+    pub fn complete_cycle(&mut self, lowest_read: Option<u64>, highest_read: Option<u64>) -> usize {
         let first = self.high_water.is_none();
         let hw = self.high_water.unwrap_or(0).max(highest_read.unwrap_or(0));
         self.high_water = Some(hw);
@@ -286,11 +291,19 @@ impl Tracker {
             self.done.retain(|id| *id >= self.floor);
             self.cutoff = None;
         }
+        let mut given_up = 0;
+        while self.followed.len() > MAX_FOLLOWED {
+            if let Some((id, _)) = self.followed.pop_first() {
+                self.done.insert(id);
+                given_up += 1;
+            }
+        }
         while self.done.len() > DONE_KEEP {
             if let Some(id) = self.done.pop_first() {
                 self.floor = self.floor.max(id + 1);
             }
         }
+        given_up
     }
 
     /// Number of followed jobs per status.

@@ -172,12 +172,15 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// Seconds as a finite, non-negative float; anything else (strings, negatives, NaN) → `None`,
-/// so one absurd value cannot poison a histogram's sum.
+/// Longer durations are taken for garbage (a year: beyond any job timeout or queue).
+pub const MAX_PLAUSIBLE_SECONDS: f64 = 366.0 * 24.0 * 3600.0;
+
+/// Seconds as a finite, non-negative, plausible float; anything else (strings, negatives, NaN,
+/// centuries) → `None`, so one absurd value cannot poison a histogram's sum.
 fn lenient_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     let v = Option::<serde_json::Value>::deserialize(d)?;
     Ok(v.and_then(|v| v.as_f64())
-        .filter(|s| s.is_finite() && *s >= 0.0))
+        .filter(|s| s.is_finite() && (0.0..=MAX_PLAUSIBLE_SECONDS).contains(s)))
 }
 
 /// Decodes a page leniently: the items that are valid jobs, and how many were not.
@@ -219,6 +222,7 @@ mod tests {
         let body = br#"[
             {"id": 3, "status": "waiting_for_approval", "stage": null, "name": "x", "ref": "main",
              "duration": -5, "queued_duration": "soon", "created_at": "yesterday"},
+            {"id": 2, "status": "success", "duration": 1e300, "queued_duration": null},
             {"status": "success"},
             {"id": 1, "status": "success", "created_at": "2024-01-02T03:04:05.678+01:00"}
         ]"#;
@@ -233,8 +237,10 @@ mod tests {
         assert_eq!(jobs[0].duration, None);
         assert_eq!(jobs[0].queued_duration, None);
         assert_eq!(jobs[0].created_at, None);
+        assert_eq!(jobs[1].duration, None);
+        assert_eq!(jobs[1].queued_duration, None);
         assert_eq!(
-            jobs[1].created_at.map(|t| t.to_rfc3339()),
+            jobs[2].created_at.map(|t| t.to_rfc3339()),
             Some("2024-01-02T02:04:05.678+00:00".to_string())
         );
     }
@@ -244,6 +250,36 @@ mod tests {
         for s in JobStatus::NON_FINAL {
             assert_eq!(JobStatus::from(s.as_str().to_string()), s);
             assert!(!s.is_final());
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+                let _ = decode_jobs(&bytes);
+            }
+
+            #[test]
+            fn any_json_job_shape_decodes_or_is_skipped(
+                id in prop_oneof![Just(serde_json::json!(null)), any::<i64>().prop_map(|v| serde_json::json!(v))],
+                status in prop_oneof![Just(serde_json::json!("success")), Just(serde_json::json!(null)), "[a-z_]{0,12}".prop_map(|s| serde_json::json!(s))],
+                duration in prop_oneof![Just(serde_json::json!(null)), any::<f64>().prop_map(|v| serde_json::json!(v)), Just(serde_json::json!("x"))],
+                started in prop_oneof![Just(serde_json::json!(null)), Just(serde_json::json!("2024-01-01T00:00:00.000Z")), Just(serde_json::json!(17))],
+            ) {
+                let body = serde_json::to_vec(&serde_json::json!([{
+                    "id": id, "status": status, "duration": duration, "started_at": started,
+                    "failure_reason": null, "pipeline": {"id": "x"}, "stage": 3
+                }])).unwrap();
+                let (jobs, bad) = decode_jobs(&body).unwrap();
+                prop_assert_eq!(jobs.len() + bad, 1);
+                for j in jobs {
+                    prop_assert!(j.duration.is_none_or(|d| (0.0..=MAX_PLAUSIBLE_SECONDS).contains(&d)));
+                }
+            }
         }
     }
 }

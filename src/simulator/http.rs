@@ -172,7 +172,14 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
     };
     let creds = credentials(req.headers(), &params);
     let token_ok = creds.as_ref().is_some_and(|c| c.1 == sim.inner.token);
-    let fault = sim.pop_fault();
+    let limited = matches!(endpoint, Endpoint::Jobs | Endpoint::JobsScoped)
+        && token_ok
+        && !sim.admit_jobs_request();
+    let fault = if limited {
+        Some(Fault::RateLimitedJson)
+    } else {
+        sim.pop_fault()
+    };
     if let Some(Fault::Delay(d)) = fault {
         tokio::time::sleep(d).await;
     }

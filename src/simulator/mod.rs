@@ -145,6 +145,9 @@ struct Inner {
     faults: Mutex<VecDeque<Fault>>,
     stats: Mutex<RequestStats>,
     log: Mutex<VecDeque<LoggedRequest>>,
+    /// GitLab's per-user limit on the project jobs endpoint, in requests per (real) minute,
+    /// with the times of the requests in the current window.
+    jobs_limit: Mutex<Option<(u32, VecDeque<std::time::Instant>)>>,
 }
 
 /// The simulated GitLab; clones share everything.
@@ -169,6 +172,7 @@ impl Simulator {
                 faults: Mutex::default(),
                 stats: Mutex::default(),
                 log: Mutex::default(),
+                jobs_limit: Mutex::default(),
             }),
         }
     }
@@ -271,6 +275,32 @@ impl Simulator {
             auth,
             token_ok,
         });
+    }
+
+    /// Enforces GitLab's per-user limit on `GET /projects/:id/jobs` (600/min on GitLab 16.5+):
+    /// over it, 429 JSON without `Retry-After`, as GitLab answers. `None` lifts it.
+    pub fn set_jobs_rate_limit(&self, per_minute: Option<u32>) {
+        *lock(&self.inner.jobs_limit) = per_minute.map(|n| (n, VecDeque::new()));
+    }
+
+    /// Counts a jobs-endpoint request against the limit; `false` when it is over.
+    pub(crate) fn admit_jobs_request(&self) -> bool {
+        let mut guard = lock(&self.inner.jobs_limit);
+        let Some((limit, window)) = guard.as_mut() else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            window.pop_front();
+        }
+        if window.len() >= *limit as usize {
+            return false;
+        }
+        window.push_back(now);
+        true
     }
 
     /// What a correct exporter reports now, if it ignores jobs completed before `cutoff_ms`.
