@@ -151,3 +151,30 @@ async fn no_request_is_sent_during_a_retry_after_window() {
     assert_matches_truth(&h.scrape().await, &h.truth());
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_mid_body_is_a_counted_transport_error_and_retried() {
+    let mut h = Harness::start(
+        world(),
+        T0 + 2 * HOUR,
+        vec![by_path("acme/platform/api")],
+        Duration::from_secs(3600),
+    )
+    .await;
+    h.poll().await;
+    h.sim.advance(Duration::from_secs(120));
+    h.sim.push_fault(Fault::ConnectionReset);
+    h.poll().await;
+    let errors = h
+        .scrape()
+        .await
+        .values("gitlab_jobs_exporter_api_errors_total");
+    let transport: f64 = errors
+        .iter()
+        .filter(|(l, _)| l.get("kind").map(String::as_str) == Some("transport"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(transport, 1.0, "{errors:?}");
+    assert_matches_truth(&h.scrape().await, &h.truth_for(&["acme/platform/api"]));
+    h.stop().await;
+}

@@ -1,5 +1,5 @@
 //! Random job histories under random fault schedules (proxy 5xx, both 429 shapes, timeouts,
-//! truncated and HTML bodies, refused tokens): once the faults stop, every counter equals the
+//! truncated and HTML bodies, connections cut mid-response, refused tokens): once the faults stop, every counter equals the
 //! ground truth.
 
 mod common;
@@ -22,6 +22,7 @@ fn fault() -> impl Strategy<Value = Fault> {
         }),
         Just(Fault::MalformedJson),
         Just(Fault::HtmlOk),
+        Just(Fault::ConnectionReset),
         // Past the exporter's 300 ms timeout.
         Just(Fault::Delay(Duration::from_millis(450))),
         Just(Fault::Unauthorized),

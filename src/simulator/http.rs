@@ -234,6 +234,7 @@ fn fault_response(fault: &Fault, now: Ms) -> Response {
         }
         Fault::MalformedJson => response(200, JSON, r#"[{"id":12,"status":"succ"#),
         Fault::HtmlOk => response(200, "text/html; charset=utf-8", HTML_LOGIN),
+        Fault::ConnectionReset => response(200, JSON, Body::new(CutBody { sent: false })),
         Fault::Unauthorized => err(401, "message", "401 Unauthorized"),
         Fault::ExpiredToken => json_response(
             401,
@@ -489,5 +490,31 @@ mod unit {
             decode_cursor(&URL_SAFE.encode(r#"{"id":"5","_kd":"p"}"#)),
             None
         );
+    }
+}
+
+/// A body that sends a few bytes and then fails, which makes the server abort the connection.
+struct CutBody {
+    sent: bool,
+}
+
+impl http_body::Body for CutBody {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.sent {
+            return std::task::Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "simulated connection reset",
+            ))));
+        }
+        self.sent = true;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(
+            axum::body::Bytes::from_static(b"[{\"id\":1"),
+        ))))
     }
 }

@@ -82,6 +82,8 @@ pub enum Fault {
     MalformedJson,
     /// 200 `text/html`: a proxy's login page.
     HtmlOk,
+    /// 200 with the first bytes of a body, then the connection is cut (a reset mid-response).
+    ConnectionReset,
     /// 401 `{"message":"401 Unauthorized"}`.
     Unauthorized,
     /// 401 `{"error":"invalid_token",…}`.
