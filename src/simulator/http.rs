@@ -460,6 +460,32 @@ fn decode_cursor(cursor: &str) -> Option<u64> {
     }
 }
 
+/// A body that sends a few bytes and then fails, which makes the server abort the connection.
+struct CutBody {
+    sent: bool,
+}
+
+impl http_body::Body for CutBody {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.sent {
+            return std::task::Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "simulated connection reset",
+            ))));
+        }
+        self.sent = true;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(
+            axum::body::Bytes::from_static(b"[{\"id\":1"),
+        ))))
+    }
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;
@@ -490,31 +516,5 @@ mod unit {
             decode_cursor(&URL_SAFE.encode(r#"{"id":"5","_kd":"p"}"#)),
             None
         );
-    }
-}
-
-/// A body that sends a few bytes and then fails, which makes the server abort the connection.
-struct CutBody {
-    sent: bool,
-}
-
-impl http_body::Body for CutBody {
-    type Data = axum::body::Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        if self.sent {
-            return std::task::Poll::Ready(Some(Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "simulated connection reset",
-            ))));
-        }
-        self.sent = true;
-        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(
-            axum::body::Bytes::from_static(b"[{\"id\":1"),
-        ))))
     }
 }
