@@ -34,6 +34,20 @@ pub const MAX_LISTING_PAGES: usize = 100;
 /// Deep waiting jobs (created, manual, scheduled) are all re-checked every this many cycles.
 pub const COLD_SWEEP_CYCLES: u64 = 10;
 
+/// What every request of one cycle's second phase needs.
+#[derive(Clone, Copy)]
+struct Cx<'a> {
+    client: &'a GitlabClient,
+    metrics: &'a Metrics,
+    api_id: &'a str,
+    label: &'a str,
+    /// Ids read from the top of the list this cycle.
+    lowest: Option<u64>,
+    highest: Option<u64>,
+    /// GitLab's clock at the first page (unix seconds).
+    server_now: f64,
+}
+
 /// Waiting for something else (an earlier stage, a person, a time): changes rarely on its own.
 fn is_waiting(status: &JobStatus) -> bool {
     matches!(
@@ -374,6 +388,15 @@ impl ProjectPoller {
             }
         }
         let server_now = server_now.unwrap_or_else(|| secs(Utc::now()));
+        let cx = Cx {
+            client,
+            metrics,
+            api_id: &api_id,
+            label: &label,
+            lowest,
+            highest,
+            server_now,
+        };
 
         // 2. Followed jobs below what was read. Busy ones (pending, running, …) every cycle: one
         // listing of those statuses, then single fetches for the jobs that left it. Waiting ones
@@ -384,18 +407,7 @@ impl ProjectPoller {
         // busy listing (pending, running) well before that.
         if first_cycle {
             // Learn the whole non-final population, however old.
-            self.list(
-                client,
-                &api_id,
-                Listing::All,
-                lowest,
-                highest,
-                server_now,
-                &label,
-                metrics,
-                stats,
-            )
-            .await?;
+            self.list(&cx, Listing::All, stats).await?;
         } else {
             let hot: Vec<u64> = self
                 .tracker
@@ -407,26 +419,11 @@ impl ProjectPoller {
                 0 => Vec::new(),
                 1 => hot,
                 _ => {
-                    let listed = self
-                        .list(
-                            client,
-                            &api_id,
-                            Listing::Busy,
-                            lowest,
-                            highest,
-                            server_now,
-                            &label,
-                            metrics,
-                            stats,
-                        )
-                        .await?;
+                    let listed = self.list(&cx, Listing::Busy, stats).await?;
                     hot.into_iter().filter(|id| !listed.contains(id)).collect()
                 }
             };
-            self.fetch_each(
-                client, &api_id, to_fetch, server_now, &label, metrics, stats,
-            )
-            .await?;
+            self.fetch_each(&cx, to_fetch, stats).await?;
 
             let sweep = self.completed_cycles.is_multiple_of(COLD_SWEEP_CYCLES);
             // A waiting job moves when the running part of its pipeline is over (next stage,
@@ -443,28 +440,13 @@ impl ProjectPoller {
             // One listing serves them all when that is cheaper than fetching each.
             let to_fetch = if cold.len() > 1 && (sweep || cold.len() > self.waiting_pages) {
                 let before = stats.scoped_pages;
-                let listed = self
-                    .list(
-                        client,
-                        &api_id,
-                        Listing::Waiting,
-                        lowest,
-                        highest,
-                        server_now,
-                        &label,
-                        metrics,
-                        stats,
-                    )
-                    .await?;
+                let listed = self.list(&cx, Listing::Waiting, stats).await?;
                 self.waiting_pages = (stats.scoped_pages - before).max(1);
                 cold.into_iter().filter(|id| !listed.contains(id)).collect()
             } else {
                 cold
             };
-            self.fetch_each(
-                client, &api_id, to_fetch, server_now, &label, metrics, stats,
-            )
-            .await?;
+            self.fetch_each(&cx, to_fetch, stats).await?;
         }
 
         let given_up = self.tracker.complete_cycle(lowest, highest);
@@ -478,19 +460,21 @@ impl ProjectPoller {
 
     /// Pages through a `scope[]` listing, feeding jobs below `lowest` (the ones above were just
     /// read) and at most `highest` (newer ones are next cycle's). Returns the ids listed.
-    #[allow(clippy::too_many_arguments)]
     async fn list(
         &mut self,
-        client: &GitlabClient,
-        api_id: &str,
+        cx: &Cx<'_>,
         listing: Listing,
-        lowest: Option<u64>,
-        highest: Option<u64>,
-        server_now: f64,
-        label: &str,
-        metrics: &Metrics,
         stats: &mut CycleStats,
     ) -> Result<HashSet<u64>, PollError> {
+        let Cx {
+            client,
+            metrics,
+            api_id,
+            label,
+            lowest,
+            highest,
+            server_now,
+        } = *cx;
         let mut seen = HashSet::new();
         let mut visited = HashSet::new();
         let mut next: Option<String> = None;
@@ -543,17 +527,20 @@ impl ProjectPoller {
     }
 
     /// Fetches followed jobs one by one (at most `MAX_SINGLE_FETCHES`, oldest first).
-    #[allow(clippy::too_many_arguments)]
     async fn fetch_each(
         &mut self,
-        client: &GitlabClient,
-        api_id: &str,
+        cx: &Cx<'_>,
         mut ids: Vec<u64>,
-        server_now: f64,
-        label: &str,
-        metrics: &Metrics,
         stats: &mut CycleStats,
     ) -> Result<(), PollError> {
+        let Cx {
+            client,
+            metrics,
+            api_id,
+            label,
+            server_now,
+            ..
+        } = *cx;
         ids.retain(|id| self.tracker.is_followed(*id));
         if ids.len() > MAX_SINGLE_FETCHES {
             warn!(project = %label, pending = ids.len(), "many followed jobs changed at once; fetching the rest next cycle");
