@@ -587,10 +587,16 @@ impl ProjectPoller {
         for job in &page.jobs {
             self.tracker.observe(job, server_now, &mut events);
         }
-        stats.completed += events
-            .iter()
-            .filter(|e| matches!(e, Event::Completed { .. }))
-            .count();
+        // Freshness, once past the backfill (whose jobs finished long before by design).
+        let fresh = !self.tracker.is_first_cycle();
+        for e in &events {
+            if let Event::Completed { finished_at, .. } = e {
+                stats.completed += 1;
+                if fresh && let Some(t) = finished_at {
+                    metrics.observe_lag(server_now - t);
+                }
+            }
+        }
         metrics.apply(label, &events);
     }
 }

@@ -165,6 +165,7 @@ mod tests {
                     status: crate::gitlab::JobStatus::Failed,
                     failure_reason: "script_failure".into(),
                     duration: Some(4.0),
+                    finished_at: None,
                 },
             ],
             &bounds,

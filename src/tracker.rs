@@ -58,6 +58,8 @@ pub enum Event {
         status: JobStatus,
         failure_reason: String,
         duration: Option<f64>,
+        /// GitLab's `finished_at` (unix seconds), for the freshness histogram.
+        finished_at: Option<f64>,
     },
 }
 
@@ -348,6 +350,7 @@ fn completed(job: &Job, labels: JobLabels) -> Event {
         } else {
             None
         },
+        finished_at: job.finished_at.map(secs),
     }
 }
 
@@ -432,7 +435,8 @@ mod tests {
                 labels: JobLabels::of(&j),
                 status: JobStatus::Canceled,
                 failure_reason: String::new(),
-                duration: None
+                duration: None,
+                finished_at: j.finished_at.map(secs),
             }]
         );
     }

@@ -74,6 +74,11 @@ async fn started_mid_history_counts_every_job_once() {
     let (status, _, _) = h.get("/readyz").await;
     assert_eq!(status, 200);
     assert_matches_truth(&h.scrape().await, &h.truth());
+    // Skipped jobs have no finished_at in GitLab, so no freshness either.
+    let with_finish = |t: &gitlab_jobs_exporter::simulator::GroundTruth| {
+        t.total_jobs() - t.jobs_with_status("skipped")
+    };
+    let backfilled = with_finish(&h.truth());
     // 30 s cycles through the history, a 50-minute gap (a multi-page burst), then past the end
     // until everything that can finish has finished.
     run_history(
@@ -88,6 +93,13 @@ async fn started_mid_history_counts_every_job_once() {
         assert!(truth.jobs_with_status(status) > 0, "history has {status}");
     }
     assert!(truth.total_active() > 0, "stuck and manual jobs remain");
+    // Freshness is observed once for every job counted after the backfill.
+    let lag = h
+        .scrape()
+        .await
+        .histograms("gitlab_jobs_exporter_poll_lag_seconds");
+    let lag_count: f64 = lag.values().map(|h| h.count).sum();
+    assert_eq!(lag_count, (with_finish(&truth) - backfilled) as f64);
     // The history exercised every request kind of the polling plan.
     let req = h.sim.requests();
     assert!(

@@ -93,6 +93,7 @@ impl ProjectSeries {
                     status,
                     failure_reason,
                     duration,
+                    ..
                 } => {
                     let key = [
                         labels.ref_.clone(),

@@ -44,6 +44,7 @@ pub struct Metrics {
     last_success: GaugeVec,
     tracked_jobs: IntGauge,
     project_state: IntGaugeVec,
+    poll_lag: prometheus::Histogram,
     rate_limit_remaining: prometheus::Gauge,
     rate_limited_seconds: prometheus::Counter,
     /// Not every GitLab sends `RateLimit-*`; the gauge is shown only once one arrived.
@@ -145,6 +146,13 @@ impl Metrics {
             ),
             &["project", "state"],
         )?;
+        let poll_lag = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "gitlab_jobs_exporter_poll_lag_seconds",
+                "Freshness: from a job's finished_at in GitLab to the exporter counting it (jobs seen completing after the first poll).",
+            )
+            .buckets(vec![1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]),
+        )?;
         let rate_limited_seconds = prometheus::Counter::new(
             "gitlab_jobs_exporter_rate_limited_seconds_total",
             "Time all requests to GitLab were paused because GitLab answered 429.",
@@ -171,6 +179,7 @@ impl Metrics {
             Box::new(tracked_jobs.clone()),
             Box::new(rate_limited_seconds.clone()),
             Box::new(project_state.clone()),
+            Box::new(poll_lag.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -198,6 +207,7 @@ impl Metrics {
             rate_limit_remaining,
             rate_limited_seconds,
             project_state,
+            poll_lag,
             rate_limit_seen: AtomicBool::new(false),
             shown_unknown: Mutex::new(BTreeMap::new()),
         })
@@ -300,6 +310,12 @@ impl Metrics {
     pub fn rate_limit_remaining(&self, remaining: f64) {
         self.rate_limit_remaining.set(remaining);
         self.rate_limit_seen.store(true, Ordering::Relaxed);
+    }
+
+    pub fn observe_lag(&self, seconds: f64) {
+        if seconds.is_finite() {
+            self.poll_lag.observe(seconds.max(0.0));
+        }
     }
 
     pub fn set_project_state(&self, project: &str, state: &str, all: &[&str]) {
@@ -408,6 +424,7 @@ mod tests {
                 status: JobStatus::Success,
                 failure_reason: String::new(),
                 duration: Some(3.0),
+                finished_at: None,
             }],
         );
         let page = m.render().unwrap();
