@@ -238,6 +238,7 @@ async fn run_demo(listen: Option<String>) -> anyhow::Result<()> {
         },
         metrics: MetricsConfig::default(),
         state: Default::default(),
+        labels: Default::default(),
         projects,
     };
     cfg.validate().context("demo configuration")?;

@@ -47,6 +47,8 @@ pub struct Config {
     #[serde(default)]
     pub state: StateConfig,
     #[serde(default)]
+    pub labels: crate::labels::LabelsConfig,
+    #[serde(default)]
     pub projects: Vec<ProjectRef>,
 }
 

@@ -9,6 +9,7 @@
 //! - [`poll`]: one poll cycle of one project: which requests to send, fed to the tracker.
 //! - [`gitlab`]: the GitLab API client, its wire types and the `Link` header handling.
 //! - [`tracker`]: what has been counted and which jobs are still followed (pure, no I/O).
+//! - [`labels`]: cardinality controls for the `ref` and `job` labels.
 //! - [`metrics`]: the Prometheus registry and how tracker events become samples.
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz` and the index page.
 //! - [`state`]: the checkpoint file (`state.dir`): load, atomic save, corruption handling.
@@ -18,6 +19,7 @@
 pub mod cli;
 pub mod config;
 pub mod gitlab;
+pub mod labels;
 pub mod metrics;
 pub mod poll;
 pub mod scheduler;

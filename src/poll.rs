@@ -129,6 +129,8 @@ pub struct ProjectPoller {
     denials: u32,
     /// Already counted towards `/readyz`.
     pub counted_ready: bool,
+    default_branch: Option<String>,
+    labels: crate::labels::LabelsConfig,
 }
 
 /// How polling a project went last time, for logs, back-off and metrics.
@@ -170,7 +172,11 @@ impl ProjectState {
 }
 
 impl ProjectPoller {
-    pub fn new(reference: ProjectRef, backfill: Duration) -> Self {
+    pub fn new(
+        reference: ProjectRef,
+        backfill: Duration,
+        labels: crate::labels::LabelsConfig,
+    ) -> Self {
         Self {
             reference,
             resolved: None,
@@ -182,6 +188,8 @@ impl ProjectPoller {
             state: ProjectState::Ok,
             denials: 0,
             counted_ready: false,
+            default_branch: None,
+            labels,
         }
     }
 
@@ -197,6 +205,7 @@ impl ProjectPoller {
                 .map(|(_, path)| metrics.project_series(path))
                 .unwrap_or_default(),
             completed_cycles: self.completed_cycles,
+            default_branch: self.default_branch.clone(),
         }
     }
 
@@ -211,6 +220,7 @@ impl ProjectPoller {
         self.resolved = cp.resolved;
         self.tracker = cp.tracker;
         self.completed_cycles = cp.completed_cycles;
+        self.default_branch = cp.default_branch;
         metrics.add_tracked_jobs(self.tracker.followed_len() as i64);
         if let Some((_, path)) = &self.resolved {
             metrics.set_active(
@@ -300,6 +310,7 @@ impl ProjectPoller {
             stats.requests += 1;
             info!(project = %p.path_with_namespace, id = p.id, "watching project");
             self.resolved = Some((p.id, p.path_with_namespace));
+            self.default_branch = p.default_branch;
         }
         let followed_before = self.tracker.followed_len() as i64;
         metrics.poll_started(&self.label());
@@ -597,6 +608,8 @@ impl ProjectPoller {
                 }
             }
         }
+        self.labels
+            .apply(&mut events, self.default_branch.as_deref());
         metrics.apply(label, &events);
     }
 }

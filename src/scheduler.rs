@@ -82,7 +82,13 @@ impl Scheduler {
         let pollers = cfg
             .projects
             .iter()
-            .map(|p| Arc::new(Mutex::new(ProjectPoller::new(p.clone(), cfg.poll.backfill))))
+            .map(|p| {
+                Arc::new(Mutex::new(ProjectPoller::new(
+                    p.clone(),
+                    cfg.poll.backfill,
+                    cfg.labels.clone(),
+                )))
+            })
             .collect::<Vec<_>>();
         Ok(Arc::new(Self {
             state_dir: cfg.state.dir.clone(),

@@ -40,6 +40,8 @@ pub struct ProjectCheckpoint {
     pub tracker: Tracker,
     pub series: ProjectSeries,
     pub completed_cycles: u64,
+    #[serde(default)]
+    pub default_branch: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -153,6 +155,7 @@ mod tests {
             ref_: "main".into(),
             stage: "test".into(),
             name: "rspec".into(),
+            tag: false,
         };
         series.apply(
             &[
@@ -197,6 +200,7 @@ mod tests {
                 tracker,
                 series,
                 completed_cycles: 3,
+                default_branch: Some("main".into()),
             },
         );
         Checkpoint {

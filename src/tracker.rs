@@ -33,6 +33,9 @@ pub struct JobLabels {
     pub ref_: String,
     pub stage: String,
     pub name: String,
+    /// The ref is a tag (for `labels.ref = "kind"`).
+    #[serde(default)]
+    pub tag: bool,
 }
 
 impl JobLabels {
@@ -41,6 +44,7 @@ impl JobLabels {
             ref_: job.ref_.clone(),
             stage: job.stage.clone(),
             name: job.name.clone(),
+            tag: job.tag,
         }
     }
 }

@@ -196,3 +196,49 @@ async fn a_failing_cycle_is_redone_without_double_counting() {
     assert_eq!(poll_errors, 1.0);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folded_labels_keep_every_count() {
+    use gitlab_jobs_exporter::labels::{JobMode, RefMode};
+    let mut h = Harness::start_with(
+        world(5),
+        T0 + 90 * MIN,
+        projects(),
+        Duration::from_secs(3600),
+        |cfg| {
+            cfg.labels.ref_ = RefMode::Kind;
+            cfg.labels.job = JobMode::Normalized;
+        },
+    )
+    .await;
+    h.poll().await;
+    for _ in 0..120 {
+        h.sim.advance(Duration::from_secs(60));
+        h.poll().await;
+    }
+    h.settle().await;
+    let scrape = h.scrape().await;
+    let truth = h.truth();
+    let totals = scrape.values("gitlab_ci_jobs_total");
+    assert_eq!(totals.values().sum::<f64>(), truth.total_jobs() as f64);
+    let kinds = ["default_branch", "branch", "tag", "merge_request"];
+    for labels in totals.keys() {
+        assert!(kinds.contains(&labels["ref"].as_str()), "{labels:?}");
+        assert!(!labels["job"].contains('/'), "{labels:?}");
+    }
+    for kind in kinds {
+        assert!(totals.keys().any(|l| l["ref"] == kind), "some {kind} jobs");
+    }
+    let raw_series = truth.jobs_total.len();
+    assert!(
+        totals.len() < raw_series,
+        "fewer series: {} vs {raw_series}",
+        totals.len()
+    );
+    let durations = scrape.histograms("gitlab_ci_job_duration_seconds");
+    assert_eq!(
+        durations.values().map(|h| h.count).sum::<f64>(),
+        truth.duration_count() as f64
+    );
+    h.stop().await;
+}

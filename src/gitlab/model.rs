@@ -119,6 +119,9 @@ pub struct Job {
     pub name: String,
     #[serde(default, rename = "ref", deserialize_with = "null_as_default")]
     pub ref_: String,
+    /// The ref is a tag.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub tag: bool,
     #[serde(default, deserialize_with = "lenient_time")]
     pub created_at: Option<DateTime<Utc>>,
     #[serde(default, deserialize_with = "lenient_time")]
@@ -152,6 +155,9 @@ fn lenient_pipeline<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::E
 pub struct Project {
     pub id: u64,
     pub path_with_namespace: String,
+    /// Absent for a project without a repository.
+    #[serde(default)]
+    pub default_branch: Option<String>,
 }
 
 fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(

@@ -416,6 +416,7 @@ mod tests {
             ref_: "main".into(),
             stage: "test".into(),
             name: "rspec".into(),
+            tag: false,
         };
         m.apply(
             "g/p",

@@ -39,6 +39,7 @@ pub fn config(base_url: &str, projects: Vec<ProjectRef>, backfill: Duration) -> 
         },
         metrics: MetricsConfig::default(),
         state: Default::default(),
+        labels: Default::default(),
         projects,
     }
 }
