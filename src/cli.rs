@@ -239,6 +239,7 @@ async fn run_demo(listen: Option<String>) -> anyhow::Result<()> {
         metrics: MetricsConfig::default(),
         state: Default::default(),
         labels: Default::default(),
+        shard: Default::default(),
         projects,
     };
     cfg.validate().context("demo configuration")?;

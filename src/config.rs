@@ -49,6 +49,8 @@ pub struct Config {
     #[serde(default)]
     pub labels: crate::labels::LabelsConfig,
     #[serde(default)]
+    pub shard: crate::shard::ShardConfig,
+    #[serde(default)]
     pub projects: Vec<ProjectRef>,
 }
 
@@ -338,6 +340,17 @@ impl Config {
             && dir.as_os_str().is_empty()
         {
             return Err(ConfigError::invalid("state.dir", "is empty"));
+        }
+        if self.shard.count == 0 {
+            return Err(ConfigError::invalid("shard.count", "must be at least 1"));
+        }
+        if let Some(i) = self.shard.index
+            && i >= self.shard.count
+        {
+            return Err(ConfigError::invalid(
+                "shard.index",
+                format!("must be below shard.count ({})", self.shard.count),
+            ));
         }
         check_buckets("metrics.duration_buckets", &self.metrics.duration_buckets)?;
         check_buckets("metrics.queued_buckets", &self.metrics.queued_buckets)?;

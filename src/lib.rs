@@ -13,6 +13,7 @@
 //! - [`metrics`]: the Prometheus registry and how tracker events become samples.
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz` and the index page.
 //! - [`state`]: the checkpoint file (`state.dir`): load, atomic save, corruption handling.
+//! - [`shard`]: which projects this replica polls (rendezvous hashing).
 //! - [`simulator`]: an in-process GitLab used by tests, benchmarks and `--demo`.
 //! - [`cli`]: the command line and process wiring; the only place that uses `anyhow`.
 
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod poll;
 pub mod scheduler;
 pub mod server;
+pub mod shard;
 pub mod simulator;
 pub mod state;
 pub mod tracker;

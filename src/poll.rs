@@ -131,6 +131,8 @@ pub struct ProjectPoller {
     pub counted_ready: bool,
     default_branch: Option<String>,
     labels: crate::labels::LabelsConfig,
+    /// (this replica's shard, shard count).
+    shard: (u32, u32),
 }
 
 /// How polling a project went last time, for logs, back-off and metrics.
@@ -142,6 +144,8 @@ pub enum ProjectState {
     Unauthorized,
     Forbidden,
     NotFound,
+    /// Polled by another replica (`shard`).
+    Elsewhere,
 }
 
 impl ProjectState {
@@ -154,6 +158,7 @@ impl ProjectState {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::Elsewhere => "elsewhere",
         }
     }
 
@@ -176,6 +181,7 @@ impl ProjectPoller {
         reference: ProjectRef,
         backfill: Duration,
         labels: crate::labels::LabelsConfig,
+        shard: (u32, u32),
     ) -> Self {
         Self {
             reference,
@@ -190,6 +196,7 @@ impl ProjectPoller {
             counted_ready: false,
             default_branch: None,
             labels,
+            shard,
         }
     }
 
@@ -255,6 +262,14 @@ impl ProjectPoller {
     ) -> Result<CycleStats, PollError> {
         let mut stats = CycleStats::default();
         let result = self.poll_inner(client, metrics, &mut stats).await;
+        if let Some((id, path)) = &self.resolved
+            && crate::shard::owner(*id, self.shard.1) != self.shard.0
+        {
+            // Another replica's project: no requests beyond the lookup, no series here.
+            info!(project = %path, owner = crate::shard::owner(*id, self.shard.1), "project belongs to another shard");
+            self.state = ProjectState::Elsewhere;
+            return Ok(stats);
+        }
         let state = ProjectState::after(&result);
         if state != self.state {
             // Logged once per change, not once per cycle: a revoked token must not flood logs.
@@ -280,7 +295,7 @@ impl ProjectPoller {
     /// When to poll next: `None` once the project is gone.
     pub fn next_delay(&self, interval: Duration) -> Option<Duration> {
         match self.state {
-            ProjectState::NotFound => None,
+            ProjectState::NotFound | ProjectState::Elsewhere => None,
             // Hard back-off: 5 min, doubling up to an hour; a fixed token is picked up then.
             ProjectState::Unauthorized | ProjectState::Forbidden => Some(
                 Duration::from_secs(300)
@@ -311,6 +326,11 @@ impl ProjectPoller {
             info!(project = %p.path_with_namespace, id = p.id, "watching project");
             self.resolved = Some((p.id, p.path_with_namespace));
             self.default_branch = p.default_branch;
+        }
+        if let Some((id, _)) = &self.resolved
+            && crate::shard::owner(*id, self.shard.1) != self.shard.0
+        {
+            return Ok(());
         }
         let followed_before = self.tracker.followed_len() as i64;
         metrics.poll_started(&self.label());

@@ -78,6 +78,20 @@ impl Scheduler {
         metrics: Arc<Metrics>,
         retry: RetryPolicy,
     ) -> Result<Arc<Self>, ClientBuildError> {
+        let shard_count = cfg.shard.count.max(1);
+        let shard = (
+            cfg.shard
+                .resolve_index(std::env::var("HOSTNAME").ok().as_deref())
+                .min(shard_count - 1),
+            shard_count,
+        );
+        if shard_count > 1 {
+            info!(
+                index = shard.0,
+                count = shard.1,
+                "sharded: polling only this shard's projects"
+            );
+        }
         let client = GitlabClient::new(&cfg.gitlab, cfg.token(), retry, metrics.clone())?;
         let pollers = cfg
             .projects
@@ -87,6 +101,7 @@ impl Scheduler {
                     p.clone(),
                     cfg.poll.backfill,
                     cfg.labels.clone(),
+                    shard,
                 )))
             })
             .collect::<Vec<_>>();
@@ -120,7 +135,12 @@ impl Scheduler {
         let mut poller = self.pollers[idx].lock().await;
         let result = poller.poll(&self.client, &self.metrics).await;
         // Ready once polled, or known to be gone (it would otherwise hold readiness forever).
-        if !poller.counted_ready && (result.is_ok() || poller.state() == ProjectState::NotFound) {
+        let done = result.is_ok()
+            || matches!(
+                poller.state(),
+                ProjectState::NotFound | ProjectState::Elsewhere
+            );
+        if !poller.counted_ready && done {
             poller.counted_ready = true;
             self.readiness.mark_one();
         }

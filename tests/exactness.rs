@@ -242,3 +242,51 @@ async fn folded_labels_keep_every_count() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_split_the_projects_without_overlap() {
+    let specs: Vec<ProjectSpec> = (61..=68)
+        .map(|id| ProjectSpec {
+            id,
+            path: format!("fleet/project-{id}"),
+            pipelines_per_hour: 3.0,
+        })
+        .collect();
+    let world = || World::generate(&WorldSpec::new(specs.clone(), T0, T0 + 2 * HOUR), 8);
+    let refs: Vec<_> = (61..=68).map(by_id).collect();
+    let mut seen = std::collections::BTreeMap::new();
+    let mut total = 0.0;
+    let mut truth_total = 0;
+    for index in 0..2 {
+        let mut h = Harness::start_with(
+            world(),
+            T0 + 3 * HOUR,
+            refs.clone(),
+            Duration::from_secs(6 * 3600),
+            |cfg| {
+                cfg.shard.index = Some(index);
+                cfg.shard.count = 2;
+            },
+        )
+        .await;
+        h.poll().await;
+        let (status, _, _) = h.get("/readyz").await;
+        assert_eq!(
+            status, 200,
+            "projects of the other shard do not hold readiness"
+        );
+        let totals = h.scrape().await.values("gitlab_ci_jobs_total");
+        for labels in totals.keys() {
+            let owner = seen.entry(labels["project"].clone()).or_insert(index);
+            assert_eq!(*owner, index, "{} polled by both shards", labels["project"]);
+        }
+        total += totals.values().sum::<f64>();
+        truth_total = h.truth().total_jobs();
+        h.stop().await;
+    }
+    assert!(seen.values().any(|i| *i == 0) && seen.values().any(|i| *i == 1));
+    assert_eq!(
+        total, truth_total as f64,
+        "together the shards count every job once"
+    );
+}

@@ -40,6 +40,7 @@ pub fn config(base_url: &str, projects: Vec<ProjectRef>, backfill: Duration) -> 
         metrics: MetricsConfig::default(),
         state: Default::default(),
         labels: Default::default(),
+        shard: Default::default(),
         projects,
     }
 }
