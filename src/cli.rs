@@ -151,7 +151,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new(&cfg.metrics)?);
+    let metrics = Arc::new(Metrics::new(&cfg.metrics, cfg.limits.max_series)?);
     let scheduler = Scheduler::new(&cfg, metrics.clone(), RetryPolicy::default())?;
     if let Some(dir) = &cfg.state.dir {
         // Restore before serving: /metrics never shows a counter lower than before the restart.
@@ -240,6 +240,7 @@ async fn run_demo(listen: Option<String>) -> anyhow::Result<()> {
         state: Default::default(),
         labels: Default::default(),
         shard: Default::default(),
+        limits: Default::default(),
         projects,
     };
     cfg.validate().context("demo configuration")?;

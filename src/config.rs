@@ -51,6 +51,8 @@ pub struct Config {
     #[serde(default)]
     pub shard: crate::shard::ShardConfig,
     #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
     pub projects: Vec<ProjectRef>,
 }
 
@@ -126,6 +128,22 @@ pub struct MetricsConfig {
     pub queued_buckets: Vec<f64>,
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Series per job metric family, at most; beyond it new series fold into `job="__other__"`.
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_series: default_max_series(),
+        }
+    }
+}
+
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
@@ -169,6 +187,9 @@ impl std::fmt::Display for ProjectRef {
 
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_series() -> usize {
+    20_000
 }
 fn default_max_rpm() -> f64 {
     300.0
@@ -340,6 +361,12 @@ impl Config {
             && dir.as_os_str().is_empty()
         {
             return Err(ConfigError::invalid("state.dir", "is empty"));
+        }
+        if self.limits.max_series == 0 {
+            return Err(ConfigError::invalid(
+                "limits.max_series",
+                "must be at least 1",
+            ));
         }
         if self.shard.count == 0 {
             return Err(ConfigError::invalid("shard.count", "must be at least 1"));

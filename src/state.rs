@@ -172,6 +172,11 @@ mod tests {
                 },
             ],
             &bounds,
+            &mut crate::metrics::jobs::Room {
+                max: usize::MAX,
+                used: [0; 3],
+                folded: false,
+            },
         );
         let mut tracker = Tracker::new();
         let mut events = Vec::new();

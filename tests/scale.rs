@@ -48,7 +48,7 @@ fn cpu_seconds() -> f64 {
 }
 
 fn render_figures(series: usize) -> (f64, usize) {
-    let m = Metrics::new(&MetricsConfig::default()).expect("metrics");
+    let m = Metrics::new(&MetricsConfig::default(), usize::MAX).expect("metrics");
     let per_project = 100;
     let mut events = Vec::new();
     for p in 0..series.div_ceil(per_project) {

@@ -71,18 +71,22 @@ pub mod pairs {
 }
 
 impl ProjectSeries {
-    pub fn apply(&mut self, events: &[Event], bounds: &Bounds) {
+    pub fn apply(&mut self, events: &[Event], bounds: &Bounds, room: &mut Room) {
         for ev in events {
             match ev {
                 Event::Started {
                     labels,
                     queued_duration,
                 } => {
-                    let key = [
-                        labels.ref_.clone(),
-                        labels.stage.clone(),
-                        labels.name.clone(),
-                    ];
+                    let key = room.admit(
+                        2,
+                        &self.queued,
+                        [
+                            labels.ref_.clone(),
+                            labels.stage.clone(),
+                            labels.name.clone(),
+                        ],
+                    );
                     self.queued
                         .entry(key)
                         .or_default()
@@ -95,21 +99,29 @@ impl ProjectSeries {
                     duration,
                     ..
                 } => {
-                    let key = [
-                        labels.ref_.clone(),
-                        labels.stage.clone(),
-                        labels.name.clone(),
-                        status.as_str().to_string(),
-                        failure_reason.clone(),
-                    ];
-                    *self.total.entry(key).or_default() += 1;
-                    if let Some(d) = duration {
-                        let key = [
+                    let key = room.admit(
+                        0,
+                        &self.total,
+                        [
                             labels.ref_.clone(),
                             labels.stage.clone(),
                             labels.name.clone(),
                             status.as_str().to_string(),
-                        ];
+                            failure_reason.clone(),
+                        ],
+                    );
+                    *self.total.entry(key).or_default() += 1;
+                    if let Some(d) = duration {
+                        let key = room.admit(
+                            1,
+                            &self.duration,
+                            [
+                                labels.ref_.clone(),
+                                labels.stage.clone(),
+                                labels.name.clone(),
+                                status.as_str().to_string(),
+                            ],
+                        );
                         self.duration
                             .entry(key)
                             .or_default()
@@ -129,6 +141,41 @@ impl ProjectSeries {
         self.queued
             .retain(|_, h| h.buckets.len() == bounds.queued.len() + 1);
         before - self.duration.len() - self.queued.len()
+    }
+}
+
+/// The job label value that series beyond `limits.max_series` are folded into.
+pub const OVERFLOW: &str = "__other__";
+
+/// The series budget of the three job families (counter, duration, queued), over all projects.
+#[derive(Debug, Clone)]
+pub struct Room {
+    pub max: usize,
+    pub used: [usize; 3],
+    /// A series was folded into the overflow series during this call.
+    pub folded: bool,
+}
+
+impl Room {
+    /// The key to record under: `key` itself, or, once family `f` is full and `key` is new,
+    /// the same key with the job label (index 2) set to [`OVERFLOW`].
+    fn admit<const N: usize, V>(
+        &mut self,
+        f: usize,
+        map: &BTreeMap<[String; N], V>,
+        mut key: [String; N],
+    ) -> [String; N] {
+        if map.contains_key(&key) {
+            return key;
+        }
+        if self.used[f] >= self.max {
+            key[2] = OVERFLOW.to_string();
+            self.folded = true;
+        }
+        if !map.contains_key(&key) {
+            self.used[f] += 1;
+        }
+        key
     }
 }
 

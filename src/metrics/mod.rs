@@ -34,6 +34,11 @@ pub struct Metrics {
     /// that a crash could take back. `None`: serve live values.
     published: Mutex<Option<String>>,
     bounds: jobs::Bounds,
+    /// `limits.max_series` per job metric family.
+    max_series: usize,
+    /// The cap was reached (logged once).
+    capped: AtomicBool,
+    series: IntGaugeVec,
     jobs_active: IntGaugeVec,
     oldest_pending: GaugeVec,
     api_requests: IntCounterVec,
@@ -72,8 +77,15 @@ fn with<T: Metric + Clone>(
 }
 
 impl Metrics {
-    pub fn new(cfg: &MetricsConfig) -> Result<Self, MetricsError> {
+    pub fn new(cfg: &MetricsConfig, max_series: usize) -> Result<Self, MetricsError> {
         let registry = Registry::new();
+        let series = IntGaugeVec::new(
+            Opts::new(
+                "gitlab_jobs_exporter_series",
+                "Series of each job metric family (capped by limits.max_series).",
+            ),
+            &["metric"],
+        )?;
         let jobs_active = IntGaugeVec::new(
             Opts::new(
                 "gitlab_ci_jobs_active",
@@ -180,6 +192,7 @@ impl Metrics {
             Box::new(rate_limited_seconds.clone()),
             Box::new(project_state.clone()),
             Box::new(poll_lag.clone()),
+            Box::new(series.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -191,6 +204,9 @@ impl Metrics {
             jobs: Mutex::new(BTreeMap::new()),
             base: Mutex::new(carry::Carry::new()),
             published: Mutex::new(None),
+            max_series,
+            capped: AtomicBool::new(false),
+            series,
             bounds: jobs::Bounds {
                 duration: cfg.duration_buckets.clone(),
                 queued: cfg.queued_buckets.clone(),
@@ -218,10 +234,23 @@ impl Metrics {
         if events.is_empty() {
             return;
         }
-        self.lock_jobs()
-            .entry(project.to_string())
+        let mut jobs = self.lock_jobs();
+        let mut room = jobs::Room {
+            max: self.max_series,
+            used: jobs.values().fold([0; 3], |[t, d, q], s| {
+                [t + s.total.len(), d + s.duration.len(), q + s.queued.len()]
+            }),
+            folded: false,
+        };
+        jobs.entry(project.to_string())
             .or_default()
-            .apply(events, &self.bounds);
+            .apply(events, &self.bounds, &mut room);
+        if room.folded && !self.capped.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                max_series = self.max_series,
+                "a job metric reached limits.max_series; new series are folded into job=\"__other__\""
+            );
+        }
     }
 
     fn lock_jobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, jobs::ProjectSeries>> {
@@ -354,6 +383,17 @@ impl Metrics {
 
     /// The exporter's own families, live values plus the carried base.
     pub fn own_families(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let used = self.lock_jobs().values().fold([0; 3], |[t, d, q], s| {
+            [t + s.total.len(), d + s.duration.len(), q + s.queued.len()]
+        });
+        for (name, n) in [jobs::JOBS_TOTAL, jobs::DURATION, jobs::QUEUED]
+            .iter()
+            .zip(used)
+        {
+            if let Some(g) = with(&self.series, &[name]) {
+                g.set(n as i64);
+            }
+        }
         let mut families = self.registry.gather();
         // Registered lazily: the gauge appears once GitLab has sent the header at least once.
         if self.rate_limit_seen.load(Ordering::Relaxed) {
@@ -408,10 +448,10 @@ mod tests {
 
     #[test]
     fn renders_before_any_job_and_after_some() {
-        let m = Metrics::new(&MetricsConfig::default()).unwrap();
+        let m = Metrics::new(&MetricsConfig::default(), 2).unwrap();
         let page = m.render().unwrap();
         assert!(page.contains("gitlab_jobs_exporter_build_info"));
-        assert!(!page.contains("gitlab_ci_jobs_total"));
+        assert!(!page.contains("gitlab_ci_jobs_total{"));
         let labels = crate::tracker::JobLabels {
             ref_: "main".into(),
             stage: "test".into(),
@@ -431,5 +471,33 @@ mod tests {
         let page = m.render().unwrap();
         assert!(page.contains(r#"gitlab_ci_jobs_total{failure_reason="",job="rspec",project="g/p",ref="main",stage="test",status="success"} 1"#), "{page}");
         assert!(page.contains("gitlab_ci_job_duration_seconds_count"));
+        // The cap (2 series here): a third job name folds into job="__other__".
+        for name in ["lint", "build", "deploy"] {
+            m.apply(
+                "g/p",
+                &[Event::Completed {
+                    labels: crate::tracker::JobLabels {
+                        ref_: "main".into(),
+                        stage: "test".into(),
+                        name: name.into(),
+                        tag: false,
+                    },
+                    status: JobStatus::Success,
+                    failure_reason: String::new(),
+                    duration: None,
+                    finished_at: None,
+                }],
+            );
+        }
+        let page = m.render().unwrap();
+        assert!(
+            page.contains(r#"job="lint""#) && !page.contains(r#"job="build""#),
+            "{page}"
+        );
+        assert!(page.contains(r#"job="__other__""#), "{page}");
+        assert!(
+            page.contains(r#"gitlab_jobs_exporter_series{metric="gitlab_ci_jobs_total"} 3"#),
+            "{page}"
+        );
     }
 }

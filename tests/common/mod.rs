@@ -41,6 +41,7 @@ pub fn config(base_url: &str, projects: Vec<ProjectRef>, backfill: Duration) -> 
         state: Default::default(),
         labels: Default::default(),
         shard: Default::default(),
+        limits: Default::default(),
         projects,
     }
 }
@@ -110,7 +111,7 @@ impl Harness {
     }
 
     pub async fn start_exporter(sim: Simulator, sim_handle: SimHandle, cfg: Config) -> Self {
-        let metrics = Arc::new(Metrics::new(&cfg.metrics).expect("metrics"));
+        let metrics = Arc::new(Metrics::new(&cfg.metrics, cfg.limits.max_series).expect("metrics"));
         let scheduler = Scheduler::new(&cfg, metrics.clone(), fast_retry()).expect("scheduler");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
