@@ -178,7 +178,7 @@ async fn sigkill_and_restart_lose_nothing_and_never_go_backwards() {
         }
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    let truth = sim.ground_truth(cutoff_ms);
+    let truth = sim.ground_truth_since(cutoff_ms, start_ms);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut matched = false;
     let mut latest = None;

@@ -310,6 +310,14 @@ impl Simulator {
         self.inner.world.ground_truth(self.now_ms(), cutoff_ms)
     }
 
+    /// The truth for an exporter whose first poll was at `first_poll_ms` (see
+    /// [`World::ground_truth_since`]).
+    pub fn ground_truth_since(&self, cutoff_ms: Ms, first_poll_ms: Ms) -> GroundTruth {
+        self.inner
+            .world
+            .ground_truth_since(self.now_ms(), cutoff_ms, Some(first_poll_ms))
+    }
+
     /// The HTTP service, to mount or serve elsewhere.
     pub fn router(&self) -> axum::Router {
         axum::Router::new()

@@ -79,6 +79,18 @@ impl World {
     /// A job's completion time is its `finished_at`; a skipped job has none in GitLab, so its
     /// `created_at` (the only time the API shows for it) stands in.
     pub fn ground_truth(&self, now: Ms, cutoff_ms: Ms) -> GroundTruth {
+        self.ground_truth_since(now, cutoff_ms, None)
+    }
+
+    /// Like [`World::ground_truth`], for an exporter whose first poll was at `first_poll_ms`:
+    /// a job still unfinished then is counted whenever it completes, even a skipped one created
+    /// before the cutoff (the exporter saw it waiting and then saw it skipped).
+    pub fn ground_truth_since(
+        &self,
+        now: Ms,
+        cutoff_ms: Ms,
+        first_poll_ms: Option<Ms>,
+    ) -> GroundTruth {
         let mut truth = GroundTruth::default();
         let sec = |ms: Ms| ms as f64 / 1000.0;
         for job in self.jobs() {
@@ -90,7 +102,9 @@ impl World {
             let started = job.started_at(now);
             if is_final(status) {
                 let finished = job.finished_at(now);
-                if finished.unwrap_or(job.created_at_ms) < cutoff_ms {
+                let after_first_poll = first_poll_ms
+                    .is_some_and(|first| job.completed_at(now).is_some_and(|c| c > first));
+                if finished.unwrap_or(job.created_at_ms) < cutoff_ms && !after_first_poll {
                     continue;
                 }
                 let failure_reason = match status {

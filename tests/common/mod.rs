@@ -79,6 +79,8 @@ pub struct Harness {
     stop: CancellationToken,
     /// The first poll's backfill cutoff, as GitLab's clock (whole seconds) saw it.
     pub cutoff_ms: Option<Ms>,
+    /// The simulated time of the first poll.
+    pub first_poll_ms: Option<Ms>,
     backfill: Duration,
     http: reqwest::Client,
 }
@@ -134,6 +136,7 @@ impl Harness {
             metrics_url: format!("http://{addr}"),
             stop,
             cutoff_ms: None,
+            first_poll_ms: None,
             backfill: cfg.poll.backfill,
             http: reqwest::Client::new(),
         }
@@ -145,6 +148,7 @@ impl Harness {
             // The Date header has whole seconds.
             let now = self.sim.now_ms();
             self.cutoff_ms = Some(now - now.rem_euclid(1000) - self.backfill.as_millis() as Ms);
+            self.first_poll_ms = Some(now);
         }
         self.scheduler
             .poll_all_once()
@@ -163,8 +167,10 @@ impl Harness {
     }
 
     pub fn truth(&self) -> GroundTruth {
-        self.sim
-            .ground_truth(self.cutoff_ms.expect("polled at least once"))
+        self.sim.ground_truth_since(
+            self.cutoff_ms.expect("polled at least once"),
+            self.first_poll_ms.expect("polled at least once"),
+        )
     }
 
     /// The truth restricted to some projects (when the world holds more than are watched).

@@ -1,0 +1,97 @@
+{{- define "gitlab-jobs-exporter.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "gitlab-jobs-exporter.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "gitlab-jobs-exporter.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gitlab-jobs-exporter.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "gitlab-jobs-exporter.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "gitlab-jobs-exporter.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "gitlab-jobs-exporter.secretName" -}}
+{{- if .Values.gitlab.existingSecret }}
+{{- .Values.gitlab.existingSecret }}
+{{- else }}
+{{- include "gitlab-jobs-exporter.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{- define "gitlab-jobs-exporter.secretKey" -}}
+{{- if .Values.gitlab.existingSecret }}
+{{- .Values.gitlab.existingSecretKey }}
+{{- else -}}
+token
+{{- end }}
+{{- end }}
+
+{{/* config.toml, from the values. Strings and numbers are written as JSON, which TOML reads. */}}
+{{- define "gitlab-jobs-exporter.config" -}}
+# Rendered by the gitlab-jobs-exporter Helm chart from its values.
+[gitlab]
+url = {{ .Values.gitlab.url | toJson }}
+token_file = "/var/run/secrets/gitlab-jobs-exporter/token"
+timeout = {{ .Values.gitlab.timeout | toJson }}
+max_requests_per_minute = {{ .Values.gitlab.maxRequestsPerMinute | toJson }}
+
+[server]
+listen = "0.0.0.0:39129"
+
+[poll]
+interval = {{ .Values.poll.interval | toJson }}
+backfill = {{ .Values.poll.backfill | toJson }}
+concurrency = {{ .Values.poll.concurrency | int64 }}
+
+[labels]
+ref = {{ .Values.labels.ref | toJson }}
+job = {{ .Values.labels.job | toJson }}
+
+[limits]
+max_series = {{ .Values.limits.maxSeries | int64 }}
+{{- if or .Values.metrics.durationBuckets .Values.metrics.queuedBuckets }}
+
+[metrics]
+{{- with .Values.metrics.durationBuckets }}
+duration_buckets = {{ toJson . }}
+{{- end }}
+{{- with .Values.metrics.queuedBuckets }}
+queued_buckets = {{ toJson . }}
+{{- end }}
+{{- end }}
+{{- if gt (int .Values.shards) 1 }}
+
+# Each pod of the StatefulSet takes its ordinal as shard.index.
+[shard]
+count = {{ .Values.shards | int64 }}
+{{- end }}
+
+[state]
+dir = "/var/lib/gitlab-jobs-exporter"
+{{- range .Values.projects }}
+
+[[projects]]
+{{- if .path }}
+path = {{ .path | toJson }}
+{{- else }}
+id = {{ .id | int64 }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,748 @@
+//! The shipped deployment files, checked offline with real tools (scripts/install-test-deps.sh
+//! installs them): the Grafana dashboards' structure and documentation, the Prometheus rules
+//! with promtool (syntax and unit tests), the systemd unit with `systemd-analyze verify` and
+//! `security`, the kustomize base and the Helm chart rendered by kubectl and helm and validated
+//! against Kubernetes' and the prometheus-operator's schemas, the Dockerfile with hadolint. Every
+//! configuration they ship is run through the exporter's own `--check-config`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const EXPORTER: &str = env!("CARGO_BIN_EXE_gitlab-jobs-exporter");
+/// Kubernetes versions the manifests are validated against: the chart's oldest and the newest
+/// the validator knows.
+const KUBERNETES: [&str; 2] = ["1.29.0", "1.37.0"];
+/// Where the manifests mount things, and what the configurations they ship must point at.
+const CONFIG_DIR: &str = "/etc/gitlab-jobs-exporter";
+const TOKEN_DIR: &str = "/var/run/secrets/gitlab-jobs-exporter";
+const STATE_DIR: &str = "/var/lib/gitlab-jobs-exporter";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: impl AsRef<Path>) -> String {
+    let path = repo().join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A tool installed by scripts/install-test-deps.sh under $GJE_TEST_TOOLS.
+fn tool(rel: &str) -> PathBuf {
+    let dir = std::env::var_os("GJE_TEST_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/gitlab-jobs-exporter-test-tools"));
+    let path = dir.join(rel);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-test-deps.sh",
+        path.display()
+    );
+    path
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (run scripts/install-test-deps.sh)"))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs the command and returns its stdout; panics with its output if it fails.
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+fn python() -> Command {
+    let mut cmd = Command::new(tool("venv/bin/python"));
+    cmd.arg(repo().join("tests/deploy/k8s.py"));
+    cmd
+}
+
+/// The YAML documents of a file, as JSON.
+fn yaml_docs(path: &Path) -> Vec<Value> {
+    let json = ok(python().arg("json").arg(path));
+    let docs: Value = serde_json::from_str(&json).expect("JSON");
+    docs.as_array().expect("a list of documents").clone()
+}
+
+/// Validates every resource of the file against the Kubernetes and prometheus-operator schemas.
+fn validate(path: &Path) {
+    for version in KUBERNETES {
+        let report = ok(python().args(["validate", version]).arg(path));
+        assert!(!report.contains("FAIL"), "{report}");
+        assert!(report.lines().count() >= 3, "{report}");
+    }
+}
+
+/// Writes `text` to a temporary file.
+fn temp_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+/// Runs the exporter's `--check-config` on a configuration as a deployment ships it: `env` and
+/// the configuration's paths under the token and state mounts are mapped into `tmp`. Returns
+/// the effective configuration.
+fn check_config(config: &str, env: &[(String, String)], tmp: &Path) -> String {
+    let map = |s: &str| {
+        s.replace(TOKEN_DIR, &tmp.join("token").display().to_string())
+            .replace(STATE_DIR, &tmp.join("state").display().to_string())
+    };
+    std::fs::create_dir_all(tmp.join("token")).expect("mkdir");
+    std::fs::create_dir_all(tmp.join("state")).expect("mkdir");
+    std::fs::write(tmp.join("token/token"), "glpat-from-the-secret\n").expect("token");
+    let path = temp_file(tmp, "config.toml", &map(config));
+    let mut cmd = Command::new(EXPORTER);
+    cmd.arg("--config").arg(&path).arg("--check-config");
+    cmd.env_remove("GITLAB_TOKEN");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GITLAB_JOBS_EXPORTER__") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, map(v));
+    }
+    let effective = ok(&mut cmd);
+    assert!(!effective.contains("glpat-from-the-secret"), "{effective}");
+    assert!(
+        effective.contains(&format!(
+            "token_file = \"{}\"",
+            tmp.join("token/token").display()
+        )),
+        "the token is not read from the mounted Secret:\n{effective}"
+    );
+    assert!(
+        effective.contains(&format!("dir = \"{}\"", tmp.join("state").display())),
+        "the checkpoint is not written to the state volume:\n{effective}"
+    );
+    effective
+}
+
+fn dashboard(name: &str) -> Value {
+    serde_json::from_str(&read(format!("grafana/{name}"))).expect("dashboard JSON")
+}
+
+/// All panels, those inside rows included.
+fn panels(d: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().expect("panels") {
+        out.push(p.clone());
+        out.extend(p["panels"].as_array().into_iter().flatten().cloned());
+    }
+    out
+}
+
+/// Template variables are matched with `=~`, so that "All" (`.*`) and multi-values work.
+fn assert_regex_matches(expr: &str, vars: &[&str], what: &str) {
+    for var in vars {
+        for (i, _) in expr.match_indices(&format!("\"${var}\"")) {
+            assert!(
+                expr[..i].ends_with("=~"),
+                "{what}: ${var} without =~ in {expr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn dashboards_are_provisionable_and_documented() {
+    let readme = read("grafana/README.md");
+    for (file, uid, vars) in [
+        (
+            "gitlab-ci-jobs.json",
+            "gitlab-ci-jobs",
+            &["datasource", "project", "ref", "stage", "job"][..],
+        ),
+        (
+            "gitlab-jobs-exporter.json",
+            "gitlab-jobs-exporter",
+            &["datasource", "instance", "project"][..],
+        ),
+    ] {
+        let raw = read(format!("grafana/{file}"));
+        assert!(!raw.contains("${DS_"), "{file}: import placeholders");
+        assert!(!raw.contains("__inputs"), "{file}: import placeholders");
+        let d = dashboard(file);
+        assert_eq!(d["id"], Value::Null, "{file}");
+        assert_eq!(d["uid"], uid, "{file}");
+        assert!(readme.contains(&format!("`{uid}`")), "{uid} not in README");
+
+        let list = d["templating"]["list"].as_array().expect("variables");
+        let names: Vec<&str> = list.iter().filter_map(|v| v["name"].as_str()).collect();
+        assert_eq!(names, vars, "{file}: variables");
+        assert_eq!(list[0]["type"], "datasource", "{file}");
+        assert_eq!(list[0]["query"], "prometheus", "{file}");
+        for v in &list[1..] {
+            assert_eq!(v["type"], "query", "{file}: {v}");
+            assert_eq!(v["datasource"]["uid"], "${datasource}", "{file}: {v}");
+            assert_eq!(v["includeAll"], true, "{file}: {v}");
+            assert_eq!(v["allValue"], ".*", "{file}: {v}");
+            let query = v["definition"].as_str().expect("definition");
+            assert_eq!(v["query"]["query"], query, "{file}: {v}");
+            assert_regex_matches(query, &vars[1..], &format!("{file}: {}", v["name"]));
+        }
+
+        let mut ids = BTreeSet::new();
+        let mut titles = BTreeSet::new();
+        for p in panels(&d) {
+            let title = p["title"].as_str().expect("title");
+            assert!(
+                ids.insert(p["id"].as_u64().expect("id")),
+                "{file}: id of {title}"
+            );
+            let pos = &p["gridPos"];
+            let (x, w) = (pos["x"].as_u64().unwrap(), pos["w"].as_u64().unwrap());
+            assert!(
+                x + w <= 24 && pos["h"].as_u64().unwrap() > 0,
+                "{file}: {title}"
+            );
+            if p["type"] == "row" {
+                continue;
+            }
+            assert!(
+                titles.insert(title.to_string()),
+                "{file}: two panels named {title}"
+            );
+            assert!(
+                p["description"].as_str().is_some_and(|s| s.len() > 20),
+                "{file}: {title} has no description"
+            );
+            assert!(
+                readme.contains(&format!("**{title}**")) || {
+                    // "Duration p50 / p95 by stage** and **by job**"
+                    let (head, tail) = title.rsplit_once(" by ").unwrap_or((title, ""));
+                    readme.contains(&format!("**{head} by"))
+                        && readme.contains(&format!("**by {tail}**"))
+                },
+                "grafana/README.md does not describe {file}: {title}"
+            );
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{file}: {title}");
+            let targets = p["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{file}: {title}");
+            for t in targets {
+                assert_eq!(t["datasource"]["uid"], "${datasource}", "{file}: {title}");
+                let expr = t["expr"].as_str().expect("expr");
+                assert_regex_matches(expr, &vars[1..], &format!("{file}: {title}"));
+                // Series with ref, stage and job labels follow all four variables.
+                let labelled = [
+                    "gitlab_ci_jobs_total",
+                    "gitlab_ci_job_duration_seconds",
+                    "gitlab_ci_job_queued_duration_seconds",
+                    ":gitlab_ci_jobs:",
+                ];
+                if labelled.iter().any(|m| expr.contains(m)) {
+                    for var in ["$project", "$ref", "$stage", "$job"] {
+                        assert!(expr.contains(var), "{file}: {title} ignores {var}");
+                    }
+                }
+            }
+        }
+    }
+
+    let provider = read("grafana/provisioning/dashboards/gitlab-jobs-exporter.yaml");
+    assert!(provider.contains("type: file"), "{provider}");
+    assert!(
+        provider.contains("path: /var/lib/grafana/dashboards/gitlab-jobs-exporter"),
+        "{provider}"
+    );
+    let datasource = yaml_docs(&repo().join("grafana/provisioning/datasources/prometheus.yaml"));
+    assert_eq!(datasource[0]["datasources"][0]["type"], "prometheus");
+}
+
+#[test]
+fn prometheus_rules_pass_promtool_and_every_alert_is_tested() {
+    let dir = repo().join("deploy/prometheus");
+    let report = ok(Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(dir.join("recording-rules.yml"))
+        .arg(dir.join("alerts.yml")));
+    assert!(report.contains("SUCCESS"), "{report}");
+    let report = ok(Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(dir.join("tests/alerts.test.yml")));
+    assert!(report.contains("SUCCESS"), "{report}");
+
+    let alerts: Vec<Value> = yaml_docs(&dir.join("alerts.yml"))[0]["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert!(alerts.len() >= 6, "{alerts:?}");
+    let tests = &yaml_docs(&dir.join("tests/alerts.test.yml"))[0]["tests"];
+    // alert name -> (tested as not firing, tested as firing)
+    let mut tested: BTreeMap<String, (bool, bool)> = BTreeMap::new();
+    for t in tests.as_array().expect("tests") {
+        for case in t["alert_rule_test"].as_array().into_iter().flatten() {
+            let name = case["alertname"].as_str().expect("alertname").to_string();
+            let fires = case["exp_alerts"].as_array().is_some_and(|a| !a.is_empty());
+            let entry = tested.entry(name).or_default();
+            if fires {
+                entry.1 = true;
+            } else {
+                entry.0 = true;
+            }
+        }
+    }
+    for alert in &alerts {
+        let name = alert["alert"].as_str().expect("only alerts in alerts.yml");
+        assert!(
+            alert["labels"]["severity"].is_string(),
+            "{name}: no severity"
+        );
+        for key in ["summary", "description"] {
+            assert!(alert["annotations"][key].is_string(), "{name}: no {key}");
+        }
+        assert_eq!(
+            tested.get(name),
+            Some(&(true, true)),
+            "{name}: a promtool test where it fires and one where it does not"
+        );
+    }
+
+    let scrape = yaml_docs(&dir.join("scrape-config.yml"));
+    let job = &scrape[0]["scrape_configs"][0];
+    assert_eq!(job["job_name"], "gitlab-jobs-exporter");
+    assert_eq!(
+        job["honor_labels"], true,
+        "the exporter's job label must survive"
+    );
+}
+
+#[test]
+fn systemd_unit_verifies_and_is_hardened() {
+    let unit = read("deploy/systemd/gitlab-jobs-exporter.service");
+    let service: Vec<(String, String)> = unit
+        .lines()
+        .skip_while(|l| l.trim() != "[Service]")
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("key=value");
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    let get = |key: &str| -> Vec<&str> {
+        service
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    for (key, value) in [
+        ("DynamicUser", "yes"),
+        ("ProtectSystem", "strict"),
+        ("NoNewPrivileges", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("Restart", "on-failure"),
+        ("StateDirectory", "gitlab-jobs-exporter"),
+    ] {
+        assert_eq!(get(key), [value], "{key}");
+    }
+    assert!(!get("RestrictAddressFamilies").is_empty());
+    assert!(!get("SystemCallFilter").is_empty());
+    let exec = get("ExecStart")[0];
+    assert!(
+        exec.starts_with(
+            "/usr/local/bin/gitlab-jobs-exporter --config /etc/gitlab-jobs-exporter/config.toml"
+        ),
+        "{exec}"
+    );
+    let (credential, source) = get("LoadCredential")[0].split_once(':').expect("name:path");
+    assert_eq!(source, "/etc/gitlab-jobs-exporter/gitlab-token");
+
+    // systemd-analyze needs the binary where ExecStart says: point it at the built one.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let copy = unit.replace("/usr/local/bin/gitlab-jobs-exporter", EXPORTER);
+    let path = temp_file(tmp.path(), "gitlab-jobs-exporter.service", &copy);
+    let out = run(Command::new("systemd-analyze").arg("verify").arg(&path));
+    // Unknown keys are only warnings to systemd-analyze: any output is a failure here.
+    assert!(
+        out.status.success() && text(&out).trim().is_empty(),
+        "systemd-analyze verify:\n{}",
+        text(&out)
+    );
+    let out = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=20", "--no-pager"])
+        .arg(&path));
+    assert!(out.status.success(), "exposure above 2.0:\n{}", text(&out));
+
+    // The configuration as the unit hands it over: the example config, the token from the
+    // credential (%d) and the checkpoint in the state directory (%S/…).
+    let creds = tmp.path().join("credentials");
+    std::fs::create_dir_all(&creds).expect("mkdir");
+    std::fs::write(creds.join(credential), "glpat-from-the-credential\n").expect("token");
+    let env: Vec<(String, String)> = get("Environment")
+        .iter()
+        .map(|e| {
+            let (k, v) = e.split_once('=').expect("KEY=value");
+            let v = v
+                .replace("%d", &creds.display().to_string())
+                .replace("%S", &tmp.path().display().to_string());
+            (k.to_string(), v)
+        })
+        .collect();
+    let mut cmd = Command::new(EXPORTER);
+    cmd.args(["--config"])
+        .arg(repo().join("config/example.toml"))
+        .arg("--check-config")
+        .env_remove("GITLAB_TOKEN")
+        .envs(env);
+    let effective = ok(&mut cmd);
+    assert!(
+        effective.contains(&format!(
+            "token_file = \"{}\"",
+            creds.join(credential).display()
+        )),
+        "{effective}"
+    );
+    assert!(
+        effective.contains(&format!(
+            "dir = \"{}\"",
+            tmp.path().join("gitlab-jobs-exporter").display()
+        )),
+        "{effective}"
+    );
+}
+
+/// The pod template of a Deployment or StatefulSet is locked down and wired as the exporter
+/// expects; returns the container's environment.
+fn assert_hardened(workload: &Value) -> Vec<(String, String)> {
+    let name = &workload["metadata"]["name"];
+    let pod = &workload["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+        "{name}"
+    );
+    assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
+    let containers = pod["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1, "{name}");
+    let c = &containers[0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+    assert_eq!(
+        sc["capabilities"]["drop"],
+        serde_json::json!(["ALL"]),
+        "{name}"
+    );
+    for kind in ["requests", "limits"] {
+        for r in ["cpu", "memory"] {
+            assert!(c["resources"][kind][r].is_string(), "{name}: {kind}.{r}");
+        }
+    }
+    assert_eq!(c["ports"][0]["name"], "metrics", "{name}");
+    assert_eq!(c["ports"][0]["containerPort"], 39129, "{name}");
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(c[probe]["httpGet"]["path"], path, "{name}");
+        assert_eq!(c[probe]["httpGet"]["port"], "metrics", "{name}");
+    }
+    assert!(
+        c["args"]
+            .as_array()
+            .expect("args")
+            .contains(&Value::from(format!("--config={CONFIG_DIR}/config.toml"))),
+        "{name}"
+    );
+    let mounts: BTreeMap<&str, &str> = c["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .map(|m| {
+            (
+                m["mountPath"].as_str().unwrap(),
+                m["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let volumes: BTreeMap<&str, &Value> = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v))
+        .collect();
+    assert!(
+        volumes[mounts[CONFIG_DIR]]["configMap"].is_object(),
+        "{name}"
+    );
+    assert!(volumes[mounts[TOKEN_DIR]]["secret"].is_object(), "{name}");
+    assert!(volumes[mounts[STATE_DIR]]["emptyDir"].is_object(), "{name}");
+    c["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let value = e["value"].as_str().expect("plain env values");
+            (e["name"].as_str().unwrap().to_string(), value.to_string())
+        })
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn assert_scraped_with_honored_labels(docs: &[Value]) {
+    let service = find(docs, "Service")[0];
+    assert_eq!(service["spec"]["ports"][0]["name"], "metrics");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "metrics");
+    let monitor = find(docs, "ServiceMonitor")[0];
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], "metrics");
+    assert_eq!(endpoint["honorLabels"], true);
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels");
+    assert!(!selector.is_empty());
+    for (k, v) in selector {
+        assert_eq!(
+            &service["metadata"]["labels"][k], v,
+            "the ServiceMonitor selects the Service"
+        );
+    }
+}
+
+#[test]
+fn kustomize_base_renders_and_validates() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rendered = ok(Command::new(tool("bin/kubectl"))
+        .arg("kustomize")
+        .arg(repo().join("deploy/kubernetes")));
+    let path = temp_file(tmp.path(), "kustomize.yaml", &rendered);
+    validate(&path);
+    let docs = yaml_docs(&path);
+    let kinds: BTreeSet<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["ConfigMap", "Deployment", "Service", "ServiceMonitor"])
+    );
+    let deployment = find(&docs, "Deployment")[0];
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    let env = assert_hardened(deployment);
+    assert_scraped_with_honored_labels(&docs);
+
+    let config_map = find(&docs, "ConfigMap")[0];
+    let volumes = deployment["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(volumes.contains(&format!("\"name\":{}", config_map["metadata"]["name"])));
+    let config = config_map["data"]["config.toml"]
+        .as_str()
+        .expect("config.toml");
+    check_config(config, &env, tmp.path());
+}
+
+/// Renders the chart with a values file.
+fn helm_template(values: &str, tmp: &Path) -> Result<PathBuf, String> {
+    let chart = repo().join("deploy/helm/gitlab-jobs-exporter");
+    let mut cmd = Command::new(tool("bin/helm"));
+    cmd.args(["template", "rel"])
+        .arg(&chart)
+        .args(["--namespace", "monitoring"])
+        .env("HELM_CACHE_HOME", tmp.join("helm/cache"))
+        .env("HELM_CONFIG_HOME", tmp.join("helm/config"))
+        .env("HELM_DATA_HOME", tmp.join("helm/data"));
+    if !values.is_empty() {
+        cmd.arg("--values").arg(chart.join(values));
+    }
+    let out = run(&mut cmd);
+    if !out.status.success() {
+        return Err(text(&out));
+    }
+    let name = values.replace('/', "-");
+    Ok(temp_file(
+        tmp,
+        &format!("helm-{name}.yaml"),
+        &String::from_utf8(out.stdout).expect("UTF-8"),
+    ))
+}
+
+#[test]
+fn helm_chart_lints_renders_and_validates() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let chart = repo().join("deploy/helm/gitlab-jobs-exporter");
+    for values in ["ci/minimal-values.yaml", "ci/full-values.yaml"] {
+        let report = ok(Command::new(tool("bin/helm"))
+            .args(["lint", "--strict"])
+            .arg(&chart)
+            .arg("--values")
+            .arg(chart.join(values))
+            .env("HELM_CACHE_HOME", tmp.path().join("helm/cache"))
+            .env("HELM_CONFIG_HOME", tmp.path().join("helm/config"))
+            .env("HELM_DATA_HOME", tmp.path().join("helm/data")));
+        assert!(report.contains("0 chart(s) failed"), "{report}");
+    }
+
+    // values.schema.json: the defaults lack the URL, the projects and the token.
+    let err = helm_template("", tmp.path()).expect_err("the defaults are incomplete");
+    for missing in ["/gitlab/url", "/projects", "existingSecret"] {
+        assert!(err.contains(missing), "{err}");
+    }
+
+    // Minimal: a Deployment reading the token from an existing Secret.
+    let path = helm_template("ci/minimal-values.yaml", tmp.path()).expect("renders");
+    validate(&path);
+    let docs = yaml_docs(&path);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ConfigMap", "Service", "Deployment"]);
+    let deployment = find(&docs, "Deployment")[0];
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    let env = assert_hardened(deployment);
+    let secret = &deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "token")
+        .unwrap()["secret"];
+    assert_eq!(secret["secretName"], "gitlab-jobs-exporter-token");
+    let config = find(&docs, "ConfigMap")[0]["data"]["config.toml"]
+        .as_str()
+        .unwrap();
+    let dir = tmp.path().join("minimal");
+    check_config(config, &env, &dir);
+
+    // Full: shards as a StatefulSet, a Secret from the value, and every option.
+    let path = helm_template("ci/full-values.yaml", tmp.path()).expect("renders");
+    validate(&path);
+    let docs = yaml_docs(&path);
+    let kinds: BTreeSet<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "ConfigMap",
+            "PrometheusRule",
+            "Secret",
+            "Service",
+            "ServiceMonitor",
+            "StatefulSet"
+        ])
+    );
+    let set = find(&docs, "StatefulSet")[0];
+    assert_eq!(set["spec"]["replicas"], 3);
+    let env = assert_hardened(set);
+    assert_scraped_with_honored_labels(&docs);
+    let config = find(&docs, "ConfigMap")
+        .iter()
+        .find_map(|c| c["data"]["config.toml"].as_str())
+        .unwrap()
+        .to_string();
+    let dir = tmp.path().join("full");
+    let effective = check_config(&config, &env, &dir);
+    for line in [
+        "count = 3",
+        "max_requests_per_minute = 0.5",
+        "id = 12345678",
+        r#"tools/"quoted" cli"#,
+        r#"ref = "kind""#,
+        "max_series = 50000",
+    ] {
+        assert!(effective.contains(line), "{line} not in\n{effective}");
+    }
+
+    // The PrometheusRule is deploy/prometheus' rules, the dashboards ConfigMap grafana/'s files.
+    let rules = find(&docs, "PrometheusRule")[0];
+    let mut groups = Vec::new();
+    for file in ["recording-rules.yml", "alerts.yml"] {
+        let docs = yaml_docs(&repo().join("deploy/prometheus").join(file));
+        groups.extend(docs[0]["groups"].as_array().unwrap().clone());
+    }
+    assert_eq!(rules["spec"]["groups"], Value::Array(groups));
+    let dashboards = find(&docs, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("dashboards ConfigMap");
+    let data = dashboards["data"].as_object().unwrap();
+    assert_eq!(data.len(), 2);
+    for (name, json) in data {
+        assert_eq!(
+            json.as_str().unwrap(),
+            read(format!("grafana/{name}")),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn helm_chart_files_are_the_sources() {
+    // .Files.Get reaches only into the chart: it carries copies, kept identical.
+    let chart = "deploy/helm/gitlab-jobs-exporter/files";
+    for (copy, source) in [
+        ("alerts.yml", "deploy/prometheus/alerts.yml"),
+        (
+            "recording-rules.yml",
+            "deploy/prometheus/recording-rules.yml",
+        ),
+        (
+            "dashboards/gitlab-ci-jobs.json",
+            "grafana/gitlab-ci-jobs.json",
+        ),
+        (
+            "dashboards/gitlab-jobs-exporter.json",
+            "grafana/gitlab-jobs-exporter.json",
+        ),
+    ] {
+        assert!(
+            read(format!("{chart}/{copy}")) == read(source),
+            "{chart}/{copy} differs from {source}: cp {source} {chart}/{copy}"
+        );
+    }
+}
+
+#[test]
+fn dockerfile_lints_and_matches_the_exporter() {
+    let dockerfile = repo().join("deploy/container/Dockerfile");
+    let out = run(Command::new(tool("venv/bin/hadolint")).arg(&dockerfile));
+    assert!(out.status.success(), "hadolint:\n{}", text(&out));
+    assert!(text(&out).trim().is_empty(), "hadolint:\n{}", text(&out));
+
+    let text = read("deploy/container/Dockerfile");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    let stages: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("FROM "))
+        .collect();
+    assert!(stages.len() >= 2, "multi-stage");
+    let last = &lines[*stages.last().unwrap()..];
+    assert!(last[0].contains("distroless"), "{}", last[0]);
+    assert!(last.contains(&"USER 65532:65532"), "non-root");
+    assert!(last.contains(&"EXPOSE 39129"), "the default port");
+    assert!(
+        last.iter()
+            .any(|l| l.starts_with("ENTRYPOINT [\"/usr/local/bin/gitlab-jobs-exporter\"]")),
+        "{last:?}"
+    );
+    assert!(text.contains("cargo build --release --locked"));
+
+    // The Rust version is at least Cargo.toml's rust-version.
+    let version = |s: &str| -> Vec<u32> { s.split('.').map(|p| p.parse().unwrap()).collect() };
+    let msrv = read("Cargo.toml")
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .map(|v| version(v.trim_matches('"')))
+        .expect("rust-version");
+    let rust = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG RUST_VERSION="))
+        .map(version)
+        .expect("ARG RUST_VERSION");
+    assert!(rust >= msrv, "{rust:?} < {msrv:?}");
+
+    let ignore = read("deploy/container/Dockerfile.dockerignore");
+    assert!(ignore.lines().any(|l| l == "target/"), "{ignore}");
+}
