@@ -11,9 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::{
-    Config, ConfigError, GitlabConfig, MetricsConfig, PollConfig, ProjectRef, ServerConfig,
-};
+use crate::config::{Config, ConfigError, ProjectRef};
 use crate::gitlab::RetryPolicy;
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
@@ -221,28 +219,9 @@ async fn run_demo(listen: Option<String>) -> anyhow::Result<()> {
         .collect();
     let sim = simulator::Simulator::new(world, simulator::SimClock::Live, token.clone());
     let handle = sim.spawn().await.context("cannot start the simulator")?;
-    let cfg = Config {
-        gitlab: GitlabConfig {
-            url: handle.base_url.clone(),
-            token: Some(token.into()),
-            token_file: None,
-            timeout: Duration::from_secs(10),
-            max_requests_per_minute: 300.0,
-        },
-        server: ServerConfig {
-            listen: listen.unwrap_or_else(|| DEMO_LISTEN.to_string()),
-        },
-        poll: PollConfig {
-            interval: Duration::from_secs(5),
-            ..PollConfig::default()
-        },
-        metrics: MetricsConfig::default(),
-        state: Default::default(),
-        labels: Default::default(),
-        shard: Default::default(),
-        limits: Default::default(),
-        projects,
-    };
+    let mut cfg = Config::new(handle.base_url.clone(), token.into(), projects);
+    cfg.server.listen = listen.unwrap_or_else(|| DEMO_LISTEN.to_string());
+    cfg.poll.interval = Duration::from_secs(5);
     cfg.validate().context("demo configuration")?;
     info!(gitlab = %handle.base_url, "demo: simulated GitLab started");
     run(cfg).await

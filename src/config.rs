@@ -228,6 +228,28 @@ fn redact<S: serde::Serializer>(token: &Option<SecretString>, s: S) -> Result<S:
 }
 
 impl Config {
+    /// Defaults for everything but where GitLab is, the token and the projects (for `--demo`
+    /// and tests; a file goes through [`Config::load`]).
+    pub fn new(url: impl Into<String>, token: SecretString, projects: Vec<ProjectRef>) -> Self {
+        Self {
+            gitlab: GitlabConfig {
+                url: url.into(),
+                token: Some(token),
+                token_file: None,
+                timeout: default_timeout(),
+                max_requests_per_minute: default_max_rpm(),
+            },
+            server: ServerConfig::default(),
+            poll: PollConfig::default(),
+            metrics: MetricsConfig::default(),
+            state: StateConfig::default(),
+            labels: Default::default(),
+            shard: Default::default(),
+            limits: LimitsConfig::default(),
+            projects,
+        }
+    }
+
     /// Reads `path` (if given) and the environment, then validates. The token is resolved here
     /// too, so a missing or unreadable token file is a config error, not a runtime surprise.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {

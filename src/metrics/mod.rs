@@ -237,9 +237,7 @@ impl Metrics {
         let mut jobs = self.lock_jobs();
         let mut room = jobs::Room {
             max: self.max_series,
-            used: jobs.values().fold([0; 3], |[t, d, q], s| {
-                [t + s.total.len(), d + s.duration.len(), q + s.queued.len()]
-            }),
+            used: series_used(&jobs),
             folded: false,
         };
         jobs.entry(project.to_string())
@@ -383,9 +381,7 @@ impl Metrics {
 
     /// The exporter's own families, live values plus the carried base.
     pub fn own_families(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let used = self.lock_jobs().values().fold([0; 3], |[t, d, q], s| {
-            [t + s.total.len(), d + s.duration.len(), q + s.queued.len()]
-        });
+        let used = series_used(&self.lock_jobs());
         for (name, n) in [jobs::JOBS_TOTAL, jobs::DURATION, jobs::QUEUED]
             .iter()
             .zip(used)
@@ -435,6 +431,13 @@ impl Metrics {
     pub fn publish(&self, page: String) {
         *lock(&self.published) = Some(page);
     }
+}
+
+/// Series per job family (counter, duration, queued) over all projects.
+fn series_used(jobs: &BTreeMap<String, jobs::ProjectSeries>) -> [usize; 3] {
+    jobs.values().fold([0; 3], |[t, d, q], s| {
+        [t + s.total.len(), d + s.duration.len(), q + s.queued.len()]
+    })
 }
 
 /// Locks a mutex whose data stays valid even if a holder panicked (plain values only).

@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gitlab_jobs_exporter::config::{
-    Config, GitlabConfig, MetricsConfig, PollConfig, ProjectRef, ServerConfig,
-};
+use gitlab_jobs_exporter::config::{Config, ProjectRef};
 use gitlab_jobs_exporter::gitlab::RetryPolicy;
 use gitlab_jobs_exporter::metrics::Metrics;
 use gitlab_jobs_exporter::poll::CycleStats;
@@ -20,30 +18,13 @@ use tokio_util::sync::CancellationToken;
 pub const TOKEN: &str = "glpat-TEST-SECRET-0123456789";
 
 pub fn config(base_url: &str, projects: Vec<ProjectRef>, backfill: Duration) -> Config {
-    Config {
-        gitlab: GitlabConfig {
-            url: base_url.to_string(),
-            token: Some(TOKEN.to_string().into()),
-            token_file: None,
-            timeout: Duration::from_secs(5),
-            // The simulator answers in microseconds; GitLab's budget would only slow tests down.
-            max_requests_per_minute: 1e9,
-        },
-        server: ServerConfig {
-            listen: "127.0.0.1:0".into(),
-        },
-        poll: PollConfig {
-            interval: Duration::from_secs(30),
-            backfill,
-            concurrency: 4,
-        },
-        metrics: MetricsConfig::default(),
-        state: Default::default(),
-        labels: Default::default(),
-        shard: Default::default(),
-        limits: Default::default(),
-        projects,
-    }
+    let mut cfg = Config::new(base_url, TOKEN.to_string().into(), projects);
+    cfg.gitlab.timeout = Duration::from_secs(5);
+    // The simulator answers in microseconds; GitLab's budget would only slow tests down.
+    cfg.gitlab.max_requests_per_minute = 1e9;
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg.poll.backfill = backfill;
+    cfg
 }
 
 pub fn by_path(path: &str) -> ProjectRef {
