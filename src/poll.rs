@@ -262,11 +262,9 @@ impl ProjectPoller {
     ) -> Result<CycleStats, PollError> {
         let mut stats = CycleStats::default();
         let result = self.poll_inner(client, metrics, &mut stats).await;
-        if let Some((id, path)) = &self.resolved
-            && crate::shard::owner(*id, self.shard.1) != self.shard.0
-        {
+        if let Some(owner) = self.other_shard() {
             // Another replica's project: no requests beyond the lookup, no series here.
-            info!(project = %path, owner = crate::shard::owner(*id, self.shard.1), "project belongs to another shard");
+            info!(project = %self.label(), owner, "project belongs to another shard");
             self.state = ProjectState::Elsewhere;
             return Ok(stats);
         }
@@ -290,6 +288,13 @@ impl ProjectPoller {
         };
         metrics.set_project_state(&self.label(), state.as_str(), ProjectState::ALL);
         result.map(|()| stats)
+    }
+
+    /// The shard that owns this project, when it is not this replica's (known once resolved).
+    fn other_shard(&self) -> Option<u32> {
+        let (id, _) = self.resolved.as_ref()?;
+        let owner = crate::shard::owner(*id, self.shard.1);
+        (owner != self.shard.0).then_some(owner)
     }
 
     /// When to poll next: `None` once the project is gone.
@@ -327,9 +332,7 @@ impl ProjectPoller {
             self.resolved = Some((p.id, p.path_with_namespace));
             self.default_branch = p.default_branch;
         }
-        if let Some((id, _)) = &self.resolved
-            && crate::shard::owner(*id, self.shard.1) != self.shard.0
-        {
+        if self.other_shard().is_some() {
             return Ok(());
         }
         let followed_before = self.tracker.followed_len() as i64;

@@ -252,10 +252,7 @@ impl Metrics {
     }
 
     fn lock_jobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, jobs::ProjectSeries>> {
-        // A panic while holding it cannot leave a map half-updated in a harmful way.
-        self.jobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.jobs)
     }
 
     /// A copy of one project's job series (for a checkpoint).
@@ -409,9 +406,10 @@ impl Metrics {
         if let Some(page) = lock(&self.published).clone() {
             return Ok(page);
         }
+        // Own families first: gathering them takes the jobs lock too.
         let own = self.own_families();
-        let jobs = self.lock_jobs().clone();
-        self.render_with(own, &jobs)
+        // Render under the lock rather than copy every series per scrape.
+        self.render_with(own, &self.lock_jobs())
     }
 
     /// Renders the given own families and job series.
