@@ -448,13 +448,6 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
-    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server
-            .listen
-            .parse()
-            .map_err(|e| ConfigError::invalid("server.listen", format!("{e}")))
-    }
-
     /// The token; validation guarantees it is present.
     pub fn token(&self) -> SecretString {
         self.gitlab

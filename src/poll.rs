@@ -91,16 +91,6 @@ pub enum PollError {
     Aborted,
 }
 
-impl PollError {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Api(e) => e.kind(),
-            Self::PaginationLoop => "pagination_loop",
-            Self::Aborted => "aborted",
-        }
-    }
-}
-
 /// What a cycle did, for logs, tests and benchmarks.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CycleStats {
@@ -248,10 +238,6 @@ impl ProjectPoller {
 
     pub fn completed_cycles(&self) -> u64 {
         self.completed_cycles
-    }
-
-    pub fn tracker(&self) -> &Tracker {
-        &self.tracker
     }
 
     /// Runs one cycle, recording metrics; errors are logged and counted, never fatal.

@@ -122,11 +122,6 @@ impl Scheduler {
         self.readiness.clone()
     }
 
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
-    }
-
-    /// Polls one project once (waiting for a concurrency permit).
     /// Polls one project once (waiting for a concurrency permit); returns when to poll it
     /// next (`None`: never again).
     async fn poll_one(&self, idx: usize) -> (Result<CycleStats, PollError>, Option<Duration>) {

@@ -113,10 +113,6 @@ impl Tracker {
         self.high_water.is_none()
     }
 
-    pub fn high_water(&self) -> Option<u64> {
-        self.high_water
-    }
-
     /// Starts (or resumes) the first cycle; returns the backfill cutoff in unix seconds.
     pub fn begin_first_cycle(&mut self, server_now: f64, backfill_secs: f64) -> f64 {
         *self.cutoff.get_or_insert(server_now - backfill_secs)
