@@ -53,7 +53,122 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub discovery: DiscoveryConfig,
+    #[serde(default)]
     pub projects: Vec<ProjectRef>,
+    /// Groups whose projects are all watched (found again every `discovery.interval`).
+    #[serde(default)]
+    pub groups: Vec<GroupRef>,
+}
+
+/// A group whose projects are watched, by full path (`group/subgroup`) or numeric id.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Projects of subgroups too (GitLab's `include_subgroups`).
+    #[serde(default = "yes")]
+    pub include_subgroups: bool,
+}
+
+impl GroupRef {
+    /// The `:id` segment of API paths: the numeric id, or the URL-encoded path.
+    pub fn api_id(&self) -> String {
+        match (&self.id, &self.path) {
+            (Some(id), _) => id.to_string(),
+            (None, Some(path)) => url::form_urlencoded::byte_serialize(path.as_bytes()).collect(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for GroupRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.path, &self.id) {
+            (Some(p), _) => write!(f, "group {p}"),
+            (None, Some(id)) => write!(f, "group id {id}"),
+            (None, None) => f.write_str("<empty group entry>"),
+        }
+    }
+}
+
+/// How `[[groups]]` and `membership` find projects.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Every project the token's user is a member of.
+    #[serde(default)]
+    pub membership: bool,
+    /// Regexes on `path_with_namespace`: a discovered project is watched only if one matches
+    /// (none given: all).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Regexes on `path_with_namespace`: a discovered project matching one is left out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Watch archived projects too (they run no new jobs).
+    #[serde(default)]
+    pub archived: bool,
+    #[serde(default = "default_discovery_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long a project that is no longer found keeps its series (and its place, should it
+    /// come back) before they are removed.
+    #[serde(default = "default_grace_period", with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            membership: false,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            archived: false,
+            interval: default_discovery_interval(),
+            grace_period: default_grace_period(),
+        }
+    }
+}
+
+/// Compiled `discovery.include`/`exclude`.
+#[derive(Debug, Clone, Default)]
+pub struct PathFilter {
+    include: Vec<regex::Regex>,
+    exclude: Vec<regex::Regex>,
+}
+
+impl PathFilter {
+    pub fn allows(&self, path: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|r| r.is_match(path)))
+            && !self.exclude.iter().any(|r| r.is_match(path))
+    }
+}
+
+impl DiscoveryConfig {
+    /// Whether anything is to be discovered.
+    pub fn enabled(&self, groups: &[GroupRef]) -> bool {
+        self.membership || !groups.is_empty()
+    }
+
+    pub fn filter(&self) -> Result<PathFilter, ConfigError> {
+        let compile = |key: &str, list: &[String]| {
+            list.iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    regex::Regex::new(r).map_err(|e| {
+                        ConfigError::invalid(format!("discovery.{key}[{i}]"), e.to_string())
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(PathFilter {
+            include: compile("include", &self.include)?,
+            exclude: compile("exclude", &self.exclude)?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -105,12 +220,16 @@ pub struct PollConfig {
     pub backfill: Duration,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Idle projects back off gradually up to this (see `pacing`).
+    #[serde(default = "default_max_interval", with = "humantime_serde")]
+    pub max_interval: Duration,
 }
 
 impl Default for PollConfig {
     fn default() -> Self {
         Self {
             interval: default_interval(),
+            max_interval: default_max_interval(),
             backfill: default_backfill(),
             concurrency: default_concurrency(),
         }
@@ -200,6 +319,18 @@ fn default_listen() -> String {
 fn default_interval() -> Duration {
     Duration::from_secs(30)
 }
+fn default_max_interval() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_discovery_interval() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_grace_period() -> Duration {
+    Duration::from_secs(3600)
+}
+fn yes() -> bool {
+    true
+}
 fn default_backfill() -> Duration {
     Duration::from_secs(3600)
 }
@@ -246,7 +377,9 @@ impl Config {
             labels: Default::default(),
             shard: Default::default(),
             limits: LimitsConfig::default(),
+            discovery: DiscoveryConfig::default(),
             projects,
+            groups: Vec::new(),
         }
     }
 
@@ -373,6 +506,15 @@ impl Config {
                 "must be greater than zero",
             ));
         }
+        if self.poll.max_interval < self.poll.interval {
+            return Err(ConfigError::invalid(
+                "poll.max_interval",
+                format!(
+                    "must be at least poll.interval ({})",
+                    humantime::format_duration(self.poll.interval)
+                ),
+            ));
+        }
         if self.poll.concurrency == 0 {
             return Err(ConfigError::invalid(
                 "poll.concurrency",
@@ -403,11 +545,47 @@ impl Config {
         }
         check_buckets("metrics.duration_buckets", &self.metrics.duration_buckets)?;
         check_buckets("metrics.queued_buckets", &self.metrics.queued_buckets)?;
-        if self.projects.is_empty() {
+        if self.projects.is_empty() && !self.discovery.enabled(&self.groups) {
             return Err(ConfigError::invalid(
                 "projects",
-                "no project to watch: add at least one [[projects]] entry with `path` or `id`",
+                "no project to watch: add a [[projects]] or [[groups]] entry (`path` or `id`), or set discovery.membership = true",
             ));
+        }
+        if self.discovery.interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "discovery.interval",
+                "must be greater than zero",
+            ));
+        }
+        self.discovery.filter()?;
+        let mut seen_groups = HashSet::new();
+        for (i, g) in self.groups.iter().enumerate() {
+            let key = format!("groups[{i}]");
+            match (&g.path, g.id) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::invalid(key, "give `path` or `id`, not both"));
+                }
+                (None, None) => return Err(ConfigError::invalid(key, "needs `path` or `id`")),
+                (Some(path), None) => {
+                    let trimmed = path.trim_matches('/');
+                    if trimmed.is_empty() || trimmed != path || path.contains("//") {
+                        return Err(ConfigError::invalid(
+                            format!("{key}.path"),
+                            format!("{path:?} is not a group path like group/subgroup"),
+                        ));
+                    }
+                }
+                (None, Some(0)) => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.id"),
+                        "must be positive",
+                    ));
+                }
+                (None, Some(_)) => {}
+            }
+            if !seen_groups.insert((g.path.as_ref().map(|s| s.to_lowercase()), g.id)) {
+                return Err(ConfigError::invalid(key, format!("duplicate {g}")));
+            }
         }
         let mut seen = HashSet::new();
         for (i, p) in self.projects.iter().enumerate() {
@@ -574,6 +752,25 @@ mod tests {
                 format!("{GOOD}\n[metrics]\nduration_buckets = [5.0, 1.0]"),
                 "metrics.duration_buckets",
             ),
+            (
+                GOOD.replace(
+                    "interval = \"15s\"",
+                    "interval = \"15s\"\nmax_interval = \"10s\"",
+                ),
+                "poll.max_interval",
+            ),
+            (
+                format!("{GOOD}\n[discovery]\nexclude = [\"ok\", \"(unclosed\"]"),
+                "discovery.exclude[1]",
+            ),
+            (
+                format!("{GOOD}\n[[groups]]\npath = \"a\"\n[[groups]]\npath = \"/b\""),
+                "groups[1].path",
+            ),
+            (
+                format!("{GOOD}\n[[groups]]\nid = 3\ninclude_subgroups = \"maybe\""),
+                "groups[0].include_subgroups",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(&text).expect_err(key);
@@ -582,6 +779,24 @@ mod tests {
         }
         let no_projects = GOOD.split("[[projects]]").next().unwrap_or_default();
         assert_eq!(key_of(parse(no_projects).unwrap_err()), "projects");
+    }
+
+    #[test]
+    fn discovery_alone_is_enough_and_filters_apply() {
+        let no_projects = GOOD.split("[[projects]]").next().unwrap_or_default();
+        let cfg = parse(&format!(
+            "{no_projects}\n[discovery]\nmembership = true\ninclude = [\"^platform/\"]\nexclude = [\"/sandbox-\"]"
+        ))
+        .unwrap();
+        assert_eq!(cfg.discovery.interval, Duration::from_secs(600));
+        assert_eq!(cfg.poll.max_interval, Duration::from_secs(600));
+        let f = cfg.discovery.filter().unwrap();
+        assert!(f.allows("platform/api"));
+        assert!(!f.allows("platform/sandbox-1"));
+        assert!(!f.allows("other/api"));
+        let cfg = parse(&format!("{no_projects}\n[[groups]]\npath = \"platform\"")).unwrap();
+        assert!(cfg.groups[0].include_subgroups, "subgroups by default");
+        assert_eq!(cfg.groups[0].api_id(), "platform");
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! `metrics` → `server` (HTTP).
 //!
 //! - [`config`]: the configuration file and environment overrides, validated up front.
-//! - [`scheduler`]: when each project is polled, with bounded concurrency and jitter.
+//! - [`scheduler`]: which projects are watched and when each is polled (bounded concurrency,
+//!   jitter), checkpoints.
+//! - [`pacing`]: each project's next delay from its activity, within the shared request budget.
+//! - [`discovery`]: projects named by `[[groups]]` and `discovery.membership`.
 //! - [`poll`]: one poll cycle of one project: which requests to send, fed to the tracker.
 //! - [`gitlab`]: the GitLab API client, its wire types and the `Link` header handling.
 //! - [`tracker`]: what has been counted and which jobs are still followed (pure, no I/O).
@@ -19,9 +22,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod gitlab;
 pub mod labels;
 pub mod metrics;
+pub mod pacing;
 pub mod poll;
 pub mod scheduler;
 pub mod server;

@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::ProjectRef;
 use crate::gitlab::{ApiError, GitlabClient, JobStatus, JobsPage, PageRequest};
 use crate::metrics::Metrics;
+use crate::pacing::Activity;
 use crate::tracker::{Event, Tracker, secs};
 
 /// Pages read in one go on a first start, at most (10,000 jobs).
@@ -99,6 +100,8 @@ pub struct CycleStats {
     pub scoped_pages: usize,
     pub single_fetches: usize,
     pub completed: usize,
+    /// Tracker events (jobs seen for the first time, jobs completed).
+    pub events: usize,
 }
 
 /// A watched project and its tracker.
@@ -123,6 +126,19 @@ pub struct ProjectPoller {
     labels: crate::labels::LabelsConfig,
     /// (this replica's shard, shard count).
     shard: (u32, u32),
+    /// Whether the last completed cycle saw activity (kept through failed cycles).
+    activity: Activity,
+}
+
+/// When a project is polled next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextPoll {
+    /// Gone, or another replica's.
+    Never,
+    /// A fixed back-off (the token is refused).
+    After(Duration),
+    /// As the shared budget allows, at the pace this activity asks for.
+    Paced(Activity),
 }
 
 /// How polling a project went last time, for logs, back-off and metrics.
@@ -187,7 +203,37 @@ impl ProjectPoller {
             default_branch: None,
             labels,
             shard,
+            activity: Activity::Busy,
         }
+    }
+
+    /// A project already known by id and path (from discovery): no lookup needed.
+    pub fn new_resolved(
+        id: u64,
+        path: String,
+        default_branch: Option<String>,
+        backfill: Duration,
+        labels: crate::labels::LabelsConfig,
+        shard: (u32, u32),
+    ) -> Self {
+        let reference = ProjectRef {
+            id: Some(id),
+            path: None,
+        };
+        let mut poller = Self::new(reference, backfill, labels, shard);
+        poller.resolved = Some((id, path));
+        poller.default_branch = default_branch;
+        poller
+    }
+
+    /// Numeric id and path, once known.
+    pub fn resolved(&self) -> Option<&(u64, String)> {
+        self.resolved.as_ref()
+    }
+
+    /// Whether the last completed cycle saw jobs in flight, new or completed.
+    pub fn activity(&self) -> Activity {
+        self.activity
     }
 
     /// This project's part of a checkpoint: tracker and job series taken together (the caller
@@ -203,6 +249,9 @@ impl ProjectPoller {
                 .unwrap_or_default(),
             completed_cycles: self.completed_cycles,
             default_branch: self.default_branch.clone(),
+            // The scheduler knows these.
+            discovered: false,
+            retired_at: None,
         }
     }
 
@@ -226,6 +275,12 @@ impl ProjectPoller {
                 self.tracker.oldest_pending_since(),
             );
         }
+    }
+
+    /// Takes this project out of the metrics for good (discovery's grace period is over).
+    pub fn forget(&self, metrics: &Metrics) {
+        metrics.add_tracked_jobs(-(self.tracker.followed_len() as i64));
+        metrics.remove_project(&self.label(), ProjectState::ALL);
     }
 
     /// The `project` label: `path_with_namespace` once known.
@@ -283,18 +338,18 @@ impl ProjectPoller {
         (owner != self.shard.0).then_some(owner)
     }
 
-    /// When to poll next: `None` once the project is gone.
-    pub fn next_delay(&self, interval: Duration) -> Option<Duration> {
+    /// How the next poll is timed.
+    pub fn next_poll(&self, interval: Duration) -> NextPoll {
         match self.state {
-            ProjectState::NotFound | ProjectState::Elsewhere => None,
+            ProjectState::NotFound | ProjectState::Elsewhere => NextPoll::Never,
             // Hard back-off: 5 min, doubling up to an hour; a fixed token is picked up then.
-            ProjectState::Unauthorized | ProjectState::Forbidden => Some(
+            ProjectState::Unauthorized | ProjectState::Forbidden => NextPoll::After(
                 Duration::from_secs(300)
                     .saturating_mul(2u32.saturating_pow(self.denials.saturating_sub(1).min(8)))
                     .min(Duration::from_secs(3600))
                     .max(interval),
             ),
-            ProjectState::Ok | ProjectState::Failing => Some(interval),
+            ProjectState::Ok | ProjectState::Failing => NextPoll::Paced(self.activity),
         }
     }
 
@@ -329,6 +384,16 @@ impl ProjectPoller {
         match &result {
             Ok(()) => {
                 self.completed_cycles += 1;
+                let in_flight = self
+                    .tracker
+                    .active_counts()
+                    .iter()
+                    .any(|(s, n)| *n > 0 && !is_waiting(s));
+                self.activity = if in_flight || stats.events > 0 {
+                    Activity::Busy
+                } else {
+                    Activity::Idle
+                };
                 metrics.set_active(
                     &label,
                     &self.tracker.active_counts(),
@@ -607,6 +672,7 @@ impl ProjectPoller {
         for job in &page.jobs {
             self.tracker.observe(job, server_now, &mut events);
         }
+        stats.events += events.len();
         // Freshness, once past the backfill (whose jobs finished long before by design).
         let fresh = !self.tracker.is_first_cycle();
         for e in &events {

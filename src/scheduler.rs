@@ -1,23 +1,36 @@
-//! When each project is polled: every `poll.interval` with jitter, at most `poll.concurrency`
-//! projects at once, each in its own task so a slow or failing project never holds up the others.
+//! When each project is polled, and which projects there are.
+//!
+//! Every watched project has its own task, so a slow or failing project never holds up the
+//! others; at most `poll.concurrency` poll at once, and [`Pacer`] spaces each project's cycles
+//! (busy ones at `poll.interval`, idle ones backing off to `poll.max_interval`, all within the
+//! shared request budget). Projects come from `[[projects]]` (fixed) and from discovery
+//! (`[[groups]]`, `discovery.membership`), which runs every `discovery.interval`: new projects
+//! start with the backfill window; one no longer found stops being polled at once and keeps its
+//! series (and its tracker, should it come back) for `discovery.grace_period`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use chrono::Utc;
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, DiscoveryConfig, GroupRef, PathFilter};
+use crate::discovery;
 use crate::gitlab::{ClientBuildError, GitlabClient, RetryPolicy};
+use crate::labels::LabelsConfig;
 use crate::metrics::Metrics;
 use crate::metrics::carry::capture;
-use crate::poll::{CycleStats, PollError, ProjectPoller, ProjectState};
-use crate::state::{self, Checkpoint, StateError};
+use crate::pacing::{Activity, Pacer};
+use crate::poll::{CycleStats, NextPoll, PollError, ProjectPoller, ProjectState};
+use crate::state::{self, Checkpoint, ProjectCheckpoint, StateError};
+use crate::tracker::secs;
 
 /// How often, at most, a checkpoint is written.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -32,30 +45,110 @@ pub enum CheckpointError {
     Task(String),
 }
 
-/// `/readyz` turns ready once every project has completed its first cycle.
+/// `/readyz` turns ready once every project known at start (and the first discovery pass's)
+/// has completed its first cycle; it then stays ready while projects come and go.
 #[derive(Debug)]
 pub struct Readiness {
-    total: usize,
+    total: AtomicUsize,
     ready: AtomicUsize,
+    latched: AtomicBool,
 }
 
 impl Readiness {
     pub fn new(total: usize) -> Self {
         Self {
-            total,
+            total: AtomicUsize::new(total),
             ready: AtomicUsize::new(0),
+            latched: AtomicBool::new(false),
         }
     }
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) >= self.total
+        if self.latched.load(Ordering::Acquire) {
+            return true;
+        }
+        let ready = self.ready.load(Ordering::Acquire) >= self.total.load(Ordering::Acquire);
+        if ready {
+            self.latched.store(true, Ordering::Release);
+        }
+        ready
     }
     /// (projects done with their first cycle, projects in all)
     pub fn progress(&self) -> (usize, usize) {
-        (self.ready.load(Ordering::Acquire), self.total)
+        (
+            self.ready.load(Ordering::Acquire),
+            self.total.load(Ordering::Acquire),
+        )
+    }
+    fn add(&self, n: usize) {
+        self.total.fetch_add(n, Ordering::AcqRel);
     }
     fn mark_one(&self) {
         self.ready.fetch_add(1, Ordering::AcqRel);
     }
+    /// A project that will not be polled any more (counted ready or not).
+    fn forget(&self, counted: bool) {
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        if counted {
+            self.ready.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A watched project.
+#[derive(Clone)]
+struct Slot {
+    poller: Arc<Mutex<ProjectPoller>>,
+    /// The project id, for a project found by discovery.
+    discovered: Option<u64>,
+    /// Stops this project's task (a child of the shutdown token).
+    stop: CancellationToken,
+}
+
+type SharedPoller = Arc<Mutex<ProjectPoller>>;
+
+/// A discovered project no longer found, kept for the grace period.
+struct Retired {
+    poller: Arc<Mutex<ProjectPoller>>,
+    since_unix: f64,
+}
+
+#[derive(Default)]
+struct Slots {
+    next_key: u64,
+    live: BTreeMap<u64, Slot>,
+    /// By project id.
+    retired: BTreeMap<u64, Retired>,
+    /// Configured projects' ids and lower-cased paths: discovery leaves them to their entries.
+    configured_ids: HashSet<u64>,
+    configured_paths: HashSet<String>,
+}
+
+impl Slots {
+    fn insert(&mut self, slot: Slot) -> u64 {
+        let key = self.next_key;
+        self.next_key += 1;
+        self.live.insert(key, slot);
+        key
+    }
+    fn discovered_key(&self, id: u64) -> Option<u64> {
+        self.live
+            .iter()
+            .find(|(_, s)| s.discovered == Some(id))
+            .map(|(k, _)| *k)
+    }
+}
+
+/// What one discovery pass changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DiscoveryStats {
+    pub requests: usize,
+    pub complete: bool,
+    pub found: usize,
+    pub added: usize,
+    pub revived: usize,
+    pub retired: usize,
+    /// Retired long enough ago that their series were removed.
+    pub removed: usize,
 }
 
 pub struct Scheduler {
@@ -66,10 +159,19 @@ pub struct Scheduler {
     dirty: AtomicBool,
     client: GitlabClient,
     metrics: Arc<Metrics>,
-    pollers: Vec<Arc<Mutex<ProjectPoller>>>,
+    slots: std::sync::Mutex<Slots>,
     permits: Arc<Semaphore>,
     interval: Duration,
+    pacer: Pacer,
     readiness: Arc<Readiness>,
+    backfill: Duration,
+    labels: LabelsConfig,
+    shard: (u32, u32),
+    discovery: DiscoveryConfig,
+    groups: Vec<GroupRef>,
+    filter: PathFilter,
+    /// Set while `run` runs: where new projects' tasks are spawned.
+    tasks: std::sync::Mutex<Option<(TaskTracker, CancellationToken)>>,
 }
 
 impl Scheduler {
@@ -93,28 +195,56 @@ impl Scheduler {
             );
         }
         let client = GitlabClient::new(&cfg.gitlab, cfg.token(), retry, metrics.clone())?;
-        let pollers = cfg
-            .projects
-            .iter()
-            .map(|p| {
-                Arc::new(Mutex::new(ProjectPoller::new(
+        let mut slots = Slots::default();
+        for p in &cfg.projects {
+            if let Some(id) = p.id {
+                slots.configured_ids.insert(id);
+            }
+            if let Some(path) = &p.path {
+                slots.configured_paths.insert(path.to_lowercase());
+            }
+            slots.insert(Slot {
+                poller: Arc::new(Mutex::new(ProjectPoller::new(
                     p.clone(),
                     cfg.poll.backfill,
                     cfg.labels.clone(),
                     shard,
-                )))
-            })
-            .collect::<Vec<_>>();
+                ))),
+                discovered: None,
+                stop: CancellationToken::new(),
+            });
+        }
+        let discovering = cfg.discovery.enabled(&cfg.groups);
+        // The first discovery pass holds readiness like a project does.
+        let readiness = Readiness::new(slots.live.len() + usize::from(discovering));
+        // validate() compiled these already; an error here cannot happen, but would only
+        // mean no filtering, which is logged.
+        let filter = cfg.discovery.filter().unwrap_or_else(|e| {
+            error!(error = %e, "discovery filters ignored");
+            PathFilter::default()
+        });
         Ok(Arc::new(Self {
             state_dir: cfg.state.dir.clone(),
             gitlab_url: cfg.gitlab.url.clone(),
             dirty: AtomicBool::new(false),
             client,
             metrics,
-            readiness: Arc::new(Readiness::new(pollers.len())),
-            pollers,
+            slots: std::sync::Mutex::new(slots),
             permits: Arc::new(Semaphore::new(cfg.poll.concurrency)),
             interval: cfg.poll.interval,
+            pacer: Pacer::new(
+                cfg.poll.interval,
+                cfg.poll.max_interval,
+                cfg.gitlab.max_requests_per_minute,
+            ),
+            readiness: Arc::new(readiness),
+            backfill: cfg.poll.backfill,
+            labels: cfg.labels.clone(),
+            shard,
+            discovery: cfg.discovery.clone(),
+            groups: cfg.groups.clone(),
+            filter,
+            tasks: std::sync::Mutex::new(None),
         }))
     }
 
@@ -122,12 +252,27 @@ impl Scheduler {
         self.readiness.clone()
     }
 
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        // Plain maps of handles: still consistent if a holder panicked.
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many projects are polled now.
+    pub fn watched(&self) -> usize {
+        self.slots().live.len()
+    }
+
     /// Polls one project once (waiting for a concurrency permit); returns when to poll it
-    /// next (`None`: never again).
-    async fn poll_one(&self, idx: usize) -> (Result<CycleStats, PollError>, Option<Duration>) {
+    /// next (`None`: never again, or no such project any more).
+    async fn poll_one(&self, key: u64) -> (Result<CycleStats, PollError>, Option<Duration>) {
+        let Some(slot) = self.slots().live.get(&key).cloned() else {
+            return (Err(PollError::Aborted), None);
+        };
         // The semaphore is never closed, so acquire() cannot fail; treat it as "no limit" if it did.
         let _permit = self.permits.acquire().await.ok();
-        let mut poller = self.pollers[idx].lock().await;
+        let mut poller = slot.poller.lock().await;
         let result = poller.poll(&self.client, &self.metrics).await;
         // Ready once polled, or known to be gone (it would otherwise hold readiness forever).
         let done = result.is_ok()
@@ -139,37 +284,130 @@ impl Scheduler {
             poller.counted_ready = true;
             self.readiness.mark_one();
         }
+        if slot.discovered.is_none()
+            && let Some((id, _)) = poller.resolved()
+        {
+            self.slots().configured_ids.insert(*id);
+        }
         self.dirty.store(true, Ordering::Release);
-        (result, poller.next_delay(self.interval))
+        let requests = result.as_ref().map_or(1, |s| s.requests);
+        let next = match poller.next_poll(self.interval) {
+            NextPoll::Never => {
+                self.pacer.remove(key);
+                None
+            }
+            NextPoll::After(d) => {
+                self.pacer.remove(key);
+                Some(d)
+            }
+            NextPoll::Paced(activity) => Some(self.pacer.after_cycle(key, requests, activity)),
+        };
+        drop(poller);
+        self.export_pace();
+        (result, next)
     }
 
-    /// Puts every configured project back where the checkpoint left it (projects no longer
-    /// configured are dropped; new ones start with the backfill window).
+    fn export_pace(&self) {
+        let snap = self.pacer.snapshot();
+        self.metrics.set_pace(
+            &[
+                (
+                    Activity::Busy.as_str(),
+                    snap.busy_projects,
+                    snap.stretch.busy,
+                ),
+                (
+                    Activity::Idle.as_str(),
+                    snap.idle_projects,
+                    snap.stretch.idle,
+                ),
+            ],
+            snap.demand_per_second / snap.budget_per_second.max(f64::MIN_POSITIVE),
+        );
+    }
+
+    /// Puts every project back where the checkpoint left it. Configured projects take their
+    /// entries; with discovery on, the other entries come back as discovered projects (the
+    /// next complete discovery pass retires those no longer found); without it they are
+    /// dropped. New projects start with the backfill window.
     pub async fn restore(&self, mut cp: Checkpoint) {
         self.metrics.set_base(std::mem::take(&mut cp.own));
+        let configured: Vec<Slot> = self.slots().live.values().cloned().collect();
         let mut restored = 0;
-        for poller in &self.pollers {
-            let mut poller = poller.lock().await;
+        for slot in configured {
+            let mut poller = slot.poller.lock().await;
             if let Some(p) = cp.projects.remove(&poller.reference.to_string()) {
                 poller.restore(p, &self.metrics);
                 restored += 1;
             }
         }
-        info!(
-            restored,
-            dropped = cp.projects.len(),
-            "restored from the checkpoint"
-        );
+        let discovering = self.discovery.enabled(&self.groups);
+        let mut dropped = 0;
+        for (_, p) in std::mem::take(&mut cp.projects) {
+            let Some((id, path)) = p.resolved.clone() else {
+                dropped += 1;
+                continue;
+            };
+            let owned = crate::shard::owner(id, self.shard.1) == self.shard.0;
+            let mut slots = self.slots();
+            if !discovering || !owned || slots.configured_ids.contains(&id) {
+                dropped += 1;
+                continue;
+            }
+            let retired_at = p.retired_at;
+            let mut poller = ProjectPoller::new_resolved(
+                id,
+                path,
+                p.default_branch.clone(),
+                self.backfill,
+                self.labels.clone(),
+                self.shard,
+            );
+            poller.restore(p, &self.metrics);
+            let poller = Arc::new(Mutex::new(poller));
+            match retired_at {
+                Some(since_unix) => {
+                    slots.retired.insert(id, Retired { poller, since_unix });
+                }
+                None => {
+                    slots.insert(Slot {
+                        poller,
+                        discovered: Some(id),
+                        stop: CancellationToken::new(),
+                    });
+                    self.readiness.add(1);
+                }
+            }
+            restored += 1;
+        }
+        info!(restored, dropped, "restored from the checkpoint");
     }
 
     /// Takes a checkpoint (each project under its poll lock) and the `/metrics` page that
     /// shows exactly its values.
     pub async fn checkpoint(&self) -> Result<(Checkpoint, String), crate::metrics::MetricsError> {
+        let (live, retired): (Vec<Slot>, Vec<(SharedPoller, f64)>) = {
+            let slots = self.slots();
+            (
+                slots.live.values().cloned().collect(),
+                slots
+                    .retired
+                    .values()
+                    .map(|r| (r.poller.clone(), r.since_unix))
+                    .collect(),
+            )
+        };
         let mut projects = BTreeMap::new();
         let mut series = BTreeMap::new();
-        for poller in &self.pollers {
+        let entries = live
+            .into_iter()
+            .map(|s| (s.poller, s.discovered.is_some(), None))
+            .chain(retired.into_iter().map(|(p, t)| (p, true, Some(t))));
+        for (poller, discovered, retired_at) in entries {
             let poller = poller.lock().await;
-            let cp = poller.checkpoint(&self.metrics);
+            let mut cp: ProjectCheckpoint = poller.checkpoint(&self.metrics);
+            cp.discovered = discovered;
+            cp.retired_at = retired_at;
             if let Some((_, path)) = &cp.resolved {
                 series.insert(path.clone(), cp.series.clone());
             }
@@ -218,65 +456,295 @@ impl Scheduler {
         }
     }
 
-    /// Polls every project once, concurrently within the limit; results in project order.
+    /// One discovery pass: adds new projects, brings back returning ones, retires those no
+    /// longer found (only after a complete pass) and removes the series of projects retired
+    /// longer than the grace period.
+    pub async fn discover(self: &Arc<Self>) -> DiscoveryStats {
+        let pass = discovery::discover(
+            &self.client,
+            &self.metrics,
+            &self.groups,
+            &self.discovery,
+            &self.filter,
+        )
+        .await;
+        self.metrics.discovery_ran(pass.complete);
+        let now = secs(Utc::now());
+        let mut stats = DiscoveryStats {
+            requests: pass.requests,
+            complete: pass.complete,
+            ..DiscoveryStats::default()
+        };
+        let mut to_spawn = Vec::new();
+        let mut stopped = Vec::new();
+        let mut expired = Vec::new();
+        {
+            let mut slots = self.slots();
+            let mine: BTreeMap<u64, discovery::Found> = pass
+                .projects
+                .into_iter()
+                .filter(|(id, f)| {
+                    !slots.configured_ids.contains(id)
+                        && !slots.configured_paths.contains(&f.path.to_lowercase())
+                        && crate::shard::owner(*id, self.shard.1) == self.shard.0
+                })
+                .collect();
+            stats.found = mine.len();
+            for (id, found) in &mine {
+                if slots.discovered_key(*id).is_some() {
+                    continue;
+                }
+                let poller = match slots.retired.remove(id) {
+                    Some(r) => {
+                        info!(project = %found.path, "project found again; polling resumes where it stopped");
+                        stats.revived += 1;
+                        r.poller
+                    }
+                    None => {
+                        info!(project = %found.path, id, "project discovered; watching it from the backfill window");
+                        stats.added += 1;
+                        self.readiness.add(1);
+                        Arc::new(Mutex::new(ProjectPoller::new_resolved(
+                            *id,
+                            found.path.clone(),
+                            found.default_branch.clone(),
+                            self.backfill,
+                            self.labels.clone(),
+                            self.shard,
+                        )))
+                    }
+                };
+                let key = slots.insert(Slot {
+                    poller,
+                    discovered: Some(*id),
+                    stop: CancellationToken::new(),
+                });
+                to_spawn.push(key);
+            }
+            if pass.complete {
+                let gone: Vec<(u64, u64)> = slots
+                    .live
+                    .iter()
+                    .filter_map(|(k, s)| s.discovered.map(|id| (*k, id)))
+                    .filter(|(_, id)| !mine.contains_key(id))
+                    .collect();
+                for (key, id) in gone {
+                    if let Some(slot) = slots.live.remove(&key) {
+                        slot.stop.cancel();
+                        stopped.push((key, slot.poller.clone()));
+                        slots.retired.insert(
+                            id,
+                            Retired {
+                                poller: slot.poller,
+                                since_unix: now,
+                            },
+                        );
+                        stats.retired += 1;
+                    }
+                }
+            }
+            let grace = self.discovery.grace_period.as_secs_f64();
+            let old: Vec<u64> = slots
+                .retired
+                .iter()
+                .filter(|(_, r)| now - r.since_unix >= grace)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in old {
+                if let Some(r) = slots.retired.remove(&id) {
+                    expired.push(r.poller);
+                    stats.removed += 1;
+                }
+            }
+        }
+        for (key, poller) in stopped {
+            self.pacer.remove(key);
+            let poller = poller.lock().await;
+            info!(project = %poller.label(), grace = %humantime::format_duration(self.discovery.grace_period),
+                "project no longer found by discovery; not polled any more, series kept for the grace period");
+            self.readiness.forget(poller.counted_ready);
+        }
+        for poller in expired {
+            let poller = poller.lock().await;
+            poller.forget(&self.metrics);
+            info!(project = %poller.label(), "grace period over; the project's series are removed");
+        }
+        if stats.retired + stats.removed + stats.added + stats.revived > 0 {
+            self.dirty.store(true, Ordering::Release);
+        }
+        self.metrics.set_watched(self.watched());
+        let running = self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some((tracker, shutdown)) = running {
+            for key in to_spawn {
+                self.spawn_project(&tracker, &shutdown, key, Duration::ZERO);
+            }
+        }
+        stats
+    }
+
+    /// Rediscovers every `discovery.interval` until `shutdown` (the first pass is `run`'s).
+    async fn discovery_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.discovery.interval) => {}
+            }
+            let stats = self.discover().await;
+            info!(?stats, "project discovery done");
+        }
+    }
+
+    /// Polls every watched project once, concurrently within the limit; results in key order.
     /// Used by tests and benchmarks to drive cycles deterministically.
     pub async fn poll_all_once(self: &Arc<Self>) -> Vec<Result<CycleStats, PollError>> {
+        let keys: Vec<u64> = self.slots().live.keys().copied().collect();
+        self.poll_keys(&keys)
+            .await
+            .into_iter()
+            .map(|(_, r, _)| r)
+            .collect()
+    }
+
+    async fn poll_keys(
+        self: &Arc<Self>,
+        keys: &[u64],
+    ) -> Vec<(u64, Result<CycleStats, PollError>, Option<Duration>)> {
         let mut set = JoinSet::new();
-        for idx in 0..self.pollers.len() {
+        for (i, key) in keys.iter().enumerate() {
             let me = self.clone();
-            set.spawn(async move { (idx, me.poll_one(idx).await.0) });
+            let key = *key;
+            set.spawn(async move {
+                let (r, next) = me.poll_one(key).await;
+                (i, key, r, next)
+            });
         }
-        let mut results: Vec<Option<Result<CycleStats, PollError>>> =
-            (0..self.pollers.len()).map(|_| None).collect();
+        let mut results: Vec<Option<_>> = keys.iter().map(|_| None).collect();
         while let Some(joined) = set.join_next().await {
-            if let Ok((idx, r)) = joined {
-                results[idx] = Some(r);
+            if let Ok((i, key, r, next)) = joined {
+                results[i] = Some((key, r, next));
             }
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or(Err(PollError::Aborted)))
+            .zip(keys)
+            .map(|(r, key)| r.unwrap_or((*key, Err(PollError::Aborted), None)))
             .collect()
     }
 
-    /// Polls every project forever, each on its own jittered schedule, until `shutdown`.
+    /// A deterministic stand-in for [`Scheduler::run`] on a simulated clock, for benchmarks:
+    /// polls the projects due at `now` (time since start; all are due at zero) and schedules
+    /// each one's next cycle as `run` would, without jitter.
+    pub async fn poll_due(
+        self: &Arc<Self>,
+        now: Duration,
+        due: &mut BTreeMap<u64, Duration>,
+    ) -> Vec<CycleStats> {
+        let keys: Vec<u64> = self
+            .slots()
+            .live
+            .keys()
+            .copied()
+            .filter(|k| due.get(k).is_none_or(|t| *t <= now))
+            .collect();
+        let mut stats = Vec::new();
+        for (key, result, next) in self.poll_keys(&keys).await {
+            match next {
+                Some(d) => due.insert(key, now + d),
+                None => due.insert(key, Duration::MAX),
+            };
+            if let Ok(s) = result {
+                stats.push(s);
+            }
+        }
+        stats
+    }
+
+    fn spawn_project(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+        key: u64,
+        first_delay: Duration,
+    ) {
+        let Some(stop) = self.slots().live.get(&key).map(|s| s.stop.clone()) else {
+            return;
+        };
+        let me = self.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let mut delay = first_delay;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                let started = tokio::time::Instant::now();
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = stop.cancelled() => return,
+                    (_, next) = me.poll_one(key) => next,
+                };
+                let Some(next) = next else {
+                    return; // the project is gone; logged and exported by the poller
+                };
+                // ±10% jitter keeps projects from falling into lock-step.
+                let period = next.mul_f64(0.9 + fastrand::f64() * 0.2);
+                delay = period.saturating_sub(started.elapsed());
+            }
+        });
+    }
+
+    /// Polls every project forever, each on its own schedule, until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let discovering = self.discovery.enabled(&self.groups);
         info!(
-            projects = self.pollers.len(),
+            projects = self.watched(),
+            discovery = discovering,
             interval = %humantime::format_duration(self.interval),
+            max_interval = %humantime::format_duration(self.pacer.max_interval()),
             "polling started"
         );
-        let mut set = JoinSet::new();
+        let tracker = TaskTracker::new();
+        *self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((tracker.clone(), shutdown.clone()));
         let writer = self
             .state_dir
             .is_some()
             .then(|| tokio::spawn(self.clone().checkpoint_loop(shutdown.clone())));
-        for idx in 0..self.pollers.len() {
+        let keys: Vec<u64> = self.slots().live.keys().copied().collect();
+        for key in keys {
+            // Spread the first polls over a tenth of the interval so they do not burst.
+            let delay = self.interval.mul_f64(fastrand::f64() * 0.1);
+            self.spawn_project(&tracker, &shutdown, key, delay);
+        }
+        self.metrics.set_watched(self.watched());
+        if discovering {
             let me = self.clone();
             let stop = shutdown.clone();
-            set.spawn(async move {
-                // Spread the first polls over a tenth of the interval so they do not burst.
-                let mut delay = me.interval.mul_f64(fastrand::f64() * 0.1);
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    let started = tokio::time::Instant::now();
-                    let next = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        (_, next) = me.poll_one(idx) => next,
-                    };
-                    let Some(next) = next else {
-                        return; // the project is gone; logged and exported by the poller
-                    };
-                    // ±10% jitter keeps projects from falling into lock-step.
-                    let period = next.mul_f64(0.9 + fastrand::f64() * 0.2);
-                    delay = period.saturating_sub(started.elapsed());
+            tracker.spawn(async move {
+                let first = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    stats = me.discover() => stats,
+                };
+                info!(?first, "first project discovery done");
+                if !first.complete {
+                    warn!("the first discovery pass was incomplete; projects it missed are added on a later pass");
                 }
+                me.readiness.mark_one();
+                me.discovery_loop(stop).await;
             });
         }
-        while set.join_next().await.is_some() {}
+        shutdown.cancelled().await;
+        tracker.close();
+        tracker.wait().await;
         if let Some(writer) = writer {
             let _ = writer.await;
             match self.write_checkpoint().await {
@@ -285,5 +753,13 @@ impl Scheduler {
             }
         }
         info!("polling stopped");
+    }
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("watched", &self.watched())
+            .finish_non_exhaustive()
     }
 }

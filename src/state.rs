@@ -42,6 +42,12 @@ pub struct ProjectCheckpoint {
     pub completed_cycles: u64,
     #[serde(default)]
     pub default_branch: Option<String>,
+    /// Found by discovery rather than configured.
+    #[serde(default)]
+    pub discovered: bool,
+    /// When discovery stopped finding it (unix seconds); its series go after the grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<f64>,
 }
 
 #[derive(Debug, Error)]
@@ -206,6 +212,8 @@ mod tests {
                 series,
                 completed_cycles: 3,
                 default_branch: Some("main".into()),
+                discovered: true,
+                retired_at: Some(1_790_000_000.5),
             },
         );
         Checkpoint {

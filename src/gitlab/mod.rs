@@ -129,6 +129,31 @@ pub struct JobsPage {
     pub server_time: Option<DateTime<Utc>>,
 }
 
+/// One page of a project listing.
+#[derive(Debug)]
+pub struct ProjectsPage {
+    pub projects: Vec<Project>,
+    /// Items that were not decodable projects (counted and skipped).
+    pub bad_items: usize,
+    /// The next page, relative to `/api/v4/`, from the `Link` header.
+    pub next: Option<String>,
+}
+
+/// Which page of a project listing to read.
+#[derive(Debug, Clone)]
+pub enum ProjectsRequest<'a> {
+    /// `GET /groups/:id/projects` (offset pagination: GitLab offers no keyset here).
+    Group {
+        group: &'a str,
+        include_subgroups: bool,
+        with_archived: bool,
+    },
+    /// `GET /projects?membership=true` (keyset pagination by id).
+    Membership { with_archived: bool },
+    /// A `Link: rel="next"` target as returned in [`ProjectsPage::next`].
+    Next(&'a str),
+}
+
 /// Which page of a job listing to read.
 #[derive(Debug, Clone)]
 pub enum PageRequest<'a> {
@@ -238,6 +263,66 @@ impl GitlabClient {
             PageRequest::Next(rel) => rel.to_string(),
         };
         self.get("jobs", &rel, parse_jobs_page).await
+    }
+
+    pub async fn projects_page(&self, req: ProjectsRequest<'_>) -> Result<ProjectsPage, ApiError> {
+        // Built in a block: the serializer is not Send and must not live across the await.
+        let (endpoint, rel) = {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            let common = |q: &mut url::form_urlencoded::Serializer<'_, String>,
+                          with_archived: bool| {
+                // `simple` keeps pages small; archived ones are filtered by GitLab instead.
+                q.append_pair("simple", "true");
+                if !with_archived {
+                    q.append_pair("archived", "false");
+                }
+                q.append_pair("order_by", "id");
+                q.append_pair("sort", "asc");
+                q.append_pair("per_page", &PER_PAGE.to_string());
+            };
+            let (endpoint, rel) = match req {
+                ProjectsRequest::Group {
+                    group,
+                    include_subgroups,
+                    with_archived,
+                } => {
+                    q.append_pair("include_subgroups", &include_subgroups.to_string());
+                    // Projects shared with the group belong to (and are counted under) another.
+                    q.append_pair("with_shared", "false");
+                    common(&mut q, with_archived);
+                    (
+                        "group_projects",
+                        format!("groups/{group}/projects?{}", q.finish()),
+                    )
+                }
+                ProjectsRequest::Membership { with_archived } => {
+                    q.append_pair("membership", "true");
+                    q.append_pair("pagination", "keyset");
+                    common(&mut q, with_archived);
+                    ("projects", format!("projects?{}", q.finish()))
+                }
+                ProjectsRequest::Next(rel) => {
+                    let endpoint = if rel.starts_with("groups/") {
+                        "group_projects"
+                    } else {
+                        "projects"
+                    };
+                    (endpoint, rel.to_string())
+                }
+            };
+            (endpoint, rel)
+        };
+        self.get(endpoint, &rel, |resp| {
+            let next = next_link(endpoint, &resp.headers)?;
+            let (projects, bad_items) = model::decode_projects(&resp.body)
+                .map_err(|e| decode_error(endpoint, &e, &resp.body))?;
+            Ok(ProjectsPage {
+                projects,
+                bad_items,
+                next,
+            })
+        })
+        .await
     }
 
     /// GET and `parse`, with bounded retries for transient failures (5xx, 429, timeouts, broken
@@ -362,20 +447,22 @@ impl GitlabClient {
     }
 }
 
-fn parse_jobs_page(resp: Response) -> Result<JobsPage, ApiError> {
-    let next = match resp.headers.get(reqwest::header::LINK) {
+/// The `Link: rel="next"` target, relative to `/api/v4/`.
+fn next_link(endpoint: &'static str, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get(reqwest::header::LINK) {
         Some(v) => {
             let text = v.to_str().map_err(|e| ApiError::Link {
-                endpoint: "jobs",
+                endpoint,
                 source: link::LinkError::Syntax(e.to_string()),
             })?;
-            link::next_relative(text).map_err(|source| ApiError::Link {
-                endpoint: "jobs",
-                source,
-            })?
+            link::next_relative(text).map_err(|source| ApiError::Link { endpoint, source })
         }
-        None => None,
-    };
+        None => Ok(None),
+    }
+}
+
+fn parse_jobs_page(resp: Response) -> Result<JobsPage, ApiError> {
+    let next = next_link("jobs", &resp.headers)?;
     let (jobs, bad_items) =
         model::decode_jobs(&resp.body).map_err(|e| decode_error("jobs", &e, &resp.body))?;
     Ok(JobsPage {

@@ -158,6 +158,23 @@ pub struct Project {
     /// Absent for a project without a repository.
     #[serde(default)]
     pub default_branch: Option<String>,
+    /// Absent from `simple=true` lists (those filter with `archived=` instead).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub archived: bool,
+}
+
+/// Decodes a project list leniently: the items that are valid projects, and how many were not.
+pub fn decode_projects(body: &[u8]) -> Result<(Vec<Project>, usize), serde_json::Error> {
+    let items: Vec<serde_json::Value> = serde_json::from_slice(body)?;
+    let mut projects = Vec::with_capacity(items.len());
+    let mut bad = 0;
+    for item in items {
+        match serde_json::from_value::<Project>(item) {
+            Ok(p) => projects.push(p),
+            Err(_) => bad += 1,
+        }
+    }
+    Ok((projects, bad))
 }
 
 fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(

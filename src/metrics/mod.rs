@@ -52,6 +52,11 @@ pub struct Metrics {
     poll_lag: prometheus::Histogram,
     rate_limit_remaining: prometheus::Gauge,
     rate_limited_seconds: prometheus::Counter,
+    watched: IntGauge,
+    paced: IntGaugeVec,
+    stretch: GaugeVec,
+    demand: prometheus::Gauge,
+    discovery_runs: IntCounterVec,
     /// Not every GitLab sends `RateLimit-*`; the gauge is shown only once one arrived.
     rate_limit_seen: AtomicBool,
     /// Unknown statuses shown per project last time, so they can be removed when gone.
@@ -169,6 +174,35 @@ impl Metrics {
             "gitlab_jobs_exporter_rate_limited_seconds_total",
             "Time all requests to GitLab were paused because GitLab answered 429.",
         )?;
+        let watched = IntGauge::new(
+            "gitlab_jobs_exporter_watched_projects",
+            "Projects this replica polls (configured and discovered).",
+        )?;
+        let paced = IntGaugeVec::new(
+            Opts::new(
+                "gitlab_jobs_exporter_paced_projects",
+                "Projects by activity in their last cycle: busy ones are polled at poll.interval, idle ones back off to poll.max_interval.",
+            ),
+            &["activity"],
+        )?;
+        let stretch = GaugeVec::new(
+            Opts::new(
+                "gitlab_jobs_exporter_poll_interval_stretch_ratio",
+                "How much the request budget stretches poll intervals, by activity (1: every project at its target interval).",
+            ),
+            &["activity"],
+        )?;
+        let demand = prometheus::Gauge::new(
+            "gitlab_jobs_exporter_request_demand_ratio",
+            "Requests all projects need at their target intervals over gitlab.max_requests_per_minute (above 0.9: intervals are stretched).",
+        )?;
+        let discovery_runs = IntCounterVec::new(
+            Opts::new(
+                "gitlab_jobs_exporter_discovery_runs_total",
+                "Project discovery passes, by result (complete, or incomplete: nothing was removed).",
+            ),
+            &["result"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "gitlab_jobs_exporter_build_info",
@@ -193,6 +227,11 @@ impl Metrics {
             Box::new(project_state.clone()),
             Box::new(poll_lag.clone()),
             Box::new(series.clone()),
+            Box::new(watched.clone()),
+            Box::new(paced.clone()),
+            Box::new(stretch.clone()),
+            Box::new(demand.clone()),
+            Box::new(discovery_runs.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -224,6 +263,11 @@ impl Metrics {
             rate_limited_seconds,
             project_state,
             poll_lag,
+            watched,
+            paced,
+            stretch,
+            demand,
+            discovery_runs,
             rate_limit_seen: AtomicBool::new(false),
             shown_unknown: Mutex::new(BTreeMap::new()),
         })
@@ -369,6 +413,58 @@ impl Metrics {
             }
         } else if let Some(c) = with(&self.poll_errors, &[project]) {
             c.inc();
+        }
+    }
+
+    pub fn set_watched(&self, projects: usize) {
+        self.watched.set(projects as i64);
+    }
+
+    /// `(activity, projects, stretch)` per activity, and demand over budget.
+    pub fn set_pace(&self, by_activity: &[(&str, usize, f64)], demand_ratio: f64) {
+        for (activity, projects, stretch) in by_activity {
+            if let Some(g) = with(&self.paced, &[activity]) {
+                g.set(*projects as i64);
+            }
+            if let Some(g) = with(&self.stretch, &[activity]) {
+                g.set(*stretch);
+            }
+        }
+        self.demand.set(demand_ratio);
+    }
+
+    pub fn discovery_ran(&self, complete: bool) {
+        let result = if complete { "complete" } else { "incomplete" };
+        if let Some(c) = with(&self.discovery_runs, &[result]) {
+            c.inc();
+        }
+    }
+
+    /// Removes every series of a project that is no longer watched (its grace period is
+    /// over), including the carried base of its own counters.
+    pub fn remove_project(&self, project: &str, states: &[&str]) {
+        self.lock_jobs().remove(project);
+        let mut statuses: Vec<String> = JobStatus::NON_FINAL
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect();
+        if let Some(unknown) = lock(&self.shown_unknown).remove(project) {
+            statuses.extend(unknown);
+        }
+        for s in &statuses {
+            let _ = self.jobs_active.remove_label_values(&[project, s]);
+        }
+        let _ = self.oldest_pending.remove_label_values(&[project]);
+        let _ = self.polls.remove_label_values(&[project]);
+        let _ = self.poll_errors.remove_label_values(&[project]);
+        let _ = self.last_success.remove_label_values(&[project]);
+        for s in states {
+            let _ = self.project_state.remove_label_values(&[project, s]);
+        }
+        for family in lock(&self.base).values_mut() {
+            family
+                .series
+                .retain(|labels, _| !labels.iter().any(|(k, v)| k == "project" && v == project));
         }
     }
 

@@ -1,0 +1,152 @@
+//! Which projects `[[groups]]` and `discovery.membership` name right now: one pass over GitLab's
+//! project lists, filtered by `discovery.include`/`exclude` and the archived flag.
+//!
+//! A pass that fails part-way reports what it found and that it is incomplete: the scheduler
+//! then adds what is new but removes nothing, so a GitLab hiccup never drops a project.
+
+use std::collections::{BTreeMap, HashSet};
+
+use thiserror::Error;
+use tracing::warn;
+
+use crate::config::{DiscoveryConfig, GroupRef, PathFilter};
+use crate::gitlab::{ApiError, GitlabClient, ProjectsPage, ProjectsRequest};
+use crate::metrics::Metrics;
+
+/// Pages per source and pass, at most (100,000 projects): only a safety net against a Link loop
+/// that never repeats.
+const MAX_PAGES: usize = 1_000;
+
+/// A project found by discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub id: u64,
+    pub path: String,
+    pub default_branch: Option<String>,
+}
+
+#[derive(Debug, Error)]
+pub enum DiscoveryError {
+    #[error("{source_name}: {error}")]
+    Api {
+        source_name: String,
+        #[source]
+        error: ApiError,
+    },
+    #[error("{0}: pagination loop (the Link header pointed back to a page already read)")]
+    Loop(String),
+    #[error("{0}: more than {MAX_PAGES} pages; the rest is left out")]
+    TooManyPages(String),
+}
+
+/// What one pass found.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// By project id.
+    pub projects: BTreeMap<u64, Found>,
+    /// Every source answered completely (only then may projects be removed).
+    pub complete: bool,
+    /// GitLab API requests sent.
+    pub requests: usize,
+}
+
+/// Lists every source once.
+pub async fn discover(
+    client: &GitlabClient,
+    metrics: &Metrics,
+    groups: &[GroupRef],
+    cfg: &DiscoveryConfig,
+    filter: &PathFilter,
+) -> Pass {
+    let mut pass = Pass {
+        complete: true,
+        ..Pass::default()
+    };
+    let mut sources: Vec<(String, ProjectsRequest<'_>)> = Vec::new();
+    let group_ids: Vec<String> = groups.iter().map(GroupRef::api_id).collect();
+    for (g, api_id) in groups.iter().zip(&group_ids) {
+        sources.push((
+            g.to_string(),
+            ProjectsRequest::Group {
+                group: api_id,
+                include_subgroups: g.include_subgroups,
+                with_archived: cfg.archived,
+            },
+        ));
+    }
+    if cfg.membership {
+        sources.push((
+            "membership".to_string(),
+            ProjectsRequest::Membership {
+                with_archived: cfg.archived,
+            },
+        ));
+    }
+    for (name, first) in sources {
+        if let Err(e) = list(client, metrics, &name, first, cfg, filter, &mut pass).await {
+            warn!(error = %e, "project discovery incomplete; keeping every project already watched");
+            metrics.api_error("discovery");
+            pass.complete = false;
+        }
+    }
+    pass
+}
+
+async fn list(
+    client: &GitlabClient,
+    metrics: &Metrics,
+    name: &str,
+    first: ProjectsRequest<'_>,
+    cfg: &DiscoveryConfig,
+    filter: &PathFilter,
+    pass: &mut Pass,
+) -> Result<(), DiscoveryError> {
+    let mut visited = HashSet::new();
+    let mut next: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let req = match &next {
+            None => first.clone(),
+            Some(rel) => ProjectsRequest::Next(rel),
+        };
+        let page: ProjectsPage =
+            client
+                .projects_page(req)
+                .await
+                .map_err(|error| DiscoveryError::Api {
+                    source_name: name.to_string(),
+                    error,
+                })?;
+        pass.requests += 1;
+        if page.bad_items > 0 {
+            warn!(
+                source = name,
+                items = page.bad_items,
+                "skipped list items that are not valid projects"
+            );
+            for _ in 0..page.bad_items {
+                metrics.api_error("bad_project");
+            }
+        }
+        for p in page.projects {
+            // GitLab filtered archived ones already; this only guards an older or odd server.
+            if (p.archived && !cfg.archived) || !filter.allows(&p.path_with_namespace) {
+                continue;
+            }
+            pass.projects.entry(p.id).or_insert(Found {
+                id: p.id,
+                path: p.path_with_namespace,
+                default_branch: p.default_branch,
+            });
+        }
+        match page.next {
+            None => return Ok(()),
+            Some(n) => {
+                if !visited.insert(n.clone()) {
+                    return Err(DiscoveryError::Loop(name.to_string()));
+                }
+                next = Some(n);
+            }
+        }
+    }
+    Err(DiscoveryError::TooManyPages(name.to_string()))
+}

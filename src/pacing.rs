@@ -1,0 +1,313 @@
+//! How often each project is polled, sharing one request budget.
+//!
+//! A project with jobs in flight or activity in its last cycle is polled every `poll.interval`;
+//! each idle cycle in a row doubles its delay, up to `poll.max_interval`, and the first sign of
+//! activity brings it back to `poll.interval`. When the projects' demand at those targets (their
+//! average requests per cycle over their target delays) exceeds the budget, the delays are
+//! stretched: idle projects' first, busy ones' only when the idle ones are down to a fifth of
+//! the budget. Nothing is ever skipped: a stretched project is polled later, and the tracker
+//! reads everything that happened in between. The stretch is exported and logged.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+/// Share of the budget planned for polling; the rest absorbs retries, lookups and discovery.
+const USABLE_SHARE: f64 = 0.9;
+/// Share of the usable budget kept for idle projects when busy ones alone exceed it.
+const IDLE_FLOOR_SHARE: f64 = 0.2;
+/// Weight of the newest cycle in a project's average requests per cycle.
+const COST_WEIGHT: f64 = 0.3;
+
+/// Whether a project showed activity in its last cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Jobs in flight, or jobs created or completed since the previous cycle.
+    Busy,
+    Idle,
+}
+
+impl Activity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Busy => "busy",
+            Self::Idle => "idle",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Average requests per cycle.
+    cost: f64,
+    /// Idle cycles in a row.
+    idle_cycles: u32,
+    activity: Activity,
+    /// Delay before stretching.
+    target: Duration,
+}
+
+/// Delays are multiplied by these; 1.0 means every project is polled at its target.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stretch {
+    pub busy: f64,
+    pub idle: f64,
+}
+
+/// What the pacer currently plans, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PaceSnapshot {
+    pub busy_projects: usize,
+    pub idle_projects: usize,
+    /// Requests per second all projects need at their target delays.
+    pub demand_per_second: f64,
+    /// The budget in requests per second.
+    pub budget_per_second: f64,
+    pub stretch: Stretch,
+}
+
+#[derive(Debug)]
+pub struct Pacer {
+    interval: Duration,
+    max_interval: Duration,
+    budget_per_second: f64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<u64, Entry>,
+    degraded: bool,
+}
+
+impl Pacer {
+    pub fn new(interval: Duration, max_interval: Duration, requests_per_minute: f64) -> Self {
+        Self {
+            interval,
+            max_interval: max_interval.max(interval),
+            budget_per_second: requests_per_minute / 60.0,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    pub fn max_interval(&self) -> Duration {
+        self.max_interval
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic elsewhere while holding this lock leaves plain numbers behind: still usable.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a completed (or failed) cycle of project `key` that cost `requests`, and returns
+    /// the delay until its next cycle.
+    pub fn after_cycle(&self, key: u64, requests: usize, activity: Activity) -> Duration {
+        let mut inner = self.lock();
+        let entry = inner.entries.entry(key).or_insert(Entry {
+            cost: requests.max(1) as f64,
+            idle_cycles: 0,
+            activity,
+            target: self.interval,
+        });
+        entry.cost += COST_WEIGHT * (requests.max(1) as f64 - entry.cost);
+        entry.activity = activity;
+        entry.idle_cycles = match activity {
+            Activity::Busy => 0,
+            Activity::Idle => entry.idle_cycles.saturating_add(1),
+        };
+        // The first idle cycle keeps the fast rate ("recent activity"); then it doubles.
+        let doublings = entry.idle_cycles.saturating_sub(1).min(20);
+        entry.target = self
+            .interval
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_interval);
+        let target = entry.target;
+        let snapshot = self.plan(&inner);
+        let degraded = snapshot.stretch.idle > 1.0 || snapshot.stretch.busy > 1.0;
+        if degraded != inner.degraded {
+            inner.degraded = degraded;
+            if degraded {
+                warn!(
+                    demand_per_minute = (snapshot.demand_per_second * 60.0).round(),
+                    budget_per_minute = (snapshot.budget_per_second * 60.0).round(),
+                    idle_stretch = snapshot.stretch.idle,
+                    busy_stretch = snapshot.stretch.busy,
+                    "the request budget cannot poll every project at its target interval; polling less often (idle projects first), nothing is skipped"
+                );
+            } else {
+                info!("the request budget covers every project's target interval again");
+            }
+        }
+        let factor = match activity {
+            Activity::Busy => snapshot.stretch.busy,
+            Activity::Idle => snapshot.stretch.idle,
+        };
+        target.mul_f64(factor)
+    }
+
+    /// Forgets a project that is no longer polled (gone, another shard's, or denied).
+    pub fn remove(&self, key: u64) {
+        self.lock().entries.remove(&key);
+    }
+
+    pub fn snapshot(&self) -> PaceSnapshot {
+        self.plan(&self.lock())
+    }
+
+    fn plan(&self, inner: &Inner) -> PaceSnapshot {
+        let (mut busy, mut idle) = (0.0, 0.0);
+        let (mut busy_projects, mut idle_projects) = (0, 0);
+        for e in inner.entries.values() {
+            let rate = e.cost / e.target.as_secs_f64().max(1e-3);
+            match e.activity {
+                Activity::Busy => {
+                    busy += rate;
+                    busy_projects += 1;
+                }
+                Activity::Idle => {
+                    idle += rate;
+                    idle_projects += 1;
+                }
+            }
+        }
+        PaceSnapshot {
+            busy_projects,
+            idle_projects,
+            demand_per_second: busy + idle,
+            budget_per_second: self.budget_per_second,
+            stretch: stretch(busy, idle, self.budget_per_second * USABLE_SHARE),
+        }
+    }
+}
+
+/// How much to stretch busy and idle delays so that `busy + idle` requests per second fit in
+/// `usable`: idle projects give way first, but keep at least `IDLE_FLOOR_SHARE` of it.
+fn stretch(busy: f64, idle: f64, usable: f64) -> Stretch {
+    if busy + idle <= usable {
+        return Stretch {
+            busy: 1.0,
+            idle: 1.0,
+        };
+    }
+    // Never more than idle projects need, so busy ones may use what idle ones leave.
+    let idle_floor = (usable * IDLE_FLOOR_SHARE).min(idle);
+    if busy <= usable - idle_floor {
+        Stretch {
+            busy: 1.0,
+            idle: idle / (usable - busy),
+        }
+    } else {
+        Stretch {
+            busy: busy / (usable - idle_floor),
+            idle: if idle_floor > 0.0 {
+                (idle / idle_floor).max(1.0)
+            } else {
+                1.0
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn idle_projects_back_off_gradually_and_return_at_once() {
+        let p = Pacer::new(30 * S, 600 * S, 1e9);
+        assert_eq!(p.after_cycle(1, 1, Activity::Busy), 30 * S);
+        let idle: Vec<u64> = (0..7)
+            .map(|_| p.after_cycle(1, 1, Activity::Idle).as_secs())
+            .collect();
+        assert_eq!(idle, [30, 60, 120, 240, 480, 600, 600]);
+        assert_eq!(p.after_cycle(1, 1, Activity::Busy), 30 * S);
+        assert_eq!(p.after_cycle(1, 1, Activity::Idle), 30 * S);
+    }
+
+    #[test]
+    fn within_budget_nothing_is_stretched() {
+        // 10 projects × 1 request / 30 s = 20/min, budget 300/min.
+        let p = Pacer::new(30 * S, 600 * S, 300.0);
+        for k in 0..10 {
+            assert_eq!(p.after_cycle(k, 1, Activity::Busy), 30 * S);
+        }
+        let s = p.snapshot();
+        assert_eq!(
+            s.stretch,
+            Stretch {
+                busy: 1.0,
+                idle: 1.0
+            }
+        );
+        assert!((s.demand_per_second * 60.0 - 20.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn over_budget_idle_projects_give_way_first() {
+        // Budget 60/min → 0.9 usable per second. 10 busy projects at 1 req / 30 s = 0.33/s;
+        // 300 idle projects settled at 600 s = 0.5/s: 0.83/s fits. 600 idle: 1.0 + 0.33 doesn't.
+        let p = Pacer::new(30 * S, 600 * S, 60.0);
+        for k in 0..10 {
+            p.after_cycle(k, 1, Activity::Busy);
+        }
+        for k in 100..700 {
+            for _ in 0..7 {
+                p.after_cycle(k, 1, Activity::Idle);
+            }
+        }
+        let s = p.snapshot();
+        assert_eq!(s.stretch.busy, 1.0, "{s:?}");
+        // Idle get the rest: 0.9 - 0.333 = 0.567/s for a demand of 1.0/s.
+        assert!(
+            (s.stretch.idle - 1.0 / (0.9 - 1.0 / 3.0)).abs() < 1e-6,
+            "{s:?}"
+        );
+        assert_eq!(p.after_cycle(0, 1, Activity::Busy), 30 * S);
+        let idle_delay = p.after_cycle(100, 1, Activity::Idle);
+        assert!(idle_delay > 600 * S, "{idle_delay:?}");
+        // Planned requests now fit the usable budget.
+        let planned = 10.0 / 30.0 + 600.0 / (600.0 * s.stretch.idle);
+        assert!(planned <= 0.9 + 1e-6, "{planned}");
+    }
+
+    #[test]
+    fn busy_projects_stretch_only_when_they_alone_exceed_the_budget() {
+        // 100 busy projects × 3 requests / 30 s = 10/s against 0.9 usable.
+        let p = Pacer::new(30 * S, 600 * S, 60.0);
+        for k in 0..100 {
+            p.after_cycle(k, 3, Activity::Busy);
+        }
+        p.after_cycle(1000, 1, Activity::Idle);
+        let s = p.snapshot();
+        assert!(s.stretch.busy > 1.0 && s.stretch.idle >= 1.0, "{s:?}");
+        let planned = 10.0 / s.stretch.busy + (1.0 / 30.0) / s.stretch.idle;
+        assert!(planned <= 0.9 + 1e-6, "{planned}");
+        // Removing them brings the target rate back.
+        for k in 0..100 {
+            p.remove(k);
+        }
+        assert_eq!(
+            p.snapshot().stretch,
+            Stretch {
+                busy: 1.0,
+                idle: 1.0
+            }
+        );
+    }
+
+    #[test]
+    fn stretch_always_fits_the_usable_budget() {
+        for (busy, idle) in [(0.0, 5.0), (5.0, 0.0), (0.5, 0.5), (2.0, 0.1), (0.1, 2.0)] {
+            let s = stretch(busy, idle, 1.0);
+            let planned = busy / s.busy + idle / s.idle;
+            assert!(planned <= 1.0 + 1e-9, "{busy} {idle} {s:?}");
+            assert!(s.busy >= 1.0 && s.idle >= 1.0);
+        }
+    }
+}
