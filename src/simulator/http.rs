@@ -11,6 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
+use super::discovery::{Listing, list_projects};
 use super::render::{http_date, job_json, project_json};
 use super::world::{Ms, STATUSES};
 use super::{Endpoint, Fault, Simulator};
@@ -25,12 +26,12 @@ const NO_KEYSET: &str = "Keyset pagination is not yet available for this type of
 
 /// A decoded query parameter, as Rack parses it: `k=v` or `k[]=v1&k[]=v2`.
 #[derive(Debug, Clone, PartialEq)]
-enum Param {
+pub(super) enum Param {
     One(String),
     Many(Vec<String>),
 }
 
-type Params = BTreeMap<String, Param>;
+pub(super) type Params = BTreeMap<String, Param>;
 
 fn parse_query(query: Option<&str>) -> Params {
     let mut params = Params::new();
@@ -94,7 +95,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+pub(super) fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
     // Every value built here is ASCII (URLs are percent-encoded), so this never falls back.
     let value = HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(""));
     headers.insert(name, value);
@@ -107,7 +108,7 @@ fn response(status: u16, content_type: &str, body: impl Into<Body>) -> Response 
     resp
 }
 
-fn json_response(status: u16, body: &Value) -> Response {
+pub(super) fn json_response(status: u16, body: &Value) -> Response {
     response(status, JSON, body.to_string())
 }
 
@@ -120,10 +121,21 @@ enum Route {
     Project(String),
     Jobs(String),
     Job(String, String),
+    GroupProjects(String),
+    Projects,
     Other,
 }
 
 fn route(path: &str) -> Route {
+    if path == "/api/v4/projects" {
+        return Route::Projects;
+    }
+    if let Some(rest) = path.strip_prefix("/api/v4/groups/") {
+        return match rest.split_once('/') {
+            Some((id, "projects")) if !id.is_empty() => Route::GroupProjects(percent_decode(id)),
+            _ => Route::Other,
+        };
+    }
     let Some(rest) = path.strip_prefix("/api/v4/projects/") else {
         return Route::Other;
     };
@@ -168,6 +180,8 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
         Route::Jobs(_) if params.contains_key("scope") => Endpoint::JobsScoped,
         Route::Jobs(_) => Endpoint::Jobs,
         Route::Job(..) => Endpoint::Job,
+        Route::GroupProjects(_) => Endpoint::GroupProjects,
+        Route::Projects => Endpoint::ProjectsList,
         Route::Other => Endpoint::Other,
     };
     let creds = credentials(req.headers(), &params);
@@ -247,7 +261,7 @@ fn fault_response(fault: &Fault, now: Ms) -> Response {
 }
 
 /// An error answer, built into a response at the end (a `Response` is too big for `Err`).
-struct Reject(u16, &'static str, String);
+pub(super) struct Reject(pub u16, pub &'static str, pub String);
 
 impl Reject {
     fn into_response(self) -> Response {
@@ -256,7 +270,7 @@ impl Reject {
 }
 
 /// Grape's integer coercion of an optional parameter: `Err` answers 400 "`name` is invalid".
-fn int_param(params: &Params, name: &str, default: i64) -> Result<i64, Reject> {
+pub(super) fn int_param(params: &Params, name: &str, default: i64) -> Result<i64, Reject> {
     let parsed = match params.get(name) {
         None => return Ok(default),
         Some(Param::One(v)) => v.trim().parse().ok(),
@@ -284,6 +298,7 @@ fn answer(
         return err(401, "message", "401 Unauthorized");
     }
     let (ext, world) = (sim.external_url(), sim.world());
+    let world = &*world;
     let project_not_found = || err(404, "message", "404 Project Not Found");
     match route {
         Route::Project(id) => match world.find_project(&id) {
@@ -312,6 +327,13 @@ fn answer(
         Route::Jobs(id) => {
             list_jobs(sim, path, id, params, now, &ext).unwrap_or_else(Reject::into_response)
         }
+        Route::GroupProjects(id) => {
+            let listing = Listing::Group(id);
+            list_projects(world, path, listing, params, now, &ext)
+                .unwrap_or_else(Reject::into_response)
+        }
+        Route::Projects => list_projects(world, path, Listing::All, params, now, &ext)
+            .unwrap_or_else(Reject::into_response),
         Route::Other => err(404, "error", "404 Not Found"),
     }
 }
@@ -348,7 +370,7 @@ fn list_jobs(
     params.insert("id".into(), Param::One(id.clone()));
     let per_page = per_page.clamp(1, 100) as usize;
 
-    let world = sim.world();
+    let world = &*sim.world();
     let Some(project) = world.find_project(&id) else {
         return Err(Reject(404, "message", "404 Project Not Found".into()));
     };
@@ -398,43 +420,90 @@ fn list_jobs(
         .map(|j| job_json(world, j, path_ns, now, ext))
         .collect();
     let mut resp = json_response(200, &Value::Array(body));
-    let link = |key: &str, value: String, rel: &str| {
-        let mut p = params.clone();
-        p.insert(key.to_owned(), Param::One(value));
-        format!("<{ext}{path}?{}>; rel=\"{rel}\"", to_query(&p))
-    };
     let h = resp.headers_mut();
     if keyset {
         if let Some(last) = page_jobs.last().filter(|_| has_next) {
-            set(h, "link", &link("cursor", encode_cursor(last.id), "next"));
+            let next = encode_cursor(last.id);
+            set(
+                h,
+                "link",
+                &page_link(ext, path, &params, "cursor", next, "next"),
+            );
         }
         return Ok(resp);
     }
-    // Offset pagination without counts: no X-Total, X-Total-Pages or rel="last".
-    let next = if has_next {
-        (page + 1).to_string()
-    } else {
-        String::new()
+    // The jobs list skips counting: no X-Total, X-Total-Pages or rel="last".
+    let offset = OffsetPage {
+        page,
+        per_page,
+        has_next,
+        empty: page_jobs.is_empty(),
+        total: None,
     };
-    let prev = if page > 1 {
-        (page - 1).to_string()
-    } else {
-        String::new()
-    };
-    let mut links = Vec::new();
-    if has_next {
-        links.push(link("page", next.clone(), "next"));
-    }
-    if page > 1 {
-        links.push(link("page", prev.clone(), "prev"));
-    }
-    links.push(link("page", "1".into(), "first"));
-    set(h, "link", &links.join(", "));
-    set(h, "x-page", &page.to_string());
-    set(h, "x-per-page", &per_page.to_string());
-    set(h, "x-next-page", &next);
-    set(h, "x-prev-page", &prev);
+    offset.set_headers(h, ext, path, &params);
     Ok(resp)
+}
+
+/// `<{ext}{path}?{params with key=value}>; rel="{rel}"`: GitLab puts its configured external
+/// host in every pagination link and repeats every param (Grape defaults included).
+pub(super) fn page_link(
+    ext: &str,
+    path: &str,
+    params: &Params,
+    key: &str,
+    value: String,
+    rel: &str,
+) -> String {
+    let mut p = params.clone();
+    p.insert(key.to_owned(), Param::One(value));
+    format!("<{ext}{path}?{}>; rel=\"{rel}\"", to_query(&p))
+}
+
+/// Above this many results GitLab stops counting (`Kaminari` `MAX_COUNT_LIMIT`): no `X-Total`,
+/// `X-Total-Pages` or `rel="last"`.
+pub(super) const MAX_COUNT_LIMIT: usize = 10_000;
+
+/// One page of offset pagination, as GitLab's `OffsetHeaderBuilder` describes it.
+pub(super) struct OffsetPage {
+    pub page: i64,
+    pub per_page: usize,
+    pub has_next: bool,
+    /// No rows on this page (Kaminari then calls it out of range and gives no prev/next page).
+    pub empty: bool,
+    /// The number of results when counted (`None` for endpoints that skip the count, or when
+    /// there are more than [`MAX_COUNT_LIMIT`]).
+    pub total: Option<usize>,
+}
+
+impl OffsetPage {
+    pub(super) fn set_headers(&self, h: &mut HeaderMap, ext: &str, path: &str, params: &Params) {
+        let total_pages = self
+            .total
+            .map(|t| t.div_ceil(self.per_page.max(1)).max(1) as i64);
+        // Kaminari's `out_of_range?`: past the last page when counted, an empty page when not.
+        let out_of_range = match total_pages {
+            Some(pages) => self.page > pages,
+            None => self.empty && self.page > 1,
+        };
+        let next = (self.has_next && !out_of_range).then(|| (self.page + 1).to_string());
+        let prev = (self.page > 1 && !out_of_range).then(|| (self.page - 1).to_string());
+        let link = |value: String, rel: &str| page_link(ext, path, params, "page", value, rel);
+        // GitLab's order: prev, next, first, last.
+        let mut links = Vec::new();
+        links.extend(prev.clone().map(|p| link(p, "prev")));
+        links.extend(next.clone().map(|n| link(n, "next")));
+        links.push(link("1".into(), "first"));
+        links.extend(total_pages.map(|t| link(t.to_string(), "last")));
+        set(h, "link", &links.join(", "));
+        set(h, "x-page", &self.page.to_string());
+        set(h, "x-per-page", &self.per_page.to_string());
+        set(h, "x-next-page", next.as_deref().unwrap_or(""));
+        set(h, "x-prev-page", prev.as_deref().unwrap_or(""));
+        if let (Some(total), Some(pages)) = (self.total, total_pages) {
+            set(h, "x-total", &total.to_string());
+            set(h, "x-total-pages", &pages.to_string());
+        }
+    }
 }
 
 /// URL-safe base64 (padded) of `{"id":"<id>","_kd":"n"}`.

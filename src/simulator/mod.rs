@@ -6,7 +6,12 @@
 //! filtering, live `duration`/`queued_duration`, GitLab's error bodies, and faults on demand
 //! (proxy errors, rate limits, broken bodies). Time comes from a [`SimClock`] that tests can
 //! move by hand; [`Simulator::ground_truth`] says what a correct exporter should report.
+//!
+//! For project discovery it serves `GET /groups/:id/projects` (offset pagination) and
+//! `GET /projects` (offset or keyset), with groups derived from project paths, and lets tests
+//! archive, remove and add projects, or change membership, while it runs.
 
+mod discovery;
 mod generate;
 mod http;
 mod render;
@@ -27,7 +32,8 @@ pub use generate::{ProjectSpec, WorldSpec};
 pub use render::{http_date, iso};
 pub use truth::{DurationKey, GroundTruth, JobKey, QueuedKey};
 pub use world::{
-    FINAL_STATUSES, JobPlan, Ms, ProjectDef, RunnerDef, STATUSES, World, WorldError, is_final,
+    FINAL_STATUSES, GROUP_ID_BASE, GroupDef, JobPlan, Ms, ProjectDef, RunnerDef, STATUSES, World,
+    WorldError, is_final,
 };
 
 /// The simulator's notion of now.
@@ -105,6 +111,10 @@ pub enum Endpoint {
     JobsScoped,
     /// `GET /projects/:id/jobs/:job_id`
     Job,
+    /// `GET /groups/:id/projects`
+    GroupProjects,
+    /// `GET /projects`
+    ProjectsList,
     Other,
 }
 
@@ -116,6 +126,8 @@ pub struct RequestStats {
     pub jobs: u64,
     pub jobs_scoped: u64,
     pub job: u64,
+    pub group_projects: u64,
+    pub projects_list: u64,
     pub other: u64,
     pub by_status: BTreeMap<u16, u64>,
 }
@@ -140,7 +152,8 @@ pub struct LoggedRequest {
 pub const REQUEST_LOG_CAPACITY: usize = 10_000;
 
 struct Inner {
-    world: World,
+    /// Replaced copy-on-write by the mutators, so a request answers from one consistent snapshot.
+    world: Mutex<Arc<World>>,
     clock: SimClock,
     token: String,
     external_url: Mutex<String>,
@@ -167,7 +180,7 @@ impl Simulator {
     pub fn new(world: World, clock: SimClock, token: String) -> Self {
         Self {
             inner: Arc::new(Inner {
-                world,
+                world: Mutex::new(Arc::new(world)),
                 clock,
                 token,
                 external_url: Mutex::new("https://gitlab.example.com".to_owned()),
@@ -179,8 +192,43 @@ impl Simulator {
         }
     }
 
-    pub fn world(&self) -> &World {
-        &self.inner.world
+    /// A snapshot of the world; later mutations do not change it.
+    pub fn world(&self) -> Arc<World> {
+        Arc::clone(&lock(&self.inner.world))
+    }
+
+    fn mutate<T>(
+        &self,
+        f: impl FnOnce(&mut World) -> Result<T, WorldError>,
+    ) -> Result<T, WorldError> {
+        let mut world = lock(&self.inner.world);
+        // Clones the world only while a request still holds the old snapshot.
+        f(Arc::make_mut(&mut world))
+    }
+
+    /// Archives or unarchives a project (what `archived` filters on and the JSON shows).
+    pub fn set_archived(&self, project_id: u64, archived: bool) -> Result<(), WorldError> {
+        self.mutate(|w| w.set_archived(project_id, archived))
+    }
+
+    /// Makes the token's user a member of the project or not (`membership=true`).
+    pub fn set_member(&self, project_id: u64, member: bool) -> Result<(), WorldError> {
+        self.mutate(|w| w.set_member(project_id, member))
+    }
+
+    /// Deletes a project and its jobs: its endpoints answer 404 and lists leave it out.
+    pub fn remove_project(&self, project_id: u64) -> Result<ProjectDef, WorldError> {
+        self.mutate(|w| w.remove_project(project_id))
+    }
+
+    /// Adds a project with no jobs; new namespaces become groups with the next free ids.
+    pub fn add_project(&self, project: ProjectDef) -> Result<(), WorldError> {
+        self.mutate(|w| w.add_project(project))
+    }
+
+    /// Adds jobs to existing projects (see [`World::add_jobs`] for the checks).
+    pub fn add_jobs(&self, jobs: Vec<JobPlan>) -> Result<(), WorldError> {
+        self.mutate(|w| w.add_jobs(jobs))
     }
 
     pub fn clock(&self) -> &SimClock {
@@ -196,8 +244,8 @@ impl Simulator {
         self.inner.clock.advance(by);
     }
 
-    pub fn project_by_id(&self, id: u64) -> Option<&ProjectDef> {
-        self.inner.world.project(id)
+    pub fn project_by_id(&self, id: u64) -> Option<ProjectDef> {
+        self.world().project(id).cloned()
     }
 
     /// GitLab's configured external URL, used in `Link` headers and `web_url`s.
@@ -258,6 +306,8 @@ impl Simulator {
                 Endpoint::Jobs => &mut s.jobs,
                 Endpoint::JobsScoped => &mut s.jobs_scoped,
                 Endpoint::Job => &mut s.job,
+                Endpoint::GroupProjects => &mut s.group_projects,
+                Endpoint::ProjectsList => &mut s.projects_list,
                 Endpoint::Other => &mut s.other,
             } += 1;
         }
@@ -307,14 +357,13 @@ impl Simulator {
 
     /// What a correct exporter reports now, if it ignores jobs completed before `cutoff_ms`.
     pub fn ground_truth(&self, cutoff_ms: Ms) -> GroundTruth {
-        self.inner.world.ground_truth(self.now_ms(), cutoff_ms)
+        self.world().ground_truth(self.now_ms(), cutoff_ms)
     }
 
     /// The truth for an exporter whose first poll was at `first_poll_ms` (see
     /// [`World::ground_truth_since`]).
     pub fn ground_truth_since(&self, cutoff_ms: Ms, first_poll_ms: Ms) -> GroundTruth {
-        self.inner
-            .world
+        self.world()
             .ground_truth_since(self.now_ms(), cutoff_ms, Some(first_poll_ms))
     }
 

@@ -110,50 +110,92 @@ pub fn job_json(world: &World, job: &JobPlan, path: &str, now: Ms, ext: &str) ->
     v
 }
 
-/// `GET /projects/:id` (the fields a reporter-level token sees, abridged).
-pub fn project_json(world: &World, p: &ProjectDef, now: Ms, ext: &str) -> Value {
-    let path = &p.path_with_namespace;
-    let (namespace, name) = path.rsplit_once('/').unwrap_or(("", path));
-    let title = |s: &str| s.split('/').collect::<Vec<_>>().join(" / ");
-    let created = 1_577_836_800_000 + (p.id as Ms % 1000) * 86_400_000;
-    let last_activity = world
+/// When the project was created: a fixed, made-up time per id.
+pub(super) fn project_created_ms(p: &ProjectDef) -> Ms {
+    1_577_836_800_000 + (p.id as Ms % 1000) * 86_400_000
+}
+
+/// `last_activity_at`: the latest change of its visible jobs, else its creation.
+pub(super) fn last_activity_ms(world: &World, p: &ProjectDef, now: Ms) -> Ms {
+    world
         .project_jobs(p.id)
         .rev()
         .find(|j| j.visible_at(now))
-        .map_or(created, |j| j.updated_at(now));
+        .map_or(project_created_ms(p), |j| j.updated_at(now))
+}
+
+/// `Entities::NamespaceBasic` of the project's group.
+fn namespace_json(world: &World, p: &ProjectDef, ext: &str) -> Value {
+    let full_path = p.namespace();
+    let group = world.find_group(full_path);
+    let path = group.map_or(full_path, |g| g.path());
+    json!({
+        "id": group.map(|g| g.id),
+        "name": path,
+        "path": path,
+        "kind": "group",
+        "full_path": full_path,
+        "parent_id": group.and_then(|g| g.parent_id),
+        "avatar_url": null,
+        "web_url": format!("{ext}/groups/{full_path}"),
+    })
+}
+
+/// `Entities::BasicProjectDetails`: what lists answer with `simple=true` (no `archived`, no
+/// `visibility`).
+pub fn basic_project_json(world: &World, p: &ProjectDef, now: Ms, ext: &str) -> Value {
+    let path = &p.path_with_namespace;
+    let name = path.rsplit_once('/').map_or(path.as_str(), |(_, n)| n);
+    let title = path.split('/').collect::<Vec<_>>().join(" / ");
+    let host = ext.split("://").nth(1).unwrap_or(ext);
     json!({
         "id": p.id,
         "description": null,
         "name": name,
-        "name_with_namespace": title(path),
+        "name_with_namespace": title,
         "path": name,
         "path_with_namespace": path,
-        "created_at": iso(created),
+        "created_at": iso(project_created_ms(p)),
         "default_branch": p.default_branch,
         "tag_list": [],
         "topics": [],
-        "ssh_url_to_repo": format!("git@{}:{path}.git", ext.split("://").nth(1).unwrap_or(ext)),
+        "ssh_url_to_repo": format!("git@{host}:{path}.git"),
         "http_url_to_repo": format!("{ext}/{path}.git"),
         "web_url": format!("{ext}/{path}"),
         "readme_url": null,
-        "avatar_url": null,
         "forks_count": 0,
+        "avatar_url": null,
         "star_count": 0,
-        "last_activity_at": iso(last_activity),
-        "namespace": {
-            "id": mix(namespace.len() as u64) % 1000 + 1,
-            "name": namespace.rsplit('/').next().unwrap_or(namespace),
-            "path": namespace.rsplit('/').next().unwrap_or(namespace),
-            "kind": "group",
-            "full_path": namespace,
-            "avatar_url": null,
-            "web_url": format!("{ext}/groups/{namespace}"),
-        },
+        "last_activity_at": iso(last_activity_ms(world, p, now)),
+        "namespace": namespace_json(world, p, ext),
+    })
+}
+
+/// `GET /projects/:id` and list entries (`Entities::Project`), the fields a reporter-level token
+/// sees, abridged.
+pub fn project_json(world: &World, p: &ProjectDef, now: Ms, ext: &str) -> Value {
+    let mut v = basic_project_json(world, p, now, ext);
+    let more = json!({
         "archived": p.archived,
         "visibility": "private",
         "empty_repo": false,
         "jobs_enabled": true,
         "builds_access_level": "enabled",
         "ci_config_path": null,
-    })
+    });
+    if let (Value::Object(v), Value::Object(more)) = (&mut v, more) {
+        v.extend(more);
+    }
+    v
+}
+
+/// `Entities::ProjectWithAccess` (`GET /projects`): the project plus the user's access, Reporter
+/// on member projects.
+pub fn project_with_access_json(world: &World, p: &ProjectDef, now: Ms, ext: &str) -> Value {
+    let mut v = project_json(world, p, now, ext);
+    let access = p
+        .member
+        .then(|| json!({"access_level": 20, "notification_level": 3}));
+    v["permissions"] = json!({"project_access": access, "group_access": null});
+    v
 }

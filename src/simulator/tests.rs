@@ -156,8 +156,8 @@ async fn keyset_pages_chain_through_link_and_cover_every_job_once() {
     ] {
         let jobs = all_pages(&h, &format!("/api/v4/projects/{project}/jobs?{query}")).await;
         let ids: Vec<u64> = jobs.iter().map(|j| j["id"].as_u64().unwrap_or(0)).collect();
-        let visible = sim
-            .world()
+        let world = sim.world();
+        let visible = world
             .project_jobs(project)
             .rev()
             .filter(|j| j.visible_at(now));
@@ -221,7 +221,8 @@ async fn scope_filters_and_unknown_status_matches_none() {
     let scoped = get(&h, &url(&every)).await.ids();
     assert!(!scoped.contains(&1005), "unknown status matches no scope");
     assert_eq!(scoped.len(), 7);
-    let unknown = sim.world().job(1005).and_then(|j| j.status_at(now));
+    let world = sim.world();
+    let unknown = world.job(1005).and_then(|j| j.status_at(now));
     assert_eq!(unknown, Some("waiting_for_approval"));
     let stats = sim.requests();
     assert_eq!((stats.jobs, stats.jobs_scoped), (1, 3));
@@ -303,7 +304,7 @@ async fn error_answers() {
         ("42/jobs/1010", 404, no_job),
         ("42/jobs/abc", 400, r#"{"error":"job_id is invalid"}"#),
         ("42/pipelines", 404, no_route),
-        ("../groups/1/projects", 404, no_route),
+        ("../groups/1/issues", 404, no_route),
     ];
     for (path, status, body) in cases {
         let got = get(&h, &format!("/api/v4/projects/{path}")).await;
@@ -736,5 +737,368 @@ async fn each_fault_answers_once_then_normal_service_resumes() {
     );
     sim.reset_requests();
     assert_eq!((sim.requests().total, sim.request_log().len()), (0, 0));
+    h.shutdown().await;
+}
+
+/// Projects in nested groups: `acme` (10_000_000) holds 1 and 2, `acme/platform` (10_000_001)
+/// holds 3, `acme/platform/infra` (10_000_002) holds 4, `other` (10_000_003) holds 5. Project 1
+/// has one job.
+fn discovery_world() -> World {
+    let projects = [
+        (1, "acme/api"),
+        (2, "acme/web"),
+        (3, "acme/platform/db"),
+        (4, "acme/platform/infra/tf"),
+        (5, "other/tool"),
+    ];
+    let projects = projects.map(|(id, path)| ProjectDef::new(id, path));
+    let job = JobPlan::new(2001, 1, 900, "build", "build", &[(T0, "created")]);
+    World::new(projects.to_vec(), vec![job]).expect("valid discovery world")
+}
+
+const ACME: u64 = GROUP_ID_BASE;
+
+#[test]
+fn groups_come_from_project_paths_with_stable_ids() {
+    let world = discovery_world();
+    let groups: Vec<(u64, &str, Option<u64>)> = (world.groups().iter())
+        .map(|g| (g.id, g.full_path.as_str(), g.parent_id))
+        .collect();
+    let want = [
+        (ACME, "acme", None),
+        (ACME + 1, "acme/platform", Some(ACME)),
+        (ACME + 2, "acme/platform/infra", Some(ACME + 1)),
+        (ACME + 3, "other", None),
+    ];
+    assert_eq!(groups, want);
+    assert_eq!(
+        world.find_group("ACME/Platform").map(|g| g.id),
+        Some(ACME + 1)
+    );
+    assert_eq!(
+        world.find_group("10000002").map(|g| g.path()),
+        Some("infra")
+    );
+    assert!(
+        world.find_group("acme/api").is_none(),
+        "a project is no group"
+    );
+    // Project ids at or above the base push group ids above them.
+    let world = World::new(vec![ProjectDef::new(GROUP_ID_BASE + 5, "g/p")], vec![]);
+    let world = world.expect("valid world");
+    assert_eq!(world.groups()[0].id, GROUP_ID_BASE + 6);
+}
+
+#[tokio::test]
+async fn group_projects_filter_by_subgroups_archived_and_path() {
+    let (sim, h) = start(discovery_world(), T0 + 60 * S).await;
+    let ids = |g: &Got| {
+        assert_eq!(g.status, 200, "{}", g.body);
+        g.ids()
+    };
+    let list = |q: &str| format!("/api/v4/groups/{q}");
+    assert_eq!(ids(&get(&h, &list("acme/projects")).await), vec![2, 1]);
+    let got = get(&h, &list("acme/projects?include_subgroups=true")).await;
+    assert_eq!(ids(&got), vec![4, 3, 2, 1]);
+    let got = get(&h, &list(&format!("{}/projects", ACME + 1))).await;
+    assert_eq!(ids(&got), vec![3]);
+    let got = get(&h, &list("acme%2Fplatform/projects?include_subgroups=1")).await;
+    assert_eq!(ids(&got), vec![4, 3]);
+    let got = get(
+        &h,
+        &list("acme/projects?order_by=id&sort=asc&with_shared=false"),
+    )
+    .await;
+    assert_eq!(ids(&got), vec![1, 2]);
+
+    sim.set_archived(2, true).expect("project 2 exists");
+    let q = "acme/projects?include_subgroups=true&archived";
+    assert_eq!(
+        ids(&get(&h, &list(&format!("{q}=false"))).await),
+        vec![4, 3, 1]
+    );
+    assert_eq!(ids(&get(&h, &list(&format!("{q}=true"))).await), vec![2]);
+    let got = get(&h, &list("acme/projects")).await;
+    assert_eq!(ids(&got), vec![2, 1], "no archived param: all");
+    assert_eq!(got.json()[0]["archived"], true);
+
+    // The list entity matches `GET /projects/:id`; `simple` is BasicProjectDetails.
+    let one = get(&h, "/api/v4/projects/3").await.json();
+    let listed = get(&h, &list("acme%2Fplatform/projects")).await.json();
+    assert_eq!(listed[0], one);
+    let ns = &one["namespace"];
+    assert_eq!(
+        (&ns["id"], &ns["full_path"], &ns["parent_id"], &ns["kind"]),
+        (
+            &(ACME + 1).into(),
+            &"acme/platform".into(),
+            &ACME.into(),
+            &"group".into()
+        )
+    );
+    assert_eq!(ns["web_url"], format!("{EXT}/groups/acme/platform"));
+    let simple = get(&h, &list("acme/projects?simple=true")).await.json();
+    assert!(simple[0].get("archived").is_none() && simple[0].get("visibility").is_none());
+    assert_eq!(simple[0]["path_with_namespace"], "acme/web");
+
+    let no_group = r#"{"message":"404 Group Not Found"}"#;
+    for q in [
+        "nope/projects",
+        "acme%2Fapi/projects",
+        "10000004/projects",
+        "1/projects",
+    ] {
+        let got = get(&h, &list(q)).await;
+        assert_eq!((got.status, got.body.as_str()), (404, no_group), "{q}");
+    }
+    let got = get(&h, &list("acme/projects?archived=maybe")).await;
+    assert_eq!(
+        (got.status, got.body.as_str()),
+        (400, r#"{"error":"archived is invalid"}"#)
+    );
+    let got = get(&h, &list("acme/projects?order_by=size")).await;
+    let body = r#"{"error":"order_by does not have a valid value"}"#;
+    assert_eq!((got.status, got.body.as_str()), (400, body));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn group_projects_offset_headers_and_links() {
+    let (sim, h) = start(discovery_world(), T0).await;
+    sim.set_external_url("https://gl.example.org:8443");
+    let ext = "https://gl.example.org:8443";
+    let path = "/api/v4/groups/acme/projects";
+    let names = [
+        "x-page",
+        "x-per-page",
+        "x-next-page",
+        "x-prev-page",
+        "x-total",
+        "x-total-pages",
+    ];
+    let hdr = |g: &Got| {
+        names
+            .map(|n| g.header(n).unwrap_or("-").to_owned())
+            .join(",")
+    };
+    let link = |page: u32, rel: &str| {
+        format!(
+            "<{ext}{path}?id=acme&include_ancestor_groups=false&include_subgroups=true\
+             &order_by=created_at&owned=false&page={page}&per_page=3&simple=false&sort=desc\
+             &starred=false&with_issues_enabled=false&with_merge_requests_enabled=false\
+             &with_shared=true>; rel=\"{rel}\""
+        )
+    };
+    let query = "include_subgroups=true&per_page=3";
+    let got = get(&h, &format!("{path}?{query}")).await;
+    assert_eq!(got.ids(), vec![4, 3, 2]);
+    assert_eq!(hdr(&got), "1,3,2,,4,2");
+    let want = [link(2, "next"), link(1, "first"), link(2, "last")].join(", ");
+    assert_eq!(got.header("link"), Some(want.as_str()));
+    let got = get(&h, &format!("{path}?{query}&page=2")).await;
+    assert_eq!(got.ids(), vec![1]);
+    assert_eq!(hdr(&got), "2,3,,1,4,2");
+    let want = [link(1, "prev"), link(1, "first"), link(2, "last")].join(", ");
+    assert_eq!(got.header("link"), Some(want.as_str()));
+    // Past the end: empty, and Kaminari calls it out of range, so no prev page either.
+    let got = get(&h, &format!("{path}?{query}&page=3")).await;
+    assert_eq!((got.ids(), hdr(&got)), (vec![], "3,3,,,4,2".to_owned()));
+    // An empty group still has one page.
+    let got = get(
+        &h,
+        "/api/v4/groups/acme%2Fplatform%2Finfra/projects?archived=true",
+    )
+    .await;
+    assert_eq!((got.ids(), hdr(&got)), (vec![], "1,20,,,0,1".to_owned()));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn more_than_ten_thousand_results_are_not_counted() {
+    let projects = (1..=10_000).map(|i| ProjectDef::new(i, &format!("big/p{i}")));
+    let world = World::new(projects.collect(), vec![]).expect("valid world");
+    let (sim, h) = start(world, T0).await;
+    let path = "/api/v4/groups/big/projects?per_page=100&page=100";
+    let got = get(&h, path).await;
+    assert_eq!(
+        (got.header("x-total"), got.header("x-total-pages")),
+        (Some("10000"), Some("100"))
+    );
+    assert!(
+        got.header("link")
+            .is_some_and(|l| l.contains("rel=\"last\""))
+    );
+    sim.add_project(ProjectDef::new(10_001, "big/p10001"))
+        .expect("new project");
+    let got = get(&h, path).await;
+    assert_eq!(
+        (got.header("x-total"), got.header("x-total-pages")),
+        (None, None)
+    );
+    assert_eq!(got.header("x-next-page"), Some("101"));
+    assert!(
+        got.header("link")
+            .is_some_and(|l| !l.contains("rel=\"last\""))
+    );
+    assert_eq!(got.ids().last(), Some(&2));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn membership_keyset_pages_end_with_an_empty_page() {
+    let (sim, h) = start(discovery_world(), T0).await;
+    sim.set_member(3, false).expect("project 3 exists");
+    let first =
+        "/api/v4/projects?membership=true&order_by=id&pagination=keyset&per_page=2&simple=true";
+    let mut pages = Vec::new();
+    let mut next = Some(first.to_owned());
+    while let Some(path) = next {
+        let got = get(&h, &path).await;
+        assert_eq!(got.status, 200, "{path}: {}", got.body);
+        for name in ["x-page", "x-next-page", "x-total"] {
+            assert!(got.header(name).is_none(), "{name}");
+        }
+        pages.push(got.ids());
+        next = got.next(EXT);
+        assert!(pages.len() < 10, "no end");
+    }
+    // GitLab's Pager links on from any non-empty page, so the last page fetched is empty.
+    assert_eq!(pages, vec![vec![5, 4], vec![2, 1], vec![]]);
+    let got = get(&h, first).await;
+    let want = format!(
+        "<{EXT}/api/v4/projects?id_before=4&imported=false&membership=true&order_by=id&owned=false\
+         &page=1&pagination=keyset&per_page=2&simple=true&sort=desc&starred=false&statistics=false\
+         &with_issues_enabled=false&with_merge_requests_enabled=false>; rel=\"next\""
+    );
+    assert_eq!(got.header("link"), Some(want.as_str()));
+    // Ascending pages continue with id_after; a short page still links on.
+    let got = get(
+        &h,
+        "/api/v4/projects?order_by=id&sort=asc&pagination=keyset&per_page=3",
+    )
+    .await;
+    assert_eq!(
+        got.ids(),
+        vec![1, 2, 3],
+        "without membership every project is listed"
+    );
+    let next = got.next(EXT).expect("next");
+    assert!(next.contains("id_after=3"), "{next}");
+    let got = get(&h, &next).await;
+    assert_eq!(got.ids(), vec![4, 5]);
+    assert!(got.next(EXT).is_some_and(|n| n.contains("id_after=5")));
+    assert_eq!(
+        got.json()[0]["permissions"]["project_access"]["access_level"],
+        20
+    );
+
+    let no_keyset =
+        r#"{"error":"Keyset pagination is not yet available for this type of request"}"#;
+    for q in ["pagination=keyset", "pagination=keyset&order_by=name"] {
+        let got = get(&h, &format!("/api/v4/projects?{q}")).await;
+        assert_eq!((got.status, got.body.as_str()), (405, no_keyset), "{q}");
+    }
+    // Offset pagination counts, and refuses deep offsets.
+    let got = get(
+        &h,
+        "/api/v4/projects?membership=true&archived=false&per_page=3",
+    )
+    .await;
+    assert_eq!(got.ids(), vec![5, 4, 2]);
+    assert_eq!(
+        (got.header("x-total"), got.header("x-next-page")),
+        (Some("4"), Some("2"))
+    );
+    let got = get(&h, "/api/v4/projects?page=501&per_page=100").await;
+    assert_eq!(got.status, 405);
+    assert!(
+        got.body.contains("maximum allowed offset of 50000"),
+        "{}",
+        got.body
+    );
+    let stats = sim.requests();
+    assert_eq!(
+        (stats.projects_list, stats.group_projects),
+        (stats.total, 0)
+    );
+    let log = sim.request_log();
+    assert!(log.iter().all(|r| r.endpoint == Endpoint::ProjectsList));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn projects_change_at_runtime() {
+    let (sim, h) = start(discovery_world(), T0 + 60 * S).await;
+    assert_eq!(get(&h, "/api/v4/projects/1/jobs").await.ids(), vec![2001]);
+    let removed = sim.remove_project(1).expect("project 1 exists");
+    assert_eq!(removed.path_with_namespace, "acme/api");
+    let no_project = r#"{"message":"404 Project Not Found"}"#;
+    for path in ["1", "1/jobs", "1/jobs/2001", "acme%2Fapi"] {
+        let got = get(&h, &format!("/api/v4/projects/{path}")).await;
+        assert_eq!((got.status, got.body.as_str()), (404, no_project), "{path}");
+    }
+    assert_eq!(get(&h, "/api/v4/groups/acme/projects").await.ids(), vec![2]);
+    assert_eq!(get(&h, "/api/v4/projects").await.ids(), vec![5, 4, 3, 2]);
+    assert_eq!(
+        sim.ground_truth(0).total_active(),
+        0,
+        "its jobs went with it"
+    );
+    assert_eq!(sim.remove_project(1), Err(WorldError::NoSuchProject(1)));
+
+    let new = ProjectDef::new(6, "fresh/team/svc");
+    sim.add_project(new.clone()).expect("new project");
+    assert_eq!(sim.add_project(new), Err(WorldError::DuplicateProject(6)));
+    let dup = ProjectDef::new(7, "Fresh/team/SVC");
+    assert!(matches!(
+        sim.add_project(dup),
+        Err(WorldError::DuplicatePath(_))
+    ));
+    let group = ProjectDef::new(ACME, "x/y");
+    assert_eq!(sim.add_project(group), Err(WorldError::GroupIdTaken(ACME)));
+    // New namespaces get the next ids; the old ones keep theirs.
+    let world = sim.world();
+    let fresh: Vec<(u64, &str)> = (world.groups().iter().skip(4))
+        .map(|g| (g.id, g.full_path.as_str()))
+        .collect();
+    assert_eq!(fresh, vec![(ACME + 4, "fresh"), (ACME + 5, "fresh/team")]);
+    assert_eq!(world.find_group("other").map(|g| g.id), Some(ACME + 3));
+    let got = get(&h, "/api/v4/projects/fresh%2Fteam%2Fsvc").await;
+    assert_eq!(
+        (got.status, &got.json()["namespace"]["id"]),
+        (200, &(ACME + 5).into())
+    );
+    let got = get(&h, "/api/v4/projects/6/jobs?pagination=keyset").await;
+    assert_eq!((got.status, got.ids()), (200, vec![]));
+    let got = get(&h, "/api/v4/groups/fresh/projects?include_subgroups=true").await;
+    assert_eq!(got.ids(), vec![6]);
+    assert_eq!(get(&h, "/api/v4/projects?per_page=1").await.ids(), vec![6]);
+
+    // Jobs can follow, if they continue the instance-wide id sequence.
+    let job = |id, at: Ms| JobPlan::new(id, 6, 901, "test", "test", &[(T0 + at * S, "pending")]);
+    sim.add_jobs(vec![job(2003, 30)]).expect("next job id");
+    assert_eq!(
+        sim.add_jobs(vec![job(2003, 30)]),
+        Err(WorldError::DuplicateJob(2003))
+    );
+    assert_eq!(
+        sim.add_jobs(vec![job(2004, 10)]),
+        Err(WorldError::IdOrder(2004))
+    );
+    assert_eq!(get(&h, "/api/v4/projects/6/jobs").await.ids(), vec![2003]);
+
+    sim.set_archived(6, true).expect("project 6 exists");
+    let got = get(&h, "/api/v4/projects/6").await;
+    assert_eq!(got.json()["archived"], true);
+    assert_eq!(
+        get(&h, "/api/v4/projects?archived=false").await.ids(),
+        vec![5, 4, 3, 2]
+    );
+    assert_eq!(
+        sim.set_member(99, false),
+        Err(WorldError::NoSuchProject(99))
+    );
+    let stats = sim.requests();
+    assert_eq!((stats.group_projects, stats.projects_list), (2, 3));
     h.shutdown().await;
 }

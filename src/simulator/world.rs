@@ -3,7 +3,7 @@
 //! Everything a job shows at time `t` (status, `started_at`, `duration`, …) is derived from its
 //! timeline, so one immutable `World` answers consistently for any clock value.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 /// Milliseconds since the Unix epoch.
 pub type Ms = i64;
@@ -44,6 +44,8 @@ pub struct ProjectDef {
     pub path_with_namespace: String,
     pub default_branch: String,
     pub archived: bool,
+    /// Whether the token's user is a member (what `GET /projects?membership=true` lists).
+    pub member: bool,
 }
 
 impl ProjectDef {
@@ -53,7 +55,36 @@ impl ProjectDef {
             path_with_namespace: path_with_namespace.to_owned(),
             default_branch: "main".to_owned(),
             archived: false,
+            member: true,
         }
+    }
+
+    /// The full path of the group the project sits in directly (`""` for none).
+    pub fn namespace(&self) -> &str {
+        self.path_with_namespace
+            .rsplit_once('/')
+            .map_or("", |(ns, _)| ns)
+    }
+}
+
+/// The first group id when every project id is below it; group ids are then
+/// `GROUP_ID_BASE, GROUP_ID_BASE + 1, …` in sorted-path order.
+pub const GROUP_ID_BASE: u64 = 10_000_000;
+
+/// A group, derived from the namespaces of project paths: `a/b/c` makes groups `a` and `a/b`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDef {
+    pub id: u64,
+    pub full_path: String,
+    pub parent_id: Option<u64>,
+}
+
+impl GroupDef {
+    /// The last path segment (GitLab's `path`; the simulator uses it as `name` too).
+    pub fn path(&self) -> &str {
+        self.full_path
+            .rsplit_once('/')
+            .map_or(self.full_path.as_str(), |(_, last)| last)
     }
 }
 
@@ -231,6 +262,31 @@ pub enum WorldError {
     IdOrder(u64),
     #[error("job {0}: {1}")]
     Timeline(u64, &'static str),
+    #[error("no project with id {0}")]
+    NoSuchProject(u64),
+    #[error("duplicate project path {0}")]
+    DuplicatePath(String),
+    #[error("project id {0} is already a group id")]
+    GroupIdTaken(u64),
+}
+
+/// The checks of [`World::new`] on jobs sorted by id.
+fn check_jobs(project_ids: &[u64], jobs: &[JobPlan]) -> Result<(), WorldError> {
+    for (i, job) in jobs.iter().enumerate() {
+        if project_ids.binary_search(&job.project_id).is_err() {
+            return Err(WorldError::UnknownProject(job.id, job.project_id));
+        }
+        job.check().map_err(|e| WorldError::Timeline(job.id, e))?;
+        if let Some(prev) = i.checked_sub(1).map(|p| &jobs[p]) {
+            if prev.id == job.id {
+                return Err(WorldError::DuplicateJob(job.id));
+            }
+            if prev.created_at_ms > job.created_at_ms {
+                return Err(WorldError::IdOrder(job.id));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -242,6 +298,9 @@ pub struct World {
     project_by_path: HashMap<String, usize>,
     by_project: HashMap<u64, Vec<usize>>,
     by_pipeline: HashMap<u64, Vec<usize>>,
+    /// Ascending id; only ever grows, so a group keeps its id for the world's lifetime.
+    groups: Vec<GroupDef>,
+    group_by_path: HashMap<String, usize>,
 }
 
 impl World {
@@ -254,48 +313,159 @@ impl World {
             return Err(WorldError::DuplicateProject(w[0]));
         }
         jobs.sort_by_key(|j| j.id);
-        for (i, job) in jobs.iter().enumerate() {
-            if ids.binary_search(&job.project_id).is_err() {
-                return Err(WorldError::UnknownProject(job.id, job.project_id));
-            }
-            job.check().map_err(|e| WorldError::Timeline(job.id, e))?;
-            if let Some(prev) = i.checked_sub(1).map(|p| &jobs[p]) {
-                if prev.id == job.id {
-                    return Err(WorldError::DuplicateJob(job.id));
-                }
-                if prev.created_at_ms > job.created_at_ms {
-                    return Err(WorldError::IdOrder(job.id));
-                }
-            }
-        }
+        check_jobs(&ids, &jobs)?;
         Ok(Self::from_valid(projects, jobs))
     }
 
     /// Builds the indexes; `jobs` must already satisfy the checks of [`World::new`].
     pub(crate) fn from_valid(projects: Vec<ProjectDef>, jobs: Vec<JobPlan>) -> Self {
         let mut world = Self {
-            project_idx: projects
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (p.id, i))
-                .collect(),
-            project_by_path: (projects.iter().enumerate())
-                .map(|(i, p)| (p.path_with_namespace.to_lowercase(), i))
-                .collect(),
+            project_idx: HashMap::new(),
+            project_by_path: HashMap::new(),
             projects,
             jobs,
             by_project: HashMap::new(),
             by_pipeline: HashMap::new(),
+            groups: Vec::new(),
+            group_by_path: HashMap::new(),
         };
-        for (i, job) in world.jobs.iter().enumerate() {
-            world.by_project.entry(job.project_id).or_default().push(i);
-            world
-                .by_pipeline
-                .entry(job.pipeline_id)
-                .or_default()
-                .push(i);
-        }
+        world.index_projects();
+        world.index_jobs();
         world
+    }
+
+    fn index_projects(&mut self) {
+        let projects = self.projects.iter().enumerate();
+        self.project_idx = projects.clone().map(|(i, p)| (p.id, i)).collect();
+        self.project_by_path = projects
+            .map(|(i, p)| (p.path_with_namespace.to_lowercase(), i))
+            .collect();
+        self.add_groups();
+    }
+
+    fn index_jobs(&mut self) {
+        self.by_project.clear();
+        self.by_pipeline.clear();
+        for (i, job) in self.jobs.iter().enumerate() {
+            self.by_project.entry(job.project_id).or_default().push(i);
+            self.by_pipeline.entry(job.pipeline_id).or_default().push(i);
+        }
+    }
+
+    /// Gives every namespace prefix of a project path that has no group yet a new group, with
+    /// ids counting up in sorted-path order (so a parent always comes before its subgroups).
+    fn add_groups(&mut self) {
+        let mut missing = BTreeSet::new();
+        for p in &self.projects {
+            let ns = p.namespace();
+            let prefixes = ns.match_indices('/').map(|(i, _)| &ns[..i]);
+            for prefix in prefixes.chain((!ns.is_empty()).then_some(ns)) {
+                if !self.group_by_path.contains_key(&prefix.to_lowercase()) {
+                    missing.insert(prefix.to_owned());
+                }
+            }
+        }
+        // Above every project id, so the two id spaces never meet.
+        let max_project = self.projects.iter().map(|p| p.id + 1).max().unwrap_or(0);
+        let first =
+            (self.groups.last().map(|g| g.id + 1)).unwrap_or(GROUP_ID_BASE.max(max_project));
+        for (id, full_path) in (first..).zip(missing) {
+            let parent_id = full_path
+                .rsplit_once('/')
+                .and_then(|(parent, _)| self.group_by_path.get(&parent.to_lowercase()))
+                .map(|&i| self.groups[i].id);
+            self.group_by_path
+                .insert(full_path.to_lowercase(), self.groups.len());
+            self.groups.push(GroupDef {
+                id,
+                full_path,
+                parent_id,
+            });
+        }
+    }
+
+    /// Every group, ascending id.
+    pub fn groups(&self) -> &[GroupDef] {
+        &self.groups
+    }
+
+    pub fn group(&self, id: u64) -> Option<&GroupDef> {
+        // Ids are consecutive from the first group's.
+        let first = self.groups.first()?.id;
+        let i = usize::try_from(id.checked_sub(first)?).ok()?;
+        self.groups.get(i)
+    }
+
+    /// Resolves the `:id` of `/groups/:id/…` (percent-decoded): digits are an id, anything else a
+    /// full path, matched case-insensitively.
+    pub fn find_group(&self, id_or_path: &str) -> Option<&GroupDef> {
+        if !id_or_path.is_empty() && id_or_path.bytes().all(|b| b.is_ascii_digit()) {
+            return id_or_path.parse().ok().and_then(|id| self.group(id));
+        }
+        let i = self.group_by_path.get(&id_or_path.to_lowercase())?;
+        Some(&self.groups[*i])
+    }
+
+    fn project_mut(&mut self, id: u64) -> Result<&mut ProjectDef, WorldError> {
+        let i = *self
+            .project_idx
+            .get(&id)
+            .ok_or(WorldError::NoSuchProject(id))?;
+        Ok(&mut self.projects[i])
+    }
+
+    pub fn set_archived(&mut self, project_id: u64, archived: bool) -> Result<(), WorldError> {
+        self.project_mut(project_id)?.archived = archived;
+        Ok(())
+    }
+
+    pub fn set_member(&mut self, project_id: u64, member: bool) -> Result<(), WorldError> {
+        self.project_mut(project_id)?.member = member;
+        Ok(())
+    }
+
+    /// Deletes a project and its jobs, as GitLab does; its groups stay.
+    pub fn remove_project(&mut self, project_id: u64) -> Result<ProjectDef, WorldError> {
+        let i = *self
+            .project_idx
+            .get(&project_id)
+            .ok_or(WorldError::NoSuchProject(project_id))?;
+        let removed = self.projects.remove(i);
+        self.jobs.retain(|j| j.project_id != project_id);
+        self.index_projects();
+        self.index_jobs();
+        Ok(removed)
+    }
+
+    /// Adds a project without jobs; groups for new namespaces get the next free ids.
+    pub fn add_project(&mut self, project: ProjectDef) -> Result<(), WorldError> {
+        if self.project_idx.contains_key(&project.id) {
+            return Err(WorldError::DuplicateProject(project.id));
+        }
+        if self.group(project.id).is_some() {
+            return Err(WorldError::GroupIdTaken(project.id));
+        }
+        let path = project.path_with_namespace.to_lowercase();
+        if self.project_by_path.contains_key(&path) {
+            return Err(WorldError::DuplicatePath(project.path_with_namespace));
+        }
+        self.projects.push(project);
+        self.index_projects();
+        Ok(())
+    }
+
+    /// Adds jobs of existing projects, with the checks of [`World::new`] on the whole history
+    /// (so new ids must be above the existing ones when created later).
+    pub fn add_jobs(&mut self, jobs: Vec<JobPlan>) -> Result<(), WorldError> {
+        let mut all = self.jobs.clone();
+        all.extend(jobs);
+        all.sort_by_key(|j| j.id);
+        let mut ids: Vec<u64> = self.projects.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        check_jobs(&ids, &all)?;
+        self.jobs = all;
+        self.index_jobs();
+        Ok(())
     }
 
     pub fn projects(&self) -> &[ProjectDef] {
