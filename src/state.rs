@@ -42,6 +42,10 @@ pub struct ProjectCheckpoint {
     pub completed_cycles: u64,
     #[serde(default)]
     pub default_branch: Option<String>,
+    /// [`crate::labels::LabelsConfig::fingerprint`] of the policy the series were written
+    /// under; checkpoints from before it was recorded used the default policy.
+    #[serde(default = "crate::labels::default_fingerprint")]
+    pub label_policy: String,
 }
 
 #[derive(Debug, Error)]
@@ -156,6 +160,7 @@ mod tests {
             stage: "test".into(),
             name: "rspec".into(),
             tag: false,
+            runner: None,
         };
         series.apply(
             &[
@@ -172,6 +177,7 @@ mod tests {
                 },
             ],
             &bounds,
+            &Default::default(),
             &mut crate::metrics::jobs::Room {
                 max: usize::MAX,
                 used: [0; 3],
@@ -206,6 +212,7 @@ mod tests {
                 series,
                 completed_cycles: 3,
                 default_branch: Some("main".into()),
+                label_policy: crate::labels::default_fingerprint(),
             },
         );
         Checkpoint {
