@@ -134,6 +134,8 @@ pub struct Pattern {
 impl Pattern {
     pub fn new(source: impl Into<String>) -> Result<Self, LabelsError> {
         let source = source.into();
+        // Compiled alone first, so that an error shows the pattern as the user wrote it.
+        Regex::new(&source)?;
         let anchored = Regex::new(&format!("^(?:{source})$"))?;
         Ok(Self { source, anchored })
     }
