@@ -149,7 +149,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new(&cfg.metrics, cfg.limits.max_series)?);
+    let metrics = Arc::new(Metrics::new(
+        &cfg.metrics,
+        cfg.limits.max_series,
+        &cfg.labels,
+    )?);
     let scheduler = Scheduler::new(&cfg, metrics.clone(), RetryPolicy::default())?;
     if let Some(dir) = &cfg.state.dir {
         // Restore before serving: /metrics never shows a counter lower than before the restart.

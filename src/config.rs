@@ -543,6 +543,11 @@ impl Config {
                 format!("must be below shard.count ({})", self.shard.count),
             ));
         }
+        for (i, rule) in self.labels.job_rewrites.iter().enumerate() {
+            rule.check_replacement().map_err(|e| {
+                ConfigError::invalid(format!("labels.job_rewrites[{i}].replace"), e.to_string())
+            })?;
+        }
         check_buckets("metrics.duration_buckets", &self.metrics.duration_buckets)?;
         check_buckets("metrics.queued_buckets", &self.metrics.queued_buckets)?;
         if self.projects.is_empty() && !self.discovery.enabled(&self.groups) {
@@ -771,6 +776,38 @@ mod tests {
                 format!("{GOOD}\n[[groups]]\nid = 3\ninclude_subgroups = \"maybe\""),
                 "groups[0].include_subgroups",
             ),
+            (
+                format!("{GOOD}\n[labels]\nrunner = \"host\""),
+                "labels.runner",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[labels]\njob_rewrites = [{{ match = 'ok', replace = 'x' }}, {{ match = 'rspec (', replace = 'rspec' }}]"
+                ),
+                "labels.job_rewrites[1].match",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[labels]\njob_rewrites = [{{ match = 'a(b)', replace = '$1_x' }}]"
+                ),
+                "labels.job_rewrites[0].replace",
+            ),
+            (
+                format!("{GOOD}\n[labels]\njob_rewrites = [{{ match = 'a', replacement = 'b' }}]"),
+                "labels.job_rewrites[0].replacement",
+            ),
+            (
+                format!("{GOOD}\n[labels]\ndrop = [\"ref\", \"status\"]"),
+                "labels.drop[1]",
+            ),
+            (
+                format!("{GOOD}\n[labels]\ndrop = [\"project\"]"),
+                "labels.drop[0]",
+            ),
+            (
+                format!("{GOOD}\n[labels]\ndrop = [\"branch\"]"),
+                "labels.drop[0]",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(&text).expect_err(key);
@@ -797,6 +834,47 @@ mod tests {
         let cfg = parse(&format!("{no_projects}\n[[groups]]\npath = \"platform\"")).unwrap();
         assert!(cfg.groups[0].include_subgroups, "subgroups by default");
         assert_eq!(cfg.groups[0].api_id(), "platform");
+    }
+
+    #[test]
+    fn label_policy_parses() {
+        let cfg = parse(&format!(
+            r#"{GOOD}
+            [labels]
+            runner = "type"
+            drop = ["ref", "failure_reason"]
+            [[labels.job_rewrites]]
+            match = 'rspec (\w+)'
+            replace = 'rspec-${{1}}'
+            [[labels.job_rewrites]]
+            match = 'deploy-.*'
+            replace = 'deploy'
+            "#
+        ))
+        .unwrap();
+        let l = &cfg.labels;
+        assert_eq!(l.runner, crate::labels::RunnerMode::Type);
+        assert_eq!(l.rewrite_job("rspec unit").as_deref(), Some("rspec-unit"));
+        assert_eq!(l.rewrite_job("deploy-eu").as_deref(), Some("deploy"));
+        assert!(!l.keeps("ref") && !l.keeps("failure_reason") && l.keeps("runner"));
+        // The effective configuration round-trips (what --check-config prints).
+        let text = cfg.to_redacted_toml();
+        assert!(
+            text.contains("drop = [") && text.contains("rspec (\\w+)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn undroppable_labels_are_named_in_the_error() {
+        let err = parse(&format!("{GOOD}\n[labels]\ndrop = [\"status\"]")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("labels.drop[0]") && msg.contains("status"),
+            "{msg}"
+        );
+        let err = parse(&format!("{GOOD}\n[labels]\ndrop = [\"host\"]")).unwrap_err();
+        assert!(err.to_string().contains("droppable: ref"), "{err}");
     }
 
     #[test]

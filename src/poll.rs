@@ -252,12 +252,21 @@ impl ProjectPoller {
             // The scheduler knows these.
             discovered: false,
             retired_at: None,
+            label_policy: self.labels.fingerprint(),
         }
     }
 
     /// Takes up where a checkpoint left off.
     pub fn restore(&mut self, cp: crate::state::ProjectCheckpoint, metrics: &Metrics) {
-        if let Some((_, path)) = &cp.resolved {
+        let policy = self.labels.fingerprint();
+        if let Some((_, path)) = &cp.resolved
+            && cp.label_policy != policy
+        {
+            // Series under another policy would mix label sets in one family. The tracker is
+            // kept, so no job is counted twice; the counters restart (a reset to Prometheus).
+            warn!(project = %path, saved = %cp.label_policy, configured = %policy,
+                "the label policy changed since the checkpoint; this project's job series restart from zero");
+        } else if let Some((_, path)) = &cp.resolved {
             let dropped = metrics.restore_project_series(path, cp.series);
             if dropped > 0 {
                 warn!(project = %path, dropped, "histogram buckets changed since the checkpoint; those histograms restart from zero");
@@ -719,4 +728,101 @@ fn page_time(page: &JobsPage) -> f64 {
     page.server_time
         .map(secs)
         .unwrap_or_else(|| secs(Utc::now()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MetricsConfig;
+    use crate::labels::{Droppable, LabelsConfig, RunnerMode};
+
+    fn poller(labels: &LabelsConfig) -> ProjectPoller {
+        ProjectPoller::new(
+            ProjectRef {
+                path: Some("g/p".into()),
+                id: None,
+            },
+            Duration::from_secs(3600),
+            labels.clone(),
+            (0, 1),
+        )
+    }
+
+    fn job() -> crate::gitlab::Job {
+        serde_json::from_value(serde_json::json!({
+            "id": 9, "status": "success", "stage": "test", "name": "rspec", "ref": "main",
+            "started_at": "2026-01-01T10:00:00.000Z", "finished_at": "2026-01-01T10:01:00.000Z",
+            "duration": 60.0, "queued_duration": 2.0,
+            "runner": {"id": 1, "description": "docker-1", "runner_type": "instance_type"},
+        }))
+        .unwrap()
+    }
+
+    /// A checkpoint of project g/p that counted `job()` under `labels`.
+    fn checkpoint(labels: &LabelsConfig) -> crate::state::ProjectCheckpoint {
+        let metrics = Metrics::new(&MetricsConfig::default(), usize::MAX, labels).unwrap();
+        let mut p = poller(labels);
+        p.resolved = Some((1, "g/p".into()));
+        let mut events = Vec::new();
+        p.tracker.observe(&job(), 0.0, &mut events);
+        p.tracker.complete_cycle(Some(9), Some(9));
+        labels.apply(&mut events, None);
+        metrics.apply("g/p", &events);
+        p.checkpoint(&metrics)
+    }
+
+    fn restored(
+        cp: crate::state::ProjectCheckpoint,
+        labels: &LabelsConfig,
+    ) -> (ProjectPoller, Metrics) {
+        let metrics = Metrics::new(&MetricsConfig::default(), usize::MAX, labels).unwrap();
+        let mut p = poller(labels);
+        p.restore(cp, &metrics);
+        (p, metrics)
+    }
+
+    #[test]
+    fn series_restored_under_another_label_policy_restart_but_jobs_stay_counted() {
+        let old = LabelsConfig::default();
+        let new = LabelsConfig {
+            runner: RunnerMode::Type,
+            drop: vec![Droppable::Ref],
+            ..Default::default()
+        };
+        let cp = checkpoint(&old);
+        assert_eq!(cp.series.total.len(), 1);
+
+        // Same policy: the series come back.
+        let (_, m) = restored(cp.clone(), &old);
+        assert_eq!(m.project_series("g/p"), cp.series);
+
+        // Another policy: no series, but the tracker still knows the job was counted.
+        let (mut p, m) = restored(cp.clone(), &new);
+        assert_eq!(m.project_series("g/p"), Default::default());
+        let mut events = Vec::new();
+        p.tracker.observe(&job(), 0.0, &mut events);
+        assert!(events.is_empty(), "counted twice: {events:?}");
+        // The next checkpoint records the new policy with only new-layout series.
+        let next = p.checkpoint(&m);
+        assert_eq!(next.label_policy, new.fingerprint());
+        let page = m.render().unwrap();
+        assert!(!page.contains("gitlab_ci_jobs_total{"), "{page}");
+    }
+
+    #[test]
+    fn checkpoints_without_a_policy_are_the_default_policy() {
+        let cp = checkpoint(&LabelsConfig::default());
+        let mut json = serde_json::to_value(&cp).unwrap();
+        json.as_object_mut().unwrap().remove("label_policy");
+        let old: crate::state::ProjectCheckpoint = serde_json::from_value(json).unwrap();
+        assert_eq!(old, cp);
+        let (_, m) = restored(old.clone(), &LabelsConfig::default());
+        assert_eq!(m.project_series("g/p"), cp.series);
+        let kind = LabelsConfig {
+            ref_: crate::labels::RefMode::Kind,
+            ..Default::default()
+        };
+        let (_, m) = restored(old, &kind);
+        assert_eq!(m.project_series("g/p"), Default::default());
+    }
 }

@@ -48,6 +48,10 @@ pub struct ProjectCheckpoint {
     /// When discovery stopped finding it (unix seconds); its series go after the grace period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired_at: Option<f64>,
+    /// [`crate::labels::LabelsConfig::fingerprint`] of the policy the series were written
+    /// under; checkpoints from before it was recorded used the default policy.
+    #[serde(default = "crate::labels::default_fingerprint")]
+    pub label_policy: String,
 }
 
 #[derive(Debug, Error)]
@@ -162,6 +166,7 @@ mod tests {
             stage: "test".into(),
             name: "rspec".into(),
             tag: false,
+            runner: None,
         };
         series.apply(
             &[
@@ -178,6 +183,7 @@ mod tests {
                 },
             ],
             &bounds,
+            &Default::default(),
             &mut crate::metrics::jobs::Room {
                 max: usize::MAX,
                 used: [0; 3],
@@ -214,6 +220,7 @@ mod tests {
                 default_branch: Some("main".into()),
                 discovered: true,
                 retired_at: Some(1_790_000_000.5),
+                label_policy: crate::labels::default_fingerprint(),
             },
         );
         Checkpoint {

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::gitlab::{Job, JobStatus};
+use crate::gitlab::{Job, JobRunner, JobStatus};
 
 /// How many handled ids above the floor are remembered (to recognise late-committed jobs that
 /// appear below the high-water mark). Older ones are folded into `floor`.
@@ -36,6 +36,9 @@ pub struct JobLabels {
     /// The ref is a tag (for `labels.ref = "kind"`).
     #[serde(default)]
     pub tag: bool,
+    /// For `labels.runner`: known once the job was seen started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<JobRunner>,
 }
 
 impl JobLabels {
@@ -45,6 +48,7 @@ impl JobLabels {
             stage: job.stage.clone(),
             name: job.name.clone(),
             tag: job.tag,
+            runner: job.runner.clone(),
         }
     }
 }
@@ -137,6 +141,10 @@ impl Tracker {
             self.touched.insert(p);
         }
         if let Some(f) = self.followed.get_mut(&id) {
+            // Labels are taken when a job is first seen, often before a runner picked it up.
+            if job.runner.is_some() && f.labels.runner != job.runner {
+                f.labels.runner = job.runner.clone();
+            }
             if job.has_started() && !f.started_seen {
                 f.started_seen = true;
                 if let Some(q) = job.queued_duration {
@@ -420,6 +428,29 @@ mod tests {
             matches!(&ev[1], Event::Completed { duration: Some(d), status: JobStatus::Success, .. } if *d == 9.0)
         );
         assert_eq!(t.followed_len(), 0);
+    }
+
+    #[test]
+    fn runner_seen_after_the_job_was_first_followed_labels_its_events() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        t.observe(&job(11, "pending"), 0.0, &mut ev);
+        let mut running = started(job(11, "running"), 2.0, 1.0);
+        let runner = crate::gitlab::JobRunner {
+            description: "docker-3".into(),
+            runner_type: "project_type".into(),
+        };
+        running.runner = Some(runner.clone());
+        t.observe(&running, 0.0, &mut ev);
+        // A later snapshot without the runner (a mangled one) does not erase it.
+        let mut done = finished(started(job(11, "success"), 2.0, 5.0));
+        done.runner = None;
+        t.observe(&done, 0.0, &mut ev);
+        assert_eq!(ev.len(), 2);
+        for e in &ev {
+            let (Event::Started { labels, .. } | Event::Completed { labels, .. }) = e;
+            assert_eq!(labels.runner.as_ref(), Some(&runner), "{e:?}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{Harness, assert_matches_truth, by_id, by_path};
@@ -251,6 +252,161 @@ async fn folded_labels_keep_every_count() {
         durations.values().map(|h| h.count).sum::<f64>(),
         truth.duration_count() as f64
     );
+    h.stop().await;
+}
+
+/// `labels.runner = "type"`, job rewrites and `labels.drop = ["ref"]`: the ref label is gone,
+/// every runner value is the one GitLab shows, and every folded sum equals the ground truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_rewrites_and_dropped_ref_keep_every_count() {
+    use gitlab_jobs_exporter::labels::{Droppable, JobRewrite, LabelsConfig, RunnerMode};
+    let policy = LabelsConfig {
+        runner: RunnerMode::Type,
+        job_rewrites: vec![
+            JobRewrite::new(r"rspec \d+/\d+", "rspec").expect("valid"),
+            // The first matching rule wins: production keeps a name of its own.
+            JobRewrite::new("deploy-production", "deploy-prod").expect("valid"),
+            JobRewrite::new(r"deploy-(\w+)", "deploy").expect("valid"),
+        ],
+        drop: vec![Droppable::Ref],
+        ..Default::default()
+    };
+    let p = policy.clone();
+    let mut h = Harness::start_with(
+        world(6),
+        T0 + 90 * MIN,
+        projects(),
+        Duration::from_secs(3600),
+        |cfg| cfg.labels = p,
+    )
+    .await;
+    h.poll().await;
+    for _ in 0..120 {
+        h.sim.advance(Duration::from_secs(60));
+        h.poll().await;
+    }
+    h.settle().await;
+    let scrape = h.scrape().await;
+    let truth = h.truth();
+    type Key = Vec<String>;
+    fn fold<K>(
+        m: impl IntoIterator<Item = (K, f64)>,
+        key: impl Fn(&K) -> Key,
+    ) -> BTreeMap<Key, f64> {
+        let mut out = BTreeMap::new();
+        for (k, v) in m {
+            *out.entry(key(&k)).or_default() += v;
+        }
+        out.retain(|_, v| *v != 0.0);
+        out
+    }
+    let job = |name: &str| policy.rewrite_job(name).unwrap_or_else(|| name.to_string());
+    let get = |l: &common::Labels, n: &str| {
+        l.get(n)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {n} in {l:?}"))
+    };
+
+    // The counter: no ref label, a runner label on every series.
+    let totals = scrape.values("gitlab_ci_jobs_total");
+    assert!(!totals.is_empty());
+    for l in totals.keys() {
+        assert!(!l.contains_key("ref"), "{l:?}");
+        assert!(
+            ["", "instance_type", "group_type", "project_type"]
+                .contains(&get(l, "runner").as_str()),
+            "{l:?}"
+        );
+        assert!(
+            !get(l, "job").starts_with("rspec ") && get(l, "job") != "deploy-staging",
+            "{l:?}"
+        );
+    }
+    assert_eq!(totals.values().sum::<f64>(), truth.total_jobs() as f64);
+    // Per (project, stage, rewritten job, status, failure_reason): summed over refs and runners.
+    let got = fold(totals.clone(), |l| {
+        ["project", "stage", "job", "status", "failure_reason"]
+            .map(|n| get(l, n))
+            .to_vec()
+    });
+    let want = fold(truth.jobs_total.iter().map(|(k, n)| (k, *n as f64)), |k| {
+        vec![
+            k.project.clone(),
+            k.stage.clone(),
+            job(&k.job),
+            k.status.clone(),
+            k.failure_reason.clone(),
+        ]
+    });
+    assert_eq!(got, want);
+    // Per (project, runner type, status): the runner GitLab shows for each job.
+    let got = fold(totals.clone(), |l| {
+        ["project", "runner", "status"].map(|n| get(l, n)).to_vec()
+    });
+    let want = fold(
+        truth.jobs_by_runner.iter().map(|(k, n)| (k, *n as f64)),
+        |k| vec![k.project.clone(), k.runner_type.clone(), k.status.clone()],
+    );
+    assert_eq!(got, want);
+    for kind in ["", "instance_type", "group_type", "project_type"] {
+        assert!(
+            totals.keys().any(|l| l["runner"] == kind),
+            "some jobs with runner={kind:?}"
+        );
+    }
+    for status in ["success", "failed"] {
+        assert!(
+            totals
+                .keys()
+                .any(|l| l["status"] == status && !l["runner"].is_empty()),
+            "{status} jobs ran somewhere"
+        );
+    }
+    assert!(
+        totals
+            .iter()
+            .filter(|(l, _)| l["status"] == "skipped")
+            .all(|(l, _)| l["runner"].is_empty()),
+        "skipped jobs never had a runner"
+    );
+    assert!(
+        totals.keys().any(|l| l["job"] == "deploy-prod")
+            && totals.keys().any(|l| l["job"] == "deploy")
+    );
+
+    // The histograms: same labels, every observation kept.
+    let durations = scrape.histograms("gitlab_ci_job_duration_seconds");
+    let got = fold(durations.iter().map(|(l, h)| (l, h.count)), |l| {
+        assert!(!l.contains_key("ref") && l.contains_key("runner"), "{l:?}");
+        ["project", "stage", "job", "status"]
+            .map(|n| get(l, n))
+            .to_vec()
+    });
+    let want = fold(
+        truth.duration.iter().map(|(k, v)| (k, v.len() as f64)),
+        |k| {
+            vec![
+                k.project.clone(),
+                k.stage.clone(),
+                job(&k.job),
+                k.status.clone(),
+            ]
+        },
+    );
+    assert_eq!(got, want);
+    assert!(
+        durations.keys().all(|l| !l["runner"].is_empty()),
+        "a job that ran had a runner"
+    );
+    let queued = scrape.histograms("gitlab_ci_job_queued_duration_seconds");
+    let got = fold(queued.iter().map(|(l, h)| (l, h.count)), |l| {
+        assert!(!l.contains_key("ref") && l.contains_key("runner"), "{l:?}");
+        ["project", "stage", "job"].map(|n| get(l, n)).to_vec()
+    });
+    let want = fold(truth.queued.iter().map(|(k, v)| (k, v.len() as f64)), |k| {
+        vec![k.project.clone(), k.stage.clone(), job(&k.job)]
+    });
+    assert_eq!(got, want);
     h.stop().await;
 }
 

@@ -48,7 +48,8 @@ fn cpu_seconds() -> f64 {
 }
 
 fn render_figures(series: usize) -> (f64, usize) {
-    let m = Metrics::new(&MetricsConfig::default(), usize::MAX).expect("metrics");
+    let m =
+        Metrics::new(&MetricsConfig::default(), usize::MAX, &Default::default()).expect("metrics");
     let per_project = 100;
     let mut events = Vec::new();
     for p in 0..series.div_ceil(per_project) {
@@ -60,6 +61,7 @@ fn render_figures(series: usize) -> (f64, usize) {
                     stage: "test".into(),
                     name: format!("job-{}", j / 10),
                     tag: false,
+                    runner: None,
                 },
                 status: JobStatus::Success,
                 failure_reason: String::new(),

@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use crate::config::GitlabConfig;
 use crate::metrics::Metrics;
-pub use model::{Job, JobStatus, Project};
+pub use model::{Job, JobRunner, JobStatus, Project};
 
 /// Largest response body accepted; a jobs page of 100 is ~200 KiB, so this only stops runaways.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;

@@ -135,6 +135,33 @@ pub struct Job {
     /// Present only when the job failed.
     #[serde(default)]
     pub failure_reason: Option<String>,
+    /// The runner that picked the job up; `None` for a job that never ran.
+    #[serde(default, deserialize_with = "lenient_runner")]
+    pub runner: Option<JobRunner>,
+}
+
+/// The parts of a job's `runner` object that may label its metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobRunner {
+    pub description: String,
+    /// `instance_type`, `group_type` or `project_type`.
+    pub runner_type: String,
+}
+
+/// `runner`, if it is an object; a field of the wrong type reads as empty. Anything else
+/// (null, a string, a list) → `None`: a mangled runner must not make the job unreadable.
+fn lenient_runner<'de, D: Deserializer<'de>>(d: D) -> Result<Option<JobRunner>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    let field = |r: &serde_json::Value, k: &str| {
+        r.get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    Ok(v.filter(serde_json::Value::is_object).map(|r| JobRunner {
+        description: field(&r, "description"),
+        runner_type: field(&r, "runner_type"),
+    }))
 }
 
 impl Job {
@@ -238,6 +265,46 @@ mod tests {
         assert_eq!(jobs[0].ref_, "main");
         assert_eq!(jobs[0].pipeline_id, Some(6));
         assert!(jobs[0].has_started());
+        assert_eq!(
+            jobs[0].runner,
+            Some(JobRunner {
+                description: String::new(),
+                runner_type: "instance_type".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn runner_is_decoded_leniently() {
+        let body = br#"[
+            {"id": 6, "status": "success", "runner": {"id": 1, "description": "docker-1", "runner_type": "group_type"}},
+            {"id": 5, "status": "success", "runner": {"id": 2, "description": null, "runner_type": 7}},
+            {"id": 4, "status": "success", "runner": "docker-1"},
+            {"id": 3, "status": "success", "runner": [1, 2]},
+            {"id": 2, "status": "skipped", "runner": null},
+            {"id": 1, "status": "skipped"}
+        ]"#;
+        let (jobs, bad) = decode_jobs(body).unwrap();
+        assert_eq!(bad, 0);
+        let runners: Vec<_> = jobs
+            .iter()
+            .map(|j| {
+                j.runner
+                    .as_ref()
+                    .map(|r| (r.description.as_str(), r.runner_type.as_str()))
+            })
+            .collect();
+        assert_eq!(
+            runners,
+            vec![
+                Some(("docker-1", "group_type")),
+                Some(("", "")),
+                None,
+                None,
+                None,
+                None
+            ]
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use serde::{Deserialize, Serialize};
 
-use crate::tracker::Event;
+use crate::labels::{LabelsConfig, RunnerMode};
+use crate::tracker::{Event, JobLabels};
 
 pub const JOBS_TOTAL: &str = "gitlab_ci_jobs_total";
 pub const DURATION: &str = "gitlab_ci_job_duration_seconds";
@@ -34,17 +35,93 @@ impl Hist {
     }
 }
 
-/// One project's job series. Keys are label values in the order of the metric's labels
-/// after `project`: (ref, stage, job, status, failure_reason), (ref, stage, job, status),
-/// (ref, stage, job).
+/// One project's job series. Keys are label values in the order of [`Layout::names`] of the
+/// family (the labels after `project`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProjectSeries {
     #[serde(with = "pairs")]
-    pub total: BTreeMap<[String; 5], u64>,
+    pub total: BTreeMap<Vec<String>, u64>,
     #[serde(with = "pairs")]
-    pub duration: BTreeMap<[String; 4], Hist>,
+    pub duration: BTreeMap<Vec<String>, Hist>,
     #[serde(with = "pairs")]
-    pub queued: BTreeMap<[String; 3], Hist>,
+    pub queued: BTreeMap<Vec<String>, Hist>,
+}
+
+/// Every label a job family can have after `project`, in key order: counter, duration, queued.
+/// `labels.runner` and `labels.drop` select among them.
+const FULL: [&[&str]; 3] = [
+    &["ref", "stage", "job", "runner", "status", "failure_reason"],
+    &["ref", "stage", "job", "runner", "status"],
+    &["ref", "stage", "job", "runner"],
+];
+
+/// The labels (after `project`) of the three job families under a label policy, and how the
+/// runner label is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub names: [Vec<&'static str>; 3],
+    runner: RunnerMode,
+    /// Per family, the key positions that [`OVERFLOW`] is written to once the family is full:
+    /// `job`, or, with `job` dropped, every other label that varies by job (ref, stage, runner).
+    overflow: [Vec<usize>; 3],
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Self::new(&LabelsConfig::default())
+    }
+}
+
+impl Layout {
+    pub fn new(policy: &LabelsConfig) -> Self {
+        let names = FULL.map(|all| {
+            all.iter()
+                .copied()
+                .filter(|n| policy.keeps(n))
+                .collect::<Vec<_>>()
+        });
+        let overflow = names.clone().map(|names| {
+            let at = |wanted: &[&str]| -> Vec<usize> {
+                names
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| wanted.contains(n))
+                    .map(|(i, _)| i)
+                    .collect()
+            };
+            let job = at(&["job"]);
+            if job.is_empty() {
+                at(&["ref", "stage", "runner"])
+            } else {
+                job
+            }
+        });
+        Self {
+            names,
+            runner: policy.runner,
+            overflow,
+        }
+    }
+
+    /// The key of family `f` for a job's (already rewritten) labels.
+    fn key(&self, f: usize, labels: &JobLabels, status: &str, failure_reason: &str) -> Vec<String> {
+        self.names[f]
+            .iter()
+            .map(|n| {
+                match *n {
+                    "ref" => &labels.ref_,
+                    "stage" => &labels.stage,
+                    "job" => &labels.name,
+                    "runner" => self.runner.value(labels.runner.as_ref()),
+                    "status" => status,
+                    "failure_reason" => failure_reason,
+                    // FULL lists only the names above.
+                    _ => "",
+                }
+                .to_string()
+            })
+            .collect()
+    }
 }
 
 /// Maps with composite keys as lists of `[key, value]` pairs (JSON keys must be strings).
@@ -71,22 +148,14 @@ pub mod pairs {
 }
 
 impl ProjectSeries {
-    pub fn apply(&mut self, events: &[Event], bounds: &Bounds, room: &mut Room) {
+    pub fn apply(&mut self, events: &[Event], bounds: &Bounds, layout: &Layout, room: &mut Room) {
         for ev in events {
             match ev {
                 Event::Started {
                     labels,
                     queued_duration,
                 } => {
-                    let key = room.admit(
-                        2,
-                        &self.queued,
-                        [
-                            labels.ref_.clone(),
-                            labels.stage.clone(),
-                            labels.name.clone(),
-                        ],
-                    );
+                    let key = room.admit(2, &self.queued, layout.key(2, labels, "", ""), layout);
                     self.queued
                         .entry(key)
                         .or_default()
@@ -99,29 +168,12 @@ impl ProjectSeries {
                     duration,
                     ..
                 } => {
-                    let key = room.admit(
-                        0,
-                        &self.total,
-                        [
-                            labels.ref_.clone(),
-                            labels.stage.clone(),
-                            labels.name.clone(),
-                            status.as_str().to_string(),
-                            failure_reason.clone(),
-                        ],
-                    );
+                    let key = layout.key(0, labels, status.as_str(), failure_reason);
+                    let key = room.admit(0, &self.total, key, layout);
                     *self.total.entry(key).or_default() += 1;
                     if let Some(d) = duration {
-                        let key = room.admit(
-                            1,
-                            &self.duration,
-                            [
-                                labels.ref_.clone(),
-                                labels.stage.clone(),
-                                labels.name.clone(),
-                                status.as_str().to_string(),
-                            ],
-                        );
+                        let key = layout.key(1, labels, status.as_str(), "");
+                        let key = room.admit(1, &self.duration, key, layout);
                         self.duration
                             .entry(key)
                             .or_default()
@@ -133,14 +185,22 @@ impl ProjectSeries {
     }
 
     /// Drops histograms whose buckets do not fit `bounds` (the configuration changed since a
-    /// checkpoint): mixing bucket layouts would corrupt them. Returns how many were dropped.
-    pub fn drop_mismatched(&mut self, bounds: &Bounds) -> usize {
-        let before = self.duration.len() + self.queued.len();
+    /// checkpoint): mixing bucket layouts would corrupt them. Also drops series whose key does
+    /// not have the layout's label count (cannot happen under the same label policy, which the
+    /// caller checks; rendering such a key would mislabel it). Returns how many were dropped.
+    pub fn drop_mismatched(&mut self, bounds: &Bounds, layout: &Layout) -> usize {
+        let before = self.len();
+        let [t, d, q] = layout.names.clone().map(|n| n.len());
+        self.total.retain(|k, _| k.len() == t);
         self.duration
-            .retain(|_, h| h.buckets.len() == bounds.duration.len() + 1);
+            .retain(|k, h| k.len() == d && h.buckets.len() == bounds.duration.len() + 1);
         self.queued
-            .retain(|_, h| h.buckets.len() == bounds.queued.len() + 1);
-        before - self.duration.len() - self.queued.len()
+            .retain(|k, h| k.len() == q && h.buckets.len() == bounds.queued.len() + 1);
+        before - self.len()
+    }
+
+    fn len(&self) -> usize {
+        self.total.len() + self.duration.len() + self.queued.len()
     }
 }
 
@@ -158,18 +218,24 @@ pub struct Room {
 
 impl Room {
     /// The key to record under: `key` itself, or, once family `f` is full and `key` is new,
-    /// the same key with the job label (index 2) set to [`OVERFLOW`].
-    fn admit<const N: usize, V>(
+    /// the same key with the layout's overflow labels (normally `job`) set to [`OVERFLOW`].
+    fn admit<V>(
         &mut self,
         f: usize,
-        map: &BTreeMap<[String; N], V>,
-        mut key: [String; N],
-    ) -> [String; N] {
+        map: &BTreeMap<Vec<String>, V>,
+        mut key: Vec<String>,
+        layout: &Layout,
+    ) -> Vec<String> {
         if map.contains_key(&key) {
             return key;
         }
-        if self.used[f] >= self.max {
-            key[2] = OVERFLOW.to_string();
+        // With nothing left to fold (only status and failure reason), the series are few anyway.
+        if self.used[f] >= self.max && !layout.overflow[f].is_empty() {
+            for &i in &layout.overflow[f] {
+                if let Some(v) = key.get_mut(i) {
+                    *v = OVERFLOW.to_string();
+                }
+            }
             self.folded = true;
         }
         if !map.contains_key(&key) {
@@ -233,6 +299,7 @@ fn histogram(h: &Hist, bounds: &[f64]) -> proto::Histogram {
 pub fn families<'a>(
     projects: impl Iterator<Item = (&'a String, &'a ProjectSeries)> + Clone,
     bounds: &Bounds,
+    layout: &Layout,
 ) -> Vec<MetricFamily> {
     let mut total = family(
         JOBS_TOTAL,
@@ -252,24 +319,19 @@ pub fn families<'a>(
     let (mut t, mut d, mut q) = (Vec::new(), Vec::new(), Vec::new());
     for (project, series) in projects {
         for (key, n) in &series.total {
-            let mut m = proto::Metric::from_label(labels(
-                project,
-                &["ref", "stage", "job", "status", "failure_reason"],
-                key,
-            ));
+            let mut m = proto::Metric::from_label(labels(project, &layout.names[0], key));
             let mut c = proto::Counter::default();
             c.set_value(*n as f64);
             m.set_counter(c);
             t.push(m);
         }
         for (key, h) in &series.duration {
-            let mut m =
-                proto::Metric::from_label(labels(project, &["ref", "stage", "job", "status"], key));
+            let mut m = proto::Metric::from_label(labels(project, &layout.names[1], key));
             m.set_histogram(histogram(h, &bounds.duration));
             d.push(m);
         }
         for (key, h) in &series.queued {
-            let mut m = proto::Metric::from_label(labels(project, &["ref", "stage", "job"], key));
+            let mut m = proto::Metric::from_label(labels(project, &layout.names[2], key));
             m.set_histogram(histogram(h, &bounds.queued));
             q.push(m);
         }
@@ -304,5 +366,143 @@ mod tests {
             .map(|b| b.cumulative_count())
             .collect();
         assert_eq!(cumulative, vec![2, 4]);
+    }
+
+    use crate::gitlab::{JobRunner, JobStatus};
+    use crate::labels::{Droppable, RunnerMode};
+
+    fn completed(ref_: &str, name: &str, runner: Option<&str>, status: JobStatus) -> Event {
+        Event::Completed {
+            labels: JobLabels {
+                ref_: ref_.into(),
+                stage: "test".into(),
+                name: name.into(),
+                tag: false,
+                runner: runner.map(|t| JobRunner {
+                    description: format!("{t}-runner"),
+                    runner_type: t.into(),
+                }),
+            },
+            failure_reason: if status == JobStatus::Failed {
+                "script_failure".into()
+            } else {
+                String::new()
+            },
+            duration: runner.map(|_| 5.0),
+            status,
+            finished_at: None,
+        }
+    }
+
+    fn events() -> Vec<Event> {
+        let mut ev = Vec::new();
+        for (i, r) in ["main", "feature", "refs/merge-requests/1/head"]
+            .iter()
+            .enumerate()
+        {
+            for name in ["lint", "rspec"] {
+                ev.push(completed(
+                    r,
+                    name,
+                    Some("instance_type"),
+                    JobStatus::Success,
+                ));
+                ev.push(completed(r, name, Some("group_type"), JobStatus::Failed));
+                if i == 0 {
+                    ev.push(completed(r, name, None, JobStatus::Skipped));
+                }
+            }
+        }
+        ev
+    }
+
+    fn series(policy: &LabelsConfig, max: usize) -> (ProjectSeries, Layout, bool) {
+        let layout = Layout::new(policy);
+        let bounds = Bounds {
+            duration: vec![10.0],
+            queued: vec![10.0],
+        };
+        let mut room = Room {
+            max,
+            used: [0; 3],
+            folded: false,
+        };
+        let mut s = ProjectSeries::default();
+        s.apply(&events(), &bounds, &layout, &mut room);
+        (s, layout, room.folded)
+    }
+
+    #[test]
+    fn dropped_labels_vanish_and_their_series_fold_with_every_count() {
+        let (full, ..) = series(&LabelsConfig::default(), usize::MAX);
+        let policy = LabelsConfig {
+            runner: RunnerMode::Type,
+            drop: vec![Droppable::Ref, Droppable::FailureReason],
+            ..Default::default()
+        };
+        let (folded, layout, _) = series(&policy, usize::MAX);
+        assert_eq!(layout.names[0], ["stage", "job", "runner", "status"]);
+        assert_eq!(layout.names[1], ["stage", "job", "runner", "status"]);
+        assert_eq!(layout.names[2], ["stage", "job", "runner"]);
+        assert_eq!(
+            folded.total.values().sum::<u64>(),
+            full.total.values().sum::<u64>()
+        );
+        assert_eq!(folded.total.values().sum::<u64>(), 14);
+        assert!(folded.total.len() < full.total.len());
+        let count = |s: &ProjectSeries| s.duration.values().map(|h| h.count).sum::<u64>();
+        assert_eq!(count(&folded), count(&full));
+        // A job without a runner has runner="".
+        let skipped = vec![
+            "test".to_string(),
+            "lint".into(),
+            String::new(),
+            "skipped".into(),
+        ];
+        assert_eq!(folded.total.get(&skipped), Some(&1));
+        let fams = families(
+            std::iter::once((&"g/p".to_string(), &folded)),
+            &Bounds {
+                duration: vec![10.0],
+                queued: vec![10.0],
+            },
+            &layout,
+        );
+        for m in fams[0].get_metric() {
+            let names: Vec<&str> = m.get_label().iter().map(|l| l.name()).collect();
+            assert_eq!(names, ["job", "project", "runner", "stage", "status"]);
+        }
+    }
+
+    #[test]
+    fn overflow_with_job_dropped_folds_the_other_varying_labels() {
+        let policy = LabelsConfig {
+            runner: RunnerMode::Description,
+            drop: vec![Droppable::Job],
+            ..Default::default()
+        };
+        let (s, layout, folded) = series(&policy, 2);
+        assert!(folded);
+        assert_eq!(
+            layout.names[0],
+            ["ref", "stage", "runner", "status", "failure_reason"]
+        );
+        assert_eq!(s.total.values().sum::<u64>(), 14, "no count lost");
+        let other: u64 = s
+            .total
+            .iter()
+            .filter(|(k, _)| k[0] == OVERFLOW && k[1] == OVERFLOW && k[2] == OVERFLOW)
+            .map(|(_, n)| n)
+            .sum();
+        assert!(other > 0, "{:?}", s.total);
+        // With only status (and failure_reason) left there is nothing to fold: admitted as is.
+        let bare = LabelsConfig {
+            drop: vec![Droppable::Ref, Droppable::Stage, Droppable::Job],
+            ..Default::default()
+        };
+        let (s, _, folded) = series(&bare, 1);
+        assert!(!folded);
+        assert_eq!(s.total.len(), 3);
+        assert_eq!(s.total.values().sum::<u64>(), 14);
     }
 }

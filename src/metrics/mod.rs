@@ -34,6 +34,8 @@ pub struct Metrics {
     /// that a crash could take back. `None`: serve live values.
     published: Mutex<Option<String>>,
     bounds: jobs::Bounds,
+    /// The job families' labels under `labels.*`.
+    layout: jobs::Layout,
     /// `limits.max_series` per job metric family.
     max_series: usize,
     /// The cap was reached (logged once).
@@ -82,7 +84,11 @@ fn with<T: Metric + Clone>(
 }
 
 impl Metrics {
-    pub fn new(cfg: &MetricsConfig, max_series: usize) -> Result<Self, MetricsError> {
+    pub fn new(
+        cfg: &MetricsConfig,
+        max_series: usize,
+        labels: &crate::labels::LabelsConfig,
+    ) -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let series = IntGaugeVec::new(
             Opts::new(
@@ -250,6 +256,7 @@ impl Metrics {
                 duration: cfg.duration_buckets.clone(),
                 queued: cfg.queued_buckets.clone(),
             },
+            layout: jobs::Layout::new(labels),
             jobs_active,
             oldest_pending,
             api_requests,
@@ -284,13 +291,16 @@ impl Metrics {
             used: series_used(&jobs),
             folded: false,
         };
-        jobs.entry(project.to_string())
-            .or_default()
-            .apply(events, &self.bounds, &mut room);
+        jobs.entry(project.to_string()).or_default().apply(
+            events,
+            &self.bounds,
+            &self.layout,
+            &mut room,
+        );
         if room.folded && !self.capped.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 max_series = self.max_series,
-                "a job metric reached limits.max_series; new series are folded into job=\"__other__\""
+                "a job metric reached limits.max_series; new series are folded into job=\"__other__\" (with job dropped: ref, stage and runner)"
             );
         }
     }
@@ -307,7 +317,7 @@ impl Metrics {
     /// Puts back a project's job series from a checkpoint; histograms whose buckets no longer
     /// match the configuration are dropped (and reported).
     pub fn restore_project_series(&self, project: &str, mut series: jobs::ProjectSeries) -> usize {
-        let dropped = series.drop_mismatched(&self.bounds);
+        let dropped = series.drop_mismatched(&self.bounds, &self.layout);
         self.lock_jobs().insert(project.to_string(), series);
         dropped
     }
@@ -514,7 +524,7 @@ impl Metrics {
         mut families: Vec<prometheus::proto::MetricFamily>,
         jobs: &BTreeMap<String, jobs::ProjectSeries>,
     ) -> Result<String, MetricsError> {
-        families.extend(jobs::families(jobs.iter(), &self.bounds));
+        families.extend(jobs::families(jobs.iter(), &self.bounds, &self.layout));
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = Vec::new();
         TextEncoder::new().encode(&families, &mut buf)?;
@@ -545,7 +555,7 @@ mod tests {
 
     #[test]
     fn renders_before_any_job_and_after_some() {
-        let m = Metrics::new(&MetricsConfig::default(), 2).unwrap();
+        let m = Metrics::new(&MetricsConfig::default(), 2, &Default::default()).unwrap();
         let page = m.render().unwrap();
         assert!(page.contains("gitlab_jobs_exporter_build_info"));
         assert!(!page.contains("gitlab_ci_jobs_total{"));
@@ -554,6 +564,7 @@ mod tests {
             stage: "test".into(),
             name: "rspec".into(),
             tag: false,
+            runner: None,
         };
         m.apply(
             "g/p",
@@ -578,6 +589,7 @@ mod tests {
                         stage: "test".into(),
                         name: name.into(),
                         tag: false,
+                        runner: None,
                     },
                     status: JobStatus::Success,
                     failure_reason: String::new(),

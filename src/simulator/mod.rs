@@ -30,7 +30,7 @@ use std::time::Duration;
 
 pub use generate::{ProjectSpec, WorldSpec};
 pub use render::{http_date, iso};
-pub use truth::{DurationKey, GroundTruth, JobKey, QueuedKey};
+pub use truth::{DurationKey, GroundTruth, JobKey, QueuedKey, RunnerKey};
 pub use world::{
     FINAL_STATUSES, GROUP_ID_BASE, GroupDef, JobPlan, Ms, ProjectDef, RunnerDef, STATUSES, World,
     WorldError, is_final,

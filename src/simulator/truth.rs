@@ -32,8 +32,19 @@ pub struct QueuedKey {
     pub job: String,
 }
 
+/// Completed jobs by the runner GitLab shows for them (`""` twice: never ran).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunnerKey {
+    pub project: String,
+    pub description: String,
+    pub runner_type: String,
+    pub status: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GroundTruth {
+    /// The counted jobs of `jobs_total` again, by runner.
+    pub jobs_by_runner: BTreeMap<RunnerKey, u64>,
     /// Completed jobs, each counted once.
     pub jobs_total: BTreeMap<JobKey, u64>,
     /// Seconds from `started_at` to `finished_at` of the counted jobs that ran, ascending job id.
@@ -120,6 +131,14 @@ impl World {
                     failure_reason: failure_reason.to_owned(),
                 };
                 *truth.jobs_total.entry(key).or_default() += 1;
+                let runner = job.runner_at(now);
+                let key = RunnerKey {
+                    project: project.clone(),
+                    description: runner.map(|r| r.description.clone()).unwrap_or_default(),
+                    runner_type: runner.map(|r| r.runner_type.clone()).unwrap_or_default(),
+                    status: status.to_owned(),
+                };
+                *truth.jobs_by_runner.entry(key).or_default() += 1;
                 if let (Some(s), Some(f)) = (started, finished) {
                     let key = DurationKey {
                         project: project.clone(),

@@ -94,7 +94,9 @@ impl Harness {
     }
 
     pub async fn start_exporter(sim: Simulator, sim_handle: SimHandle, cfg: Config) -> Self {
-        let metrics = Arc::new(Metrics::new(&cfg.metrics, cfg.limits.max_series).expect("metrics"));
+        let metrics = Arc::new(
+            Metrics::new(&cfg.metrics, cfg.limits.max_series, &cfg.labels).expect("metrics"),
+        );
         let scheduler = Scheduler::new(&cfg, metrics.clone(), fast_retry()).expect("scheduler");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
