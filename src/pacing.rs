@@ -2,10 +2,10 @@
 //!
 //! A project with jobs in flight or activity in its last cycle is polled every `poll.interval`;
 //! each idle cycle in a row doubles its delay, up to `poll.max_interval`, and the first sign of
-//! activity brings it back to `poll.interval`. When the projects' demand at those targets (their
-//! average requests per cycle over their target delays) exceeds the budget, the delays are
-//! stretched: idle projects' first, busy ones' only when the idle ones are down to a fifth of
-//! the budget. Nothing is ever skipped: a stretched project is polled later, and the tracker
+//! activity brings it back to `poll.interval`. When the projects' demand at those targets
+//! exceeds the budget, the delays are
+//! stretched: idle projects' first (up to 4×), then busy ones' too, idle projects keeping at
+//! most a fifth of the budget. Nothing is ever skipped: a stretched project is polled later, and the tracker
 //! reads everything that happened in between. The stretch is exported and logged.
 
 use std::collections::HashMap;
@@ -16,9 +16,12 @@ use tracing::{info, warn};
 
 /// Share of the budget planned for polling; the rest absorbs retries, lookups and discovery.
 const USABLE_SHARE: f64 = 0.9;
-/// Share of the usable budget kept for idle projects when busy ones alone exceed it.
+/// Idle projects alone are slowed down by up to this factor before busy ones slow down too.
+const IDLE_STRETCH_FIRST: f64 = 4.0;
+/// Share of the usable budget idle projects keep, at most, once busy ones slow down too (so
+/// thousands of idle projects cannot starve the busy ones, nor the reverse).
 const IDLE_FLOOR_SHARE: f64 = 0.2;
-/// Weight of the newest cycle in a project's average requests per cycle.
+/// Weight of the newest cycle in a project's average rate of extra requests.
 const COST_WEIGHT: f64 = 0.3;
 
 /// Whether a project showed activity in its last cycle.
@@ -38,10 +41,18 @@ impl Activity {
     }
 }
 
+/// A project's demand is modelled as one request per cycle (the top page: all an idle project
+/// costs) plus extra requests at a rate set by its activity (more pages, listings, single
+/// fetches), which does not depend on how often it is polled: polling less often brings more
+/// work per cycle. Counting whole cycles instead would feed back (stretch → costlier cycles →
+/// more stretch).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    /// Average requests per cycle.
-    cost: f64,
+    /// Average extra requests per second.
+    extra_rate: f64,
+    /// The delay planned before this cycle (`None` before the first: its backfill is no
+    /// measure of steady work).
+    last_delay: Option<Duration>,
     /// Idle cycles in a row.
     idle_cycles: u32,
     activity: Activity,
@@ -72,12 +83,12 @@ pub struct PaceSnapshot {
 pub struct Pacer {
     interval: Duration,
     max_interval: Duration,
-    budget_per_second: f64,
     inner: Mutex<Inner>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
+    budget_per_second: f64,
     entries: HashMap<u64, Entry>,
     degraded: bool,
 }
@@ -87,9 +98,17 @@ impl Pacer {
         Self {
             interval,
             max_interval: max_interval.max(interval),
-            budget_per_second: requests_per_minute / 60.0,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                budget_per_second: requests_per_minute / 60.0,
+                ..Inner::default()
+            }),
         }
+    }
+
+    /// Plans against another budget than the configured one (simulations whose clock runs
+    /// faster than the real-time throttle).
+    pub fn set_budget(&self, requests_per_minute: f64) {
+        self.lock().budget_per_second = requests_per_minute / 60.0;
     }
 
     pub fn max_interval(&self) -> Duration {
@@ -108,12 +127,16 @@ impl Pacer {
     pub fn after_cycle(&self, key: u64, requests: usize, activity: Activity) -> Duration {
         let mut inner = self.lock();
         let entry = inner.entries.entry(key).or_insert(Entry {
-            cost: requests.max(1) as f64,
+            extra_rate: 0.0,
+            last_delay: None,
             idle_cycles: 0,
             activity,
             target: self.interval,
         });
-        entry.cost += COST_WEIGHT * (requests.max(1) as f64 - entry.cost);
+        if let Some(d) = entry.last_delay {
+            let sample = requests.saturating_sub(1) as f64 / d.as_secs_f64().max(1e-3);
+            entry.extra_rate += COST_WEIGHT * (sample - entry.extra_rate);
+        }
         entry.activity = activity;
         entry.idle_cycles = match activity {
             Activity::Busy => 0,
@@ -146,7 +169,11 @@ impl Pacer {
             Activity::Busy => snapshot.stretch.busy,
             Activity::Idle => snapshot.stretch.idle,
         };
-        target.mul_f64(factor)
+        let delay = target.mul_f64(factor);
+        if let Some(e) = inner.entries.get_mut(&key) {
+            e.last_delay = Some(delay);
+        }
+        delay
     }
 
     /// Forgets a project that is no longer polled (gone, another shard's, or denied).
@@ -162,7 +189,7 @@ impl Pacer {
         let (mut busy, mut idle) = (0.0, 0.0);
         let (mut busy_projects, mut idle_projects) = (0, 0);
         for e in inner.entries.values() {
-            let rate = e.cost / e.target.as_secs_f64().max(1e-3);
+            let rate = 1.0 / e.target.as_secs_f64().max(1e-3) + e.extra_rate;
             match e.activity {
                 Activity::Busy => {
                     busy += rate;
@@ -178,14 +205,14 @@ impl Pacer {
             busy_projects,
             idle_projects,
             demand_per_second: busy + idle,
-            budget_per_second: self.budget_per_second,
-            stretch: stretch(busy, idle, self.budget_per_second * USABLE_SHARE),
+            budget_per_second: inner.budget_per_second,
+            stretch: stretch(busy, idle, inner.budget_per_second * USABLE_SHARE),
         }
     }
 }
 
 /// How much to stretch busy and idle delays so that `busy + idle` requests per second fit in
-/// `usable`: idle projects give way first, but keep at least `IDLE_FLOOR_SHARE` of it.
+/// `usable`: idle projects give way first (down to `idle_floor`), then both.
 fn stretch(busy: f64, idle: f64, usable: f64) -> Stretch {
     if busy + idle <= usable {
         return Stretch {
@@ -193,8 +220,7 @@ fn stretch(busy: f64, idle: f64, usable: f64) -> Stretch {
             idle: 1.0,
         };
     }
-    // Never more than idle projects need, so busy ones may use what idle ones leave.
-    let idle_floor = (usable * IDLE_FLOOR_SHARE).min(idle);
+    let idle_floor = (idle / IDLE_STRETCH_FIRST).min(usable * IDLE_FLOOR_SHARE);
     if busy <= usable - idle_floor {
         Stretch {
             busy: 1.0,
@@ -278,15 +304,15 @@ mod tests {
 
     #[test]
     fn busy_projects_stretch_only_when_they_alone_exceed_the_budget() {
-        // 100 busy projects × 3 requests / 30 s = 10/s against 0.9 usable.
+        // 100 busy projects × 1 request / 30 s = 3.3/s against 0.9 usable.
         let p = Pacer::new(30 * S, 600 * S, 60.0);
         for k in 0..100 {
-            p.after_cycle(k, 3, Activity::Busy);
+            p.after_cycle(k, 1, Activity::Busy);
         }
         p.after_cycle(1000, 1, Activity::Idle);
         let s = p.snapshot();
         assert!(s.stretch.busy > 1.0 && s.stretch.idle >= 1.0, "{s:?}");
-        let planned = 10.0 / s.stretch.busy + (1.0 / 30.0) / s.stretch.idle;
+        let planned = (100.0 / 30.0) / s.stretch.busy + (1.0 / 30.0) / s.stretch.idle;
         assert!(planned <= 0.9 + 1e-6, "{planned}");
         // Removing them brings the target rate back.
         for k in 0..100 {
@@ -299,6 +325,19 @@ mod tests {
                 idle: 1.0
             }
         );
+    }
+
+    #[test]
+    fn slower_polling_with_costlier_cycles_does_not_raise_the_demand() {
+        // Extra work arrives at 0.1 requests/s whatever the delay: 3 extra per 30 s cycle, 6
+        // per 60 s cycle. The demand stays 1/30 + 0.1 at the 30 s target.
+        let p = Pacer::new(30 * S, 600 * S, 1e9);
+        p.after_cycle(1, 40, Activity::Busy); // the backfill: not a measure
+        for _ in 0..30 {
+            p.after_cycle(1, 4, Activity::Busy);
+        }
+        let at_30 = p.snapshot().demand_per_second;
+        assert!((at_30 - (1.0 / 30.0 + 0.1)).abs() < 1e-3, "{at_30}");
     }
 
     #[test]

@@ -259,6 +259,12 @@ impl Scheduler {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Paces against `requests_per_minute` instead of `gitlab.max_requests_per_minute`, for
+    /// benchmarks and tests on a simulated clock (the real-time throttle is off there).
+    pub fn set_pacing_budget(&self, requests_per_minute: f64) {
+        self.pacer.set_budget(requests_per_minute);
+    }
+
     /// How many projects are polled now.
     pub fn watched(&self) -> usize {
         self.slots().live.len()

@@ -457,3 +457,252 @@ async fn two_shards_split_the_projects_without_overlap() {
         "together the shards count every job once"
     );
 }
+
+fn discovery_world() -> World {
+    let specs = [
+        (21, "acme/platform/api", 10.0),
+        (22, "acme/web/frontend", 6.0),
+        (23, "acme/web/legacy-site", 3.0),
+        (24, "acme/archive/old", 2.0),
+        (25, "tools/cli", 4.0),
+        (26, "elsewhere/not-mine", 4.0),
+    ];
+    let projects = specs
+        .iter()
+        .map(|(id, path, rate)| ProjectSpec {
+            id: *id,
+            path: (*path).into(),
+            pipelines_per_hour: *rate,
+        })
+        .collect();
+    World::generate(&WorldSpec::new(projects, T0, T0 + 3 * HOUR), 5)
+}
+
+fn discover_acme_and_membership(cfg: &mut gitlab_jobs_exporter::config::Config) {
+    cfg.groups.push(gitlab_jobs_exporter::config::GroupRef {
+        path: Some("acme".into()),
+        id: None,
+        include_subgroups: true,
+    });
+    cfg.discovery.membership = true;
+    cfg.discovery.exclude = vec!["legacy".into()];
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_projects_are_counted_exactly_through_leaving_and_returning() {
+    let mut h = Harness::start_with(
+        discovery_world(),
+        T0 + HOUR,
+        Vec::new(),
+        Duration::from_secs(3600),
+        discover_acme_and_membership,
+    )
+    .await;
+    h.sim.set_archived(24, true).expect("project 24");
+    h.sim.set_member(26, false).expect("project 26");
+    let watched = ["acme/platform/api", "acme/web/frontend", "tools/cli"];
+
+    let stats = h.scheduler.discover().await;
+    assert!(stats.complete, "{stats:?}");
+    assert_eq!(
+        (stats.found, stats.added),
+        (3, 3),
+        "archived, excluded and non-member projects are left out: {stats:?}"
+    );
+    assert_eq!(h.scheduler.watched(), 3);
+    // Known from the lists: no per-project lookup is needed.
+    h.sim.reset_requests();
+    h.poll().await;
+    assert_eq!(h.sim.requests().project, 0, "no GET /projects/:id");
+    for _ in 0..5 {
+        h.sim.advance(Duration::from_secs(60));
+        h.poll().await;
+    }
+    assert_matches_truth(&h.scrape().await, &h.truth_for(&watched));
+
+    // tools/cli leaves (membership revoked): no longer polled, series kept for the grace period.
+    h.sim.set_member(25, false).expect("project 25");
+    let stats = h.scheduler.discover().await;
+    assert_eq!((stats.retired, stats.removed), (1, 0), "{stats:?}");
+    assert_eq!(h.scheduler.watched(), 2);
+    let before = h.scrape().await.values("gitlab_ci_jobs_total");
+    assert!(before.keys().any(|l| l["project"] == "tools/cli"));
+    let logged = h.sim.request_log().len();
+    for _ in 0..10 {
+        h.sim.advance(Duration::from_secs(60));
+        h.poll().await;
+    }
+    let log = h.sim.request_log();
+    assert!(
+        !log[logged..]
+            .iter()
+            .any(|r| r.path_and_query.contains("/projects/25/")),
+        "a retired project is not polled"
+    );
+
+    // It comes back within the grace period: polling resumes where it stopped, so the jobs
+    // that completed meanwhile are counted once, and nothing is counted twice.
+    h.sim.set_member(25, true).expect("project 25");
+    let stats = h.scheduler.discover().await;
+    assert_eq!((stats.revived, stats.added), (1, 0), "{stats:?}");
+    h.sim.advance(Duration::from_secs(60));
+    h.poll().await;
+    h.settle().await;
+    assert_matches_truth(&h.scrape().await, &h.truth_for(&watched));
+
+    // A new project in the group shows up on the next pass.
+    h.sim
+        .add_project(gitlab_jobs_exporter::simulator::ProjectDef::new(
+            27,
+            "acme/new-service",
+        ))
+        .expect("new project");
+    let stats = h.scheduler.discover().await;
+    assert_eq!(stats.added, 1, "{stats:?}");
+    h.poll().await;
+    let state = h
+        .scrape()
+        .await
+        .values("gitlab_jobs_exporter_project_state");
+    assert!(
+        state
+            .iter()
+            .any(|(l, v)| l["project"] == "acme/new-service" && l["state"] == "ok" && *v == 1.0),
+        "{state:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_removes_series_after_the_grace_period_and_never_after_a_failed_pass() {
+    let mut h = Harness::start_with(
+        discovery_world(),
+        T0 + HOUR,
+        Vec::new(),
+        Duration::from_secs(3600),
+        |cfg| {
+            discover_acme_and_membership(cfg);
+            cfg.discovery.grace_period = Duration::ZERO;
+        },
+    )
+    .await;
+    h.sim.set_archived(24, true).expect("project 24");
+    h.sim.set_member(26, false).expect("project 26");
+    assert_eq!(h.scheduler.discover().await.added, 3);
+    h.poll().await;
+    let series = |s: &common::Scrape, project: &str| {
+        s.values("gitlab_ci_jobs_total")
+            .keys()
+            .filter(|l| l["project"] == project)
+            .count()
+    };
+    assert!(series(&h.scrape().await, "acme/web/frontend") > 0);
+
+    // A pass that fails part-way (the group listing answers 500 every time) removes nothing,
+    // even though the project is gone from the lists.
+    h.sim.set_archived(22, true).expect("project 22");
+    for _ in 0..8 {
+        h.sim
+            .push_fault(gitlab_jobs_exporter::simulator::Fault::ServerError(500));
+    }
+    let stats = h.scheduler.discover().await;
+    assert!(!stats.complete, "{stats:?}");
+    assert_eq!(stats.retired, 0, "{stats:?}");
+    assert_eq!(h.scheduler.watched(), 3);
+    h.sim.clear_faults();
+
+    // A complete pass retires it; with no grace period its series go at once.
+    let stats = h.scheduler.discover().await;
+    assert_eq!((stats.retired, stats.removed), (1, 1), "{stats:?}");
+    let scrape = h.scrape().await;
+    assert_eq!(series(&scrape, "acme/web/frontend"), 0);
+    assert!(
+        !scrape
+            .values("gitlab_jobs_exporter_project_state")
+            .keys()
+            .any(|l| l["project"] == "acme/web/frontend"),
+        "its own series are removed too"
+    );
+    assert!(series(&scrape, "acme/platform/api") > 0, "the others stay");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_projects_are_polled_less_and_the_budget_stretches_them_first() {
+    let mut specs = vec![ProjectSpec {
+        id: 31,
+        path: "pace/busy".into(),
+        pipelines_per_hour: 60.0,
+    }];
+    specs.extend((32..=41).map(|id| ProjectSpec {
+        id,
+        path: format!("pace/idle-{id}"),
+        pipelines_per_hour: 0.0,
+    }));
+    let world = World::generate(&WorldSpec::new(specs, T0, T0 + 3 * HOUR), 9);
+    let refs = (31..=41).map(by_id).collect();
+    let mut h = Harness::start(world, T0 + HOUR, refs, Duration::from_secs(3600)).await;
+    h.cutoff_ms = Some(T0);
+    h.first_poll_ms = Some(T0 + HOUR);
+    let polls = |s: &common::Scrape, project: &str| {
+        s.values("gitlab_jobs_exporter_polls_total")
+            .iter()
+            .find(|(l, _)| l["project"] == project)
+            .map_or(0.0, |(_, v)| *v)
+    };
+    // Ten simulated minutes in 10 s steps, scheduled as `run` would (no jitter).
+    let mut due = std::collections::BTreeMap::new();
+    let step = Duration::from_secs(10);
+    let mut elapsed = Duration::ZERO;
+    h.scheduler.poll_due(elapsed, &mut due).await;
+    for _ in 0..60 {
+        h.sim.advance(step);
+        elapsed += step;
+        h.scheduler.poll_due(elapsed, &mut due).await;
+    }
+    let scrape = h.scrape().await;
+    let busy = polls(&scrape, "pace/busy");
+    let idle = polls(&scrape, "pace/idle-32");
+    // Busy: every 30 s. Idle: at 0, 30, 90, 210 and 450 s (the delay doubles after the
+    // first idle cycle: 30, 60, 120, 240, 480 s).
+    assert!(busy >= 18.0, "busy project polled {busy} times");
+    assert_eq!(idle, 5.0, "idle project polled {idle} times");
+    let stretch = scrape.values("gitlab_jobs_exporter_poll_interval_stretch_ratio");
+    assert!(stretch.values().all(|v| *v == 1.0), "{stretch:?}");
+
+    // Half the budget the projects need at their targets: idle projects are stretched first
+    // (at least as much as the busy one), the busy one is still polled more often, and nothing
+    // is lost.
+    let demand = scrape.values("gitlab_jobs_exporter_request_demand_ratio");
+    let needed_per_minute = demand.values().next().copied().unwrap_or_default() * 1e9;
+    assert!(needed_per_minute > 0.0, "{demand:?}");
+    h.scheduler.set_pacing_budget(needed_per_minute / 2.0);
+    for _ in 0..60 {
+        h.sim.advance(step);
+        elapsed += step;
+        h.scheduler.poll_due(elapsed, &mut due).await;
+    }
+    let scrape = h.scrape().await;
+    let stretch = scrape.values("gitlab_jobs_exporter_poll_interval_stretch_ratio");
+    let of = |activity: &str| {
+        stretch
+            .iter()
+            .find(|(l, _)| l["activity"] == activity)
+            .map_or(0.0, |(_, v)| *v)
+    };
+    assert!(of("idle") > 1.0 && of("idle") >= of("busy"), "{stretch:?}");
+    let demand = scrape.values("gitlab_jobs_exporter_request_demand_ratio");
+    assert!(demand.values().all(|v| *v > 0.9), "{demand:?}");
+    let (busy_now, idle_now) = (
+        polls(&scrape, "pace/busy") - busy,
+        polls(&scrape, "pace/idle-32") - idle,
+    );
+    assert!(busy_now > idle_now, "busy {busy_now}, idle {idle_now}");
+    assert!(
+        idle_now <= 1.0,
+        "idle projects wait longer than poll.max_interval: {idle_now}"
+    );
+    h.settle().await;
+    assert_matches_truth(&h.scrape().await, &h.truth());
+    h.stop().await;
+}
