@@ -706,3 +706,72 @@ async fn idle_projects_are_polled_less_and_the_budget_stretches_them_first() {
     assert_matches_truth(&h.scrape().await, &h.truth());
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_and_retired_projects_survive_a_restart() {
+    use gitlab_jobs_exporter::metrics::Metrics;
+    use gitlab_jobs_exporter::scheduler::Scheduler;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().to_path_buf();
+    let tweak = |cfg: &mut gitlab_jobs_exporter::config::Config| {
+        discover_acme_and_membership(cfg);
+        cfg.state.dir = Some(state_dir.clone());
+    };
+    let mut h = Harness::start_with(
+        discovery_world(),
+        T0 + HOUR,
+        Vec::new(),
+        Duration::from_secs(3600),
+        tweak,
+    )
+    .await;
+    h.sim.set_archived(24, true).expect("project 24");
+    h.sim.set_member(26, false).expect("project 26");
+    assert_eq!(h.scheduler.discover().await.added, 3);
+    for _ in 0..3 {
+        h.poll().await;
+        h.sim.advance(Duration::from_secs(60));
+    }
+    h.sim.set_member(25, false).expect("project 25");
+    assert_eq!(h.scheduler.discover().await.retired, 1);
+    h.scheduler.write_checkpoint().await.expect("checkpoint");
+
+    // A new process on the same state.dir, before any discovery pass: the live discovered
+    // projects are back (and polled), the retired one waits for its grace period.
+    let mut cfg = common::config(&h.base_url, Vec::new(), Duration::from_secs(3600));
+    tweak(&mut cfg);
+    let metrics =
+        Arc::new(Metrics::new(&cfg.metrics, cfg.limits.max_series, &cfg.labels).expect("metrics"));
+    let again = Scheduler::new(&cfg, metrics.clone(), common::fast_retry()).expect("scheduler");
+    let cp = gitlab_jobs_exporter::state::load(&state_dir, &cfg.gitlab.url).expect("checkpoint");
+    again.restore(cp).await;
+    assert_eq!(again.watched(), 2);
+    let restored = common::Scrape::parse(&metrics.render().expect("render"));
+    assert!(
+        restored
+            .values("gitlab_ci_jobs_total")
+            .keys()
+            .any(|l| l["project"] == "tools/cli"),
+        "the retired project's series are kept through the restart"
+    );
+
+    // It returns: resumed from its tracker, so nothing is counted twice.
+    h.sim.set_member(25, true).expect("project 25");
+    let stats = again.discover().await;
+    assert_eq!((stats.revived, stats.added), (1, 0), "{stats:?}");
+    assert_eq!(again.watched(), 3);
+    h.sim.advance(Duration::from_secs(120));
+    for _ in 0..gitlab_jobs_exporter::poll::COLD_SWEEP_CYCLES + 1 {
+        for r in again.poll_all_once().await {
+            r.expect("poll cycle succeeds");
+        }
+    }
+    let scrape = common::Scrape::parse(&metrics.render().expect("render"));
+    assert_matches_truth(
+        &scrape,
+        &h.truth_for(&["acme/platform/api", "acme/web/frontend", "tools/cli"]),
+    );
+    h.stop().await;
+}
