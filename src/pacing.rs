@@ -53,8 +53,8 @@ struct Entry {
     /// The delay planned before this cycle (`None` before the first: its backfill is no
     /// measure of steady work).
     last_delay: Option<Duration>,
-    /// Idle cycles in a row.
-    idle_cycles: u32,
+    /// How long the project has been seen idle (the delays of its idle cycles in a row).
+    idle_for: Duration,
     activity: Activity,
     /// Delay before stretching.
     target: Duration,
@@ -129,7 +129,7 @@ impl Pacer {
         let entry = inner.entries.entry(key).or_insert(Entry {
             extra_rate: 0.0,
             last_delay: None,
-            idle_cycles: 0,
+            idle_for: Duration::ZERO,
             activity,
             target: self.interval,
         });
@@ -138,16 +138,13 @@ impl Pacer {
             entry.extra_rate += COST_WEIGHT * (sample - entry.extra_rate);
         }
         entry.activity = activity;
-        entry.idle_cycles = match activity {
-            Activity::Busy => 0,
-            Activity::Idle => entry.idle_cycles.saturating_add(1),
+        entry.idle_for = match activity {
+            Activity::Busy => Duration::ZERO,
+            Activity::Idle => entry.idle_for + entry.last_delay.unwrap_or_default(),
         };
-        // The first idle cycle keeps the fast rate ("recent activity"); then it doubles.
-        let doublings = entry.idle_cycles.saturating_sub(1).min(20);
-        entry.target = self
-            .interval
-            .saturating_mul(1u32 << doublings)
-            .min(self.max_interval);
+        // Wait about as long as the project has been quiet: the delay doubles cycle by cycle
+        // (30 s, 30 s, 60 s, 120 s, …), and a stretched cycle counts for what it really lasted.
+        entry.target = entry.idle_for.clamp(self.interval, self.max_interval);
         let target = entry.target;
         let snapshot = self.plan(&inner);
         let degraded = snapshot.stretch.idle > 1.0 || snapshot.stretch.busy > 1.0;
@@ -186,10 +183,13 @@ impl Pacer {
     }
 
     fn plan(&self, inner: &Inner) -> PaceSnapshot {
-        let (mut busy, mut idle) = (0.0, 0.0);
+        // Only the one request per cycle shrinks when cycles are stretched; the extra work
+        // (deep jobs completing, bursts of new jobs) comes at its own rate whatever the delay.
+        let (mut busy, mut idle, mut extra) = (0.0, 0.0, 0.0);
         let (mut busy_projects, mut idle_projects) = (0, 0);
         for e in inner.entries.values() {
-            let rate = 1.0 / e.target.as_secs_f64().max(1e-3) + e.extra_rate;
+            let rate = 1.0 / e.target.as_secs_f64().max(1e-3);
+            extra += e.extra_rate;
             match e.activity {
                 Activity::Busy => {
                     busy += rate;
@@ -201,12 +201,16 @@ impl Pacer {
                 }
             }
         }
+        let usable = inner.budget_per_second * USABLE_SHARE;
+        // Work beyond the budget cannot be planned away; the throttle spreads it out. Cycles
+        // keep a tenth of the budget so that every project is still polled.
+        let for_cycles = (usable - extra).max(usable * 0.1);
         PaceSnapshot {
             busy_projects,
             idle_projects,
-            demand_per_second: busy + idle,
+            demand_per_second: busy + idle + extra,
             budget_per_second: inner.budget_per_second,
-            stretch: stretch(busy, idle, inner.budget_per_second * USABLE_SHARE),
+            stretch: stretch(busy, idle, for_cycles),
         }
     }
 }
@@ -254,6 +258,7 @@ mod tests {
         assert_eq!(idle, [30, 60, 120, 240, 480, 600, 600]);
         assert_eq!(p.after_cycle(1, 1, Activity::Busy), 30 * S);
         assert_eq!(p.after_cycle(1, 1, Activity::Idle), 30 * S);
+        assert_eq!(p.after_cycle(1, 1, Activity::Idle), 60 * S);
     }
 
     #[test]
