@@ -419,6 +419,39 @@ fn systemd_unit_verifies_and_is_hardened() {
     );
 }
 
+#[test]
+fn example_configurations_pass_check_config() {
+    // config/example.toml is checked above as the systemd unit hands it over; every example
+    // in config/ (discovery.toml, …) must at least be a valid configuration.
+    let mut checked = Vec::new();
+    let dir = repo().join("config");
+    for entry in std::fs::read_dir(&dir).expect("config/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let mut cmd = Command::new(EXPORTER);
+        cmd.arg("--config")
+            .arg(&path)
+            .arg("--check-config")
+            .env("GITLAB_TOKEN", "glpat-example");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("GITLAB_JOBS_EXPORTER__") {
+                cmd.env_remove(k);
+            }
+        }
+        let effective = ok(&mut cmd);
+        assert!(!effective.contains("glpat-example"), "{effective}");
+        checked.push(path.file_name().unwrap().to_string_lossy().to_string());
+    }
+    checked.sort();
+    assert!(
+        checked.contains(&"example.toml".to_string())
+            && checked.contains(&"discovery.toml".to_string()),
+        "{checked:?}"
+    );
+}
+
 /// The pod template of a Deployment or StatefulSet is locked down and wired as the exporter
 /// expects; returns the container's environment.
 fn assert_hardened(workload: &Value) -> Vec<(String, String)> {
