@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::{Config, ConfigError, ProjectRef};
+use crate::config::{Config, ConfigError, GroupRef};
 use crate::gitlab::RetryPolicy;
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
@@ -213,19 +213,19 @@ async fn cancel_on_signal(token: CancellationToken) {
 async fn run_demo(listen: Option<String>) -> anyhow::Result<()> {
     let token = "demo-token".to_string();
     let world = simulator::World::demo(chrono::Utc::now().timestamp_millis());
-    let projects = world
-        .projects()
-        .iter()
-        .map(|p| ProjectRef {
-            path: Some(p.path_with_namespace.clone()),
-            id: None,
-        })
-        .collect();
     let sim = simulator::Simulator::new(world, simulator::SimClock::Live, token.clone());
     let handle = sim.spawn().await.context("cannot start the simulator")?;
-    let mut cfg = Config::new(handle.base_url.clone(), token.into(), projects);
+    let mut cfg = Config::new(handle.base_url.clone(), token.into(), Vec::new());
+    // The demo's projects are found as a real deployment would find them: by their group.
+    cfg.groups = vec![GroupRef {
+        path: Some("acme".into()),
+        id: None,
+        include_subgroups: true,
+    }];
+    cfg.discovery.interval = Duration::from_secs(60);
     cfg.server.listen = listen.unwrap_or_else(|| DEMO_LISTEN.to_string());
     cfg.poll.interval = Duration::from_secs(5);
+    cfg.poll.max_interval = Duration::from_secs(60);
     cfg.validate().context("demo configuration")?;
     info!(gitlab = %handle.base_url, "demo: simulated GitLab started");
     run(cfg).await

@@ -102,6 +102,8 @@ struct Slot {
     discovered: Option<u64>,
     /// Stops this project's task (a child of the shutdown token).
     stop: CancellationToken,
+    /// No longer polled: not found, or another shard's.
+    ended: bool,
 }
 
 type SharedPoller = Arc<Mutex<ProjectPoller>>;
@@ -212,6 +214,7 @@ impl Scheduler {
                 ))),
                 discovered: None,
                 stop: CancellationToken::new(),
+                ended: false,
             });
         }
         let discovering = cfg.discovery.enabled(&cfg.groups);
@@ -265,9 +268,9 @@ impl Scheduler {
         self.pacer.set_budget(requests_per_minute);
     }
 
-    /// How many projects are polled now.
+    /// How many projects are polled now (not those found gone or left to another shard).
     pub fn watched(&self) -> usize {
-        self.slots().live.len()
+        self.slots().live.values().filter(|s| !s.ended).count()
     }
 
     /// Polls one project once (waiting for a concurrency permit); returns when to poll it
@@ -300,6 +303,10 @@ impl Scheduler {
         let next = match poller.next_poll(self.interval) {
             NextPoll::Never => {
                 self.pacer.remove(key);
+                if let Some(s) = self.slots().live.get_mut(&key) {
+                    s.ended = true;
+                }
+                self.metrics.set_watched(self.watched());
                 None
             }
             NextPoll::After(d) => {
@@ -380,6 +387,7 @@ impl Scheduler {
                         poller,
                         discovered: Some(id),
                         stop: CancellationToken::new(),
+                        ended: false,
                     });
                     self.readiness.add(1);
                 }
@@ -524,6 +532,7 @@ impl Scheduler {
                     poller,
                     discovered: Some(*id),
                     stop: CancellationToken::new(),
+                    ended: false,
                 });
                 to_spawn.push(key);
             }

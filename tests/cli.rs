@@ -364,3 +364,43 @@ async fn full_run_never_leaks_the_token_and_stops_cleanly_on_sigterm() {
     assert!(log.iter().all(|r| !r.path_and_query.contains(TOKEN)));
     handle.shutdown().await;
 }
+
+/// README's first command: `--demo` needs no GitLab and no configuration, finds the demo
+/// group's projects by discovery and serves their jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_without_gitlab_and_discovers_its_projects() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut child = Command::new(BIN)
+        .args(["--demo", "--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("GITLAB_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demo starts");
+    gitlab_jobs_exporter::gitlab::install_tls_provider();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = wait_ok(&client, &format!("{base}/readyz"), Duration::from_secs(60)).await;
+    let metrics = match client.get(format!("{base}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "the demo became ready");
+    assert!(
+        metrics.contains("gitlab_jobs_exporter_watched_projects 5"),
+        "the demo group's five projects are discovered: {metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gitlab_ci_jobs_total{")
+                && l.contains("project=\"acme/platform/api\"")),
+        "jobs counted: {metrics}"
+    );
+}

@@ -63,9 +63,8 @@ async fn soak() {
         handle.base_url,
         dir.path().join("state").display().to_string()
     );
-    for id in 1..=40 {
-        cfg.push_str(&format!("[[projects]]\nid = {id}\n"));
-    }
+    // Found by discovery (the daemon's discovery task, in real time).
+    cfg.push_str("[[groups]]\npath = \"soak\"\n");
     let config = dir.path().join("config.toml");
     std::fs::write(&config, cfg).expect("config");
     let mut child = Command::new(BIN)
@@ -95,7 +94,9 @@ async fn soak() {
     let _ = child.wait();
     let stats = sim.requests();
     let minutes = secs as f64 / 60.0;
-    println!("soak: {secs} s, {jobs} jobs in the world, 40 projects, interval 10s, budget 300/min");
+    println!(
+        "soak: {secs} s, {jobs} jobs in the world, 40 projects found by discovery, interval 10s, budget 300/min"
+    );
     println!("RSS (KiB) over time: {samples:?}");
     println!(
         "requests: {} total, {:.1}/min; 429s: {}",
@@ -104,6 +105,21 @@ async fn soak() {
         stats.by_status.get(&429).copied().unwrap_or(0)
     );
     println!("/metrics: {} bytes", metrics.len());
+    let pacing: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("gitlab_jobs_exporter_watched_projects")
+                || l.starts_with("gitlab_jobs_exporter_paced_projects")
+                || l.starts_with("gitlab_jobs_exporter_poll_interval_stretch_ratio")
+                || l.starts_with("gitlab_jobs_exporter_request_demand_ratio")
+                || l.starts_with("gitlab_jobs_exporter_discovery_runs_total")
+        })
+        .collect();
+    println!("pacing and discovery at the end: {pacing:#?}");
+    assert!(
+        metrics.contains("gitlab_jobs_exporter_watched_projects 40"),
+        "discovery found the 40 projects"
+    );
     assert!(!samples.is_empty());
     handle.shutdown().await;
 }
