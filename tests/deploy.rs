@@ -131,6 +131,11 @@ fn check_config(config: &str, env: &[(String, String)], tmp: &Path) -> String {
     effective
 }
 
+/// A TOML document as JSON (panics with the text if it is not valid TOML).
+fn toml_json(text: &str) -> Value {
+    toml::from_str(text).unwrap_or_else(|e| panic!("invalid TOML: {e}\n{text}"))
+}
+
 fn dashboard(name: &str) -> Value {
     serde_json::from_str(&read(format!("grafana/{name}"))).expect("dashboard JSON")
 }
@@ -579,13 +584,19 @@ fn kustomize_base_renders_and_validates() {
     check_config(config, &env, tmp.path());
 }
 
-/// Renders the chart with a values file.
+/// Renders the chart with a values file (relative to the chart, or absolute).
 fn helm_template(values: &str, tmp: &Path) -> Result<PathBuf, String> {
+    helm_template_with(values, &[], tmp)
+}
+
+/// Renders the chart with a values file and extra `helm template` arguments.
+fn helm_template_with(values: &str, args: &[&str], tmp: &Path) -> Result<PathBuf, String> {
     let chart = repo().join("deploy/helm/gitlab-jobs-exporter");
     let mut cmd = Command::new(tool("bin/helm"));
     cmd.args(["template", "rel"])
         .arg(&chart)
         .args(["--namespace", "monitoring"])
+        .args(args)
         .env("HELM_CACHE_HOME", tmp.join("helm/cache"))
         .env("HELM_CONFIG_HOME", tmp.join("helm/config"))
         .env("HELM_DATA_HOME", tmp.join("helm/data"));
@@ -596,7 +607,7 @@ fn helm_template(values: &str, tmp: &Path) -> Result<PathBuf, String> {
     if !out.status.success() {
         return Err(text(&out));
     }
-    let name = values.replace('/', "-");
+    let name = values.replace('/', "-").trim_start_matches('-').to_string();
     Ok(temp_file(
         tmp,
         &format!("helm-{name}.yaml"),
@@ -608,7 +619,11 @@ fn helm_template(values: &str, tmp: &Path) -> Result<PathBuf, String> {
 fn helm_chart_lints_renders_and_validates() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let chart = repo().join("deploy/helm/gitlab-jobs-exporter");
-    for values in ["ci/minimal-values.yaml", "ci/full-values.yaml"] {
+    for values in [
+        "ci/minimal-values.yaml",
+        "ci/full-values.yaml",
+        "ci/discovery-values.yaml",
+    ] {
         let report = ok(Command::new(tool("bin/helm"))
             .args(["lint", "--strict"])
             .arg(&chart)
@@ -620,9 +635,16 @@ fn helm_chart_lints_renders_and_validates() {
         assert!(report.contains("0 chart(s) failed"), "{report}");
     }
 
-    // values.schema.json: the defaults lack the URL, the projects and the token.
+    // values.schema.json: the defaults lack the URL, something to watch (projects, groups or
+    // discovery.membership) and the token.
     let err = helm_template("", tmp.path()).expect_err("the defaults are incomplete");
-    for missing in ["/gitlab/url", "/projects", "existingSecret"] {
+    for missing in [
+        "/gitlab/url",
+        "/projects",
+        "/groups",
+        "/discovery/membership",
+        "existingSecret",
+    ] {
         assert!(err.contains(missing), "{err}");
     }
 
@@ -646,7 +668,18 @@ fn helm_chart_lints_renders_and_validates() {
         .as_str()
         .unwrap();
     let dir = tmp.path().join("minimal");
-    check_config(config, &env, &dir);
+    let effective = check_config(config, &env, &dir);
+    // The values' defaults are the exporter's: the same effective configuration as a file that
+    // sets only what the chart must.
+    let bare = format!(
+        "[gitlab]\nurl = \"https://gitlab.example.com\"\ntoken_file = \"{TOKEN_DIR}/token\"\n\
+         [state]\ndir = \"{STATE_DIR}\"\n[[projects]]\npath = \"group/subgroup/project\"\n"
+    );
+    assert_eq!(
+        toml_json(&effective),
+        toml_json(&check_config(&bare, &env, &dir)),
+        "the chart's defaults differ from the exporter's"
+    );
 
     // Full: shards as a StatefulSet, a Secret from the value, and every option.
     let path = helm_template("ci/full-values.yaml", tmp.path()).expect("renders");
@@ -707,6 +740,127 @@ fn helm_chart_lints_renders_and_validates() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn helm_chart_renders_discovery_and_label_policy() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let chart = repo().join("deploy/helm/gitlab-jobs-exporter");
+    let values = &yaml_docs(&chart.join("ci/discovery-values.yaml"))[0];
+    // What the escaping must survive: regexes with backslashes and double quotes, no projects.
+    let mut regexes: Vec<&str> = Vec::new();
+    for key in ["include", "exclude"] {
+        regexes.extend(
+            values["discovery"][key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap()),
+        );
+    }
+    for rule in values["labels"]["jobRewrites"].as_array().unwrap() {
+        regexes.push(rule["match"].as_str().unwrap());
+    }
+    assert!(regexes.iter().any(|r| r.contains(r"\d")), "{regexes:?}");
+    assert!(regexes.iter().any(|r| r.contains('"')), "{regexes:?}");
+    assert!(values.get("projects").is_none(), "discovery alone must do");
+
+    let path = helm_template("ci/discovery-values.yaml", tmp.path()).expect("renders");
+    validate(&path);
+    let docs = yaml_docs(&path);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ConfigMap", "Service", "Deployment"]);
+    let env = assert_hardened(find(&docs, "Deployment")[0]);
+    let config = find(&docs, "ConfigMap")[0]["data"]["config.toml"]
+        .as_str()
+        .unwrap();
+
+    // The rendered TOML holds the values verbatim, and so does the exporter's effective
+    // configuration (--check-config prints it after validating every key and regex).
+    let rendered = toml_json(config);
+    let effective = toml_json(&check_config(config, &env, &tmp.path().join("discovery")));
+    let d = &values["discovery"];
+    let rewrites: Vec<Value> = values["labels"]["jobRewrites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::json!({ "match": r["match"], "replace": r["replace"] }))
+        .collect();
+    let groups: Vec<Value> = values["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let mut out = serde_json::Map::new();
+            for key in ["path", "id"] {
+                if let Some(v) = g.get(key) {
+                    out.insert(key.into(), v.clone());
+                }
+            }
+            let subgroups = g.get("includeSubgroups").cloned().unwrap_or(true.into());
+            out.insert("include_subgroups".into(), subgroups);
+            Value::Object(out)
+        })
+        .collect();
+    for toml in [&rendered, &effective] {
+        for (key, want) in [
+            ("membership", &d["membership"]),
+            ("include", &d["include"]),
+            ("exclude", &d["exclude"]),
+            ("archived", &d["archived"]),
+            ("interval", &d["interval"]),
+            ("grace_period", &d["gracePeriod"]),
+        ] {
+            assert_eq!(&toml["discovery"][key], want, "discovery.{key}");
+        }
+        assert_eq!(toml["groups"], Value::Array(groups.clone()));
+        assert!(
+            toml["projects"].as_array().is_none_or(|p| p.is_empty()),
+            "no [[projects]]: {}",
+            toml["projects"]
+        );
+        assert_eq!(toml["poll"]["max_interval"], values["poll"]["maxInterval"]);
+        assert_eq!(toml["poll"]["interval"], values["poll"]["interval"]);
+        assert_eq!(toml["labels"]["runner"], values["labels"]["runner"]);
+        assert_eq!(toml["labels"]["drop"], values["labels"]["drop"]);
+        assert_eq!(
+            toml["labels"]["job_rewrites"],
+            Value::Array(rewrites.clone())
+        );
+    }
+
+    // Nothing to watch: the schema names the three ways out, and so does the template should
+    // the schema be skipped.
+    let nothing = temp_file(
+        tmp.path(),
+        "nothing-values.yaml",
+        "gitlab:\n  url: https://gitlab.example.com\n  existingSecret: token\n\
+         discovery:\n  include: ['^platform/']\n",
+    );
+    let nothing = nothing.to_str().unwrap();
+    let err = helm_template(nothing, tmp.path()).expect_err("nothing to watch");
+    for way in ["/projects", "/groups", "/discovery/membership"] {
+        assert!(err.contains(way), "{err}");
+    }
+    let report = run(Command::new(tool("bin/helm"))
+        .args(["lint", "--strict"])
+        .arg(&chart)
+        .args(["--values", nothing])
+        .env("HELM_CACHE_HOME", tmp.path().join("helm/cache"))
+        .env("HELM_CONFIG_HOME", tmp.path().join("helm/config"))
+        .env("HELM_DATA_HOME", tmp.path().join("helm/data")));
+    assert!(!report.status.success(), "{}", text(&report));
+    assert!(
+        text(&report).contains("/discovery/membership"),
+        "{}",
+        text(&report)
+    );
+    let err = helm_template_with(nothing, &["--skip-schema-validation"], tmp.path())
+        .expect_err("the template checks too");
+    assert!(
+        err.contains("nothing to watch: set projects (path or id), groups (path or id) or discovery.membership=true"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -43,8 +43,12 @@ token
 {{- end }}
 {{- end }}
 
-{{/* config.toml, from the values. Strings and numbers are written as JSON, which TOML reads. */}}
+{{/* config.toml, from the values. Strings and numbers are written as JSON, which TOML reads
+(a JSON string is a TOML basic string: backslashes and quotes in regexes are escaped alike). */}}
 {{- define "gitlab-jobs-exporter.config" -}}
+{{- if not (or .Values.projects .Values.groups .Values.discovery.membership) }}
+{{- fail "nothing to watch: set projects (path or id), groups (path or id) or discovery.membership=true" }}
+{{- end -}}
 # Rendered by the gitlab-jobs-exporter Helm chart from its values.
 [gitlab]
 url = {{ .Values.gitlab.url | toJson }}
@@ -57,12 +61,22 @@ listen = "0.0.0.0:39129"
 
 [poll]
 interval = {{ .Values.poll.interval | toJson }}
+max_interval = {{ .Values.poll.maxInterval | toJson }}
 backfill = {{ .Values.poll.backfill | toJson }}
 concurrency = {{ .Values.poll.concurrency | int64 }}
 
 [labels]
 ref = {{ .Values.labels.ref | toJson }}
 job = {{ .Values.labels.job | toJson }}
+runner = {{ .Values.labels.runner | toJson }}
+drop = {{ .Values.labels.drop | default list | toJson }}
+{{- with .Values.labels.jobRewrites }}
+job_rewrites = [
+{{- range . }}
+  { match = {{ .match | toJson }}, replace = {{ .replace | toJson }} },
+{{- end }}
+]
+{{- end }}
 
 [limits]
 max_series = {{ .Values.limits.maxSeries | int64 }}
@@ -85,6 +99,14 @@ count = {{ .Values.shards | int64 }}
 
 [state]
 dir = "/var/lib/gitlab-jobs-exporter"
+
+[discovery]
+membership = {{ .Values.discovery.membership | toJson }}
+include = {{ .Values.discovery.include | default list | toJson }}
+exclude = {{ .Values.discovery.exclude | default list | toJson }}
+archived = {{ .Values.discovery.archived | toJson }}
+interval = {{ .Values.discovery.interval | toJson }}
+grace_period = {{ .Values.discovery.gracePeriod | toJson }}
 {{- range .Values.projects }}
 
 [[projects]]
@@ -93,5 +115,15 @@ path = {{ .path | toJson }}
 {{- else }}
 id = {{ .id | int64 }}
 {{- end }}
+{{- end }}
+{{- range .Values.groups }}
+
+[[groups]]
+{{- if .path }}
+path = {{ .path | toJson }}
+{{- else }}
+id = {{ .id | int64 }}
+{{- end }}
+include_subgroups = {{ ternary .includeSubgroups true (hasKey . "includeSubgroups") | toJson }}
 {{- end }}
 {{- end }}
