@@ -132,12 +132,6 @@ impl Slots {
         self.live.insert(key, slot);
         key
     }
-    fn discovered_key(&self, id: u64) -> Option<u64> {
-        self.live
-            .iter()
-            .find(|(_, s)| s.discovered == Some(id))
-            .map(|(k, _)| *k)
-    }
 }
 
 /// What one discovery pass changed.
@@ -299,6 +293,11 @@ impl Scheduler {
             self.slots().configured_ids.insert(*id);
         }
         self.dirty.store(true, Ordering::Release);
+        if !self.slots().live.contains_key(&key) {
+            // Retired by discovery while this cycle ran: no longer paced.
+            self.pacer.remove(key);
+            return (result, None);
+        }
         let requests = result.as_ref().map_or(1, |s| s.requests);
         let next = match poller.next_poll(self.interval) {
             NextPoll::Never => {
@@ -352,6 +351,10 @@ impl Scheduler {
             if let Some(p) = cp.projects.remove(&poller.reference.to_string()) {
                 poller.restore(p, &self.metrics);
                 restored += 1;
+            }
+            // Known before its first poll: discovery must leave it to its entry.
+            if let Some((id, _)) = poller.resolved() {
+                self.slots().configured_ids.insert(*id);
             }
         }
         let discovering = self.discovery.enabled(&self.groups);
@@ -504,8 +507,9 @@ impl Scheduler {
                 })
                 .collect();
             stats.found = mine.len();
+            let live_ids: HashSet<u64> = slots.live.values().filter_map(|s| s.discovered).collect();
             for (id, found) in &mine {
-                if slots.discovered_key(*id).is_some() {
+                if live_ids.contains(id) {
                     continue;
                 }
                 let poller = match slots.retired.remove(id) {
@@ -573,8 +577,9 @@ impl Scheduler {
             }
         }
         for (key, poller) in stopped {
-            self.pacer.remove(key);
+            // Under the poll lock: a cycle that was running has paced itself by now.
             let poller = poller.lock().await;
+            self.pacer.remove(key);
             info!(project = %poller.label(), grace = %humantime::format_duration(self.discovery.grace_period),
                 "project no longer found by discovery; not polled any more, series kept for the grace period");
             self.readiness.forget(poller.counted_ready);
