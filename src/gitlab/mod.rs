@@ -297,6 +297,8 @@ impl GitlabClient {
                 }
                 ProjectsRequest::Membership { with_archived } => {
                     q.append_pair("membership", "true");
+                    // Reporter and up: a Guest membership usually cannot read jobs (403).
+                    q.append_pair("min_access_level", "20");
                     q.append_pair("pagination", "keyset");
                     common(&mut q, with_archived);
                     ("projects", format!("projects?{}", q.finish()))
