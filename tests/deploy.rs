@@ -1,9 +1,9 @@
 //! The shipped deployment files, checked offline with real tools (scripts/install-test-deps.sh
-//! installs them): the Grafana dashboards' structure and documentation, the Prometheus rules
-//! with promtool (syntax and unit tests), the systemd unit with `systemd-analyze verify` and
-//! `security`, the kustomize base and the Helm chart rendered by kubectl and helm and validated
-//! against Kubernetes' and the prometheus-operator's schemas, the Dockerfile with hadolint. Every
-//! configuration they ship is run through the exporter's own `--check-config`.
+//! installs them): the Grafana dashboards' structure and documentation, the Prometheus rules with
+//! promtool (syntax and unit tests), the systemd unit with `systemd-analyze verify` and `security`,
+//! the kustomize base and its sharded overlays and the Helm chart rendered by kubectl and helm and
+//! validated against Kubernetes' and the prometheus-operator's schemas, the Dockerfile with
+//! hadolint. Every configuration they ship is run through the exporter's own `--check-config`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -519,7 +519,17 @@ fn assert_hardened(workload: &Value) -> Vec<(String, String)> {
         "{name}"
     );
     assert!(volumes[mounts[TOKEN_DIR]]["secret"].is_object(), "{name}");
-    assert!(volumes[mounts[STATE_DIR]]["emptyDir"].is_object(), "{name}");
+    // The checkpoint: an emptyDir, or a claim per pod of a StatefulSet.
+    let state = mounts[STATE_DIR];
+    match volumes.get(state) {
+        Some(volume) => assert!(volume["emptyDir"].is_object(), "{name}"),
+        None => assert!(
+            workload["spec"]["volumeClaimTemplates"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["metadata"]["name"] == state)),
+            "{name}: no volume {state}"
+        ),
+    }
     c["env"]
         .as_array()
         .into_iter()
@@ -555,12 +565,25 @@ fn assert_scraped_with_honored_labels(docs: &[Value]) {
     }
 }
 
+/// Whether a `matchLabels` selector selects an object with these labels.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let selector = selector.as_object().expect("matchLabels");
+    !selector.is_empty() && selector.iter().all(|(k, v)| &labels[k] == v)
+}
+
+/// `kubectl kustomize` of a directory under deploy/kubernetes.
+fn kustomize(dir: &str) -> String {
+    ok(Command::new(tool("bin/kubectl"))
+        .arg("kustomize")
+        .arg(repo().join("deploy/kubernetes").join(dir)))
+}
+
 #[test]
 fn kustomize_base_renders_and_validates() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let rendered = ok(Command::new(tool("bin/kubectl"))
-        .arg("kustomize")
-        .arg(repo().join("deploy/kubernetes")));
+    // deploy/kubernetes renders the base (overlays cannot sit inside the base's directory).
+    let rendered = kustomize("");
+    assert_eq!(rendered, kustomize("base"));
     let path = temp_file(tmp.path(), "kustomize.yaml", &rendered);
     validate(&path);
     let docs = yaml_docs(&path);
@@ -582,6 +605,148 @@ fn kustomize_base_renders_and_validates() {
         .as_str()
         .expect("config.toml");
     check_config(config, &env, tmp.path());
+}
+
+/// A sharded overlay's StatefulSets: every pod scraped once, and the configuration's
+/// shard.count equal to the replicas. Returns each StatefulSet's configuration.
+fn assert_sharded(docs: &[Value], tmp: &Path) -> Vec<String> {
+    let sets = find(docs, "StatefulSet");
+    let services = find(docs, "Service");
+    let monitors = find(docs, "ServiceMonitor");
+    assert_eq!(services.len(), sets.len());
+    assert_eq!(monitors.len(), sets.len());
+    let mut configs = Vec::new();
+    for set in sets {
+        let name = set["metadata"]["name"].as_str().unwrap();
+        let spec = &set["spec"];
+        assert_eq!(spec["replicas"], 3, "{name}");
+        assert_eq!(spec["podManagementPolicy"], "Parallel", "{name}");
+        let env = assert_hardened(set);
+        let template = &spec["template"]["metadata"]["labels"];
+        assert!(
+            selects(&spec["selector"]["matchLabels"], template),
+            "{name}"
+        );
+        // The checkpoint is on a claim per pod, so a rescheduled shard resumes exactly.
+        let claims = spec["volumeClaimTemplates"].as_array().expect("claims");
+        assert_eq!(claims.len(), 1, "{name}");
+        assert_eq!(claims[0]["metadata"]["name"], "state", "{name}");
+        assert_eq!(
+            claims[0]["spec"]["accessModes"],
+            serde_json::json!(["ReadWriteOnce"])
+        );
+        assert!(claims[0]["spec"]["resources"]["requests"]["storage"].is_string());
+
+        // serviceName: an existing headless Service, which selects this StatefulSet's pods
+        // and no other's.
+        let service = services
+            .iter()
+            .find(|s| s["metadata"]["name"] == spec["serviceName"])
+            .unwrap_or_else(|| panic!("{name}: no Service {}", spec["serviceName"]));
+        assert_eq!(service["spec"]["clusterIP"], "None", "{name}: not headless");
+        assert_eq!(service["spec"]["ports"][0]["targetPort"], "metrics");
+        for other in find(docs, "StatefulSet") {
+            let pods = &other["spec"]["template"]["metadata"]["labels"];
+            assert_eq!(
+                selects(&service["spec"]["selector"], pods),
+                other["metadata"]["name"] == name,
+                "{name}: Service {} and the pods of {}",
+                service["metadata"]["name"],
+                other["metadata"]["name"]
+            );
+        }
+        // Exactly one ServiceMonitor selects the Service: each pod is one target.
+        let scraping: Vec<_> = monitors
+            .iter()
+            .filter(|m| {
+                selects(
+                    &m["spec"]["selector"]["matchLabels"],
+                    &service["metadata"]["labels"],
+                )
+            })
+            .collect();
+        assert_eq!(scraping.len(), 1, "{name}: ServiceMonitors of its Service");
+        let endpoint = &scraping[0]["spec"]["endpoints"][0];
+        assert_eq!(endpoint["port"], "metrics", "{name}");
+        assert_eq!(endpoint["honorLabels"], true, "{name}");
+
+        // The configuration it mounts: shard.count = replicas, shard.index unset (the pod's
+        // ordinal), and the exporter accepts it.
+        let volumes = spec["template"]["spec"]["volumes"].as_array().unwrap();
+        let config_map =
+            volumes.iter().find(|v| v["name"] == "config").unwrap()["configMap"]["name"].clone();
+        let config = find(docs, "ConfigMap")
+            .into_iter()
+            .find(|c| c["metadata"]["name"] == config_map)
+            .unwrap_or_else(|| panic!("{name}: no ConfigMap {config_map}"))["data"]["config.toml"]
+            .as_str()
+            .expect("config.toml")
+            .to_string();
+        let shard = &toml_json(&config)["shard"];
+        assert_eq!(shard["count"], spec["replicas"], "{name}: shard.count");
+        assert!(shard.get("index").is_none(), "{name}: shard.index is set");
+        let effective = check_config(&config, &env, &tmp.join(name));
+        assert_eq!(toml_json(&effective)["shard"]["count"], 3, "{effective}");
+        configs.push(config);
+    }
+    configs
+}
+
+#[test]
+fn kustomize_sharded_overlays_render_and_validate() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+
+    // sharded: the base as a StatefulSet of 3 shards.
+    let path = temp_file(tmp.path(), "sharded.yaml", &kustomize("sharded"));
+    validate(&path);
+    let docs = yaml_docs(&path);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["ConfigMap", "Service", "StatefulSet", "ServiceMonitor"]
+    );
+    assert_sharded(&docs, &tmp.path().join("sharded"));
+    // The base's ServiceMonitor, unchanged.
+    let base = yaml_docs(&temp_file(tmp.path(), "base.yaml", &kustomize("base")));
+    assert_eq!(find(&docs, "ServiceMonitor"), find(&base, "ServiceMonitor"));
+
+    // sharded-ha: two copies with the same configuration, told apart by `replica` alone.
+    let path = temp_file(tmp.path(), "sharded-ha.yaml", &kustomize("sharded-ha"));
+    validate(&path);
+    let docs = yaml_docs(&path);
+    let configs = assert_sharded(&docs, &tmp.path().join("sharded-ha"));
+    assert_eq!(configs.len(), 2);
+    assert_eq!(configs[0], configs[1], "the copies' configurations differ");
+    let replicas: Vec<&Value> = find(&docs, "StatefulSet")
+        .iter()
+        .map(|s| &s["spec"]["template"]["metadata"]["labels"]["replica"])
+        .collect();
+    assert_eq!(replicas, ["a", "b"]);
+    for monitor in find(&docs, "ServiceMonitor") {
+        // Shard 2 of either copy is instance="gitlab-jobs-exporter-2" (Prometheus anchors it).
+        let rule = monitor["spec"]["endpoints"][0]["relabelings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["targetLabel"] == "instance")
+            .expect("instance relabelling");
+        let re = regex::Regex::new(&format!("^(?:{})$", rule["regex"].as_str().unwrap())).unwrap();
+        for pod in ["gitlab-jobs-exporter-a-2", "gitlab-jobs-exporter-b-2"] {
+            let instance = re.replace(pod, rule["replacement"].as_str().unwrap());
+            assert_eq!(instance, "gitlab-jobs-exporter-2");
+        }
+        let relabelings = monitor["spec"]["endpoints"][0]["relabelings"].to_string();
+        for needle in [
+            r#""sourceLabels":["__meta_kubernetes_pod_label_replica"],"targetLabel":"replica""#,
+            r#""targetLabel":"instance""#,
+            r#""action":"labeldrop","regex":"pod|service""#,
+        ] {
+            assert!(
+                relabelings.contains(needle),
+                "{needle} not in {relabelings}"
+            );
+        }
+    }
 }
 
 /// Renders the chart with a values file (relative to the chart, or absolute).
