@@ -608,13 +608,41 @@ impl Scheduler {
 
     /// Rediscovers every `discovery.interval` until `shutdown` (the first pass is `run`'s).
     async fn discovery_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        // Readiness waits for the first complete pass: until then the set of projects is
+        // not known (a GitLab outage at start, or a group entry that does not exist).
+        let mut ready = false;
+        let mut failures = 0u32;
         loop {
+            let stats = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                stats = self.discover() => stats,
+            };
+            if stats.complete {
+                info!(?stats, "project discovery done");
+                failures = 0;
+                if !ready {
+                    ready = true;
+                    self.readiness.mark_one();
+                }
+            } else {
+                failures = failures.saturating_add(1);
+                warn!(
+                    ?stats,
+                    "project discovery incomplete: projects it missed are added, none removed; trying again soon"
+                );
+            }
+            // An incomplete pass is retried sooner: 30 s, doubling up to the interval.
+            let wait = if stats.complete {
+                self.discovery.interval
+            } else {
+                Duration::from_secs(30)
+                    .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+                    .min(self.discovery.interval)
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.discovery.interval) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            let stats = self.discover().await;
-            info!(?stats, "project discovery done");
         }
     }
 
@@ -747,20 +775,7 @@ impl Scheduler {
         }
         self.metrics.set_watched(self.watched());
         if discovering {
-            let me = self.clone();
-            let stop = shutdown.clone();
-            tracker.spawn(async move {
-                let first = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    stats = me.discover() => stats,
-                };
-                info!(?first, "first project discovery done");
-                if !first.complete {
-                    warn!("the first discovery pass was incomplete; projects it missed are added on a later pass");
-                }
-                me.readiness.mark_one();
-                me.discovery_loop(stop).await;
-            });
+            tracker.spawn(self.clone().discovery_loop(shutdown.clone()));
         }
         shutdown.cancelled().await;
         tracker.close();

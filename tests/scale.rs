@@ -160,6 +160,7 @@ async fn scale() {
     let warmup = Duration::from_secs(5 * 60);
     let measured = Duration::from_secs(15 * 60);
     let mut requests = 0usize;
+    let (mut cycles, mut pages, mut scoped, mut singles) = (0usize, 0usize, 0usize, 0usize);
     let mut naive = 0usize;
     let mut completed = 0usize;
     let mut naive_samples = 0usize;
@@ -174,6 +175,10 @@ async fn scale() {
             continue;
         }
         requests += stats.iter().map(|s| s.requests).sum::<usize>();
+        cycles += stats.len();
+        pages += stats.iter().map(|s| s.pages).sum::<usize>();
+        scoped += stats.iter().map(|s| s.scoped_pages).sum::<usize>();
+        singles += stats.iter().map(|s| s.single_fetches).sum::<usize>();
         completed += stats.iter().map(|s| s.completed).sum::<usize>();
         // What re-reading each project's last hour every 30 s would cost, sampled every 30 s.
         if (now - measure_from) % 30_000 == 0 {
@@ -268,6 +273,9 @@ async fn scale() {
         requests as f64 / minutes,
         naive as f64 / naive_samples.max(1) as f64 * 2.0,
         lower
+    );
+    println!(
+        "measured window: {cycles} cycles; requests by kind: {pages} list pages, {scoped} scope[] listing pages, {singles} single-job fetches"
     );
     println!(
         "pacing at the end: {busy_n} busy / {idle_n} idle projects; stretch busy {busy_stretch:.2}, idle {idle_stretch:.2}; demand/budget {demand:.2}"
