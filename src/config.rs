@@ -77,11 +77,7 @@ pub struct GroupRef {
 impl GroupRef {
     /// The `:id` segment of API paths: the numeric id, or the URL-encoded path.
     pub fn api_id(&self) -> String {
-        match (&self.id, &self.path) {
-            (Some(id), _) => id.to_string(),
-            (None, Some(path)) => url::form_urlencoded::byte_serialize(path.as_bytes()).collect(),
-            (None, None) => String::new(),
-        }
+        api_id(self.id, self.path.as_deref())
     }
 }
 
@@ -285,12 +281,7 @@ pub struct ProjectRef {
 impl ProjectRef {
     /// The `:id` segment of API paths: the numeric id, or the URL-encoded path.
     pub fn api_id(&self) -> String {
-        match (&self.id, &self.path) {
-            (Some(id), _) => id.to_string(),
-            (None, Some(path)) => url::form_urlencoded::byte_serialize(path.as_bytes()).collect(),
-            // validate() rejects entries with neither; keep a harmless value rather than panic.
-            (None, None) => String::new(),
-        }
+        api_id(self.id, self.path.as_deref())
     }
 }
 
@@ -566,28 +557,12 @@ impl Config {
         let mut seen_groups = HashSet::new();
         for (i, g) in self.groups.iter().enumerate() {
             let key = format!("groups[{i}]");
-            match (&g.path, g.id) {
-                (Some(_), Some(_)) => {
-                    return Err(ConfigError::invalid(key, "give `path` or `id`, not both"));
-                }
-                (None, None) => return Err(ConfigError::invalid(key, "needs `path` or `id`")),
-                (Some(path), None) => {
-                    let trimmed = path.trim_matches('/');
-                    if trimmed.is_empty() || trimmed != path || path.contains("//") {
-                        return Err(ConfigError::invalid(
-                            format!("{key}.path"),
-                            format!("{path:?} is not a group path like group/subgroup"),
-                        ));
-                    }
-                }
-                (None, Some(0)) => {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.id"),
-                        "must be positive",
-                    ));
-                }
-                (None, Some(_)) => {}
-            }
+            check_entry(
+                &key,
+                g.path.as_deref(),
+                g.id,
+                "a group path like group/subgroup",
+            )?;
             if !seen_groups.insert((g.path.as_ref().map(|s| s.to_lowercase()), g.id)) {
                 return Err(ConfigError::invalid(key, format!("duplicate {g}")));
             }
@@ -595,28 +570,12 @@ impl Config {
         let mut seen = HashSet::new();
         for (i, p) in self.projects.iter().enumerate() {
             let key = format!("projects[{i}]");
-            match (&p.path, p.id) {
-                (Some(_), Some(_)) => {
-                    return Err(ConfigError::invalid(key, "give `path` or `id`, not both"));
-                }
-                (None, None) => return Err(ConfigError::invalid(key, "needs `path` or `id`")),
-                (Some(path), None) => {
-                    let trimmed = path.trim_matches('/');
-                    if trimmed.is_empty() || trimmed != path || path.contains("//") {
-                        return Err(ConfigError::invalid(
-                            format!("{key}.path"),
-                            format!("{path:?} is not a project path like group/subgroup/project"),
-                        ));
-                    }
-                }
-                (None, Some(0)) => {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.id"),
-                        "must be positive",
-                    ));
-                }
-                (None, Some(_)) => {}
-            }
+            check_entry(
+                &key,
+                p.path.as_deref(),
+                p.id,
+                "a project path like group/subgroup/project",
+            )?;
             // Paths are case-insensitive in GitLab.
             let ident = (p.path.as_ref().map(|s| s.to_lowercase()), p.id);
             if !seen.insert(ident) {
@@ -637,6 +596,46 @@ impl Config {
             .token
             .clone()
             .unwrap_or_else(|| SecretString::from(String::new()))
+    }
+}
+
+/// The `:id` segment of API paths: the numeric id, or the URL-encoded path. validate()
+/// rejects entries with neither; an empty segment then is harmless rather than a panic.
+fn api_id(id: Option<u64>, path: Option<&str>) -> String {
+    match (id, path) {
+        (Some(id), _) => id.to_string(),
+        (None, Some(path)) => url::form_urlencoded::byte_serialize(path.as_bytes()).collect(),
+        (None, None) => String::new(),
+    }
+}
+
+/// A `[[projects]]` or `[[groups]]` entry: exactly one of a well-formed `path` (`what` says
+/// what it should look like) and a positive `id`.
+fn check_entry(
+    key: &str,
+    path: Option<&str>,
+    id: Option<u64>,
+    what: &str,
+) -> Result<(), ConfigError> {
+    match (path, id) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(key, "give `path` or `id`, not both")),
+        (None, None) => Err(ConfigError::invalid(key, "needs `path` or `id`")),
+        (Some(path), None) => {
+            let trimmed = path.trim_matches('/');
+            if trimmed.is_empty() || trimmed != path || path.contains("//") {
+                Err(ConfigError::invalid(
+                    format!("{key}.path"),
+                    format!("{path:?} is not {what}"),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        (None, Some(0)) => Err(ConfigError::invalid(
+            format!("{key}.id"),
+            "must be positive",
+        )),
+        (None, Some(_)) => Ok(()),
     }
 }
 

@@ -209,18 +209,18 @@ async fn a_failing_cycle_is_redone_without_double_counting() {
     h.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn folded_labels_keep_every_count() {
-    use gitlab_jobs_exporter::labels::{JobMode, RefMode};
+/// Starts 90 minutes into the history (1-hour backfill), polls every minute for two hours,
+/// then settles.
+async fn two_settled_hours(
+    world: World,
+    tweak: impl FnOnce(&mut gitlab_jobs_exporter::config::Config),
+) -> Harness {
     let mut h = Harness::start_with(
-        world(5),
+        world,
         T0 + 90 * MIN,
         projects(),
         Duration::from_secs(3600),
-        |cfg| {
-            cfg.labels.ref_ = RefMode::Kind;
-            cfg.labels.job = JobMode::Normalized;
-        },
+        tweak,
     )
     .await;
     h.poll().await;
@@ -229,6 +229,17 @@ async fn folded_labels_keep_every_count() {
         h.poll().await;
     }
     h.settle().await;
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folded_labels_keep_every_count() {
+    use gitlab_jobs_exporter::labels::{JobMode, RefMode};
+    let h = two_settled_hours(world(5), |cfg| {
+        cfg.labels.ref_ = RefMode::Kind;
+        cfg.labels.job = JobMode::Normalized;
+    })
+    .await;
     let scrape = h.scrape().await;
     let truth = h.truth();
     let totals = scrape.values("gitlab_ci_jobs_total");
@@ -272,20 +283,7 @@ async fn runner_rewrites_and_dropped_ref_keep_every_count() {
         ..Default::default()
     };
     let p = policy.clone();
-    let mut h = Harness::start_with(
-        world(6),
-        T0 + 90 * MIN,
-        projects(),
-        Duration::from_secs(3600),
-        |cfg| cfg.labels = p,
-    )
-    .await;
-    h.poll().await;
-    for _ in 0..120 {
-        h.sim.advance(Duration::from_secs(60));
-        h.poll().await;
-    }
-    h.settle().await;
+    let h = two_settled_hours(world(6), |cfg| cfg.labels = p).await;
     let scrape = h.scrape().await;
     let truth = h.truth();
     type Key = Vec<String>;
@@ -488,18 +486,30 @@ fn discover_acme_and_membership(cfg: &mut gitlab_jobs_exporter::config::Config) 
     cfg.discovery.exclude = vec!["legacy".into()];
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discovered_projects_are_counted_exactly_through_leaving_and_returning() {
-    let mut h = Harness::start_with(
+/// A harness discovering the `acme` group and the memberships, with project 24 archived and
+/// the user no member of 26: 21, 22 and 25 are to be watched (23 is excluded by name).
+async fn start_discovering(
+    tweak: impl FnOnce(&mut gitlab_jobs_exporter::config::Config),
+) -> Harness {
+    let h = Harness::start_with(
         discovery_world(),
         T0 + HOUR,
         Vec::new(),
         Duration::from_secs(3600),
-        discover_acme_and_membership,
+        |cfg| {
+            discover_acme_and_membership(cfg);
+            tweak(cfg);
+        },
     )
     .await;
     h.sim.set_archived(24, true).expect("project 24");
     h.sim.set_member(26, false).expect("project 26");
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_projects_are_counted_exactly_through_leaving_and_returning() {
+    let mut h = start_discovering(|_| {}).await;
     let watched = ["acme/platform/api", "acme/web/frontend", "tools/cli"];
 
     let stats = h.scheduler.discover().await;
@@ -575,19 +585,7 @@ async fn discovered_projects_are_counted_exactly_through_leaving_and_returning()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_removes_series_after_the_grace_period_and_never_after_a_failed_pass() {
-    let mut h = Harness::start_with(
-        discovery_world(),
-        T0 + HOUR,
-        Vec::new(),
-        Duration::from_secs(3600),
-        |cfg| {
-            discover_acme_and_membership(cfg);
-            cfg.discovery.grace_period = Duration::ZERO;
-        },
-    )
-    .await;
-    h.sim.set_archived(24, true).expect("project 24");
-    h.sim.set_member(26, false).expect("project 26");
+    let mut h = start_discovering(|cfg| cfg.discovery.grace_period = Duration::ZERO).await;
     assert_eq!(h.scheduler.discover().await.added, 3);
     h.poll().await;
     let series = |s: &common::Scrape, project: &str| {
@@ -715,20 +713,7 @@ async fn discovered_and_retired_projects_survive_a_restart() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let state_dir = dir.path().to_path_buf();
-    let tweak = |cfg: &mut gitlab_jobs_exporter::config::Config| {
-        discover_acme_and_membership(cfg);
-        cfg.state.dir = Some(state_dir.clone());
-    };
-    let mut h = Harness::start_with(
-        discovery_world(),
-        T0 + HOUR,
-        Vec::new(),
-        Duration::from_secs(3600),
-        tweak,
-    )
-    .await;
-    h.sim.set_archived(24, true).expect("project 24");
-    h.sim.set_member(26, false).expect("project 26");
+    let mut h = start_discovering(|cfg| cfg.state.dir = Some(state_dir.clone())).await;
     assert_eq!(h.scheduler.discover().await.added, 3);
     for _ in 0..3 {
         h.poll().await;
@@ -741,7 +726,8 @@ async fn discovered_and_retired_projects_survive_a_restart() {
     // A new process on the same state.dir, before any discovery pass: the live discovered
     // projects are back (and polled), the retired one waits for its grace period.
     let mut cfg = common::config(&h.base_url, Vec::new(), Duration::from_secs(3600));
-    tweak(&mut cfg);
+    discover_acme_and_membership(&mut cfg);
+    cfg.state.dir = Some(state_dir.clone());
     let metrics =
         Arc::new(Metrics::new(&cfg.metrics, cfg.limits.max_series, &cfg.labels).expect("metrics"));
     let again = Scheduler::new(&cfg, metrics.clone(), common::fast_retry()).expect("scheduler");

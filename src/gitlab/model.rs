@@ -192,16 +192,23 @@ pub struct Project {
 
 /// Decodes a project list leniently: the items that are valid projects, and how many were not.
 pub fn decode_projects(body: &[u8]) -> Result<(Vec<Project>, usize), serde_json::Error> {
+    decode_lenient(body)
+}
+
+/// A JSON array, item by item: one odd item is counted and skipped, never fatal to the page.
+fn decode_lenient<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<(Vec<T>, usize), serde_json::Error> {
     let items: Vec<serde_json::Value> = serde_json::from_slice(body)?;
-    let mut projects = Vec::with_capacity(items.len());
+    let mut ok = Vec::with_capacity(items.len());
     let mut bad = 0;
     for item in items {
-        match serde_json::from_value::<Project>(item) {
-            Ok(p) => projects.push(p),
+        match serde_json::from_value::<T>(item) {
+            Ok(v) => ok.push(v),
             Err(_) => bad += 1,
         }
     }
-    Ok((projects, bad))
+    Ok((ok, bad))
 }
 
 fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
@@ -235,16 +242,7 @@ fn lenient_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Er
 
 /// Decodes a page leniently: the items that are valid jobs, and how many were not.
 pub fn decode_jobs(body: &[u8]) -> Result<(Vec<Job>, usize), serde_json::Error> {
-    let items: Vec<serde_json::Value> = serde_json::from_slice(body)?;
-    let mut jobs = Vec::with_capacity(items.len());
-    let mut bad = 0;
-    for item in items {
-        match serde_json::from_value::<Job>(item) {
-            Ok(job) => jobs.push(job),
-            Err(_) => bad += 1,
-        }
-    }
-    Ok((jobs, bad))
+    decode_lenient(body)
 }
 
 #[cfg(test)]
