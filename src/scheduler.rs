@@ -508,6 +508,14 @@ impl Scheduler {
                 .collect();
             stats.found = mine.len();
             let live_ids: HashSet<u64> = slots.live.values().filter_map(|s| s.discovered).collect();
+            // Still listed although its jobs answered 404 (a transfer under way, say): try again.
+            for (key, slot) in slots.live.iter_mut() {
+                if slot.ended && slot.discovered.is_some_and(|id| mine.contains_key(&id)) {
+                    slot.ended = false;
+                    slot.stop = CancellationToken::new();
+                    to_spawn.push(*key);
+                }
+            }
             for (id, found) in &mine {
                 if live_ids.contains(id) {
                     continue;
