@@ -4,13 +4,14 @@
 //! A cycle reads the job list from the top (newest first) until it reaches jobs it already knows
 //! (on a first start: until the backfill window is covered). Followed jobs deeper than that are
 //! checked with one `scope[]` listing of the non-final statuses, and only those that left it are
-//! fetched one by one. An idle project thus costs one request per cycle.
+//! fetched: one by one, or through their pipeline's job list when that list serves more than one
+//! deep job (see `fetch_changed`). An idle project thus costs one request per cycle.
 //!
 //! Events are applied to the metrics right after the snapshot that caused them, and the tracker
 //! only advances its high-water mark when a cycle completes; a cycle that fails part-way leaves
 //! nothing half-done: the next cycle re-reads what it needs, and re-reading is idempotent.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -18,7 +19,9 @@ use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
 use crate::config::ProjectRef;
-use crate::gitlab::{ApiError, GitlabClient, JobStatus, JobsPage, PageRequest};
+use crate::gitlab::{
+    ApiError, GitlabClient, JobStatus, JobsPage, PageRequest, PipelineJobsRequest,
+};
 use crate::metrics::Metrics;
 use crate::pacing::Activity;
 use crate::tracker::{Event, Tracker, secs};
@@ -34,6 +37,9 @@ pub const MAX_SINGLE_FETCHES: usize = 100;
 pub const MAX_LISTING_PAGES: usize = 100;
 /// Deep waiting jobs (created, manual, scheduled) are all re-checked every this many cycles.
 pub const COLD_SWEEP_CYCLES: u64 = 10;
+/// Failures in a row of `GET /projects/:id/pipelines/:pipeline_id/jobs` after which a project
+/// stops using it (a GitLab, proxy or look-alike that does not serve it): single fetches only.
+pub const PIPELINE_JOBS_MAX_FAILURES: u32 = 3;
 
 /// What every request of one cycle's second phase needs.
 #[derive(Clone, Copy)]
@@ -99,6 +105,8 @@ pub struct CycleStats {
     pub pages: usize,
     pub scoped_pages: usize,
     pub single_fetches: usize,
+    /// Pages of pipeline job lists read instead of single fetches.
+    pub pipeline_pages: usize,
     pub completed: usize,
     /// Tracker events (jobs seen for the first time, jobs completed).
     pub events: usize,
@@ -128,6 +136,11 @@ pub struct ProjectPoller {
     shard: (u32, u32),
     /// Whether the last completed cycle saw activity (kept through failed cycles).
     activity: Activity,
+    /// Failures in a row of the pipeline-jobs endpoint.
+    pipeline_jobs_failures: u32,
+    /// The pipeline-jobs endpoint failed `PIPELINE_JOBS_MAX_FAILURES` times in a row: not used
+    /// for this project any more (until a restart).
+    pipeline_jobs_off: bool,
 }
 
 /// When a project is polled next.
@@ -204,6 +217,8 @@ impl ProjectPoller {
             labels,
             shard,
             activity: Activity::Busy,
+            pipeline_jobs_failures: 0,
+            pipeline_jobs_off: false,
         }
     }
 
@@ -517,7 +532,9 @@ impl ProjectPoller {
                     hot.into_iter().filter(|id| !listed.contains(id)).collect()
                 }
             };
-            self.fetch_each(&cx, to_fetch, stats).await?;
+            // Ids whose current state a pipeline job list already gave this cycle.
+            let mut seen = HashSet::new();
+            self.fetch_changed(&cx, to_fetch, stats, &mut seen).await?;
 
             let sweep = self.completed_cycles.is_multiple_of(COLD_SWEEP_CYCLES);
             // A waiting job moves when the running part of its pipeline is over (next stage,
@@ -527,7 +544,7 @@ impl ProjectPoller {
             let cold: Vec<u64> = self
                 .tracker
                 .deep_followed(lowest)
-                .filter(|(_, f)| is_waiting(&f.status))
+                .filter(|(id, f)| is_waiting(&f.status) && !seen.contains(id))
                 .filter(|(_, f)| sweep || f.pipeline_id.is_some_and(|p| settled.contains(&p)))
                 .map(|(id, _)| id)
                 .collect();
@@ -540,7 +557,7 @@ impl ProjectPoller {
             } else {
                 cold
             };
-            self.fetch_each(&cx, to_fetch, stats).await?;
+            self.fetch_changed(&cx, to_fetch, stats, &mut seen).await?;
         }
 
         let given_up = self.tracker.complete_cycle(lowest, highest);
@@ -620,13 +637,167 @@ impl ProjectPoller {
         }
     }
 
-    /// Fetches followed jobs one by one (at most `MAX_SINGLE_FETCHES`, oldest first).
+    /// Learns the current state of deep followed jobs that no listing showed this cycle (at most
+    /// `MAX_SINGLE_FETCHES`, oldest first).
+    ///
+    /// Why per pipeline: deep jobs that change together usually belong to one pipeline (its
+    /// stage finished, it was canceled, a retry ended it), and one request for the pipeline's
+    /// job list (`include_retried=true`, 100 per page) returns them all, where single fetches
+    /// cost one request each. So jobs sharing a pipeline with another job to fetch (or with
+    /// another deep followed job, which the list then refreshes for free) are read that way,
+    /// the rest one by one. The endpoint is optional for correctness: any failure of it (404,
+    /// 5xx after retries, a body that does not decode) falls back to single fetches of those
+    /// jobs in the same cycle, a job its list does not show is fetched singly too (never
+    /// dropped), and a project where it fails `PIPELINE_JOBS_MAX_FAILURES` times in a row
+    /// stops using it. What the list shows is fed like any listing, restricted as in `list`.
+    async fn fetch_changed(
+        &mut self,
+        cx: &Cx<'_>,
+        mut ids: Vec<u64>,
+        stats: &mut CycleStats,
+        seen: &mut HashSet<u64>,
+    ) -> Result<(), PollError> {
+        ids.retain(|id| self.tracker.is_followed(*id) && !seen.contains(id));
+        ids.sort_unstable();
+        if ids.len() > MAX_SINGLE_FETCHES {
+            warn!(project = %cx.label, pending = ids.len(), "many followed jobs changed at once; fetching the rest next cycle");
+            ids.truncate(MAX_SINGLE_FETCHES);
+        }
+        let mut singles = Vec::new();
+        let mut groups: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for id in ids {
+            let pipeline = self.tracker.followed(id).and_then(|f| f.pipeline_id);
+            match pipeline {
+                Some(p) if !self.pipeline_jobs_off => groups.entry(p).or_default().push(id),
+                _ => singles.push(id),
+            }
+        }
+        // Deep followed jobs per pipeline: a lone job to fetch is worth its pipeline's list
+        // (same cost) when that list also refreshes other deep jobs of the pipeline.
+        let mut deep: HashMap<u64, usize> = HashMap::new();
+        if groups.values().any(|g| g.len() == 1) {
+            for (_, f) in self.tracker.deep_followed(cx.lowest) {
+                if let Some(p) = f.pipeline_id.filter(|p| groups.contains_key(p)) {
+                    *deep.entry(p).or_default() += 1;
+                }
+            }
+        }
+        for (pipeline, group) in groups {
+            let worth = group.len() >= 2 || deep.get(&pipeline).is_some_and(|n| *n >= 2);
+            if !worth || self.pipeline_jobs_off {
+                singles.extend(group);
+                continue;
+            }
+            match self.read_pipeline(cx, pipeline, &group, stats, seen).await {
+                Ok(missing) => {
+                    self.pipeline_jobs_failures = 0;
+                    if !missing.is_empty() {
+                        debug!(project = %cx.label, pipeline, ?missing, "jobs missing from their pipeline's job list; fetching them singly");
+                    }
+                    singles.extend(missing);
+                }
+                Err(e) => {
+                    let rest: Vec<u64> =
+                        group.into_iter().filter(|id| !seen.contains(id)).collect();
+                    warn!(project = %cx.label, pipeline, error = %e, jobs = rest.len(),
+                        "cannot read the pipeline's job list; fetching its jobs singly");
+                    let asked = rest.len();
+                    let gone = self.fetch_each(cx, rest, stats).await?;
+                    // A deleted pipeline answers 404 and so do its jobs: not the endpoint's fault.
+                    let pipeline_gone = asked > 0
+                        && gone == asked
+                        && matches!(&e, PollError::Api(a) if a.status() == Some(404));
+                    if counts_against_endpoint(&e) && !pipeline_gone {
+                        self.pipeline_jobs_failed(cx.label, cx.metrics);
+                    }
+                }
+            }
+        }
+        singles.sort_unstable();
+        self.fetch_each(cx, singles, stats).await?;
+        Ok(())
+    }
+
+    fn pipeline_jobs_failed(&mut self, label: &str, metrics: &Metrics) {
+        self.pipeline_jobs_failures += 1;
+        if self.pipeline_jobs_failures >= PIPELINE_JOBS_MAX_FAILURES && !self.pipeline_jobs_off {
+            self.pipeline_jobs_off = true;
+            metrics.api_error("pipeline_jobs_disabled");
+            warn!(project = %label, failures = self.pipeline_jobs_failures,
+                "the pipeline jobs endpoint keeps failing; this project now fetches changed jobs one by one");
+        }
+    }
+
+    /// Reads one pipeline's job list, feeding what it shows (below `lowest`, at most
+    /// `highest`, as `list` does: jobs above were read this cycle, newer ones are next
+    /// cycle's). Returns the `wanted` jobs it did not show, for single fetches. Stops paging
+    /// when fewer than two wanted jobs remain (a page then costs as much as fetching them) or
+    /// after as many pages as jobs wanted (a pipeline of thousands of jobs).
+    async fn read_pipeline(
+        &mut self,
+        cx: &Cx<'_>,
+        pipeline: u64,
+        wanted: &[u64],
+        stats: &mut CycleStats,
+        seen: &mut HashSet<u64>,
+    ) -> Result<Vec<u64>, PollError> {
+        let Cx {
+            client,
+            metrics,
+            api_id,
+            label,
+            lowest,
+            highest,
+            server_now,
+        } = *cx;
+        let mut missing: std::collections::BTreeSet<u64> = wanted.iter().copied().collect();
+        let mut visited = HashSet::new();
+        let mut next: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let req = match &next {
+                None => PipelineJobsRequest::First {
+                    project: api_id,
+                    pipeline,
+                },
+                Some(rel) => PipelineJobsRequest::Next(rel),
+            };
+            let mut page = client.pipeline_jobs_page(req).await?;
+            stats.requests += 1;
+            stats.pipeline_pages += 1;
+            // Offset pages may overlap (a job created between two requests shifts the rest down
+            // by one): harmless, as observing a job twice is, so only the page itself is checked.
+            check_page(&page, None, label, metrics)?;
+            pages += 1;
+            page.jobs
+                .retain(|j| lowest.is_none_or(|l| j.id < l) && highest.is_none_or(|h| j.id <= h));
+            for j in &page.jobs {
+                missing.remove(&j.id);
+                seen.insert(j.id);
+            }
+            let now = page.server_time.map(secs).unwrap_or(server_now);
+            self.feed(&page, now, label, metrics, stats);
+            match page.next {
+                // Never more pages than jobs wanted: at worst about twice the single fetches.
+                Some(n) if missing.len() >= 2 && pages < wanted.len() => {
+                    if !visited.insert(n.clone()) {
+                        return Err(PollError::PaginationLoop);
+                    }
+                    next = Some(n);
+                }
+                _ => return Ok(missing.into_iter().collect()),
+            }
+        }
+    }
+
+    /// Fetches followed jobs one by one (at most `MAX_SINGLE_FETCHES`, oldest first). Returns
+    /// how many were gone (404).
     async fn fetch_each(
         &mut self,
         cx: &Cx<'_>,
         mut ids: Vec<u64>,
         stats: &mut CycleStats,
-    ) -> Result<(), PollError> {
+    ) -> Result<usize, PollError> {
         let Cx {
             client,
             metrics,
@@ -640,6 +811,7 @@ impl ProjectPoller {
             warn!(project = %label, pending = ids.len(), "many followed jobs changed at once; fetching the rest next cycle");
             ids.truncate(MAX_SINGLE_FETCHES);
         }
+        let mut gone = 0;
         for job_id in ids {
             let job = client.job(api_id, job_id).await?;
             stats.requests += 1;
@@ -657,10 +829,11 @@ impl ProjectPoller {
                 None => {
                     info!(project = %label, job_id, "followed job no longer exists (pipeline deleted?); dropping it");
                     self.tracker.forget(job_id);
+                    gone += 1;
                 }
             }
         }
-        Ok(())
+        Ok(gone)
     }
 
     fn feed(
@@ -722,6 +895,16 @@ fn check_page(
         return Err(PollError::PaginationLoop);
     }
     Ok(())
+}
+
+/// Whether a failed pipeline-jobs request says something about the endpoint itself (rather than
+/// about GitLab's load or the network, which single fetches would meet too).
+fn counts_against_endpoint(e: &PollError) -> bool {
+    match e {
+        PollError::Api(ApiError::RateLimited { .. } | ApiError::Transport { .. }) => false,
+        PollError::Api(_) | PollError::PaginationLoop => true,
+        PollError::Aborted => false,
+    }
 }
 
 fn page_time(page: &JobsPage) -> f64 {

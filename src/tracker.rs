@@ -285,6 +285,11 @@ impl Tracker {
         std::mem::take(&mut self.touched)
     }
 
+    /// A followed job's state, if it is followed.
+    pub fn followed(&self, id: u64) -> Option<&Followed> {
+        self.followed.get(&id)
+    }
+
     pub fn is_followed(&self, id: u64) -> bool {
         self.followed.contains_key(&id)
     }

@@ -169,3 +169,202 @@ async fn busy_project_costs_no_more_than_rereading_an_hour() {
     );
     assert!(ours_avg <= naive_avg * 1.1, "{ours_avg} vs {naive_avg}");
 }
+
+/// Project 4 at T0+16m: `waves` pipelines (50, 51, …) of three long jobs each, started at T0 and
+/// deep under 150 newer jobs by then. Wave `w` ends around T0+20m+w min: its third job fails at
+/// :40 and is retried at :45 (the retry lands on the top page), the other two end at :50, so
+/// all three leave the busy listing in the same 30 s cycle, and the failed one is a retried job.
+fn deep_waves_world(waves: u64) -> World {
+    let mut jobs = Vec::new();
+    let mut retries = Vec::new();
+    for w in 0..waves {
+        let base = 1001 + w * 3;
+        let created = T0 + w as Ms * 10 * SEC;
+        let end = T0 + 20 * MIN + w as Ms * MIN;
+        for (k, name) in ["compile", "e2e", "flaky"].into_iter().enumerate() {
+            let (at, status) = match k {
+                0 => (end - 10 * SEC, "success"),
+                1 => (end - 10 * SEC, "canceled"),
+                _ => (end - 20 * SEC, "failed"),
+            };
+            let timeline = [
+                (created, "created"),
+                (created + SEC, "pending"),
+                (created + 5 * SEC, "running"),
+                (at, status),
+            ];
+            jobs.push(JobPlan::new(
+                base + k as u64,
+                4,
+                50 + w,
+                name,
+                "test",
+                &timeline,
+            ));
+        }
+        let retry_at = end - 15 * SEC;
+        retries.push(JobPlan::new(
+            1300 + w,
+            4,
+            50 + w,
+            "flaky",
+            "test",
+            &[
+                (retry_at, "created"),
+                (retry_at + SEC, "pending"),
+                (retry_at + 2 * SEC, "running"),
+                (retry_at + 3 * SEC, "success"),
+            ],
+        ));
+    }
+    for i in 0..150 {
+        jobs.push(success(1100 + i, 4, T0 + MIN + i as Ms * 5 * SEC));
+    }
+    jobs.extend(retries);
+    World::new(vec![ProjectDef::new(4, "cost/deep-pipelines")], jobs).expect("valid world")
+}
+
+/// Polls every 30 s from T0+16m to T0+26m; returns the stats of the cycle at T0+20m.
+async fn run_deep_waves(h: &mut Harness) -> gitlab_jobs_exporter::poll::CycleStats {
+    h.poll().await;
+    let mut at_20 = None;
+    while h.sim.now_ms() < T0 + 26 * MIN {
+        h.sim.advance(Duration::from_secs(30));
+        let st = h.poll().await.remove(0);
+        if h.sim.now_ms() == T0 + 20 * MIN {
+            at_20 = Some(st);
+        }
+    }
+    h.settle().await;
+    assert_matches_truth(&h.scrape().await, &h.truth());
+    at_20.expect("a cycle at T0+20m")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_jobs_of_one_pipeline_are_read_with_one_request() {
+    let mut h = Harness::start(
+        deep_waves_world(1),
+        T0 + 16 * MIN,
+        vec![by_path("cost/deep-pipelines")],
+        Duration::from_secs(3600),
+    )
+    .await;
+    let st = run_deep_waves(&mut h).await;
+    // Top page, busy listing (the three jobs left it), then pipeline 50's job list: 3 requests
+    // where single fetches cost 2 + 3. The failed job is retried by then: only
+    // `include_retried=true` shows it, so nothing is left for a single fetch.
+    assert_eq!(
+        (
+            st.requests,
+            st.pages,
+            st.scoped_pages,
+            st.pipeline_pages,
+            st.single_fetches
+        ),
+        (3, 1, 1, 1, 0),
+        "{st:?}"
+    );
+    assert_eq!(st.completed, 4, "the three deep jobs and the retry: {st:?}");
+    eprintln!(
+        "three deep jobs of one pipeline completing in one cycle: {} requests (single fetches: 5)",
+        st.requests
+    );
+    let log = h.sim.request_log();
+    let pipeline: Vec<_> = log
+        .iter()
+        .filter(|r| r.path_and_query.contains("/pipelines/"))
+        .map(|r| (r.path_and_query.as_str(), r.status))
+        .collect();
+    assert!(
+        pipeline.contains(&(
+            "/api/v4/projects/4/pipelines/50/jobs?include_retried=true&per_page=100",
+            200
+        )),
+        "{pipeline:?}"
+    );
+    h.stop().await;
+}
+
+/// The pipeline jobs endpoint answering 404 (a GitLab look-alike without it) or 500 (after
+/// retries): the jobs are fetched singly in the same cycle, counts stay exact, and after three
+/// failures in a row the project stops asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_jobs_failing_falls_back_to_single_fetches() {
+    for (status, attempts) in [
+        (404u16, 1u64),
+        (500, 1 + common::fast_retry().retries as u64),
+    ] {
+        let mut h = Harness::start(
+            deep_waves_world(5),
+            T0 + 16 * MIN,
+            vec![by_path("cost/deep-pipelines")],
+            Duration::from_secs(3600),
+        )
+        .await;
+        h.sim.set_pipeline_jobs_answer(Some(status));
+        let st = run_deep_waves(&mut h).await;
+        assert_eq!(
+            (st.pipeline_pages, st.single_fetches, st.completed),
+            (0, 3, 4),
+            "{status}: {st:?}"
+        );
+        let req = h.sim.requests();
+        assert_eq!(
+            req.pipeline_jobs,
+            3 * attempts,
+            "{status}: three failing waves, then no more asking: {req:?}"
+        );
+        assert_eq!(req.by_status.get(&status), Some(&(3 * attempts)), "{req:?}");
+        h.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_of_more_than_a_hundred_jobs_is_read_page_by_page() {
+    // Pipeline 70: its two oldest jobs run until T0+20m; 118 more ended at T0+2m.
+    let mut jobs = Vec::new();
+    for id in 1001..=1120u64 {
+        let end = if id <= 1002 { 20 * MIN } else { 2 * MIN };
+        let timeline = [
+            (T0, "created"),
+            (T0 + SEC, "pending"),
+            (T0 + 5 * SEC, "running"),
+            (T0 + end, "success"),
+        ];
+        jobs.push(JobPlan::new(
+            id,
+            6,
+            70,
+            &format!("job-{id}"),
+            "test",
+            &timeline,
+        ));
+    }
+    let world = World::new(vec![ProjectDef::new(6, "cost/big-pipeline")], jobs).expect("world");
+    let mut h = Harness::start(
+        world,
+        T0 + 16 * MIN,
+        vec![by_path("cost/big-pipeline")],
+        Duration::from_secs(3600),
+    )
+    .await;
+    let st = run_deep_waves(&mut h).await;
+    // Page 1 of the pipeline's list holds its 100 newest jobs; the two wanted are on page 2.
+    assert_eq!(
+        (
+            st.requests,
+            st.pipeline_pages,
+            st.single_fetches,
+            st.completed
+        ),
+        (4, 2, 0, 2),
+        "{st:?}"
+    );
+    let pages: Vec<String> = (h.sim.request_log().into_iter())
+        .filter(|r| r.path_and_query.contains("/pipelines/"))
+        .map(|r| r.path_and_query)
+        .collect();
+    assert_eq!(pages.len(), 2, "{pages:?}");
+    assert!(pages[1].contains("page=2"), "{pages:?}");
+    h.stop().await;
+}

@@ -161,6 +161,7 @@ async fn scale() {
     let measured = Duration::from_secs(15 * 60);
     let mut requests = 0usize;
     let (mut cycles, mut pages, mut scoped, mut singles) = (0usize, 0usize, 0usize, 0usize);
+    let mut pipeline_pages = 0usize;
     let mut naive = 0usize;
     let mut completed = 0usize;
     let mut naive_samples = 0usize;
@@ -179,6 +180,7 @@ async fn scale() {
         pages += stats.iter().map(|s| s.pages).sum::<usize>();
         scoped += stats.iter().map(|s| s.scoped_pages).sum::<usize>();
         singles += stats.iter().map(|s| s.single_fetches).sum::<usize>();
+        pipeline_pages += stats.iter().map(|s| s.pipeline_pages).sum::<usize>();
         completed += stats.iter().map(|s| s.completed).sum::<usize>();
         // What re-reading each project's last hour every 30 s would cost, sampled every 30 s.
         if (now - measure_from) % 30_000 == 0 {
@@ -275,7 +277,7 @@ async fn scale() {
         lower
     );
     println!(
-        "measured window: {cycles} cycles; requests by kind: {pages} list pages, {scoped} scope[] listing pages, {singles} single-job fetches"
+        "measured window: {cycles} cycles; requests by kind: {pages} list pages, {scoped} scope[] listing pages, {singles} single-job fetches, {pipeline_pages} pipeline job-list pages"
     );
     println!(
         "pacing at the end: {busy_n} busy / {idle_n} idle projects; stretch busy {busy_stretch:.2}, idle {idle_stretch:.2}; demand/budget {demand:.2}"

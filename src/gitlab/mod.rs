@@ -129,6 +129,15 @@ pub struct JobsPage {
     pub server_time: Option<DateTime<Utc>>,
 }
 
+/// Which page of one pipeline's job list to read.
+#[derive(Debug, Clone)]
+pub enum PipelineJobsRequest<'a> {
+    /// The first page (offset pagination, newest first), retried jobs included.
+    First { project: &'a str, pipeline: u64 },
+    /// A `Link: rel="next"` target as returned in [`JobsPage::next`].
+    Next(&'a str),
+}
+
 /// One page of a project listing.
 #[derive(Debug)]
 pub struct ProjectsPage {
@@ -262,7 +271,34 @@ impl GitlabClient {
             }
             PageRequest::Next(rel) => rel.to_string(),
         };
-        self.get("jobs", &rel, parse_jobs_page).await
+        self.get("jobs", &rel, |resp| parse_jobs_page("jobs", resp))
+            .await
+    }
+
+    /// One page of `GET /projects/:id/pipelines/:pipeline_id/jobs?include_retried=true`: the
+    /// pipeline's jobs (trigger jobs excluded), id descending, same job JSON as the jobs list.
+    /// Offset pagination only (GitLab's plain `paginate`); the next page comes from `Link`.
+    /// A pipeline GitLab does not know (or an instance without this endpoint) answers 404,
+    /// which is returned as an error: the caller decides what it means.
+    pub async fn pipeline_jobs_page(
+        &self,
+        req: PipelineJobsRequest<'_>,
+    ) -> Result<JobsPage, ApiError> {
+        const ENDPOINT: &str = "pipeline_jobs";
+        let rel = match req {
+            PipelineJobsRequest::First { project, pipeline } => {
+                let mut q = url::form_urlencoded::Serializer::new(String::new());
+                q.append_pair("include_retried", "true");
+                q.append_pair("per_page", &PER_PAGE.to_string());
+                format!(
+                    "projects/{project}/pipelines/{pipeline}/jobs?{}",
+                    q.finish()
+                )
+            }
+            PipelineJobsRequest::Next(rel) => rel.to_string(),
+        };
+        self.get(ENDPOINT, &rel, |resp| parse_jobs_page(ENDPOINT, resp))
+            .await
     }
 
     pub async fn projects_page(&self, req: ProjectsRequest<'_>) -> Result<ProjectsPage, ApiError> {
@@ -463,10 +499,10 @@ fn next_link(endpoint: &'static str, headers: &HeaderMap) -> Result<Option<Strin
     }
 }
 
-fn parse_jobs_page(resp: Response) -> Result<JobsPage, ApiError> {
-    let next = next_link("jobs", &resp.headers)?;
+fn parse_jobs_page(endpoint: &'static str, resp: Response) -> Result<JobsPage, ApiError> {
+    let next = next_link(endpoint, &resp.headers)?;
     let (jobs, bad_items) =
-        model::decode_jobs(&resp.body).map_err(|e| decode_error("jobs", &e, &resp.body))?;
+        model::decode_jobs(&resp.body).map_err(|e| decode_error(endpoint, &e, &resp.body))?;
     Ok(JobsPage {
         jobs,
         bad_items,

@@ -45,7 +45,7 @@ fn one<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
 
 /// Grape's `Boolean` coercion of an optional param: `Ok(None)` when absent; the coerced value is
 /// written back, as Grape does, so links carry `true`/`false`.
-fn bool_param(params: &mut Params, name: &str) -> Result<Option<bool>, Reject> {
+pub(super) fn bool_param(params: &mut Params, name: &str) -> Result<Option<bool>, Reject> {
     let value = match params.get(name) {
         None => return Ok(None),
         Some(Param::One(v)) => match v.to_ascii_lowercase().as_str() {

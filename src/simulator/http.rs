@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::discovery::{Listing, list_projects};
 use super::render::{http_date, job_json, project_json};
-use super::world::{Ms, STATUSES};
+use super::world::{JobPlan, Ms, STATUSES, World};
 use super::{Endpoint, Fault, Simulator};
 
 const JSON: &str = "application/json";
@@ -121,6 +121,8 @@ enum Route {
     Project(String),
     Jobs(String),
     Job(String, String),
+    /// `GET /projects/:id/pipelines/:pipeline_id/jobs`
+    PipelineJobs(String, String),
     GroupProjects(String),
     Projects,
     Other,
@@ -144,6 +146,9 @@ fn route(path: &str) -> Route {
         [id] if !id.is_empty() => Route::Project(percent_decode(id)),
         [id, "jobs"] if !id.is_empty() => Route::Jobs(percent_decode(id)),
         [id, "jobs", job] if !id.is_empty() => Route::Job(percent_decode(id), job.to_owned()),
+        [id, "pipelines", pipeline, "jobs"] if !id.is_empty() && !pipeline.is_empty() => {
+            Route::PipelineJobs(percent_decode(id), pipeline.to_owned())
+        }
         _ => Route::Other,
     }
 }
@@ -180,6 +185,7 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
         Route::Jobs(_) if params.contains_key("scope") => Endpoint::JobsScoped,
         Route::Jobs(_) => Endpoint::Jobs,
         Route::Job(..) => Endpoint::Job,
+        Route::PipelineJobs(..) => Endpoint::PipelineJobs,
         Route::GroupProjects(_) => Endpoint::GroupProjects,
         Route::Projects => Endpoint::ProjectsList,
         Route::Other => Endpoint::Other,
@@ -198,8 +204,17 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
         tokio::time::sleep(d).await;
     }
     let now = sim.now_ms();
+    let unserved = match endpoint {
+        Endpoint::PipelineJobs => sim.pipeline_jobs_answer(),
+        _ => None,
+    };
     let mut resp = match fault {
         Some(f) if !matches!(f, Fault::Delay(_)) => fault_response(&f, now),
+        _ if unserved == Some(404) => err(404, "error", "404 Not Found"),
+        _ if unserved.is_some() => {
+            let code = unserved.unwrap_or(500);
+            fault_response(&Fault::ServerError(code), now)
+        }
         _ => answer(&sim, &method, uri.path(), route, params, token_ok, now),
     };
     let h = resp.headers_mut();
@@ -327,6 +342,10 @@ fn answer(
         Route::Jobs(id) => {
             list_jobs(sim, path, id, params, now, &ext).unwrap_or_else(Reject::into_response)
         }
+        Route::PipelineJobs(id, pipeline) => {
+            list_pipeline_jobs(world, path, id, &pipeline, params, now, &ext)
+                .unwrap_or_else(Reject::into_response)
+        }
         Route::GroupProjects(id) => {
             let listing = Listing::Group(id);
             list_projects(world, path, listing, params, now, &ext)
@@ -347,21 +366,7 @@ fn list_jobs(
     ext: &str,
 ) -> Result<Response, Reject> {
     // Grape validates and coerces declared params before the endpoint runs.
-    let scope = match params.get("scope") {
-        None => None,
-        Some(Param::One(s)) => Some(vec![s.clone()]),
-        Some(Param::Many(list)) => Some(list.clone()),
-    };
-    if let Some(scope) = &scope {
-        if scope.iter().any(|s| !STATUSES.contains(&s.as_str())) {
-            return Err(Reject(
-                400,
-                "error",
-                "scope does not have a valid value".into(),
-            ));
-        }
-        params.insert("scope".into(), Param::Many(scope.clone()));
-    }
+    let scope = scope_param(&mut params)?;
     let page = int_param(&params, "page", 1)?.max(1);
     let per_page = int_param(&params, "per_page", 20)?;
     // The Link repeats every param, with Grape's defaults and the path's `id` filled in.
@@ -441,6 +446,101 @@ fn list_jobs(
         total: None,
     };
     offset.set_headers(h, ext, path, &params);
+    Ok(resp)
+}
+
+/// `scope` or `scope[]` (`:optional_scope`): one status or many, each one of `STATUSES`, else
+/// 400; coerced to a list, and written back as one (so links carry `scope[]=`).
+fn scope_param(params: &mut Params) -> Result<Option<Vec<String>>, Reject> {
+    let scope = match params.get("scope") {
+        None => return Ok(None),
+        Some(Param::One(s)) => vec![s.clone()],
+        Some(Param::Many(list)) => list.clone(),
+    };
+    if scope.iter().any(|s| !STATUSES.contains(&s.as_str())) {
+        return Err(Reject(
+            400,
+            "error",
+            "scope does not have a valid value".into(),
+        ));
+    }
+    params.insert("scope".into(), Param::Many(scope.clone()));
+    Ok(Some(scope))
+}
+
+/// `GET /projects/:id/pipelines/:pipeline_id/jobs` as `lib/api/ci/pipelines.rb` serves it:
+/// `Ci::JobsFinder` over `pipeline.builds` (no bridges), `.latest` (retried jobs hidden) unless
+/// `include_retried`, `scope` filtering, `order_id_desc`, and plain offset pagination
+/// (`paginate`, counted: `X-Total`, `X-Total-Pages`, `rel="last"` up to 10,000 rows). A
+/// pipeline that is not the project's answers `ActiveRecord::RecordNotFound`'s 404.
+fn list_pipeline_jobs(
+    world: &World,
+    path: &str,
+    id: String,
+    pipeline: &str,
+    mut params: Params,
+    now: Ms,
+    ext: &str,
+) -> Result<Response, Reject> {
+    // Declared params first (Grape validates before the endpoint runs).
+    let Ok(pipeline_id) = pipeline.parse::<u64>() else {
+        return Err(Reject(400, "error", "pipeline_id is invalid".into()));
+    };
+    let include_retried = super::discovery::bool_param(&mut params, "include_retried")?;
+    let include_retried = include_retried.unwrap_or(false);
+    params.insert(
+        "include_retried".into(),
+        Param::One(include_retried.to_string()),
+    );
+    let scope = scope_param(&mut params)?;
+    let page = int_param(&params, "page", 1)?.max(1);
+    let per_page = int_param(&params, "per_page", 20)?;
+    params.insert("page".into(), Param::One(page.to_string()));
+    params.insert("per_page".into(), Param::One(per_page.to_string()));
+    params.insert("id".into(), Param::One(id.clone()));
+    params.insert("pipeline_id".into(), Param::One(pipeline_id.to_string()));
+    let per_page = per_page.clamp(1, 100) as usize;
+
+    let Some(project) = world.find_project(&id) else {
+        return Err(Reject(404, "message", "404 Project Not Found".into()));
+    };
+    // `user_project.all_pipelines.find(pipeline_id)`: the pipeline exists once its first job
+    // does (the simulator has no empty pipelines).
+    let visible: Vec<&JobPlan> = world
+        .pipeline_jobs(pipeline_id)
+        .filter(|j| j.project_id == project.id && j.visible_at(now))
+        .collect();
+    if visible.is_empty() {
+        return Err(Reject(404, "message", "404 Not found".into()));
+    }
+    // A job is retried once a later job of the same name exists in its pipeline.
+    let retried = |j: &JobPlan| visible.iter().any(|o| o.name == j.name && o.id > j.id);
+    let found: Vec<&JobPlan> = visible
+        .iter()
+        .rev()
+        .copied()
+        .filter(|j| include_retried || !retried(j))
+        .filter(|j| match (&scope, j.status_at(now)) {
+            (None, _) => true,
+            (Some(scope), Some(status)) => scope.iter().any(|s| s == status),
+            (Some(_), None) => false,
+        })
+        .collect();
+    let skip = (page as usize - 1).saturating_mul(per_page);
+    let total = found.len();
+    let path_ns = &project.path_with_namespace;
+    let rows: Vec<Value> = (found.iter().skip(skip).take(per_page))
+        .map(|j| job_json(world, j, path_ns, now, ext))
+        .collect();
+    let offset = OffsetPage {
+        page,
+        per_page,
+        has_next: total > skip.saturating_add(per_page),
+        empty: rows.is_empty(),
+        total: (total <= MAX_COUNT_LIMIT).then_some(total),
+    };
+    let mut resp = json_response(200, &Value::Array(rows));
+    offset.set_headers(resp.headers_mut(), ext, path, &params);
     Ok(resp)
 }
 

@@ -3,7 +3,8 @@
 //!
 //! It models what GitLab really does (see `shared/gitlab-api-notes.md`): keyset and offset
 //! pagination of `GET /projects/:id/jobs` with GitLab's exact `Link` headers, `scope[]`
-//! filtering, live `duration`/`queued_duration`, GitLab's error bodies, and faults on demand
+//! filtering, `GET /projects/:id/pipelines/:pipeline_id/jobs` (offset pagination, retried jobs
+//! hidden unless `include_retried`), live `duration`/`queued_duration`, GitLab's error bodies, and faults on demand
 //! (proxy errors, rate limits, broken bodies). Time comes from a [`SimClock`] that tests can
 //! move by hand; [`Simulator::ground_truth`] says what a correct exporter should report.
 //!
@@ -111,6 +112,8 @@ pub enum Endpoint {
     JobsScoped,
     /// `GET /projects/:id/jobs/:job_id`
     Job,
+    /// `GET /projects/:id/pipelines/:pipeline_id/jobs`
+    PipelineJobs,
     /// `GET /groups/:id/projects`
     GroupProjects,
     /// `GET /projects`
@@ -126,6 +129,7 @@ pub struct RequestStats {
     pub jobs: u64,
     pub jobs_scoped: u64,
     pub job: u64,
+    pub pipeline_jobs: u64,
     pub group_projects: u64,
     pub projects_list: u64,
     pub other: u64,
@@ -163,6 +167,8 @@ struct Inner {
     /// GitLab's per-user limit on the project jobs endpoint, in requests per (real) minute,
     /// with the times of the requests in the current window.
     jobs_limit: Mutex<Option<(u32, VecDeque<std::time::Instant>)>>,
+    /// When set, every `GET /projects/:id/pipelines/:pipeline_id/jobs` answers this status.
+    pipeline_jobs_answer: Mutex<Option<u16>>,
 }
 
 /// The simulated GitLab; clones share everything.
@@ -188,6 +194,7 @@ impl Simulator {
                 stats: Mutex::default(),
                 log: Mutex::default(),
                 jobs_limit: Mutex::default(),
+                pipeline_jobs_answer: Mutex::default(),
             }),
         }
     }
@@ -306,6 +313,7 @@ impl Simulator {
                 Endpoint::Jobs => &mut s.jobs,
                 Endpoint::JobsScoped => &mut s.jobs_scoped,
                 Endpoint::Job => &mut s.job,
+                Endpoint::PipelineJobs => &mut s.pipeline_jobs,
                 Endpoint::GroupProjects => &mut s.group_projects,
                 Endpoint::ProjectsList => &mut s.projects_list,
                 Endpoint::Other => &mut s.other,
@@ -353,6 +361,17 @@ impl Simulator {
         }
         window.push_back(now);
         true
+    }
+
+    /// Makes `GET /projects/:id/pipelines/:pipeline_id/jobs` answer `status` every time, as a
+    /// GitLab (or look-alike) that does not serve it would: 404 is Grape's unknown-route answer
+    /// `{"error":"404 Not Found"}`, anything else a proxy's HTML error page. `None` serves it.
+    pub fn set_pipeline_jobs_answer(&self, status: Option<u16>) {
+        *lock(&self.inner.pipeline_jobs_answer) = status;
+    }
+
+    pub(crate) fn pipeline_jobs_answer(&self) -> Option<u16> {
+        *lock(&self.inner.pipeline_jobs_answer)
     }
 
     /// What a correct exporter reports now, if it ignores jobs completed before `cutoff_ms`.

@@ -1102,3 +1102,206 @@ async fn projects_change_at_runtime() {
     assert_eq!((stats.group_projects, stats.projects_list), (2, 3));
     h.shutdown().await;
 }
+
+/// Project 42: pipeline 900 (build failed then retried, a manual test), pipeline 902 (105
+/// jobs), pipeline 903 (not created yet); project 7: pipeline 901.
+fn pipelines_world() -> World {
+    let t = |s: i64| T0 + s * S;
+    let mut jobs = vec![
+        JobPlan::new(
+            2001,
+            42,
+            900,
+            "build",
+            "build",
+            &[
+                (t(0), "created"),
+                (t(1), "pending"),
+                (t(2), "running"),
+                (t(30), "failed"),
+            ],
+        ),
+        JobPlan::new(
+            2002,
+            42,
+            900,
+            "test",
+            "test",
+            &[(t(0), "created"), (t(1), "manual")],
+        ),
+        JobPlan::new(
+            2003,
+            42,
+            900,
+            "build",
+            "build",
+            &[(t(40), "created"), (t(41), "running"), (t(60), "success")],
+        ),
+        JobPlan::new(2004, 7, 901, "build", "build", &[(t(50), "created")]),
+    ];
+    for i in 0..105u64 {
+        let timeline = [(t(60), "created"), (t(61), "running"), (t(100), "success")];
+        let name = format!("job-{i}");
+        jobs.push(JobPlan::new(2005 + i, 42, 902, &name, "test", &timeline));
+    }
+    jobs.push(JobPlan::new(
+        2110,
+        42,
+        903,
+        "late",
+        "test",
+        &[(t(10_000), "created")],
+    ));
+    let projects = vec![
+        ProjectDef::new(42, "group/sub/project"),
+        ProjectDef::new(7, "o/p"),
+    ];
+    World::new(projects, jobs).expect("valid pipelines world")
+}
+
+#[tokio::test]
+async fn pipeline_jobs_hide_retried_unless_asked_and_filter_by_scope() {
+    let (sim, h) = start(pipelines_world(), T0 + 200 * S).await;
+    let got = get(&h, &format!("{P42}/pipelines/900/jobs")).await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(
+        got.ids(),
+        vec![2003, 2002],
+        "retried 2001 hidden by default"
+    );
+    for (query, ids) in [
+        ("include_retried=true", vec![2003, 2002, 2001]),
+        ("include_retried=1", vec![2003, 2002, 2001]),
+        ("include_retried=false", vec![2003, 2002]),
+        ("include_retried=true&scope[]=failed", vec![2001]),
+        (
+            "include_retried=true&scope[]=failed&scope[]=manual",
+            vec![2002, 2001],
+        ),
+        ("scope=manual", vec![2002]),
+        ("scope[]=failed", vec![]),
+    ] {
+        let got = get(&h, &format!("{P42}/pipelines/900/jobs?{query}")).await;
+        assert_eq!((got.status, got.ids()), (200, ids), "{query}");
+    }
+    // The same job JSON as the project's jobs endpoint.
+    let listed = get(
+        &h,
+        &format!("{P42}/pipelines/900/jobs?include_retried=true"),
+    )
+    .await;
+    let single = get(&h, &format!("{P42}/jobs/2001")).await;
+    assert_eq!(listed.json()[2], single.json());
+    // By encoded path too.
+    let by_path = get(
+        &h,
+        "/api/v4/projects/group%2Fsub%2Fproject/pipelines/900/jobs",
+    )
+    .await;
+    assert_eq!(by_path.ids(), vec![2003, 2002]);
+    assert_eq!(sim.requests().pipeline_jobs, 10);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn pipeline_jobs_offset_pagination_is_counted_with_links() {
+    let (_sim, h) = start(pipelines_world(), T0 + 200 * S).await;
+    let first = get(&h, &format!("{P42}/pipelines/902/jobs?per_page=100")).await;
+    assert_eq!(first.status, 200);
+    let ids = first.ids();
+    assert_eq!(ids.len(), 100);
+    assert_eq!((ids[0], ids[99]), (2109, 2010), "id descending");
+    let url = |page: u32| {
+        format!(
+            "{EXT}{P42}/pipelines/902/jobs?id=42&include_retried=false&page={page}&per_page=100&pipeline_id=902"
+        )
+    };
+    let link = format!(
+        "<{}>; rel=\"next\", <{}>; rel=\"first\", <{}>; rel=\"last\"",
+        url(2),
+        url(1),
+        url(2)
+    );
+    assert_eq!(first.header("link"), Some(link.as_str()));
+    for (name, value) in [
+        ("x-page", "1"),
+        ("x-per-page", "100"),
+        ("x-next-page", "2"),
+        ("x-prev-page", ""),
+        ("x-total", "105"),
+        ("x-total-pages", "2"),
+    ] {
+        assert_eq!(first.header(name), Some(value), "{name}");
+    }
+    // The exporter's Link parsing picks rel="next" out of the offset links.
+    let next_of = |got: &Got| {
+        crate::gitlab::link::next_relative(got.header("link").expect("link"))
+            .expect("valid link")
+            .map(|rel| format!("/api/v4/{rel}"))
+    };
+    let second = get(&h, &next_of(&first).expect("next page")).await;
+    assert_eq!(second.ids(), (2005..=2009).rev().collect::<Vec<_>>());
+    assert_eq!(second.header("x-next-page"), Some(""));
+    assert_eq!(second.header("x-prev-page"), Some("1"));
+    assert_eq!(next_of(&second), None);
+    // Grape's default page size.
+    let default = get(&h, &format!("{P42}/pipelines/902/jobs")).await;
+    assert_eq!(
+        (default.ids().len(), default.header("x-total-pages")),
+        (20, Some("6"))
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn pipeline_jobs_errors_and_an_unserved_endpoint() {
+    let (sim, h) = start(pipelines_world(), T0 + 200 * S).await;
+    let not_found = r#"{"message":"404 Not found"}"#;
+    let cases = [
+        ("42/pipelines/901/jobs", 404, not_found), // another project's pipeline
+        ("42/pipelines/903/jobs", 404, not_found), // not created yet
+        ("42/pipelines/999999/jobs", 404, not_found),
+        (
+            "999/pipelines/900/jobs",
+            404,
+            r#"{"message":"404 Project Not Found"}"#,
+        ),
+        (
+            "42/pipelines/abc/jobs",
+            400,
+            r#"{"error":"pipeline_id is invalid"}"#,
+        ),
+        (
+            "42/pipelines/900/jobs?include_retried=maybe",
+            400,
+            r#"{"error":"include_retried is invalid"}"#,
+        ),
+        (
+            "42/pipelines/900/jobs?scope[]=bogus",
+            400,
+            r#"{"error":"scope does not have a valid value"}"#,
+        ),
+        ("42/pipelines/900", 404, r#"{"error":"404 Not Found"}"#),
+    ];
+    for (path, status, body) in cases {
+        let got = get(&h, &format!("/api/v4/projects/{path}")).await;
+        assert_eq!((got.status, got.body.as_str()), (status, body), "{path}");
+    }
+    // A GitLab look-alike without the endpoint, or a proxy failing it; other endpoints serve.
+    sim.set_pipeline_jobs_answer(Some(404));
+    let got = get(&h, &format!("{P42}/pipelines/900/jobs")).await;
+    assert_eq!(
+        (got.status, got.body.as_str()),
+        (404, r#"{"error":"404 Not Found"}"#)
+    );
+    sim.set_pipeline_jobs_answer(Some(502));
+    let got = get(&h, &format!("{P42}/pipelines/900/jobs")).await;
+    assert_eq!(got.status, 502);
+    assert_eq!(get(&h, &format!("{P42}/jobs/2001")).await.status, 200);
+    sim.set_pipeline_jobs_answer(None);
+    assert_eq!(
+        get(&h, &format!("{P42}/pipelines/900/jobs")).await.status,
+        200
+    );
+    h.shutdown().await;
+}
