@@ -1,11 +1,11 @@
 //! How often each project is polled, sharing one request budget.
 //!
 //! A project with jobs in flight or activity in its last cycle is polled every `poll.interval`;
-//! each idle cycle in a row doubles its delay, up to `poll.max_interval`, and the first sign of
-//! activity brings it back to `poll.interval`. When the projects' demand at those targets
-//! exceeds the budget, the delays are
-//! stretched: idle projects' first (up to 4×), then busy ones' too, idle projects keeping at
-//! most a fifth of the budget. Nothing is ever skipped: a stretched project is polled later, and the tracker
+//! an idle one waits about as long as it has been quiet (so its delay doubles cycle by cycle),
+//! up to `poll.max_interval`, and the first sign of activity brings it back to `poll.interval`.
+//! When the demand at those targets exceeds the budget, the delays are stretched: idle
+//! projects' first (up to 4×), then busy ones' too, idle projects keeping at most a fifth of
+//! the budget. Nothing is ever skipped: a stretched project is polled later, and the tracker
 //! reads everything that happened in between. The stretch is exported and logged.
 
 use std::collections::HashMap;
@@ -147,7 +147,14 @@ impl Pacer {
         entry.target = entry.idle_for.clamp(self.interval, self.max_interval);
         let target = entry.target;
         let snapshot = self.plan(&inner);
-        let degraded = snapshot.stretch.idle > 1.0 || snapshot.stretch.busy > 1.0;
+        // Logged on a clear change only (stretch above 1.1, or back to none), so a demand
+        // hovering at the limit does not flood the log.
+        let stretched = snapshot.stretch.idle.max(snapshot.stretch.busy);
+        let degraded = if inner.degraded {
+            stretched > 1.0
+        } else {
+            stretched > 1.1
+        };
         if degraded != inner.degraded {
             inner.degraded = degraded;
             if degraded {

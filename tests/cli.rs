@@ -404,3 +404,95 @@ async fn demo_runs_without_gitlab_and_discovers_its_projects() {
         "jobs counted: {metrics}"
     );
 }
+
+/// Until a discovery pass has answered completely the set of projects is unknown: `/readyz`
+/// says so (503) while `/healthz` is fine, and the log names the failing group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_a_complete_discovery_pass() {
+    use std::io::BufRead;
+    let now = chrono::Utc::now().timestamp_millis();
+    let spec = WorldSpec::new(
+        vec![ProjectSpec {
+            id: 7,
+            path: "acme/api".into(),
+            pipelines_per_hour: 5.0,
+        }],
+        now - 3_600_000,
+        now,
+    );
+    let sim = Simulator::new(World::generate(&spec, 3), SimClock::Live, TOKEN.to_string());
+    let handle = sim.spawn().await.expect("simulator");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[gitlab]\nurl = {:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n[[groups]]\npath = \"acme\"\n[[groups]]\npath = \"no-such-group\"\n",
+            handle.base_url
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .env("GITLAB_TOKEN", TOKEN)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exporter starts");
+    // Wait (on the log, not the clock) for the first pass to end incomplete.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    let incomplete = loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                let done = line.contains("project discovery incomplete");
+                log.push_str(&line);
+                log.push('\n');
+                if done {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    gitlab_jobs_exporter::gitlab::install_tls_provider();
+    let client = reqwest::Client::new();
+    let status = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    let ready = status("/readyz").await;
+    let health = status("/healthz").await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(incomplete, "an incomplete pass is logged:\n{log}");
+    assert!(
+        log.contains("no-such-group"),
+        "the log names the group:\n{log}"
+    );
+    assert_eq!(ready, 503, "not ready before a complete pass");
+    assert_eq!(health, 200);
+    handle.shutdown().await;
+}
