@@ -864,6 +864,13 @@ fn helm_chart_lints_renders_and_validates() {
     );
     let set = find(&docs, "StatefulSet")[0];
     assert_eq!(set["spec"]["replicas"], 3);
+    // Each shard keeps its checkpoint on a claim of its own (persistence is on by default).
+    let claims = set["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .expect("claims");
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0]["metadata"]["name"], "state");
+    assert_eq!(claims[0]["spec"]["resources"]["requests"]["storage"], "1Gi");
     let env = assert_hardened(set);
     assert_scraped_with_honored_labels(&docs);
     let config = find(&docs, "ConfigMap")
