@@ -554,6 +554,16 @@ impl Config {
             ));
         }
         self.discovery.filter()?;
+        if self.discovery.enabled(&self.groups) && self.discovery.grace_period < self.poll.backfill
+        {
+            return Err(ConfigError::invalid(
+                "discovery.grace_period",
+                format!(
+                    "must be at least poll.backfill ({}): a project found again after its grace period starts over with the backfill window, which must not reach jobs counted before it left",
+                    humantime::format_duration(self.poll.backfill)
+                ),
+            ));
+        }
         let mut seen_groups = HashSet::new();
         for (i, g) in self.groups.iter().enumerate() {
             let key = format!("groups[{i}]");
@@ -766,6 +776,10 @@ mod tests {
             (
                 format!("{GOOD}\n[discovery]\nexclude = [\"ok\", \"(unclosed\"]"),
                 "discovery.exclude[1]",
+            ),
+            (
+                format!("{GOOD}\n[[groups]]\npath = \"a\"\n[discovery]\ngrace_period = \"10m\""),
+                "discovery.grace_period",
             ),
             (
                 format!("{GOOD}\n[[groups]]\npath = \"a\"\n[[groups]]\npath = \"/b\""),

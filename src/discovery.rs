@@ -1,10 +1,11 @@
 //! Which projects `[[groups]]` and `discovery.membership` name right now: one pass over GitLab's
 //! project lists, filtered by `discovery.include`/`exclude` and the archived flag.
 //!
-//! A pass that fails part-way reports what it found and that it is incomplete: the scheduler
-//! then adds what is new but removes nothing, so a GitLab hiccup never drops a project.
+//! A pass that fails part-way reports what it found and which sources failed: the scheduler
+//! then adds what is new but keeps every project a failed source listed before, so a GitLab
+//! hiccup (or one broken `[[groups]]` entry) never drops a project.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use thiserror::Error;
 use tracing::warn;
@@ -23,6 +24,8 @@ pub struct Found {
     pub id: u64,
     pub path: String,
     pub default_branch: Option<String>,
+    /// Which sources listed it (indices: the `[[groups]]` entries in order, then membership).
+    pub sources: BTreeSet<usize>,
 }
 
 #[derive(Debug, Error)]
@@ -44,8 +47,10 @@ pub enum DiscoveryError {
 pub struct Pass {
     /// By project id.
     pub projects: BTreeMap<u64, Found>,
-    /// Every source answered completely (only then may projects be removed).
+    /// Every source answered completely.
     pub complete: bool,
+    /// The sources that did not (a project they listed before may still exist).
+    pub failed: BTreeSet<usize>,
     /// GitLab API requests sent.
     pub requests: usize,
 }
@@ -82,19 +87,22 @@ pub async fn discover(
             },
         ));
     }
-    for (name, first) in sources {
-        if let Err(e) = list(client, metrics, &name, first, cfg, filter, &mut pass).await {
-            warn!(error = %e, "project discovery incomplete; keeping every project already watched");
+    for (index, (name, first)) in sources.into_iter().enumerate() {
+        if let Err(e) = list(client, metrics, index, &name, first, cfg, filter, &mut pass).await {
+            warn!(error = %e, "project discovery incomplete; the projects this source listed before are kept");
             metrics.api_error("discovery");
             pass.complete = false;
+            pass.failed.insert(index);
         }
     }
     pass
 }
 
+#[allow(clippy::too_many_arguments)] // one pass's context, passed down once
 async fn list(
     client: &GitlabClient,
     metrics: &Metrics,
+    index: usize,
     name: &str,
     first: ProjectsRequest<'_>,
     cfg: &DiscoveryConfig,
@@ -132,11 +140,16 @@ async fn list(
             if (p.archived && !cfg.archived) || !filter.allows(&p.path_with_namespace) {
                 continue;
             }
-            pass.projects.entry(p.id).or_insert(Found {
-                id: p.id,
-                path: p.path_with_namespace,
-                default_branch: p.default_branch,
-            });
+            pass.projects
+                .entry(p.id)
+                .or_insert(Found {
+                    id: p.id,
+                    path: p.path_with_namespace,
+                    default_branch: p.default_branch,
+                    sources: BTreeSet::new(),
+                })
+                .sources
+                .insert(index);
         }
         match page.next {
             None => return Ok(()),

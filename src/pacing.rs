@@ -21,6 +21,9 @@ const IDLE_STRETCH_FIRST: f64 = 4.0;
 /// Share of the usable budget idle projects keep, at most, once busy ones slow down too (so
 /// thousands of idle projects cannot starve the busy ones, nor the reverse).
 const IDLE_FLOOR_SHARE: f64 = 0.2;
+/// Stretch factors stop here (10 min → a week): only an absurd budget gets near it, and
+/// `Duration` arithmetic must not overflow.
+const MAX_STRETCH: f64 = 1_000.0;
 /// Weight of the newest cycle in a project's average rate of extra requests.
 const COST_WEIGHT: f64 = 0.3;
 
@@ -140,7 +143,9 @@ impl Pacer {
         entry.activity = activity;
         entry.idle_for = match activity {
             Activity::Busy => Duration::ZERO,
-            Activity::Idle => entry.idle_for + entry.last_delay.unwrap_or_default(),
+            Activity::Idle => {
+                (entry.idle_for + entry.last_delay.unwrap_or_default()).min(self.max_interval)
+            }
         };
         // Wait about as long as the project has been quiet: the delay doubles cycle by cycle
         // (30 s, 30 s, 60 s, 120 s, …), and a stretched cycle counts for what it really lasted.
@@ -173,7 +178,7 @@ impl Pacer {
             Activity::Busy => snapshot.stretch.busy,
             Activity::Idle => snapshot.stretch.idle,
         };
-        let delay = target.mul_f64(factor);
+        let delay = target.mul_f64(factor.clamp(1.0, MAX_STRETCH));
         if let Some(e) = inner.entries.get_mut(&key) {
             e.last_delay = Some(delay);
         }

@@ -136,6 +136,8 @@ pub struct ProjectPoller {
     shard: (u32, u32),
     /// Whether the last completed cycle saw activity (kept through failed cycles).
     activity: Activity,
+    /// Followed jobs counted in `gitlab_jobs_exporter_tracked_jobs` for this project.
+    reported_tracked: i64,
     /// Failures in a row of the pipeline-jobs endpoint.
     pipeline_jobs_failures: u32,
     /// The pipeline-jobs endpoint failed `PIPELINE_JOBS_MAX_FAILURES` times in a row: not used
@@ -217,6 +219,7 @@ impl ProjectPoller {
             labels,
             shard,
             activity: Activity::Busy,
+            reported_tracked: 0,
             pipeline_jobs_failures: 0,
             pipeline_jobs_off: false,
         }
@@ -291,7 +294,7 @@ impl ProjectPoller {
         self.tracker = cp.tracker;
         self.completed_cycles = cp.completed_cycles;
         self.default_branch = cp.default_branch;
-        metrics.add_tracked_jobs(self.tracker.followed_len() as i64);
+        self.sync_tracked(metrics);
         if let Some((_, path)) = &self.resolved {
             metrics.set_active(
                 path,
@@ -301,10 +304,32 @@ impl ProjectPoller {
         }
     }
 
-    /// Takes this project out of the metrics for good (discovery's grace period is over).
-    pub fn forget(&self, metrics: &Metrics) {
-        metrics.add_tracked_jobs(-(self.tracker.followed_len() as i64));
-        metrics.remove_project(&self.label(), ProjectState::ALL);
+    /// Brings `gitlab_jobs_exporter_tracked_jobs` up to date with this project's followed
+    /// jobs. Counted from what was reported before, so a cycle cut short (a retired project, a
+    /// shutdown) cannot make the gauge drift.
+    fn sync_tracked(&mut self, metrics: &Metrics) {
+        let now = self.tracker.followed_len() as i64;
+        metrics.add_tracked_jobs(now - self.reported_tracked);
+        self.reported_tracked = now;
+    }
+
+    /// No longer polled for now (retired by discovery): its jobs are not followed any more and
+    /// its gauges would only go stale (a pending job would look stuck), so they are cleared;
+    /// its counters stay. A later cycle sets everything again.
+    pub fn pause(&mut self, metrics: &Metrics) {
+        metrics.add_tracked_jobs(-self.reported_tracked);
+        self.reported_tracked = 0;
+        metrics.set_active(&self.label(), &Default::default(), None);
+    }
+
+    /// Takes this project out of the metrics for good (discovery's grace period is over);
+    /// its series stay when another project now shows under the same path.
+    pub fn forget(&mut self, metrics: &Metrics, remove_series: bool) {
+        metrics.add_tracked_jobs(-self.reported_tracked);
+        self.reported_tracked = 0;
+        if remove_series {
+            metrics.remove_project(&self.label(), ProjectState::ALL);
+        }
     }
 
     /// The `project` label: `path_with_namespace` once known.
@@ -400,11 +425,10 @@ impl ProjectPoller {
         if self.other_shard().is_some() {
             return Ok(());
         }
-        let followed_before = self.tracker.followed_len() as i64;
         metrics.poll_started(&self.label());
         let result = self.cycle(client, metrics, stats).await;
         let label = self.label();
-        metrics.add_tracked_jobs(self.tracker.followed_len() as i64 - followed_before);
+        self.sync_tracked(metrics);
         match &result {
             Ok(()) => {
                 self.completed_cycles += 1;

@@ -8,7 +8,7 @@
 //! start with the backfill window; one no longer found stops being polled at once and keeps its
 //! series (and its tracker, should it come back) for `discovery.grace_period`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -100,6 +100,8 @@ struct Slot {
     poller: Arc<Mutex<ProjectPoller>>,
     /// The project id, for a project found by discovery.
     discovered: Option<u64>,
+    /// The discovery sources that listed it last (empty: not known yet, e.g. restored).
+    sources: BTreeSet<usize>,
     /// Stops this project's task (a child of the shutdown token).
     stop: CancellationToken,
     /// No longer polled: not found, or another shard's.
@@ -207,6 +209,7 @@ impl Scheduler {
                     shard,
                 ))),
                 discovered: None,
+                sources: BTreeSet::new(),
                 stop: CancellationToken::new(),
                 ended: false,
             });
@@ -278,10 +281,15 @@ impl Scheduler {
         let mut poller = slot.poller.lock().await;
         let result = poller.poll(&self.client, &self.metrics).await;
         // Ready once polled, or known to be gone (it would otherwise hold readiness forever).
+        // Refused (401/403) counts too: a project the token cannot read must not keep the
+        // whole exporter unready (it is logged and exported as such).
         let done = result.is_ok()
             || matches!(
                 poller.state(),
-                ProjectState::NotFound | ProjectState::Elsewhere
+                ProjectState::NotFound
+                    | ProjectState::Elsewhere
+                    | ProjectState::Forbidden
+                    | ProjectState::Unauthorized
             );
         if !poller.counted_ready && done {
             poller.counted_ready = true;
@@ -346,30 +354,57 @@ impl Scheduler {
         self.metrics.set_base(std::mem::take(&mut cp.own));
         let configured: Vec<Slot> = self.slots().live.values().cloned().collect();
         let mut restored = 0;
+        // Lower-cased paths that restored or configured projects show.
+        let mut in_use: HashSet<String> = self.slots().configured_paths.clone();
         for slot in configured {
             let mut poller = slot.poller.lock().await;
-            if let Some(p) = cp.projects.remove(&poller.reference.to_string()) {
+            // Its own entry; else the same project's entry from discovery (same id or path), so
+            // its tracker carries over and nothing is counted twice.
+            let reference = poller.reference.clone();
+            let key = if cp.projects.contains_key(&reference.to_string()) {
+                Some(reference.to_string())
+            } else {
+                cp.projects
+                    .iter()
+                    .find(|(_, e)| {
+                        e.resolved.as_ref().is_some_and(|(id, path)| {
+                            reference.id == Some(*id)
+                                || reference
+                                    .path
+                                    .as_ref()
+                                    .is_some_and(|p| p.eq_ignore_ascii_case(path))
+                        })
+                    })
+                    .map(|(k, _)| k.clone())
+            };
+            if let Some(p) = key.and_then(|k| cp.projects.remove(&k)) {
                 poller.restore(p, &self.metrics);
                 restored += 1;
             }
             // Known before its first poll: discovery must leave it to its entry.
-            if let Some((id, _)) = poller.resolved() {
+            if let Some((id, path)) = poller.resolved() {
                 self.slots().configured_ids.insert(*id);
+                in_use.insert(path.to_lowercase());
             }
         }
         let discovering = self.discovery.enabled(&self.groups);
-        let mut dropped = 0;
-        for (_, p) in std::mem::take(&mut cp.projects) {
+        let mut dropped = Vec::new();
+        let mut seen_ids = HashSet::new();
+        for (key, p) in std::mem::take(&mut cp.projects) {
             let Some((id, path)) = p.resolved.clone() else {
-                dropped += 1;
+                dropped.push(key);
                 continue;
             };
             let owned = crate::shard::owner(id, self.shard.1) == self.shard.0;
             let mut slots = self.slots();
-            if !discovering || !owned || slots.configured_ids.contains(&id) {
-                dropped += 1;
+            let configured = slots.configured_ids.contains(&id)
+                || slots.configured_paths.contains(&path.to_lowercase());
+            // One poller per project id, whatever the checkpoint holds.
+            if !discovering || !owned || configured || !seen_ids.insert(id) {
+                dropped.push(path);
                 continue;
             }
+            in_use.insert(path.to_lowercase());
             let retired_at = p.retired_at;
             let mut poller = ProjectPoller::new_resolved(
                 id,
@@ -383,12 +418,17 @@ impl Scheduler {
             let poller = Arc::new(Mutex::new(poller));
             match retired_at {
                 Some(since_unix) => {
+                    // Restored with its gauges: clear them again, it is not polled.
+                    if let Ok(mut p) = poller.try_lock() {
+                        p.pause(&self.metrics);
+                    }
                     slots.retired.insert(id, Retired { poller, since_unix });
                 }
                 None => {
                     slots.insert(Slot {
                         poller,
                         discovered: Some(id),
+                        sources: BTreeSet::new(),
                         stop: CancellationToken::new(),
                         ended: false,
                     });
@@ -397,7 +437,17 @@ impl Scheduler {
             }
             restored += 1;
         }
-        info!(restored, dropped, "restored from the checkpoint");
+        // What nothing shows any more must not linger through its carried counters.
+        for label in &dropped {
+            if !in_use.contains(&label.to_lowercase()) {
+                self.metrics.remove_project(label, ProjectState::ALL);
+            }
+        }
+        info!(
+            restored,
+            dropped = dropped.len(),
+            "restored from the checkpoint"
+        );
     }
 
     /// Takes a checkpoint (each project under its poll lock) and the `/metrics` page that
@@ -524,6 +574,8 @@ impl Scheduler {
                     Some(r) => {
                         info!(project = %found.path, "project found again; polling resumes where it stopped");
                         stats.revived += 1;
+                        // Counted afresh towards readiness (pause() reset its flag).
+                        self.readiness.add(1);
                         r.poller
                     }
                     None => {
@@ -543,18 +595,32 @@ impl Scheduler {
                 let key = slots.insert(Slot {
                     poller,
                     discovered: Some(*id),
+                    sources: found.sources.clone(),
                     stop: CancellationToken::new(),
                     ended: false,
                 });
                 to_spawn.push(key);
             }
-            if pass.complete {
-                let gone: Vec<(u64, u64)> = slots
-                    .live
-                    .iter()
-                    .filter_map(|(k, s)| s.discovered.map(|id| (*k, id)))
-                    .filter(|(_, id)| !mine.contains_key(id))
-                    .collect();
+            // Remember who lists each project; one no longer listed is retired only when every
+            // source that listed it answered (all of them, when that is not known).
+            for slot in slots.live.values_mut() {
+                if let Some(found) = slot.discovered.and_then(|id| mine.get(&id)) {
+                    slot.sources = found.sources.clone();
+                }
+            }
+            let gone: Vec<(u64, u64)> = slots
+                .live
+                .iter()
+                .filter_map(|(k, s)| s.discovered.map(|id| (*k, id, s)))
+                .filter(|(_, id, _)| !mine.contains_key(id))
+                .filter(|(_, _, s)| {
+                    pass.complete
+                        || (!s.sources.is_empty()
+                            && s.sources.iter().all(|i| !pass.failed.contains(i)))
+                })
+                .map(|(k, id, _)| (k, id))
+                .collect();
+            {
                 for (key, id) in gone {
                     if let Some(slot) = slots.live.remove(&key) {
                         slot.stop.cancel();
@@ -586,16 +652,34 @@ impl Scheduler {
         }
         for (key, poller) in stopped {
             // Under the poll lock: a cycle that was running has paced itself by now.
-            let poller = poller.lock().await;
+            let mut poller = poller.lock().await;
             self.pacer.remove(key);
             info!(project = %poller.label(), grace = %humantime::format_duration(self.discovery.grace_period),
-                "project no longer found by discovery; not polled any more, series kept for the grace period");
+                "project no longer found by discovery; not polled any more, counters kept for the grace period");
             self.readiness.forget(poller.counted_ready);
+            poller.counted_ready = false;
+            poller.pause(&self.metrics);
         }
-        for poller in expired {
-            let poller = poller.lock().await;
-            poller.forget(&self.metrics);
-            info!(project = %poller.label(), "grace period over; the project's series are removed");
+        if !expired.is_empty() {
+            // A path can be taken over (a project deleted, another created in its place):
+            // the series then belong to the project that shows under it now.
+            let live: Vec<SharedPoller> = self
+                .slots()
+                .live
+                .values()
+                .map(|s| s.poller.clone())
+                .collect();
+            let mut in_use = HashSet::new();
+            for p in live {
+                in_use.insert(p.lock().await.label().to_lowercase());
+            }
+            for poller in expired {
+                let mut poller = poller.lock().await;
+                let label = poller.label();
+                let remove = !in_use.contains(&label.to_lowercase());
+                poller.forget(&self.metrics, remove);
+                info!(project = %label, series_removed = remove, "grace period over; the project is forgotten");
+            }
         }
         if stats.retired + stats.removed + stats.added + stats.revived > 0 {
             self.dirty.store(true, Ordering::Release);

@@ -535,8 +535,22 @@ async fn discovered_projects_are_counted_exactly_through_leaving_and_returning()
     let stats = h.scheduler.discover().await;
     assert_eq!((stats.retired, stats.removed), (1, 0), "{stats:?}");
     assert_eq!(h.scheduler.watched(), 2);
-    let before = h.scrape().await.values("gitlab_ci_jobs_total");
+    let scrape = h.scrape().await;
+    let before = scrape.values("gitlab_ci_jobs_total");
     assert!(before.keys().any(|l| l["project"] == "tools/cli"));
+    // Its gauges are cleared: nobody polls it, a pending job would otherwise look stuck.
+    assert!(
+        scrape
+            .values("gitlab_ci_jobs_active")
+            .iter()
+            .all(|(l, v)| l["project"] != "tools/cli" || *v == 0.0)
+    );
+    assert!(
+        !scrape
+            .values("gitlab_ci_jobs_oldest_pending_timestamp_seconds")
+            .keys()
+            .any(|l| l["project"] == "tools/cli")
+    );
     let logged = h.sim.request_log().len();
     for _ in 0..10 {
         h.sim.advance(Duration::from_secs(60));
@@ -622,6 +636,47 @@ async fn discovery_removes_series_after_the_grace_period_and_never_after_a_faile
         "its own series are removed too"
     );
     assert!(series(&scrape, "acme/platform/api") > 0, "the others stay");
+
+    // One failing source holds back only the projects it listed: tools/cli, listed by the
+    // membership alone, is retired while the group listing fails.
+    h.sim.set_member(25, false).expect("project 25");
+    for _ in 0..5 {
+        h.sim
+            .push_fault(gitlab_jobs_exporter::simulator::Fault::ServerError(500));
+    }
+    let stats = h.scheduler.discover().await;
+    assert!(!stats.complete, "{stats:?}");
+    assert_eq!(stats.retired, 1, "{stats:?}");
+    h.sim.clear_faults();
+
+    // A path taken over by another project (deleted, another created under its name): the
+    // old one's series are not removed from under the new one.
+    h.sim.remove_project(21).expect("project 21");
+    h.sim
+        .add_project(gitlab_jobs_exporter::simulator::ProjectDef::new(
+            28,
+            "acme/platform/api",
+        ))
+        .expect("new project");
+    let stats = h.scheduler.discover().await;
+    assert_eq!(
+        (stats.added, stats.retired, stats.removed),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    assert!(
+        series(&h.scrape().await, "acme/platform/api") > 0,
+        "the counters under the path stay"
+    );
+    h.poll().await;
+    assert!(
+        h.scrape()
+            .await
+            .values("gitlab_jobs_exporter_project_state")
+            .iter()
+            .any(|(l, v)| l["project"] == "acme/platform/api" && l["state"] == "ok" && *v == 1.0),
+        "the new project shows under the path"
+    );
     h.stop().await;
 }
 
@@ -725,7 +780,12 @@ async fn discovered_and_retired_projects_survive_a_restart() {
 
     // A new process on the same state.dir, before any discovery pass: the live discovered
     // projects are back (and polled), the retired one waits for its grace period.
-    let mut cfg = common::config(&h.base_url, Vec::new(), Duration::from_secs(3600));
+    // ...now listing one of them explicitly: it takes over the discovered entry (and tracker).
+    let mut cfg = common::config(
+        &h.base_url,
+        vec![by_path("acme/platform/api")],
+        Duration::from_secs(3600),
+    );
     discover_acme_and_membership(&mut cfg);
     cfg.state.dir = Some(state_dir.clone());
     let metrics =
@@ -733,7 +793,11 @@ async fn discovered_and_retired_projects_survive_a_restart() {
     let again = Scheduler::new(&cfg, metrics.clone(), common::fast_retry()).expect("scheduler");
     let cp = gitlab_jobs_exporter::state::load(&state_dir, &cfg.gitlab.url).expect("checkpoint");
     again.restore(cp).await;
-    assert_eq!(again.watched(), 2);
+    assert_eq!(
+        again.watched(),
+        2,
+        "api (configured) and frontend (discovered)"
+    );
     let restored = common::Scrape::parse(&metrics.render().expect("render"));
     assert!(
         restored
@@ -747,7 +811,7 @@ async fn discovered_and_retired_projects_survive_a_restart() {
     h.sim.set_member(25, true).expect("project 25");
     let stats = again.discover().await;
     assert_eq!((stats.revived, stats.added), (1, 0), "{stats:?}");
-    assert_eq!(again.watched(), 3);
+    assert_eq!(again.watched(), 3, "nothing twice");
     h.sim.advance(Duration::from_secs(120));
     for _ in 0..gitlab_jobs_exporter::poll::COLD_SWEEP_CYCLES + 1 {
         for r in again.poll_all_once().await {
