@@ -8,9 +8,7 @@ use std::cmp::Ordering;
 use axum::response::Response;
 use serde_json::Value;
 
-use super::http::{
-    MAX_COUNT_LIMIT, OffsetPage, Param, Params, Reject, int_param, json_response, page_link, set,
-};
+use super::http::{Param, Params, Reject, int_param, json_response, page_link, set};
 use super::render::{basic_project_json, last_activity_ms, project_json, project_with_access_json};
 use super::world::{Ms, ProjectDef, World};
 
@@ -242,14 +240,7 @@ pub(super) fn list_projects(
     let skip = (page as usize - 1).saturating_mul(per_page);
     let total = found.len();
     let rows: Vec<Value> = found.iter().skip(skip).take(per_page).map(render).collect();
-    let offset = OffsetPage {
-        page,
-        per_page,
-        has_next: total > skip.saturating_add(per_page),
-        empty: rows.is_empty(),
-        total: (total <= MAX_COUNT_LIMIT).then_some(total),
-    };
-    let mut resp = json_response(200, &Value::Array(rows));
-    offset.set_headers(resp.headers_mut(), ext, path, &params);
-    Ok(resp)
+    Ok(super::http::offset_response(
+        rows, page, per_page, total, ext, path, &params,
+    ))
 }

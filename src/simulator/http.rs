@@ -532,6 +532,22 @@ fn list_pipeline_jobs(
     let rows: Vec<Value> = (found.iter().skip(skip).take(per_page))
         .map(|j| job_json(world, j, path_ns, now, ext))
         .collect();
+    Ok(offset_response(
+        rows, page, per_page, total, ext, path, &params,
+    ))
+}
+
+/// Page `page` (of `per_page` rows) out of `total` results, with GitLab's offset headers.
+pub(super) fn offset_response(
+    rows: Vec<Value>,
+    page: i64,
+    per_page: usize,
+    total: usize,
+    ext: &str,
+    path: &str,
+    params: &Params,
+) -> Response {
+    let skip = (page.max(1) as usize - 1).saturating_mul(per_page);
     let offset = OffsetPage {
         page,
         per_page,
@@ -540,8 +556,8 @@ fn list_pipeline_jobs(
         total: (total <= MAX_COUNT_LIMIT).then_some(total),
     };
     let mut resp = json_response(200, &Value::Array(rows));
-    offset.set_headers(resp.headers_mut(), ext, path, &params);
-    Ok(resp)
+    offset.set_headers(resp.headers_mut(), ext, path, params);
+    resp
 }
 
 /// `<{ext}{path}?{params with key=value}>; rel="{rel}"`: GitLab puts its configured external
