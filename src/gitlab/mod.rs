@@ -297,8 +297,14 @@ impl GitlabClient {
             }
             PipelineJobsRequest::Next(rel) => rel.to_string(),
         };
-        self.get(ENDPOINT, &rel, |resp| parse_jobs_page(ENDPOINT, resp))
-            .await
+        self.get(ENDPOINT, &rel, |resp| {
+            // Offset pages: X-Next-Page stands in for a dropped `Link`.
+            let fallback = x_next_page(&rel, &resp.headers);
+            let mut page = parse_jobs_page(ENDPOINT, resp)?;
+            page.next = page.next.or(fallback);
+            Ok(page)
+        })
+        .await
     }
 
     pub async fn projects_page(&self, req: ProjectsRequest<'_>) -> Result<ProjectsPage, ApiError> {
@@ -351,7 +357,11 @@ impl GitlabClient {
             (endpoint, rel)
         };
         self.get(endpoint, &rel, |resp| {
-            let next = next_link(endpoint, &resp.headers)?;
+            // GitLab sends both; a proxy or look-alike that drops `Link` still says X-Next-Page.
+            let next = match next_link(endpoint, &resp.headers)? {
+                Some(next) => Some(next),
+                None => x_next_page(&rel, &resp.headers),
+            };
             let (projects, bad_items) = model::decode_projects(&resp.body)
                 .map_err(|e| decode_error(endpoint, &e, &resp.body))?;
             Ok(ProjectsPage {
@@ -483,6 +493,25 @@ impl GitlabClient {
             body,
         })
     }
+}
+
+/// The next offset page from `X-Next-Page` (empty on the last page): `rel` with its `page`
+/// parameter set to it.
+fn x_next_page(rel: &str, headers: &HeaderMap) -> Option<String> {
+    let page: u64 = headers
+        .get("x-next-page")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let (path, query) = rel.split_once('?').unwrap_or((rel, ""));
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "page") {
+        q.append_pair(&k, &v);
+    }
+    q.append_pair("page", &page.to_string());
+    Some(format!("{path}?{}", q.finish()))
 }
 
 /// The `Link: rel="next"` target, relative to `/api/v4/`.
@@ -623,6 +652,30 @@ fn server_time(headers: &HeaderMap) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn x_next_page_stands_in_for_a_missing_link() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            x_next_page("groups/7/projects?page=1&per_page=100", &h),
+            None
+        );
+        h.insert("x-next-page", HeaderValue::from_static(""));
+        assert_eq!(
+            x_next_page("groups/7/projects?page=1", &h),
+            None,
+            "last page"
+        );
+        h.insert("x-next-page", HeaderValue::from_static("3"));
+        assert_eq!(
+            x_next_page("groups/a%2Fb/projects?page=2&per_page=100", &h).as_deref(),
+            Some("groups/a%2Fb/projects?per_page=100&page=3")
+        );
+        assert_eq!(
+            x_next_page("groups/7/projects", &h).as_deref(),
+            Some("groups/7/projects?page=3")
+        );
+    }
 
     #[test]
     fn error_messages_from_gitlab_bodies() {
