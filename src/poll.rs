@@ -244,6 +244,31 @@ impl ProjectPoller {
         poller
     }
 
+    /// GitLab shows the project under another path now (renamed or transferred): its series
+    /// move there, unless another project's series are there already (then it keeps the path
+    /// it had, logged).
+    pub fn rename(&mut self, path: &str, metrics: &Metrics) {
+        let Some((_, old)) = self.resolved.clone() else {
+            return;
+        };
+        if old == path {
+            return;
+        }
+        if metrics.rename_project(&old, path, ProjectState::ALL) {
+            info!(project = %path, was = %old, "project renamed or moved in GitLab; its series follow");
+            if let Some(r) = self.resolved.as_mut() {
+                r.1 = path.to_string();
+            }
+            metrics.set_active(
+                path,
+                &self.tracker.active_counts(),
+                self.tracker.oldest_pending_since(),
+            );
+        } else {
+            warn!(project = %old, new_path = %path, "project renamed in GitLab, but another project's series use the new path; keeping the old one");
+        }
+    }
+
     /// Numeric id and path, once known.
     pub fn resolved(&self) -> Option<&(u64, String)> {
         self.resolved.as_ref()

@@ -102,6 +102,8 @@ struct Slot {
     discovered: Option<u64>,
     /// The discovery sources that listed it last (empty: not known yet, e.g. restored).
     sources: BTreeSet<usize>,
+    /// The path discovery last listed it under (empty for configured projects).
+    path: String,
     /// Stops this project's task (a child of the shutdown token).
     stop: CancellationToken,
     /// No longer polled: not found, or another shard's.
@@ -147,6 +149,8 @@ pub struct DiscoveryStats {
     pub retired: usize,
     /// Retired long enough ago that their series were removed.
     pub removed: usize,
+    /// Shown under a new path (renamed or transferred in GitLab).
+    pub renamed: usize,
 }
 
 pub struct Scheduler {
@@ -210,6 +214,7 @@ impl Scheduler {
                 ))),
                 discovered: None,
                 sources: BTreeSet::new(),
+                path: String::new(),
                 stop: CancellationToken::new(),
                 ended: false,
             });
@@ -408,7 +413,7 @@ impl Scheduler {
             let retired_at = p.retired_at;
             let mut poller = ProjectPoller::new_resolved(
                 id,
-                path,
+                path.clone(),
                 p.default_branch.clone(),
                 self.backfill,
                 self.labels.clone(),
@@ -429,6 +434,7 @@ impl Scheduler {
                         poller,
                         discovered: Some(id),
                         sources: BTreeSet::new(),
+                        path,
                         stop: CancellationToken::new(),
                         ended: false,
                     });
@@ -545,6 +551,7 @@ impl Scheduler {
         let mut to_spawn = Vec::new();
         let mut stopped = Vec::new();
         let mut expired = Vec::new();
+        let mut renamed = Vec::new();
         {
             let mut slots = self.slots();
             let mine: BTreeMap<u64, discovery::Found> = pass
@@ -576,6 +583,8 @@ impl Scheduler {
                         stats.revived += 1;
                         // Counted afresh towards readiness (pause() reset its flag).
                         self.readiness.add(1);
+                        // Perhaps under another path (moved out of a group and back elsewhere).
+                        renamed.push((r.poller.clone(), found.path.clone()));
                         r.poller
                     }
                     None => {
@@ -596,10 +605,20 @@ impl Scheduler {
                     poller,
                     discovered: Some(*id),
                     sources: found.sources.clone(),
+                    path: found.path.clone(),
                     stop: CancellationToken::new(),
                     ended: false,
                 });
                 to_spawn.push(key);
+            }
+            // Renamed or transferred in GitLab: the poller is told under its lock, below.
+            for slot in slots.live.values_mut() {
+                if let Some(found) = slot.discovered.and_then(|id| mine.get(&id))
+                    && found.path != slot.path
+                {
+                    renamed.push((slot.poller.clone(), found.path.clone()));
+                    slot.path = found.path.clone();
+                }
             }
             // Remember who lists each project; one no longer listed is retired only when every
             // source that listed it answered (all of them, when that is not known).
@@ -648,6 +667,13 @@ impl Scheduler {
                     expired.push(r.poller);
                     stats.removed += 1;
                 }
+            }
+        }
+        for (poller, path) in renamed {
+            let mut poller = poller.lock().await;
+            if poller.resolved().is_some_and(|(_, p)| *p != path) {
+                poller.rename(&path, &self.metrics);
+                stats.renamed += 1;
             }
         }
         for (key, poller) in stopped {

@@ -594,6 +594,42 @@ async fn discovered_projects_are_counted_exactly_through_leaving_and_returning()
             .any(|(l, v)| l["project"] == "acme/new-service" && l["state"] == "ok" && *v == 1.0),
         "{state:?}"
     );
+
+    // A project renamed in GitLab: its series follow it, counts unchanged, none left behind.
+    let polls_of = |s: &common::Scrape, project: &str| {
+        s.values("gitlab_jobs_exporter_polls_total")
+            .into_iter()
+            .find(|(l, _)| l["project"] == project)
+            .map_or(0.0, |(_, v)| v)
+    };
+    let polls_before = polls_of(&h.scrape().await, "acme/web/frontend");
+    h.sim
+        .rename_project(22, "acme/apps/frontend")
+        .expect("rename");
+    let stats = h.scheduler.discover().await;
+    assert_eq!(stats.renamed, 1, "{stats:?}");
+    h.sim.advance(Duration::from_secs(60));
+    h.settle().await;
+    let scrape = h.scrape().await;
+    for family in [
+        "gitlab_ci_jobs_total",
+        "gitlab_jobs_exporter_project_state",
+        "gitlab_jobs_exporter_polls_total",
+    ] {
+        assert!(
+            !scrape
+                .values(family)
+                .keys()
+                .any(|l| l["project"] == "acme/web/frontend"),
+            "{family} left under the old path"
+        );
+    }
+    let polls_after = polls_of(&scrape, "acme/apps/frontend");
+    assert!(polls_after > polls_before, "{polls_before} → {polls_after}");
+    assert_matches_truth(
+        &scrape,
+        &h.truth_for(&["acme/platform/api", "acme/apps/frontend", "tools/cli"]),
+    );
     h.stop().await;
 }
 

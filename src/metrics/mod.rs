@@ -21,6 +21,9 @@ use crate::config::MetricsConfig;
 use crate::gitlab::JobStatus;
 use crate::tracker::Event;
 
+const POLLS_HELP: &str = "Poll cycles started, per project.";
+const POLL_ERRORS_HELP: &str = "Poll cycles that failed, per project.";
+
 /// The exact Content-Type of the text exposition format (Prometheus 3 insists on it).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -134,17 +137,11 @@ impl Metrics {
             &["kind"],
         )?;
         let polls = IntCounterVec::new(
-            Opts::new(
-                "gitlab_jobs_exporter_polls_total",
-                "Poll cycles started, per project.",
-            ),
+            Opts::new("gitlab_jobs_exporter_polls_total", POLLS_HELP),
             &["project"],
         )?;
         let poll_errors = IntCounterVec::new(
-            Opts::new(
-                "gitlab_jobs_exporter_poll_errors_total",
-                "Poll cycles that failed, per project.",
-            ),
+            Opts::new("gitlab_jobs_exporter_poll_errors_total", POLL_ERRORS_HELP),
             &["project"],
         )?;
         let last_success = GaugeVec::new(
@@ -450,10 +447,69 @@ impl Metrics {
         }
     }
 
-    /// Removes every series of a project that is no longer watched (its grace period is
-    /// over), including the carried base of its own counters.
-    pub fn remove_project(&self, project: &str, states: &[&str]) {
-        self.lock_jobs().remove(project);
+    /// Moves a project's series to its new path (renamed or transferred in GitLab): the job
+    /// series and the carried own counters continue under `new`; the gauges under `old` go
+    /// (the next cycle sets them under `new`). Returns false, changing nothing, when `new`
+    /// already has job series (another project showed there).
+    pub fn rename_project(&self, old: &str, new: &str, states: &[&str]) -> bool {
+        {
+            let mut jobs = self.lock_jobs();
+            if jobs.contains_key(new) {
+                return false;
+            }
+            if let Some(series) = jobs.remove(old) {
+                jobs.insert(new.to_string(), series);
+            }
+        }
+        for family in lock(&self.base).values_mut() {
+            let moved: Vec<_> = family
+                .series
+                .keys()
+                .filter(|labels| labels.iter().any(|(k, v)| k == "project" && v == old))
+                .cloned()
+                .collect();
+            for labels in moved {
+                if let Some(value) = family.series.remove(&labels) {
+                    let renamed = labels
+                        .into_iter()
+                        .map(|(k, v)| {
+                            let v = if k == "project" { new.to_string() } else { v };
+                            (k, v)
+                        })
+                        .collect();
+                    family.series.insert(renamed, value);
+                }
+            }
+        }
+        // The live own counters restart under the new label; their totals so far become its
+        // carried base, so nothing goes down.
+        for (vec, name, help) in [
+            (&self.polls, "gitlab_jobs_exporter_polls_total", POLLS_HELP),
+            (
+                &self.poll_errors,
+                "gitlab_jobs_exporter_poll_errors_total",
+                POLL_ERRORS_HELP,
+            ),
+        ] {
+            if let Ok(c) = vec.get_metric_with_label_values(&[old]) {
+                let value = c.get() as f64;
+                let mut base = lock(&self.base);
+                let family = base.entry(name.to_string()).or_default();
+                family.help = help.to_string();
+                let entry = family
+                    .series
+                    .entry(vec![("project".to_string(), new.to_string())])
+                    .or_default();
+                entry.value += value;
+            }
+        }
+        self.remove_project_gauges(old, states);
+        let _ = self.polls.remove_label_values(&[old]);
+        let _ = self.poll_errors.remove_label_values(&[old]);
+        true
+    }
+
+    fn remove_project_gauges(&self, project: &str, states: &[&str]) {
         let mut statuses: Vec<String> = JobStatus::NON_FINAL
             .iter()
             .map(|s| s.as_str().to_string())
@@ -465,12 +521,19 @@ impl Metrics {
             let _ = self.jobs_active.remove_label_values(&[project, s]);
         }
         let _ = self.oldest_pending.remove_label_values(&[project]);
-        let _ = self.polls.remove_label_values(&[project]);
-        let _ = self.poll_errors.remove_label_values(&[project]);
         let _ = self.last_success.remove_label_values(&[project]);
         for s in states {
             let _ = self.project_state.remove_label_values(&[project, s]);
         }
+    }
+
+    /// Removes every series of a project that is no longer watched (its grace period is
+    /// over), including the carried base of its own counters.
+    pub fn remove_project(&self, project: &str, states: &[&str]) {
+        self.lock_jobs().remove(project);
+        self.remove_project_gauges(project, states);
+        let _ = self.polls.remove_label_values(&[project]);
+        let _ = self.poll_errors.remove_label_values(&[project]);
         for family in lock(&self.base).values_mut() {
             family
                 .series

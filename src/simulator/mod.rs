@@ -218,6 +218,11 @@ impl Simulator {
         self.mutate(|w| w.set_archived(project_id, archived))
     }
 
+    /// Renames or transfers a project: same id, jobs and history, a new path.
+    pub fn rename_project(&self, project_id: u64, path: &str) -> Result<(), WorldError> {
+        self.mutate(|w| w.rename_project(project_id, path))
+    }
+
     /// Makes the token's user a member of the project or not (`membership=true`).
     pub fn set_member(&self, project_id: u64, member: bool) -> Result<(), WorldError> {
         self.mutate(|w| w.set_member(project_id, member))

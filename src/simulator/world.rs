@@ -424,6 +424,16 @@ impl World {
         Ok(())
     }
 
+    /// Renames or transfers a project (same id, new `path_with_namespace`).
+    pub fn rename_project(&mut self, project_id: u64, path: &str) -> Result<(), WorldError> {
+        if self.project_by_path.contains_key(&path.to_lowercase()) {
+            return Err(WorldError::DuplicatePath(path.to_owned()));
+        }
+        self.project_mut(project_id)?.path_with_namespace = path.to_owned();
+        self.index_projects();
+        Ok(())
+    }
+
     /// Deletes a project and its jobs, as GitLab does; its groups stay.
     pub fn remove_project(&mut self, project_id: u64) -> Result<ProjectDef, WorldError> {
         let i = *self
