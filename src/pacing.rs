@@ -93,6 +93,9 @@ pub struct Pacer {
 struct Inner {
     budget_per_second: f64,
     entries: HashMap<u64, Entry>,
+    /// The plan as of the last change: planning walks every project, and the metrics ask
+    /// for it after every cycle.
+    last: Option<PaceSnapshot>,
     degraded: bool,
 }
 
@@ -111,7 +114,9 @@ impl Pacer {
     /// Plans against another budget than the configured one (simulations whose clock runs
     /// faster than the real-time throttle).
     pub fn set_budget(&self, requests_per_minute: f64) {
-        self.lock().budget_per_second = requests_per_minute / 60.0;
+        let mut inner = self.lock();
+        inner.budget_per_second = requests_per_minute / 60.0;
+        inner.last = None;
     }
 
     pub fn max_interval(&self) -> Duration {
@@ -152,6 +157,7 @@ impl Pacer {
         entry.target = entry.idle_for.clamp(self.interval, self.max_interval);
         let target = entry.target;
         let snapshot = self.plan(&inner);
+        inner.last = Some(snapshot);
         // Logged on a clear change only (stretch above 1.1, or back to none), so a demand
         // hovering at the limit does not flood the log.
         let stretched = snapshot.stretch.idle.max(snapshot.stretch.busy);
@@ -187,11 +193,22 @@ impl Pacer {
 
     /// Forgets a project that is no longer polled (gone, another shard's, or denied).
     pub fn remove(&self, key: u64) {
-        self.lock().entries.remove(&key);
+        let mut inner = self.lock();
+        if inner.entries.remove(&key).is_some() {
+            inner.last = None;
+        }
     }
 
     pub fn snapshot(&self) -> PaceSnapshot {
-        self.plan(&self.lock())
+        let mut inner = self.lock();
+        match inner.last {
+            Some(s) => s,
+            None => {
+                let s = self.plan(&inner);
+                inner.last = Some(s);
+                s
+            }
+        }
     }
 
     fn plan(&self, inner: &Inner) -> PaceSnapshot {
