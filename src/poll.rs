@@ -55,6 +55,15 @@ struct Cx<'a> {
     server_now: f64,
 }
 
+impl Cx<'_> {
+    /// Whether a job from a second-phase listing is this phase's to feed: below the pages read
+    /// from the top (those were fed already) and at most the highest id read (newer ones are
+    /// next cycle's, so the high-water mark stays exact).
+    fn in_window(&self, id: u64) -> bool {
+        self.lowest.is_none_or(|l| id < l) && self.highest.is_none_or(|h| id <= h)
+    }
+}
+
 /// Waiting for something else (an earlier stage, a person, a time): changes rarely on its own.
 fn is_waiting(status: &JobStatus) -> bool {
     matches!(
@@ -274,11 +283,6 @@ impl ProjectPoller {
         self.resolved.as_ref()
     }
 
-    /// Whether the last completed cycle saw jobs in flight, new or completed.
-    pub fn activity(&self) -> Activity {
-        self.activity
-    }
-
     /// This project's part of a checkpoint: tracker and job series taken together (the caller
     /// holds the poll lock, so no cycle is half-way).
     pub fn checkpoint(&self, metrics: &Metrics) -> crate::state::ProjectCheckpoint {
@@ -363,10 +367,6 @@ impl ProjectPoller {
             Some((_, path)) => path.clone(),
             None => self.reference.to_string(),
         }
-    }
-
-    pub fn completed_cycles(&self) -> u64 {
-        self.completed_cycles
     }
 
     /// Runs one cycle, recording metrics; errors are logged and counted, never fatal.
@@ -631,9 +631,7 @@ impl ProjectPoller {
             metrics,
             api_id,
             label,
-            lowest,
-            highest,
-            server_now,
+            ..
         } = *cx;
         let mut seen = HashSet::new();
         let mut visited = HashSet::new();
@@ -664,12 +662,8 @@ impl ProjectPoller {
             check_page(&page, listed_min, label, metrics)?;
             listed_min = page.jobs.iter().map(|j| j.id).min().or(listed_min);
             let mut page = page;
-            page.jobs.retain(|j| {
-                seen.insert(j.id);
-                lowest.is_none_or(|l| j.id < l) && highest.is_none_or(|h| j.id <= h)
-            });
-            let now = page.server_time.map(secs).unwrap_or(server_now);
-            self.feed(&page, now, label, metrics, stats);
+            seen.extend(page.jobs.iter().map(|j| j.id));
+            self.feed_window(cx, &mut page, stats);
             match page.next {
                 Some(_) if stats.scoped_pages >= MAX_LISTING_PAGES => {
                     warn!(project = %label, pages = stats.scoped_pages, "listing too long; the rest waits for the next cycle");
@@ -795,9 +789,7 @@ impl ProjectPoller {
             metrics,
             api_id,
             label,
-            lowest,
-            highest,
-            server_now,
+            ..
         } = *cx;
         let mut missing: std::collections::BTreeSet<u64> = wanted.iter().copied().collect();
         let mut visited = HashSet::new();
@@ -818,14 +810,11 @@ impl ProjectPoller {
             // by one): harmless, as observing a job twice is, so only the page itself is checked.
             check_page(&page, None, label, metrics)?;
             pages += 1;
-            page.jobs
-                .retain(|j| lowest.is_none_or(|l| j.id < l) && highest.is_none_or(|h| j.id <= h));
+            self.feed_window(cx, &mut page, stats);
             for j in &page.jobs {
                 missing.remove(&j.id);
                 seen.insert(j.id);
             }
-            let now = page.server_time.map(secs).unwrap_or(server_now);
-            self.feed(&page, now, label, metrics, stats);
             match page.next {
                 // Never more pages than jobs wanted: at worst about twice the single fetches.
                 Some(n) if missing.len() >= 2 && pages < wanted.len() => {
@@ -883,6 +872,14 @@ impl ProjectPoller {
             }
         }
         Ok(gone)
+    }
+
+    /// Feeds the jobs of a second-phase listing that are this phase's ([`Cx::in_window`]),
+    /// at the page's own time; `page` keeps just those.
+    fn feed_window(&mut self, cx: &Cx<'_>, page: &mut JobsPage, stats: &mut CycleStats) {
+        page.jobs.retain(|j| cx.in_window(j.id));
+        let now = page.server_time.map(secs).unwrap_or(cx.server_now);
+        self.feed(page, now, cx.label, cx.metrics, stats);
     }
 
     fn feed(

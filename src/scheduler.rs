@@ -639,20 +639,18 @@ impl Scheduler {
                 })
                 .map(|(k, id, _)| (k, id))
                 .collect();
-            {
-                for (key, id) in gone {
-                    if let Some(slot) = slots.live.remove(&key) {
-                        slot.stop.cancel();
-                        stopped.push((key, slot.poller.clone()));
-                        slots.retired.insert(
-                            id,
-                            Retired {
-                                poller: slot.poller,
-                                since_unix: now,
-                            },
-                        );
-                        stats.retired += 1;
-                    }
+            for (key, id) in gone {
+                if let Some(slot) = slots.live.remove(&key) {
+                    slot.stop.cancel();
+                    stopped.push((key, slot.poller.clone()));
+                    slots.retired.insert(
+                        id,
+                        Retired {
+                            poller: slot.poller,
+                            since_unix: now,
+                        },
+                    );
+                    stats.retired += 1;
                 }
             }
             let grace = self.discovery.grace_period.as_secs_f64();

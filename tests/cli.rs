@@ -253,11 +253,7 @@ async fn full_run_never_leaks_the_token_and_stops_cleanly_on_sigterm() {
     sim.push_fault(Fault::RateLimitedJson);
     let handle = sim.spawn().await.expect("simulator");
 
-    // A free port for the exporter: bind, read, release.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = common::free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(
         dir.path(),
@@ -369,10 +365,7 @@ async fn full_run_never_leaks_the_token_and_stops_cleanly_on_sigterm() {
 /// group's projects by discovery and serves their jobs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_without_gitlab_and_discovers_its_projects() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = common::free_port();
     let mut child = Command::new(BIN)
         .args(["--demo", "--listen", &format!("127.0.0.1:{port}")])
         .env_remove("GITLAB_TOKEN")
@@ -422,10 +415,7 @@ async fn readiness_waits_for_a_complete_discovery_pass() {
     );
     let sim = Simulator::new(World::generate(&spec, 3), SimClock::Live, TOKEN.to_string());
     let handle = sim.spawn().await.expect("simulator");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = common::free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(
         dir.path(),

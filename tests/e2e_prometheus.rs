@@ -92,10 +92,7 @@ impl Prometheus {
             String::from_utf8_lossy(&check.stderr)
         );
 
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = common::free_port();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))

@@ -95,10 +95,7 @@ async fn sigkill_and_restart_lose_nothing_and_never_go_backwards() {
     );
     let handle = sim.spawn().await.expect("simulator");
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = common::free_port();
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,

@@ -54,10 +54,7 @@ async fn soak() {
     sim.set_jobs_rate_limit(Some(600));
     let handle = sim.spawn().await.expect("simulator");
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = common::free_port();
     let mut cfg = format!(
         "[gitlab]\nurl = {:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n[poll]\ninterval = \"10s\"\n[state]\ndir = {:?}\n",
         handle.base_url,

@@ -367,13 +367,7 @@ fn list_jobs(
 ) -> Result<Response, Reject> {
     // Grape validates and coerces declared params before the endpoint runs.
     let scope = scope_param(&mut params)?;
-    let page = int_param(&params, "page", 1)?.max(1);
-    let per_page = int_param(&params, "per_page", 20)?;
-    // The Link repeats every param, with Grape's defaults and the path's `id` filled in.
-    params.insert("page".into(), Param::One(page.to_string()));
-    params.insert("per_page".into(), Param::One(per_page.to_string()));
-    params.insert("id".into(), Param::One(id.clone()));
-    let per_page = per_page.clamp(1, 100) as usize;
+    let (page, per_page) = offset_params(&mut params, &id)?;
 
     let world = &*sim.world();
     let Some(project) = world.find_project(&id) else {
@@ -493,13 +487,8 @@ fn list_pipeline_jobs(
         Param::One(include_retried.to_string()),
     );
     let scope = scope_param(&mut params)?;
-    let page = int_param(&params, "page", 1)?.max(1);
-    let per_page = int_param(&params, "per_page", 20)?;
-    params.insert("page".into(), Param::One(page.to_string()));
-    params.insert("per_page".into(), Param::One(per_page.to_string()));
-    params.insert("id".into(), Param::One(id.clone()));
+    let (page, per_page) = offset_params(&mut params, &id)?;
     params.insert("pipeline_id".into(), Param::One(pipeline_id.to_string()));
-    let per_page = per_page.clamp(1, 100) as usize;
 
     let Some(project) = world.find_project(&id) else {
         return Err(Reject(404, "message", "404 Project Not Found".into()));
@@ -535,6 +524,17 @@ fn list_pipeline_jobs(
     Ok(offset_response(
         rows, page, per_page, total, ext, path, &params,
     ))
+}
+
+/// `page` and `per_page` (clamped to 1..=100) of an offset-paginated job list. The `Link`
+/// repeats every param, with Grape's defaults and the path's `id` filled in.
+fn offset_params(params: &mut Params, id: &str) -> Result<(i64, usize), Reject> {
+    let page = int_param(params, "page", 1)?.max(1);
+    let per_page = int_param(params, "per_page", 20)?;
+    params.insert("page".into(), Param::One(page.to_string()));
+    params.insert("per_page".into(), Param::One(per_page.to_string()));
+    params.insert("id".into(), Param::One(id.to_string()));
+    Ok((page, per_page.clamp(1, 100) as usize))
 }
 
 /// Page `page` (of `per_page` rows) out of `total` results, with GitLab's offset headers.

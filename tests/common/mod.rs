@@ -41,6 +41,14 @@ pub fn by_id(id: u64) -> ProjectRef {
     }
 }
 
+/// A free loopback port for a process started by a test: bound, read, released.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 /// Fast retries: the simulator answers instantly, so tests need not wait long.
 pub fn fast_retry() -> RetryPolicy {
     RetryPolicy {
