@@ -66,6 +66,18 @@ async fn a_missing_project_is_reported_and_does_not_block_the_others() {
     let scrape = h.scrape().await;
     assert_eq!(state_of(&scrape, "acme/gone"), "not_found");
     assert_eq!(state_of(&scrape, "acme/platform/api"), "ok");
+    // It is looked up again: once it exists, it is polled and readiness follows.
+    h.sim
+        .add_project(gitlab_jobs_exporter::simulator::ProjectDef::new(
+            33,
+            "acme/gone",
+        ))
+        .expect("new project");
+    let results = h.scheduler.poll_all_once().await;
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    let (status, _, body) = h.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(state_of(&h.scrape().await, "acme/gone"), "ok");
     h.stop().await;
 }
 
