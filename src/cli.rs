@@ -1,5 +1,6 @@
 //! Command line and process wiring (logging, signals, exit codes). The only module using `anyhow`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -64,7 +65,7 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            say(format_args!("error: cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -74,16 +75,37 @@ pub fn main() -> ExitCode {
     let cfg = match load_config(&cli) {
         Ok(cfg) => cfg,
         Err(e) => {
-            eprintln!("configuration error: {e}");
+            say(format_args!("configuration error: {e}"));
             error!(error = %e, "configuration error");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if cli.check_config {
-        println!("# configuration is valid\n{}", cfg.to_redacted_toml());
-        return ExitCode::SUCCESS;
+        return print_checked(&cfg);
     }
     report(runtime.block_on(run(cfg)))
+}
+
+/// `--check-config`'s output. A reader that stops early (`| head`) is no failure: the
+/// configuration was checked all the same.
+fn print_checked(cfg: &Config) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let written = writeln!(out, "# configuration is valid\n{}", cfg.to_redacted_toml())
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            say(format_args!("error: cannot write the configuration: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A line on stderr for whoever started the process. Unlike `eprintln!`, a closed stderr
+/// (`2>&1 | head`) is no panic: the exit code says what happened.
+fn say(args: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {
@@ -91,7 +113,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = format!("{e:#}"), "exiting");
-            eprintln!("error: {e:#}");
+            say(format_args!("error: {e:#}"));
             ExitCode::FAILURE
         }
     }

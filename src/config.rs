@@ -15,6 +15,12 @@ pub const ENV_PREFIX: &str = "GITLAB_JOBS_EXPORTER";
 pub const TOKEN_ENV: &str = "GITLAB_TOKEN";
 /// Default listen address. 39129 lies outside Prometheus' (exhausted) 9100–9999 allocation range.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:39129";
+/// Largest token file read: a token is ~50 bytes; this stops `/dev/zero`-like runaways.
+pub const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+/// Largest configuration file read.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+/// The API prefix the client appends to `gitlab.url`.
+const API_SUFFIX: &str = "/api/v4";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -23,6 +29,14 @@ pub enum ConfigError {
     /// `key` is the dotted path of the offending key, e.g. `poll.interval`.
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
+    /// The file is no TOML. `key` is the key of the offending line, when it has one; the line
+    /// itself is quoted only when it holds no secret.
+    #[error("{}TOML syntax error at {at}: {message}", key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
+    Syntax {
+        key: Option<String>,
+        at: String,
+        message: String,
+    },
 }
 
 impl ConfigError {
@@ -376,14 +390,34 @@ impl Config {
 
     /// Reads `path` (if given) and the environment, then validates. The token is resolved here
     /// too, so a missing or unreadable token file is a config error, not a runtime surprise.
+    /// No error carries a secret: secret-keyed lines are never quoted, and whatever a secret
+    /// key holds (in the file or the environment) is scrubbed from the message as a last net.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut secrets = env_secrets();
+        let result = Self::load_inner(path, &mut secrets);
+        result.map_err(|e| e.scrubbed(&secrets))
+    }
+
+    fn load_inner(path: Option<&Path>, secrets: &mut Vec<String>) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(path) = path {
-            builder = builder.add_source(
-                config::File::from(path)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
+            let text = read_bounded(path, MAX_CONFIG_BYTES)
+                .map_err(|e| ConfigError::Source(format!("cannot read {}: {e}", path.display())))?;
+            let text = String::from_utf8(text).map_err(|e| {
+                ConfigError::Source(format!(
+                    "{}: not UTF-8 text (byte {})",
+                    path.display(),
+                    e.utf8_error().valid_up_to()
+                ))
+            })?;
+            let lines = SourceLines::new(&text);
+            secrets.extend(lines.secret_values());
+            // Parsed here first: the parser's own message quotes the offending source line,
+            // which may hold the token.
+            if let Err(e) = text.parse::<toml::Table>() {
+                return Err(lines.syntax_error(path, &e));
+            }
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
         let raw = builder
             .add_source(
@@ -393,10 +427,21 @@ impl Config {
                     .try_parsing(true),
             )
             .build()
-            .map_err(|e| ConfigError::Source(e.to_string()))?;
+            .map_err(|e| match e {
+                // Checked above already; should the two parsers disagree, quote nothing.
+                config::ConfigError::FileParse { .. } => {
+                    ConfigError::Source("the file is not valid TOML".into())
+                }
+                e => ConfigError::Source(e.to_string()),
+            })?;
         let mut cfg: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
             let key = e.path().to_string();
-            let message = e.into_inner().to_string();
+            let message = if is_secret_key(&key) {
+                // serde quotes the value it could not use; this one is not shown.
+                "invalid value (not shown: the key may hold a secret)".to_string()
+            } else {
+                e.into_inner().to_string()
+            };
             // A missing section shows up at the root: name the field serde complains about.
             if key == "." {
                 ConfigError::invalid("config", message)
@@ -404,37 +449,60 @@ impl Config {
                 ConfigError::invalid(key, message)
             }
         })?;
+        if let Some(t) = &cfg.gitlab.token {
+            secrets.push(t.expose_secret().to_string());
+        }
+        cfg.strip_api_suffix();
         cfg.resolve_token(std::env::var(TOKEN_ENV).ok())?;
         cfg.validate()?;
         Ok(cfg)
     }
 
+    /// `gitlab.url` given with GitLab's `/api/v4` (as copied from API docs): the client
+    /// appends it itself, so every request would go to `/api/v4/api/v4/…` and answer 404.
+    fn strip_api_suffix(&mut self) {
+        let trimmed = self.gitlab.url.trim_end_matches('/');
+        if let Some(base) = trimmed.strip_suffix(API_SUFFIX) {
+            let base = base.to_string();
+            tracing::warn!(
+                configured = %self.gitlab.url,
+                using = %base,
+                "gitlab.url ends with /api/v4, which the exporter appends itself; using the URL without it"
+            );
+            self.gitlab.url = base;
+        }
+    }
+
     /// Token precedence: `GITLAB_TOKEN`, then `gitlab.token_file`, then `gitlab.token`. A
     /// configured token file must be readable even when the environment wins: a broken path is
-    /// a deployment mistake worth failing on.
+    /// a deployment mistake worth failing on. Errors name the source, never the token (nor the
+    /// file's path: a `*token*` key's value is treated as a secret, as it may be one misplaced).
     fn resolve_token(&mut self, env_token: Option<String>) -> Result<(), ConfigError> {
         let mut from_file = None;
         if let Some(file) = &self.gitlab.token_file {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                ConfigError::invalid(
-                    "gitlab.token_file",
-                    format!("cannot read {}: {e}", file.display()),
-                )
+            let bytes = read_token_file(file).map_err(|e| {
+                ConfigError::invalid("gitlab.token_file", format!("cannot read the file: {e}"))
+            })?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                ConfigError::invalid("gitlab.token_file", "the file is not UTF-8 text")
             })?;
             let text = text.trim();
             if text.is_empty() {
                 return Err(ConfigError::invalid(
                     "gitlab.token_file",
-                    format!("{} is empty", file.display()),
+                    "the file is empty",
                 ));
             }
+            check_token("gitlab.token_file", text)?;
             from_file = Some(text.to_string());
         }
-        if let Some(t) = env_token
+        let env_token = env_token
             .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .or(from_file)
-        {
+            .filter(|t| !t.is_empty());
+        if let Some(t) = &env_token {
+            check_token(TOKEN_ENV, t)?;
+        }
+        if let Some(t) = env_token.or(from_file) {
             self.gitlab.token = Some(SecretString::from(t));
         }
         Ok(())
@@ -460,6 +528,22 @@ impl Config {
                 "must not carry a query or fragment",
             ));
         }
+        // Credentials in the URL would be printed by --check-config and the start-up log;
+        // the token has its own, redacted, places.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ConfigError::invalid(
+                "gitlab.url",
+                format!(
+                    "must not carry credentials (user:password@); give the token in {TOKEN_ENV}, gitlab.token_file or gitlab.token"
+                ),
+            ));
+        }
+        if url.path().trim_end_matches('/').ends_with(API_SUFFIX) {
+            return Err(ConfigError::invalid(
+                "gitlab.url",
+                "must not end with /api/v4: it is appended to it (give e.g. https://gitlab.example.com)",
+            ));
+        }
         match &self.gitlab.token {
             None => {
                 return Err(ConfigError::invalid(
@@ -470,7 +554,7 @@ impl Config {
             Some(t) if t.expose_secret().trim().is_empty() => {
                 return Err(ConfigError::invalid("gitlab.token", "is empty"));
             }
-            Some(_) => {}
+            Some(t) => check_token("gitlab.token", t.expose_secret())?,
         }
         if self.gitlab.timeout.is_zero() {
             return Err(ConfigError::invalid(
@@ -609,6 +693,262 @@ impl Config {
     }
 }
 
+/// Shortest value scrubbed from error messages: real tokens are far longer, and scrubbing
+/// short common words (`true`, `1h`) would only mangle messages.
+const MIN_SCRUBBED: usize = 6;
+
+impl ConfigError {
+    /// The error with every occurrence of `secrets` replaced.
+    fn scrubbed(self, secrets: &[String]) -> Self {
+        let mut secrets: Vec<&str> = secrets
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| s.len() >= MIN_SCRUBBED)
+            .collect();
+        // Longest first, so a secret containing another is replaced whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let scrub = |mut text: String| {
+            for secret in &secrets {
+                if text.contains(secret) {
+                    text = text.replace(secret, "<redacted>");
+                }
+            }
+            text
+        };
+        match self {
+            Self::Source(s) => Self::Source(scrub(s)),
+            Self::Invalid { key, message } => Self::Invalid {
+                key: scrub(key),
+                message: scrub(message),
+            },
+            Self::Syntax { key, at, message } => Self::Syntax {
+                key: key.map(scrub),
+                at: scrub(at),
+                message: scrub(message),
+            },
+        }
+    }
+}
+
+/// Keys whose values are (or may be) secrets: `token`, `token_file`, `*_secret`, `*password*`.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_WORDS.iter().any(|w| key.contains(w))
+}
+
+const SECRET_WORDS: [&str; 3] = ["token", "secret", "password"];
+
+/// Values of secret-keyed environment overrides, and `GITLAB_TOKEN`.
+fn env_secrets() -> Vec<String> {
+    let prefix = format!("{ENV_PREFIX}__");
+    std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let k = k.to_string_lossy();
+            let secret = k == TOKEN_ENV || (k.starts_with(&prefix) && is_secret_key(&k));
+            secret.then(|| v.to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// The token goes into the `PRIVATE-TOKEN` header: one that cannot (a line break, a control
+/// character) would fail every request, so it fails here instead. `source` names where it
+/// came from; the token itself is never shown.
+fn check_token(source: &str, token: &str) -> Result<(), ConfigError> {
+    if reqwest::header::HeaderValue::from_str(token).is_err() {
+        return Err(ConfigError::invalid(
+            source,
+            "the token holds a character not allowed in an HTTP header (a line break, a control or non-ASCII character); it is sent in the PRIVATE-TOKEN header",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads at most `max` bytes of `path`; more is an error.
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
+    Ok(bytes)
+}
+
+/// A token file: a regular file (a FIFO would block start-up forever, a device like
+/// `/dev/zero` never end), of at most [`MAX_TOKEN_FILE_BYTES`]. Symlinks are followed (as
+/// Kubernetes mounts Secrets).
+fn read_token_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    read_bounded(path, MAX_TOKEN_FILE_BYTES)
+}
+
+/// A configuration file's lines, with those that hold a secret marked, for syntax errors.
+struct SourceLines<'a> {
+    /// (byte offset of the line's start, the line without its line break)
+    lines: Vec<(usize, &'a str)>,
+    /// Per line: it holds a secret (a secret key's assignment, or the inside of a multi-line
+    /// string one opened).
+    secret: Vec<bool>,
+    /// Per line: the line whose key it belongs to (itself, or where its multi-line string
+    /// opened).
+    owner: Vec<usize>,
+}
+
+impl<'a> SourceLines<'a> {
+    fn new(text: &'a str) -> Self {
+        let mut lines = Vec::new();
+        let mut offset = 0;
+        for raw in text.split_inclusive('\n') {
+            lines.push((offset, raw.trim_end_matches(['\n', '\r'])));
+            offset += raw.len();
+        }
+        let mut secret = Vec::with_capacity(lines.len());
+        let mut owner = Vec::with_capacity(lines.len());
+        // An open multi-line string: (its delimiter, its line, whether its key is secret).
+        let mut open: Option<(&str, usize, bool)> = None;
+        for (i, (_, line)) in lines.iter().enumerate() {
+            if let Some((delim, from, is_secret)) = open {
+                secret.push(is_secret);
+                owner.push(from);
+                if line.matches(delim).count() % 2 == 1 {
+                    open = None;
+                }
+                continue;
+            }
+            let value_at = secret_assignment(line);
+            secret.push(value_at.is_some());
+            owner.push(i);
+            // Where the value starts: after a secret key's `=`, or after the first `=`.
+            let Some(at) = value_at.or_else(|| line.find('=').map(|e| e + 1)) else {
+                continue;
+            };
+            let value = &line[at..];
+            for delim in ["\"\"\"", "'''"] {
+                if value.matches(delim).count() % 2 == 1 {
+                    open = Some((delim, i, value_at.is_some()));
+                    break;
+                }
+            }
+        }
+        Self {
+            lines,
+            secret,
+            owner,
+        }
+    }
+
+    /// Pieces of the secret lines' values, to scrub from any message.
+    fn secret_values(&self) -> Vec<String> {
+        let mut values = Vec::new();
+        for (i, (_, line)) in self.lines.iter().enumerate() {
+            if !self.secret[i] {
+                continue;
+            }
+            let value = match secret_assignment(line) {
+                Some(at) if self.owner[i] == i => &line[at..],
+                _ => line,
+            };
+            values.extend(
+                value
+                    .split(|c: char| c.is_whitespace() || "\"',{}[]\\".contains(c))
+                    .filter(|piece| piece.len() >= MIN_SCRUBBED)
+                    .map(str::to_string),
+            );
+        }
+        values
+    }
+
+    /// A syntax error naming the file, line, column and (when the line has one) the key; the
+    /// line is quoted unless it holds a secret. The parser's own rendering is not used: it
+    /// quotes the source line whatever it holds.
+    fn syntax_error(&self, path: &Path, e: &toml::de::Error) -> ConfigError {
+        let offset = e.span().map_or(0, |s| s.start);
+        let index = self
+            .lines
+            .iter()
+            .rposition(|(start, _)| *start <= offset)
+            .unwrap_or(0);
+        let (start, line) = self.lines.get(index).copied().unwrap_or((0, ""));
+        let column = line
+            .get(..offset.saturating_sub(start).min(line.len()))
+            .map_or(1, |before| before.chars().count() + 1);
+        let mut message: String = e
+            .message()
+            .trim()
+            .lines()
+            .collect::<Vec<_>>()
+            .join("; ")
+            .chars()
+            .take(300)
+            .collect();
+        if self.secret.get(index).copied().unwrap_or(false) {
+            message.push_str(" (the line is not shown: it holds a secret)");
+        } else {
+            let shown: String = line.trim().chars().take(200).collect();
+            message.push_str(&format!(" in {shown:?}"));
+        }
+        ConfigError::Syntax {
+            key: self.key_of(self.owner.get(index).copied().unwrap_or(index)),
+            at: format!("{}:{}:{column}", path.display(), index + 1),
+            message,
+        }
+    }
+
+    /// The dotted key a `key = value` line sets, under the table header above it.
+    fn key_of(&self, index: usize) -> Option<String> {
+        let (_, line) = self.lines.get(index)?;
+        let (lhs, _) = line.split_once('=')?;
+        let key = bare_key(lhs)?;
+        let table = self.lines[..index]
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(i, _)| self.owner[*i] == *i)
+            .map(|(_, (_, l))| l.trim())
+            .find(|l| l.starts_with('['))
+            .and_then(|l| bare_key(l.trim_start_matches('[').split(']').next().unwrap_or("")));
+        Some(match table {
+            Some(t) => format!("{t}.{key}"),
+            None => key,
+        })
+    }
+}
+
+/// A (possibly dotted or quoted) key as plain dotted text, if it looks like one.
+fn bare_key(text: &str) -> Option<String> {
+    let text = text.trim();
+    let ok = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c));
+    ok.then(|| {
+        text.split('.')
+            .map(|part| part.trim().trim_matches(['"', '\'']))
+            .collect::<Vec<_>>()
+            .join(".")
+    })
+}
+
+/// Where the value of a secret key's assignment starts in `line` (just after its `=`): a
+/// key containing `token`, `secret` or `password`, anywhere in the line (inline tables too).
+fn secret_assignment(line: &str) -> Option<usize> {
+    let lower = line.to_ascii_lowercase();
+    SECRET_WORDS
+        .iter()
+        .flat_map(|word| lower.match_indices(word).map(|(i, w)| i + w.len()))
+        .filter_map(|end| {
+            let rest = lower[end..]
+                .trim_start_matches(|c: char| c.is_ascii_alphanumeric() || "_-\"'".contains(c))
+                .trim_start();
+            rest.starts_with('=').then(|| line.len() - rest.len() + 1)
+        })
+        .min()
+}
+
 /// The `:id` segment of API paths: the numeric id, or the URL-encoded path. validate()
 /// rejects entries with neither; an empty segment then is harmless rather than a panic.
 fn api_id(id: Option<u64>, path: Option<&str>) -> String {
@@ -699,6 +1039,7 @@ mod tests {
         match err {
             ConfigError::Invalid { key, .. } => key,
             ConfigError::Source(s) => panic!("expected a key error, got source error {s}"),
+            e @ ConfigError::Syntax { .. } => panic!("expected a key error, got {e}"),
         }
     }
 
@@ -904,6 +1245,216 @@ mod tests {
         assert_eq!(
             key_of(cfg.resolve_token(None).unwrap_err()),
             "gitlab.token_file"
+        );
+    }
+
+    /// Loads `text` as a configuration file, as the binary does.
+    fn load_text(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path))
+    }
+
+    const HEAD: &str = "[gitlab]\nurl = \"https://gitlab.example.com\"\n";
+    const TAIL: &str = "\n[[projects]]\nid = 42\n";
+
+    #[test]
+    fn syntax_errors_never_show_a_secret_and_name_the_key() {
+        let s = "glpat-SECRETVALUE123";
+        let cases = [
+            (format!("{HEAD}token = \"{s}\n{TAIL}"), Some("gitlab.token")),
+            (format!("{HEAD}token = '{s}\n{TAIL}"), Some("gitlab.token")),
+            (
+                format!("{HEAD}token = \"{s}\"\ntoken = \"{s}-2\"{TAIL}"),
+                Some("gitlab.token"),
+            ),
+            (
+                format!("{HEAD}token = \"{s}\\q\"{TAIL}"),
+                Some("gitlab.token"),
+            ),
+            (format!("{HEAD}token = \"\"\"\n{s}\n{TAIL}"), None),
+            (
+                format!("{HEAD}token = \"\"\"\nglpat-\n{s}\\q\n\"\"\"{TAIL}"),
+                Some("gitlab.token"),
+            ),
+            (
+                format!("gitlab = {{ url = \"https://gitlab.example.com\", token = \"{s} }}{TAIL}"),
+                None,
+            ),
+            (
+                format!("{HEAD}token = \"{s}\"\n[server]\nwebhook_secret = \"{s}2{TAIL}"),
+                Some("server.webhook_secret"),
+            ),
+            (
+                format!("{HEAD}token_file = \"/run/{s}{TAIL}"),
+                Some("gitlab.token_file"),
+            ),
+        ];
+        for (text, key) in cases {
+            let err = load_text(&text).expect_err(&text).to_string();
+            assert!(
+                !err.contains("SECRETVALUE"),
+                "secret shown: {err}\nfor\n{text}"
+            );
+            if let Some(key) = key {
+                assert!(err.contains(key), "{key} not named: {err}\nfor\n{text}");
+            }
+        }
+        // Other lines are still quoted, with the line number: the error stays useful.
+        let err = load_text(&format!(
+            "{HEAD}token = \"{s}\"\n[poll]\ninterval = 30s{TAIL}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("SECRETVALUE"), "{err}");
+        assert!(
+            err.contains("poll.interval") && err.contains(":5:") && err.contains("interval = 30s"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_secret_key_of_the_wrong_type_is_not_shown() {
+        for value in [
+            "[\"glpat-SECRETVALUE123\"]",
+            "{ x = \"glpat-SECRETVALUE123\" }",
+        ] {
+            let err = load_text(&format!("{HEAD}token = {value}{TAIL}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                !err.contains("SECRETVALUE") && err.contains("gitlab.token"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_file_must_be_a_small_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_file =
+            |file: &Path| format!("{HEAD}token_file = {:?}{TAIL}", file.display().to_string());
+        let big = dir.path().join("big");
+        std::fs::write(&big, "a".repeat(100 * 1024)).unwrap();
+        let err = load_text(&with_file(&big)).unwrap_err().to_string();
+        assert!(
+            err.contains("gitlab.token_file") && err.contains("larger"),
+            "{err}"
+        );
+        // A FIFO would block start-up until something writes to it.
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let text = with_file(&fifo);
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(load_text(&text).map(|_| ()).map_err(|e| e.to_string()));
+            });
+            let result = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("reading a FIFO token file does not block");
+            let err = result.unwrap_err();
+            assert!(err.contains("not a regular file"), "{err}");
+        }
+        // A device that never ends.
+        if Path::new("/dev/zero").exists() {
+            let err = load_text(&with_file(Path::new("/dev/zero")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("gitlab.token_file"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_token_that_is_no_header_value_is_rejected_without_showing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "glpat-SECRETVALUE123\nglpat-other\n").unwrap();
+        let err = load_text(&format!(
+            "{HEAD}token_file = {:?}{TAIL}",
+            file.display().to_string()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("gitlab.token_file") && !err.contains("SECRETVALUE"),
+            "{err}"
+        );
+        let err = load_text(&format!("{HEAD}token = \"glpat-SECRETVALUE123\\nx\"{TAIL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gitlab.token") && !err.contains("SECRETVALUE"),
+            "{err}"
+        );
+        let mut cfg = parse(GOOD).unwrap();
+        let err = cfg
+            .resolve_token(Some("glpat-SECRETVALUE123\r\nx".into()))
+            .and_then(|()| cfg.validate())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(TOKEN_ENV) && !err.contains("SECRETVALUE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_rejected_unshown() {
+        for url in [
+            "https://user:hunter2pass@gitlab.example.com",
+            "https://hunter2pass@gitlab.example.com",
+        ] {
+            let err = load_text(&format!(
+                "[gitlab]\nurl = \"{url}\"\ntoken = \"glpat-x\"{TAIL}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("gitlab.url") && !err.contains("hunter2"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_trailing_api_v4_is_stripped() {
+        for (given, used) in [
+            (
+                "https://gitlab.example.com/api/v4",
+                "https://gitlab.example.com",
+            ),
+            (
+                "https://gitlab.example.com/api/v4/",
+                "https://gitlab.example.com",
+            ),
+            (
+                "https://example.com/gitlab/api/v4",
+                "https://example.com/gitlab",
+            ),
+            ("https://example.com/api/v4x", "https://example.com/api/v4x"),
+        ] {
+            let cfg = load_text(&format!(
+                "[gitlab]\nurl = \"{given}\"\ntoken = \"glpat-x\"{TAIL}"
+            ))
+            .unwrap();
+            assert_eq!(cfg.gitlab.url, used);
+        }
+        // Built in code, it is refused rather than silently doubled.
+        let cfg = Config::new(
+            "https://gitlab.example.com/api/v4",
+            SecretString::from("glpat-x"),
+            vec![ProjectRef {
+                path: None,
+                id: Some(1),
+            }],
+        );
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("gitlab.url")
         );
     }
 }

@@ -135,7 +135,7 @@ pub struct ProjectPoller {
     /// Pages the last listing of waiting jobs took.
     waiting_pages: usize,
     state: ProjectState,
-    /// 401/403 answers in a row.
+    /// 401/403 answers (or 404s to the first lookup) in a row.
     denials: u32,
     /// Already counted towards `/readyz`.
     pub counted_ready: bool,
@@ -388,6 +388,10 @@ impl ProjectPoller {
             // Logged once per change, not once per cycle: a revoked token must not flood logs.
             match (&result, state) {
                 (Ok(()), _) => info!(project = %self.label(), "polling works again"),
+                // Never found at all: most likely a wrong path or id, or a wrong gitlab.url.
+                (Err(e), ProjectState::NotFound) if self.resolved.is_none() => error!(
+                    project = %self.label(), url = %client.project_url(&self.reference.api_id()), error = %e,
+                    "configured project not found: this URL answered 404 (check the project's path or id, gitlab.url, and that the token's user can see the project); /readyz stays not ready; looking it up again later"),
                 (Err(e), ProjectState::NotFound) => error!(project = %self.label(), error = %e,
                     "project not found (deleted, moved, or invisible to the token); no longer polled"),
                 (Err(e), ProjectState::Unauthorized | ProjectState::Forbidden) => error!(
@@ -399,6 +403,7 @@ impl ProjectPoller {
         }
         self.denials = match state {
             ProjectState::Unauthorized | ProjectState::Forbidden => self.denials.saturating_add(1),
+            ProjectState::NotFound if self.resolved.is_none() => self.denials.saturating_add(1),
             _ => 0,
         };
         metrics.set_project_state(&self.label(), state.as_str(), ProjectState::ALL);
@@ -415,16 +420,29 @@ impl ProjectPoller {
     /// How the next poll is timed.
     pub fn next_poll(&self, interval: Duration) -> NextPoll {
         match self.state {
+            // A configured project never found yet is looked up again (with the back-off
+            // below): it may be created, or made visible to the token, later.
+            ProjectState::NotFound if self.resolved.is_none() => self.backoff(interval),
             ProjectState::NotFound | ProjectState::Elsewhere => NextPoll::Never,
-            // Hard back-off: 5 min, doubling up to an hour; a fixed token is picked up then.
-            ProjectState::Unauthorized | ProjectState::Forbidden => NextPoll::After(
-                Duration::from_secs(300)
-                    .saturating_mul(2u32.saturating_pow(self.denials.saturating_sub(1).min(8)))
-                    .min(Duration::from_secs(3600))
-                    .max(interval),
-            ),
+            ProjectState::Unauthorized | ProjectState::Forbidden => self.backoff(interval),
             ProjectState::Ok | ProjectState::Failing => NextPoll::Paced(self.activity),
         }
+    }
+
+    /// Hard back-off: 5 min, doubling up to an hour; a fixed token is picked up then.
+    fn backoff(&self, interval: Duration) -> NextPoll {
+        NextPoll::After(
+            Duration::from_secs(300)
+                .saturating_mul(2u32.saturating_pow(self.denials.saturating_sub(1).min(8)))
+                .min(Duration::from_secs(3600))
+                .max(interval),
+        )
+    }
+
+    /// The first lookup of a configured project answered 404: it holds `/readyz` back (a
+    /// wrong path, id or `gitlab.url` must not look like a working exporter).
+    pub fn never_found(&self) -> bool {
+        self.state == ProjectState::NotFound && self.resolved.is_none()
     }
 
     pub fn state(&self) -> ProjectState {

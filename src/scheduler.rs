@@ -287,15 +287,17 @@ impl Scheduler {
         let result = poller.poll(&self.client, &self.metrics).await;
         // Ready once polled, or known to be gone (it would otherwise hold readiness forever).
         // Refused (401/403) counts too: a project the token cannot read must not keep the
-        // whole exporter unready (it is logged and exported as such).
+        // whole exporter unready (it is logged and exported as such). A configured project
+        // never found at all does not: that is a wrong path or gitlab.url, not an exporter
+        // at work.
         let done = result.is_ok()
-            || matches!(
+            || (matches!(
                 poller.state(),
                 ProjectState::NotFound
                     | ProjectState::Elsewhere
                     | ProjectState::Forbidden
                     | ProjectState::Unauthorized
-            );
+            ) && !poller.never_found());
         if !poller.counted_ready && done {
             poller.counted_ready = true;
             self.readiness.mark_one();

@@ -486,3 +486,236 @@ async fn readiness_waits_for_a_complete_discovery_pass() {
     assert_eq!(health, 200);
     handle.shutdown().await;
 }
+
+/// A broken configuration file holding the token, in every shape a parser quotes: the error
+/// (on stderr and in the log, text or JSON, with or without `--check-config`) names the key
+/// and never shows the secret.
+#[test]
+fn config_errors_never_show_a_secret() {
+    const SECRET: &str = "glpat-SECRETVALUE123";
+    let head = "[gitlab]\nurl = \"https://gitlab.example.com\"\n";
+    let tail = "\n[[projects]]\nid = 42\n";
+    let files = [
+        format!("{head}token = \"{SECRET}\n{tail}"),
+        format!("{head}token = \"{SECRET}\"\ntoken = \"{SECRET}\"{tail}"),
+        format!("{head}token = \"{SECRET}\\x\"{tail}"),
+        format!("{head}token = \"\"\"\n{SECRET}\\q\n\"\"\"{tail}"),
+        format!("{head}token = \"\"\"{SECRET}\n{tail}"),
+        format!("{head}api_token = '{SECRET}{tail}"),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    for text in &files {
+        let path = write_config(dir.path(), text);
+        for format in ["text", "json"] {
+            for check in [true, false] {
+                let mut args = vec!["--log-format", format];
+                if check {
+                    args.push("--check-config");
+                }
+                let out = run(&path, &[], &args);
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert_eq!(out.status.code(), Some(2), "{stderr}\nfor\n{text}");
+                assert!(
+                    !stdout.contains("SECRETVALUE") && !stderr.contains("SECRETVALUE"),
+                    "secret shown ({format}, check {check}):\n{stdout}{stderr}\nfor\n{text}"
+                );
+                assert!(stderr.contains("token"), "key named: {stderr}");
+            }
+        }
+    }
+    // Bad values for token keys in the environment: a token that is no header value, and a
+    // token where a token file's path belongs.
+    let path = write_config(dir.path(), GOOD);
+    for (env, key) in [
+        ("GITLAB_JOBS_EXPORTER__GITLAB__TOKEN", "gitlab.token"),
+        (
+            "GITLAB_JOBS_EXPORTER__GITLAB__TOKEN_FILE",
+            "gitlab.token_file",
+        ),
+        ("GITLAB_TOKEN", "GITLAB_TOKEN"),
+    ] {
+        for format in ["text", "json"] {
+            let value = format!("{SECRET}\nx");
+            let out = run(
+                &path,
+                &[(env, value.as_str())],
+                &["--log-format", format, "--check-config"],
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{env}: {stderr}");
+            assert!(stderr.contains(key), "{env}: {key} not named: {stderr}");
+            assert!(
+                !stdout.contains("SECRETVALUE") && !stderr.contains("SECRETVALUE"),
+                "{env} shown ({format}):\n{stdout}{stderr}"
+            );
+        }
+    }
+}
+
+/// `--check-config | head -1`: the reader is gone before the output is written. That is no
+/// panic (exit code 101): the configuration was checked.
+#[test]
+fn a_closed_stdout_or_stderr_is_no_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closed = || {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        writer
+    };
+    let path = write_config(dir.path(), GOOD);
+    for format in ["text", "json"] {
+        let status = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .args(["--check-config", "--log-format", format])
+            .env("GITLAB_TOKEN", TOKEN)
+            .stdout(closed())
+            .stderr(closed())
+            .status()
+            .expect("runs");
+        assert_eq!(status.code(), Some(0), "valid configuration ({format})");
+        // A configuration error with stderr closed still exits 2.
+        let status = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .args(["--check-config", "--log-format", format])
+            .env_remove("GITLAB_TOKEN")
+            .stdout(closed())
+            .stderr(closed())
+            .status()
+            .expect("runs");
+        assert_eq!(status.code(), Some(2), "configuration error ({format})");
+    }
+}
+
+#[test]
+fn url_credentials_are_refused_and_never_shown() {
+    let text = GOOD.replace(
+        "https://gitlab.example.com",
+        "https://deploy:hunter2pass@gitlab.example.com",
+    );
+    let out = check(&text, &[("GITLAB_TOKEN", TOKEN)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stderr.contains("gitlab.url"), "{stderr}");
+    assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
+}
+
+#[test]
+fn a_url_ending_with_api_v4_is_used_without_it() {
+    let text = GOOD.replace(
+        "https://gitlab.example.com",
+        "https://gitlab.example.com/api/v4/",
+    );
+    let out = check(&text, &[("GITLAB_TOKEN", TOKEN)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("url = \"https://gitlab.example.com\"\n"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("/api/v4"), "the change is logged: {stderr}");
+}
+
+/// `gitlab.url` copied with its `/api/v4`, and a configured project that does not exist: the
+/// URL is used without the suffix (jobs are counted), and the missing project keeps `/readyz`
+/// at 503 while the log names the URL that answered 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_project_never_found_keeps_readyz_unready_and_names_the_url() {
+    use std::io::BufRead;
+    let now = chrono::Utc::now().timestamp_millis();
+    let spec = WorldSpec::new(
+        vec![ProjectSpec {
+            id: 7,
+            path: "acme/api".into(),
+            pipelines_per_hour: 20.0,
+        }],
+        now - 3_600_000,
+        now,
+    );
+    let sim = Simulator::new(World::generate(&spec, 3), SimClock::Live, TOKEN.to_string());
+    let handle = sim.spawn().await.expect("simulator");
+    let port = common::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[gitlab]\nurl = \"{}/api/v4\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n[[projects]]\npath = \"acme/api\"\n[[projects]]\npath = \"acme/missing\"\n",
+            handle.base_url.trim_end_matches('/')
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .env("GITLAB_TOKEN", TOKEN)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exporter starts");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    gitlab_jobs_exporter::gitlab::install_tls_provider();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    // Wait (on the log) for the missing project's 404, then (on /readyz) for the other
+    // project's first cycle.
+    let mut log = String::new();
+    let mut not_found = false;
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("/projects/acme%2Fmissing") {
+            not_found = true;
+            break;
+        }
+    }
+    let mut readyz = (0, String::new());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            readyz = (r.status().as_u16(), r.text().await.unwrap_or_default());
+            if readyz.1.contains("1 of 2") || readyz.0 == 200 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = match client.get(format!("{base}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    // The reader ends at EOF, now that the exporter is gone.
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    handle.shutdown().await;
+    assert!(not_found, "the log names the URL that answered 404:\n{log}");
+    assert!(!log.contains("/api/v4/api/v4"), "{log}");
+    assert!(log.contains("/api/v4/projects/acme%2Fmissing"), "{log}");
+    assert_eq!(readyz.0, 503, "not ready: {}\n{log}", readyz.1);
+    assert!(readyz.1.contains("1 of 2"), "{}", readyz.1);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gitlab_ci_jobs_total{") && l.contains("project=\"acme/api\"")),
+        "jobs counted: {metrics}\n{log}"
+    );
+}

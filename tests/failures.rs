@@ -58,12 +58,49 @@ async fn a_missing_project_is_reported_and_does_not_block_the_others() {
     assert!(results[0].is_ok() && results[2].is_ok());
     let err = results[1].as_ref().expect_err("404");
     assert!(err.to_string().contains("404"), "{err}");
-    // Known to be gone: it does not hold readiness back.
-    let (status, _, _) = h.get("/readyz").await;
-    assert_eq!(status, 200);
+    // A configured project never found (a wrong path, id or gitlab.url) holds readiness back:
+    // an exporter that finds none of its projects must not look like one at work.
+    let (status, _, body) = h.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("2 of 3"), "{body}");
     let scrape = h.scrape().await;
     assert_eq!(state_of(&scrape, "acme/gone"), "not_found");
     assert_eq!(state_of(&scrape, "acme/platform/api"), "ok");
+    // It is looked up again: once it exists, it is polled and readiness follows.
+    h.sim
+        .add_project(gitlab_jobs_exporter::simulator::ProjectDef::new(
+            33,
+            "acme/gone",
+        ))
+        .expect("new project");
+    let results = h.scheduler.poll_all_once().await;
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    let (status, _, body) = h.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(state_of(&h.scrape().await, "acme/gone"), "ok");
+    h.stop().await;
+}
+
+/// A project deleted after it was polled: no longer polled, and it does not hold readiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_deleted_after_its_first_poll_is_no_longer_polled() {
+    let mut h = Harness::start(
+        world(),
+        T0 + 2 * HOUR,
+        vec![by_path("acme/platform/api"), by_path("tools/cli")],
+        Duration::from_secs(3600),
+    )
+    .await;
+    h.poll().await;
+    assert_eq!(h.scheduler.watched(), 2);
+    h.sim.remove_project(32).expect("project exists");
+    let results = h.scheduler.poll_all_once().await;
+    assert!(results.iter().filter(|r| r.is_err()).count() == 1);
+    let scrape = h.scrape().await;
+    assert_eq!(state_of(&scrape, "tools/cli"), "not_found");
+    assert_eq!(h.scheduler.watched(), 1, "no longer polled");
+    let (status, _, body) = h.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
     h.stop().await;
 }
 

@@ -236,6 +236,12 @@ impl GitlabClient {
         })
     }
 
+    /// The URL `GET /projects/:id` asks, for logs (it holds no credentials: validate() keeps
+    /// them out of `gitlab.url`, and the token travels in a header).
+    pub fn project_url(&self, project: &str) -> String {
+        format!("{}projects/{project}", self.api_base)
+    }
+
     /// `GET /projects/:id`.
     pub async fn project(&self, project: &str) -> Result<Project, ApiError> {
         self.get("project", &format!("projects/{project}"), |resp| {
