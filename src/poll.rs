@@ -625,9 +625,7 @@ impl ProjectPoller {
                 .await?
         };
         let capped_cycle = capped.is_some();
-        if let (Some(next), Some(top), Some(bottom)) =
-            (capped, lowest, self.tracker.high_water())
-        {
+        if let (Some(next), Some(top), Some(bottom)) = (capped, lowest, self.tracker.high_water()) {
             // Everything between the lowest id read and the old high-water mark is unread.
             warn!(project = %label, pages = stats.pages, unread_below = top, down_to = bottom,
                 "page limit reached this cycle; the older new jobs are read in the next cycles");

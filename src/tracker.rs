@@ -202,7 +202,7 @@ impl Tracker {
     /// is idempotent.
     pub fn set_gaps(&mut self, mut gaps: Vec<Gap>) {
         gaps.retain(|g| g.top > g.bottom.saturating_add(1));
-        gaps.sort_by(|a, b| b.top.cmp(&a.top));
+        gaps.sort_by_key(|g| std::cmp::Reverse(g.top));
         self.gaps = gaps;
     }
 

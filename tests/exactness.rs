@@ -1106,7 +1106,9 @@ async fn a_capped_cycle_after_downtime_catches_up_below_its_last_page() {
     );
     let limit = scrape.values("gitlab_jobs_exporter_api_errors_total");
     assert!(
-        limit.iter().any(|(l, v)| l["kind"] == "page_limit" && *v == 1.0),
+        limit
+            .iter()
+            .any(|(l, v)| l["kind"] == "page_limit" && *v == 1.0),
         "the capped cycle is counted: {limit:?}"
     );
     // The cursor survives a restart too.
@@ -1119,7 +1121,10 @@ async fn a_capped_cycle_after_downtime_catches_up_below_its_last_page() {
         assert!(st.pages <= 3, "{st:?}");
         catch_up += st.catch_up_pages;
     }
-    assert!(catch_up >= 7, "the 7 pages below the first 3 were read: {catch_up}");
+    assert!(
+        catch_up >= 7,
+        "the 7 pages below the first 3 were read: {catch_up}"
+    );
     assert_matches_truth(&p.scrape(), &sim.ground_truth_since(cutoff, first_poll));
     // The last running jobs finish; nothing is counted twice.
     sim.advance(Duration::from_secs(15 * 60));
