@@ -653,6 +653,87 @@ mod tests {
     }
 
     #[test]
+    fn ids_in_an_unread_gap_count_once_whatever_floor_does() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        t.complete_cycle(Some(10), Some(10));
+        // A capped cycle read 20_000..=26_000 and left 11..20_000 unread.
+        for id in 20_000..=26_000 {
+            t.observe(&finished(job(id, "success")), 0.0, &mut ev);
+        }
+        // A deep listing showed one job inside the gap, which then completed.
+        t.observe(&job(15_001, "running"), 0.0, &mut ev);
+        t.observe(&finished(job(15_001, "success")), 0.0, &mut ev);
+        t.set_gaps(vec![Gap {
+            top: 20_000,
+            bottom: 10,
+            next: Some("projects/1/jobs?cursor=x".into()),
+            pages: 0,
+        }]);
+        t.complete_cycle(Some(20_000), Some(26_000));
+        assert!(t.floor > 20_000, "done folded into floor: {}", t.floor);
+        assert!(t.done.contains(&15_001), "a gap id is not folded");
+        let counted = count_completed(&ev);
+        // The catch-up reads the gap: unread ids count, the one seen before does not.
+        t.observe(&finished(job(15_000, "failed")), 0.0, &mut ev);
+        t.observe(&finished(job(15_001, "success")), 0.0, &mut ev);
+        t.observe(&finished(job(15_000, "failed")), 0.0, &mut ev);
+        assert_eq!(count_completed(&ev), counted + 1);
+        // Below the gap is history as before.
+        t.observe(&finished(job(9, "success")), 0.0, &mut ev);
+        assert_eq!(count_completed(&ev), counted + 1);
+        // Closed, the gap's ids fold like any other.
+        t.set_gaps(Vec::new());
+        t.complete_cycle(Some(20_000), Some(26_000));
+        assert_eq!(t.done.len(), DONE_KEEP);
+        t.observe(&finished(job(15_001, "success")), 0.0, &mut ev);
+        assert_eq!(count_completed(&ev), counted + 1);
+    }
+
+    #[test]
+    fn trackers_saved_before_gaps_and_settling_load() {
+        let mut t = Tracker::new();
+        t.set_gaps(vec![Gap {
+            top: 50,
+            bottom: 10,
+            next: None,
+            pages: 2,
+        }]);
+        t.settling_mut().insert(
+            7,
+            Settling {
+                since: 1.0,
+                next_check: 2.0,
+            },
+        );
+        let mut json = serde_json::to_value(&t).unwrap();
+        let back: Tracker = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, t);
+        let obj = json.as_object_mut().unwrap();
+        obj.remove("gaps");
+        obj.remove("settling");
+        let old: Tracker = serde_json::from_value(json).unwrap();
+        assert_eq!(old, Tracker::new());
+        // Nothing to write when there is nothing: checkpoints stay as they were.
+        let empty = serde_json::to_value(Tracker::new()).unwrap();
+        assert!(empty.get("gaps").is_none() && empty.get("settling").is_none());
+    }
+
+    #[test]
+    fn known_ids_between_two_ids() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        t.observe(&finished(job(100, "success")), 0.0, &mut ev);
+        t.observe(&job(105, "running"), 0.0, &mut ev);
+        t.observe(&finished(job(110, "success")), 0.0, &mut ev);
+        t.complete_cycle(Some(100), Some(110));
+        assert_eq!(t.known_between(100, 110), Some(2));
+        assert_eq!(t.known_between(101, 111), Some(2));
+        assert_eq!(t.known_between(110, 100), Some(0));
+        assert_eq!(t.known_between(50, 110), None, "below floor: unknown");
+    }
+
+    #[test]
     fn oldest_pending_uses_server_clock() {
         let mut t = Tracker::new();
         let mut ev = Vec::new();
