@@ -481,3 +481,73 @@ async fn a_burst_of_deep_completions_is_read_with_a_few_pages() {
     assert_matches_truth(&h.scrape().await, &h.truth());
     h.stop().await;
 }
+
+/// A pipeline held by a blocking manual job keeps a `created` job forever: it is re-checked
+/// ever less often while the pipeline is young, then only by the sweep, never every cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_held_by_a_manual_job_costs_a_few_rechecks() {
+    use std::collections::BTreeMap;
+    let t = T0;
+    let mut jobs = vec![
+        JobPlan::new(
+            1001,
+            8,
+            80,
+            "build",
+            "build",
+            &[
+                (t, "created"),
+                (t + SEC, "pending"),
+                (t + 2 * SEC, "running"),
+                (t + 5 * SEC, "success"),
+            ],
+        ),
+        JobPlan::new(
+            1002,
+            8,
+            80,
+            "approve",
+            "gate",
+            &[(t, "created"), (t + 6 * SEC, "manual")],
+        ),
+        JobPlan::new(1003, 8, 80, "deploy", "deploy", &[(t, "created")]),
+    ];
+    for i in 0..120 {
+        let mut j = success(1004 + i, 8, t + SEC + i as Ms * 10);
+        j.pipeline_id = 81;
+        jobs.push(j);
+    }
+    let world = World::new(vec![ProjectDef::new(8, "cost/held")], jobs).expect("world");
+    let start = T0 - 30 * SEC;
+    let mut h = Harness::start_with(
+        world,
+        start,
+        vec![by_path("cost/held")],
+        Duration::from_secs(3600),
+        |cfg| cfg.poll.interval = Duration::from_secs(1),
+    )
+    .await;
+    h.scheduler.set_pacing_budget(300.0);
+    h.cutoff_ms = Some(start - HOUR);
+    h.first_poll_ms = Some(start);
+    let (mut due, mut elapsed) = (BTreeMap::new(), Duration::ZERO);
+    h.scheduler.poll_due(elapsed, &mut due).await;
+    let mut cycles = 0;
+    while h.sim.now_ms() < T0 + 40 * MIN {
+        h.sim.advance(Duration::from_secs(1));
+        elapsed += Duration::from_secs(1);
+        cycles += h.scheduler.poll_due(elapsed, &mut due).await.len();
+    }
+    let rechecks = (h.sim.request_log().iter())
+        .filter(|r| r.path_and_query.contains("/jobs/1003") || r.path_and_query.contains("created"))
+        .count();
+    eprintln!(
+        "a pipeline held by a manual job for 40 min: {rechecks} re-checks of its created job in {cycles} cycles"
+    );
+    assert!(
+        (3..=25).contains(&rechecks),
+        "{rechecks} re-checks in {cycles} cycles"
+    );
+    assert_matches_truth(&h.scrape().await, &h.truth());
+    h.stop().await;
+}
