@@ -472,7 +472,7 @@ fn blocked_steps(at: Ms, roll: u64) -> Vec<(Ms, String)> {
 /// time in ten 2 s to 2 min later, its `created` jobs moving long after everything else in
 /// the pipeline settled. One draw, `roll`.
 fn stage_delay(roll: u64) -> Ms {
-    if roll % 10 == 0 {
+    if roll.is_multiple_of(10) {
         log_scale(roll >> 8, 2 * SEC, 2 * MIN)
     } else {
         100 + (roll >> 8) as Ms % (2 * SEC - 100)
