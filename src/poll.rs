@@ -134,6 +134,16 @@ pub enum PollError {
     Aborted,
 }
 
+/// How reading into a gap ended this cycle.
+enum GapEnd {
+    /// Read down to the old high-water mark.
+    Closed,
+    /// Out of pages for this cycle: the next ones go on.
+    Open,
+    /// The list loops there (a broken GitLab or proxy).
+    Abandoned,
+}
+
 /// Where reading on below this cycle's top pages stands (see `fetch_changed`).
 struct Reread {
     /// The link to the next page down; `None` when there is none (or reading on is not an
@@ -750,9 +760,9 @@ impl ProjectPoller {
         for mut gap in self.tracker.gaps().to_vec() {
             let mut visited = HashSet::new();
             let mut prev_min: Option<u64> = None;
-            let closed = loop {
+            let end = loop {
                 if budget == 0 {
-                    break false;
+                    break GapEnd::Open;
                 }
                 let req = match &gap.next {
                     Some(rel) => PageRequest::Next(rel),
@@ -779,10 +789,12 @@ impl ProjectPoller {
                 stats.catch_up_pages += 1;
                 budget -= 1;
                 gap.pages += 1;
-                check_page(&page, prev_min, label, metrics)?;
+                if check_page(&page, prev_min, label, metrics).is_err() {
+                    break GapEnd::Abandoned;
+                }
                 let mut page = page;
                 let Some(min) = page.jobs.iter().map(|j| j.id).min() else {
-                    break true;
+                    break GapEnd::Closed;
                 };
                 prev_min = Some(min);
                 page.jobs.retain(|j| gap.contains(j.id));
@@ -791,23 +803,32 @@ impl ProjectPoller {
                 gap.top = gap.top.min(min.max(gap.bottom));
                 match page.next {
                     // Every id above the old mark read (ids are global: usually one more page).
-                    _ if min <= gap.bottom.saturating_add(1) => break true,
-                    None => break true,
+                    _ if min <= gap.bottom.saturating_add(1) => break GapEnd::Closed,
+                    None => break GapEnd::Closed,
                     Some(n) => {
                         if !visited.insert(n.clone()) {
-                            return Err(PollError::PaginationLoop);
+                            break GapEnd::Abandoned;
                         }
                         gap.next = Some(n);
                     }
                 }
             };
-            if closed {
-                info!(project = %label, pages = gap.pages, down_to = gap.bottom, "caught up on the jobs a capped cycle left unread");
-            } else {
-                if gap.pages > 0 {
-                    info!(project = %label, pages = gap.pages, unread_below = gap.top, down_to = gap.bottom, "catching up on the jobs a capped cycle left unread");
+            match end {
+                GapEnd::Closed => {
+                    info!(project = %label, pages = gap.pages, down_to = gap.bottom, "caught up on the jobs a capped cycle left unread");
                 }
-                left.push(gap);
+                GapEnd::Open => {
+                    if gap.pages > 0 {
+                        info!(project = %label, pages = gap.pages, unread_below = gap.top, down_to = gap.bottom, "catching up on the jobs a capped cycle left unread");
+                    }
+                    left.push(gap);
+                }
+                GapEnd::Abandoned => {
+                    // Failing every cycle on it would stop the project's counting altogether.
+                    error!(project = %label, unread_below = gap.top, down_to = gap.bottom,
+                        "the job list loops while catching up; giving up on the rest of this stretch, jobs in it may be missed");
+                    metrics.api_error("catch_up_abandoned");
+                }
             }
         }
         Ok(left)
@@ -1049,7 +1070,11 @@ impl ProjectPoller {
             let mut page = cx.client.jobs_page(PageRequest::Next(&next)).await?;
             stats.requests += 1;
             stats.reread_pages += 1;
-            check_page(&page, reread.reached, cx.label, cx.metrics)?;
+            if check_page(&page, reread.reached, cx.label, cx.metrics).is_err() {
+                // A page that does not go down: no reading on this cycle, the other ways
+                // (pipeline job lists, single fetches) serve.
+                return Ok(());
+            }
             let Some(min) = page.jobs.iter().map(|j| j.id).min() else {
                 break;
             };
