@@ -1134,3 +1134,44 @@ async fn a_capped_cycle_after_downtime_catches_up_below_its_last_page() {
     assert_matches_truth(&p.scrape(), &sim.ground_truth_since(cutoff, first_poll));
     server.shutdown().await;
 }
+
+/// A catch-up cursor GitLab refuses (an upgrade since the checkpoint, a tampered file): the
+/// catch-up reads down from the top instead, and still misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_catch_up_cursor_reads_down_from_the_top_instead() {
+    use gitlab_jobs_exporter::simulator::{SimClock, Simulator};
+    let sim = Simulator::new(
+        downtime_world(),
+        SimClock::manual(T0),
+        common::TOKEN.to_string(),
+    );
+    let server = sim.spawn().await.expect("simulator");
+    let (cutoff, first_poll) = (T0 - HOUR, T0);
+    let mut p = LonePoller::new(&server.base_url, None);
+    p.poll().await;
+    let saved = p.checkpoint();
+    sim.advance(Duration::from_secs(2 * 3600 - 60));
+    let mut p = LonePoller::new(&server.base_url, Some(&saved));
+    assert_eq!(p.poll().await.pages, 3);
+    let mut cp: serde_json::Value = serde_json::from_str(&p.checkpoint()).expect("json");
+    let gaps = cp["tracker"]["gaps"].as_array_mut().expect("a gap");
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    gaps[0]["next"] =
+        "projects/7/jobs?cursor=bm90LWEtY3Vyc29y&pagination=keyset&per_page=100".into();
+    let mut p = LonePoller::new(&server.base_url, Some(&cp.to_string()));
+    let truth = || sim.ground_truth_since(cutoff, first_poll);
+    let mut cycles = 0;
+    while !common::matches_truth(&p.scrape(), &truth()) {
+        assert!(cycles < 12, "caught up within 12 cycles");
+        p.poll().await;
+        cycles += 1;
+    }
+    let errors = p.scrape().values("gitlab_jobs_exporter_api_errors_total");
+    assert!(
+        errors
+            .iter()
+            .any(|(l, v)| l["kind"] == "catch_up_cursor" && *v == 1.0),
+        "{errors:?}"
+    );
+    server.shutdown().await;
+}
