@@ -4,8 +4,11 @@
 //! A cycle reads the job list from the top (newest first) until it reaches jobs it already knows
 //! (on a first start: until the backfill window is covered). Followed jobs deeper than that are
 //! checked with one `scope[]` listing of the non-final statuses, and only those that left it are
-//! fetched: one by one, or through their pipeline's job list when that list serves more than one
-//! deep job (see `fetch_changed`). An idle project thus costs one request per cycle.
+//! fetched: one by one, through their pipeline's job list when that list serves more than one
+//! deep job, or, for many at once, by reading on down the job list below the top pages,
+//! whichever costs fewest requests (see `fetch_changed`). An idle project thus costs one
+//! request per cycle. A cycle stopped by the page cap leaves a gap that the next cycles read
+//! (see `catch_up`).
 //!
 //! Events are applied to the metrics right after the snapshot that caused them, and the tracker
 //! only advances its high-water mark when a cycle completes; a cycle that fails part-way leaves
@@ -652,9 +655,10 @@ impl ProjectPoller {
         // listing of those statuses, then single fetches for the jobs that left it. Waiting ones
         // (created, manual, scheduled) pile up in real projects (a manual deploy in every
         // pipeline, never played) and mostly change when something else in their pipeline does:
-        // they are fetched when their pipeline showed a change this cycle, and all of them are
-        // swept every `COLD_SWEEP_CYCLES` cycles. A played manual job usually shows up in the
-        // busy listing (pending, running) well before that.
+        // they are fetched when their pipeline showed a change this cycle (`created` ones also
+        // at thinning intervals while that pipeline stays settled, see `pursue`), and all of
+        // them are swept every `COLD_SWEEP_CYCLES` cycles. A played manual job usually shows
+        // up in the busy listing (pending, running) well before that.
         if first_cycle {
             // Learn the whole non-final population, however old.
             self.list(&cx, Listing::All, stats).await?;
@@ -938,6 +942,13 @@ impl ProjectPoller {
     /// jobs in the same cycle, a job its list does not show is fetched singly too (never
     /// dropped), and a project where it fails `PIPELINE_JOBS_MAX_FAILURES` times in a row
     /// stops using it. What the list shows is fed like any listing, restricted as in `list`.
+    ///
+    /// Why read on: a burst of deep changes (hundreds of jobs ending at once, or no pipeline
+    /// job lists to use) would cost a request per pipeline or per job, minutes of budget;
+    /// the project's own job list, read on from where the top pages stopped down to the oldest
+    /// of them, shows them all at ⌈depth/100⌉ requests. It is chosen when it costs fewer
+    /// requests than the other ways at best (`reread_pages`); anything it did not show is
+    /// learnt those ways.
     async fn fetch_changed(
         &mut self,
         cx: &Cx<'_>,
