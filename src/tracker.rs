@@ -3,7 +3,9 @@
 //!
 //! Invariants:
 //! - Every job id `>= floor` that is not followed and is in `done` has been handled (counted, or
-//!   deliberately ignored); every id `< floor` that is not followed is treated as handled.
+//!   deliberately ignored); every id `< floor` that is not followed is treated as handled,
+//!   except inside a [`Gap`] (ids a capped cycle left unread), where only `done` counts.
+//! - The high-water mark only moves past ids that were read, or that a [`Gap`] keeps for later.
 //! - A job emits `Completed` at most once: the first time it is seen in a final status; it then
 //!   moves to `done` and is never counted again, whatever later pages or retries show.
 //! - A job emits `Started` (its queued duration) at most once: the first time it is seen started.
@@ -100,6 +102,49 @@ pub struct Tracker {
     /// Pipelines in which a job was seen new or changing since the last `take_touched`.
     #[serde(skip)]
     touched: BTreeSet<u64>,
+    /// Pipelines seen settled (no job in flight) with `created` jobs left, which GitLab moves
+    /// on by itself: see [`Settling`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    settling: BTreeMap<u64, Settling>,
+    /// Stretches of ids below the high-water mark that cycles stopped at their page cap left
+    /// unread, highest first: read downwards in the next cycles (see [`Gap`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    gaps: Vec<Gap>,
+}
+
+/// Ids a cycle that stopped at its page cap did not read: those between `bottom` and `top`
+/// (both excluded). Until they are read, they do not count as handled even below `floor`, so
+/// none is skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The lowest id read above the gap.
+    pub top: u64,
+    /// The high-water mark when the gap opened: ids up to it had been read.
+    pub bottom: u64,
+    /// Where reading resumes: a `Link: rel="next"` target (an opaque keyset cursor) at or
+    /// above the gap; `None` to start from the top of the list (a cursor GitLab refused).
+    pub next: Option<String>,
+    /// Pages read into it so far, for the log.
+    #[serde(default)]
+    pub pages: u64,
+}
+
+impl Gap {
+    pub fn contains(&self, id: u64) -> bool {
+        id > self.bottom && id < self.top
+    }
+}
+
+/// A pipeline whose running part was seen over while it still had `created` jobs. GitLab moves
+/// those on within seconds (the next stage starts, or they are skipped after a failure), unless
+/// a blocking manual job holds the pipeline; so they are re-checked, ever less often, for a
+/// while (the poller's policy). GitLab's clock, unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Settling {
+    /// When it was first seen settled.
+    pub since: f64,
+    /// When its `created` jobs are due for a re-check.
+    pub next_check: f64,
 }
 
 /// Unix seconds.
@@ -123,7 +168,42 @@ impl Tracker {
     }
 
     fn is_handled(&self, id: u64) -> bool {
-        id < self.floor || self.done.contains(&id)
+        self.done.contains(&id) || (id < self.floor && !self.in_gap(id))
+    }
+
+    fn in_gap(&self, id: u64) -> bool {
+        self.gaps.iter().any(|g| g.contains(id))
+    }
+
+    /// How many of this project's jobs have ids in `from..to`, when known: every id above
+    /// `floor` that was read is followed or in `done` (`None` below `floor`).
+    pub fn known_between(&self, from: u64, to: u64) -> Option<usize> {
+        if from >= to {
+            return Some(0);
+        }
+        if from < self.floor {
+            return None;
+        }
+        Some(self.done.range(from..to).count() + self.followed.range(from..to).count())
+    }
+
+    /// The high-water mark (`None` before the first completed cycle).
+    pub fn high_water(&self) -> Option<u64> {
+        self.high_water
+    }
+
+    /// Unread stretches, highest first.
+    pub fn gaps(&self) -> &[Gap] {
+        &self.gaps
+    }
+
+    /// Replaces the unread stretches, at the end of a completed cycle (right before
+    /// [`Tracker::complete_cycle`]): a failed cycle leaves them as they were, and re-reading
+    /// is idempotent.
+    pub fn set_gaps(&mut self, mut gaps: Vec<Gap>) {
+        gaps.retain(|g| g.top > g.bottom.saturating_add(1));
+        gaps.sort_by_key(|g| std::cmp::Reverse(g.top));
+        self.gaps = gaps;
     }
 
     /// Feeds one job snapshot; pushes the events it causes. `server_now` is GitLab's clock at the
@@ -269,20 +349,14 @@ impl Tracker {
         range.map(|(id, f)| (*id, f))
     }
 
-    /// Whether a followed job of `pipeline` is in a status for which `waiting` is false.
-    pub fn pipeline_has_busy_job(
-        &self,
-        pipeline: u64,
-        waiting: impl Fn(&JobStatus) -> bool,
-    ) -> bool {
-        self.followed
-            .values()
-            .any(|f| f.pipeline_id == Some(pipeline) && !waiting(&f.status))
-    }
-
     /// Pipelines with a job seen new or changing since the last call.
     pub fn take_touched(&mut self) -> BTreeSet<u64> {
         std::mem::take(&mut self.touched)
+    }
+
+    /// Settled pipelines whose `created` jobs are being re-checked.
+    pub fn settling_mut(&mut self) -> &mut BTreeMap<u64, Settling> {
+        &mut self.settling
     }
 
     /// A followed job's state, if it is followed.
@@ -313,8 +387,15 @@ impl Tracker {
                 given_up += 1;
             }
         }
-        while self.done.len() > DONE_KEEP {
-            if let Some(id) = self.done.pop_first() {
+        if let Some(excess) = self.done.len().checked_sub(DONE_KEEP) {
+            // Ids inside an unread gap stay: folded into `floor`, they would be counted again
+            // when the catch-up reads them.
+            let fold: Vec<u64> = (self.done.iter().copied())
+                .filter(|id| !self.in_gap(*id))
+                .take(excess)
+                .collect();
+            for id in fold {
+                self.done.remove(&id);
                 self.floor = self.floor.max(id + 1);
             }
         }
@@ -569,6 +650,87 @@ mod tests {
         let before = ev.len();
         t.observe(&finished(job(3, "success")), 0.0, &mut ev);
         assert_eq!(ev.len(), before);
+    }
+
+    #[test]
+    fn ids_in_an_unread_gap_count_once_whatever_floor_does() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        t.complete_cycle(Some(10), Some(10));
+        // A capped cycle read 20_000..=26_000 and left 11..20_000 unread.
+        for id in 20_000..=26_000 {
+            t.observe(&finished(job(id, "success")), 0.0, &mut ev);
+        }
+        // A deep listing showed one job inside the gap, which then completed.
+        t.observe(&job(15_001, "running"), 0.0, &mut ev);
+        t.observe(&finished(job(15_001, "success")), 0.0, &mut ev);
+        t.set_gaps(vec![Gap {
+            top: 20_000,
+            bottom: 10,
+            next: Some("projects/1/jobs?cursor=x".into()),
+            pages: 0,
+        }]);
+        t.complete_cycle(Some(20_000), Some(26_000));
+        assert!(t.floor > 20_000, "done folded into floor: {}", t.floor);
+        assert!(t.done.contains(&15_001), "a gap id is not folded");
+        let counted = count_completed(&ev);
+        // The catch-up reads the gap: unread ids count, the one seen before does not.
+        t.observe(&finished(job(15_000, "failed")), 0.0, &mut ev);
+        t.observe(&finished(job(15_001, "success")), 0.0, &mut ev);
+        t.observe(&finished(job(15_000, "failed")), 0.0, &mut ev);
+        assert_eq!(count_completed(&ev), counted + 1);
+        // Below the gap is history as before.
+        t.observe(&finished(job(9, "success")), 0.0, &mut ev);
+        assert_eq!(count_completed(&ev), counted + 1);
+        // Closed, the gap's ids fold like any other.
+        t.set_gaps(Vec::new());
+        t.complete_cycle(Some(20_000), Some(26_000));
+        assert_eq!(t.done.len(), DONE_KEEP);
+        t.observe(&finished(job(15_001, "success")), 0.0, &mut ev);
+        assert_eq!(count_completed(&ev), counted + 1);
+    }
+
+    #[test]
+    fn trackers_saved_before_gaps_and_settling_load() {
+        let mut t = Tracker::new();
+        t.set_gaps(vec![Gap {
+            top: 50,
+            bottom: 10,
+            next: None,
+            pages: 2,
+        }]);
+        t.settling_mut().insert(
+            7,
+            Settling {
+                since: 1.0,
+                next_check: 2.0,
+            },
+        );
+        let mut json = serde_json::to_value(&t).unwrap();
+        let back: Tracker = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, t);
+        let obj = json.as_object_mut().unwrap();
+        obj.remove("gaps");
+        obj.remove("settling");
+        let old: Tracker = serde_json::from_value(json).unwrap();
+        assert_eq!(old, Tracker::new());
+        // Nothing to write when there is nothing: checkpoints stay as they were.
+        let empty = serde_json::to_value(Tracker::new()).unwrap();
+        assert!(empty.get("gaps").is_none() && empty.get("settling").is_none());
+    }
+
+    #[test]
+    fn known_ids_between_two_ids() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        t.observe(&finished(job(100, "success")), 0.0, &mut ev);
+        t.observe(&job(105, "running"), 0.0, &mut ev);
+        t.observe(&finished(job(110, "success")), 0.0, &mut ev);
+        t.complete_cycle(Some(100), Some(110));
+        assert_eq!(t.known_between(100, 110), Some(2));
+        assert_eq!(t.known_between(101, 111), Some(2));
+        assert_eq!(t.known_between(110, 100), Some(0));
+        assert_eq!(t.known_between(50, 110), None, "below floor: unknown");
     }
 
     #[test]

@@ -861,3 +861,331 @@ async fn discovered_and_retired_projects_survive_a_restart() {
     );
     h.stop().await;
 }
+
+/// Issue 9, item 1: a pipeline of six jobs created together, five of which run and finish
+/// within 10 s while the sixth (`integration 2/2`, after `integration 1/2` failed) stays
+/// `created` and is skipped 4 s after the last of them finished (in project `late/skip`), or
+/// goes `waiting_for_resource` 2 s after and is skipped 2 s later (`late/resource`). 120 newer
+/// jobs, done by then, put the pipeline below the top page.
+fn lone_late_skip_world(t: Ms) -> World {
+    use gitlab_jobs_exporter::simulator::{JobPlan, ProjectDef};
+    const S: Ms = 1000;
+    let mut jobs: Vec<(Ms, usize, JobPlan)> = Vec::new();
+    for (project, offset) in [(1u64, 0), (2, 300)] {
+        let t = t + offset;
+        let pipeline = 100 + project;
+        let ran = |name: &str, end: Ms, status: &str| {
+            let mut j = JobPlan::new(
+                0,
+                project,
+                pipeline,
+                name,
+                "test",
+                &[
+                    (t, "created"),
+                    (t + S / 2, "pending"),
+                    (t + S, "running"),
+                    (t + end, status),
+                ],
+            );
+            if status == "failed" {
+                j.failure_reason = Some("script_failure".into());
+            }
+            j
+        };
+        let last = if project == 1 {
+            vec![(t, "created"), (t + 14 * S, "skipped")]
+        } else {
+            vec![
+                (t, "created"),
+                (t + 12 * S, "waiting_for_resource"),
+                (t + 14 * S, "skipped"),
+            ]
+        };
+        let pipeline_jobs = [
+            ran("build", 4 * S, "success"),
+            ran("lint", 5 * S, "success"),
+            ran("rspec 1/2", 7 * S, "success"),
+            ran("rspec 2/2", 8 * S, "success"),
+            ran("integration 1/2", 10 * S, "failed"),
+            JobPlan::new(0, project, pipeline, "integration 2/2", "test", &last),
+        ];
+        for (i, j) in pipeline_jobs.into_iter().enumerate() {
+            jobs.push((j.created_at_ms, i, j));
+        }
+        for i in 0..120 {
+            let c = t + S + i;
+            let j = JobPlan::new(
+                0,
+                project,
+                pipeline + 10,
+                &format!("filler {i}"),
+                "build",
+                &[
+                    (c, "created"),
+                    (c + S / 10, "pending"),
+                    (c + S / 2, "running"),
+                    (c + 3 * S, "success"),
+                ],
+            );
+            jobs.push((c, 100 + i as usize, j));
+        }
+    }
+    jobs.sort_by_key(|(c, order, j)| (*c, j.project_id, *order));
+    let jobs = (jobs.into_iter().enumerate())
+        .map(|(i, (_, _, mut j))| {
+            j.id = 1001 + i as u64;
+            j
+        })
+        .collect();
+    let projects = vec![
+        ProjectDef::new(1, "late/skip"),
+        ProjectDef::new(2, "late/resource"),
+    ];
+    World::new(projects, jobs).expect("valid world")
+}
+
+/// Drives the scheduler as `run` would (no jitter), in 1 s steps of simulated time, until
+/// `until`; returns the time reached.
+async fn run_paced(
+    h: &Harness,
+    due: &mut BTreeMap<u64, Duration>,
+    elapsed: &mut Duration,
+    until: Ms,
+) {
+    while h.sim.now_ms() < until {
+        h.sim.advance(Duration::from_secs(1));
+        *elapsed += Duration::from_secs(1);
+        h.scheduler.poll_due(*elapsed, due).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_job_skipped_alone_after_its_pipeline_settled_is_counted() {
+    let start = T0 - 30_000;
+    let mut h = Harness::start_with(
+        lone_late_skip_world(T0),
+        start,
+        vec![by_path("late/skip"), by_path("late/resource")],
+        Duration::from_secs(3600),
+        |cfg| cfg.poll.interval = Duration::from_secs(1),
+    )
+    .await;
+    // The default budget, planned on the simulated clock.
+    h.scheduler.set_pacing_budget(300.0);
+    h.cutoff_ms = Some(start - HOUR);
+    h.first_poll_ms = Some(start);
+    let (mut due, mut elapsed) = (BTreeMap::new(), Duration::ZERO);
+    h.scheduler.poll_due(elapsed, &mut due).await;
+    // 150 s after the last sibling finished (T0 + 10 s); noting when both skips are counted.
+    let mut counted_at = None;
+    while h.sim.now_ms() < T0 + 160_000 {
+        run_paced(&h, &mut due, &mut elapsed, h.sim.now_ms() + 1000).await;
+        if counted_at.is_some() {
+            continue;
+        }
+        let skipped: f64 = (h.scrape().await.values("gitlab_ci_jobs_total").iter())
+            .filter(|(l, _)| l["status"] == "skipped")
+            .map(|(_, v)| v)
+            .sum();
+        if skipped == 2.0 {
+            counted_at = Some(h.sim.now_ms() - T0 - 14_000);
+        }
+    }
+    eprintln!("lone late skips counted {counted_at:?} ms after they happened");
+    let truth = h.truth();
+    assert_eq!(truth.jobs_with_status("skipped"), 2);
+    let scrape = h.scrape().await;
+    let skipped: f64 = (scrape.values("gitlab_ci_jobs_total").iter())
+        .filter(|(l, _)| l["status"] == "skipped")
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(skipped, 2.0, "both lone late skips counted");
+    assert_matches_truth(&scrape, &truth);
+    h.stop().await;
+}
+
+/// Issue 9, item 3: project 7 has 50 jobs when the exporter first polls it at `T0`; 1,000
+/// more are created during a downtime (the last 20 still running when it comes back, done
+/// about 12 minutes later), and 30 more arrive while it catches up.
+fn downtime_world() -> World {
+    use gitlab_jobs_exporter::simulator::{JobPlan, ProjectDef};
+    const S: Ms = 1000;
+    let mut jobs = Vec::new();
+    let mut add = |created: Ms, run: Ms, status: &str| {
+        let id = 1001 + jobs.len() as u64;
+        let mut j = JobPlan::new(
+            id,
+            7,
+            id / 10,
+            &format!("job {}", id % 7),
+            "test",
+            &[
+                (created, "created"),
+                (created + S, "pending"),
+                (created + 2 * S, "running"),
+                (created + run, status),
+            ],
+        );
+        if status == "failed" {
+            j.failure_reason = Some("script_failure".into());
+        }
+        jobs.push(j);
+    };
+    for i in 0..50 {
+        add(T0 - HOUR + i * 10 * S, 30 * S, "success");
+    }
+    for i in 0..1000 {
+        let status = if i % 9 == 0 { "failed" } else { "success" };
+        let run = if i >= 980 { 80 * MIN } else { 30 * S };
+        add(T0 + MIN + i * 3 * S, run, status);
+    }
+    for i in 0..30 {
+        add(T0 + 2 * HOUR + i * 5 * S, 20 * S, "success");
+    }
+    World::new(vec![ProjectDef::new(7, "catch/up")], jobs).expect("valid world")
+}
+
+/// A poller of project 7 on its own (as the scheduler would run it), capped at 3 pages.
+struct LonePoller {
+    poller: gitlab_jobs_exporter::poll::ProjectPoller,
+    client: gitlab_jobs_exporter::gitlab::GitlabClient,
+    metrics: std::sync::Arc<gitlab_jobs_exporter::metrics::Metrics>,
+}
+
+impl LonePoller {
+    fn new(base_url: &str, checkpoint: Option<&str>) -> Self {
+        use gitlab_jobs_exporter::metrics::Metrics;
+        use gitlab_jobs_exporter::poll::ProjectPoller;
+        let cfg = common::config(base_url, vec![by_id(7)], Duration::from_secs(3600));
+        let metrics = std::sync::Arc::new(
+            Metrics::new(&cfg.metrics, cfg.limits.max_series, &cfg.labels).expect("metrics"),
+        );
+        let client = gitlab_jobs_exporter::gitlab::GitlabClient::new(
+            &cfg.gitlab,
+            cfg.token(),
+            common::fast_retry(),
+            metrics.clone(),
+        )
+        .expect("client");
+        let mut poller = ProjectPoller::new(by_id(7), cfg.poll.backfill, cfg.labels, (0, 1));
+        poller.set_max_pages_per_cycle(3);
+        if let Some(json) = checkpoint {
+            poller.restore(serde_json::from_str(json).expect("checkpoint"), &metrics);
+        }
+        Self {
+            poller,
+            client,
+            metrics,
+        }
+    }
+
+    async fn poll(&mut self) -> gitlab_jobs_exporter::poll::CycleStats {
+        (self.poller.poll(&self.client, &self.metrics).await).expect("poll cycle succeeds")
+    }
+
+    fn checkpoint(&self) -> String {
+        serde_json::to_string(&self.poller.checkpoint(&self.metrics)).expect("checkpoint")
+    }
+
+    fn scrape(&self) -> common::Scrape {
+        common::Scrape::parse(&self.metrics.render().expect("render"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_cycle_after_downtime_catches_up_below_its_last_page() {
+    use gitlab_jobs_exporter::simulator::{SimClock, Simulator};
+    let sim = Simulator::new(
+        downtime_world(),
+        SimClock::manual(T0),
+        common::TOKEN.to_string(),
+    );
+    let server = sim.spawn().await.expect("simulator");
+    let (cutoff, first_poll) = (T0 - HOUR, T0);
+    let mut p = LonePoller::new(&server.base_url, None);
+    p.poll().await;
+    let saved = p.checkpoint();
+
+    // Down for 2 hours: 1,000 jobs (10 pages) to catch up, 3 pages per cycle. Restarted on
+    // the checkpoint.
+    sim.advance(Duration::from_secs(2 * 3600 - 60));
+    let mut p = LonePoller::new(&server.base_url, Some(&saved));
+    let first = p.poll().await;
+    assert_eq!(first.pages, 3, "{first:?}");
+    let scrape = p.scrape();
+    assert!(
+        !common::matches_truth(&scrape, &sim.ground_truth_since(cutoff, first_poll)),
+        "not caught up yet"
+    );
+    let limit = scrape.values("gitlab_jobs_exporter_api_errors_total");
+    assert!(
+        limit
+            .iter()
+            .any(|(l, v)| l["kind"] == "page_limit" && *v == 1.0),
+        "the capped cycle is counted: {limit:?}"
+    );
+    // The cursor survives a restart too.
+    let saved = p.checkpoint();
+    let mut p = LonePoller::new(&server.base_url, Some(&saved));
+    let mut catch_up = first.catch_up_pages;
+    for _ in 0..6 {
+        sim.advance(Duration::from_secs(30));
+        let st = p.poll().await;
+        assert!(st.pages <= 3, "{st:?}");
+        catch_up += st.catch_up_pages;
+    }
+    assert!(
+        catch_up >= 7,
+        "the 7 pages below the first 3 were read: {catch_up}"
+    );
+    assert_matches_truth(&p.scrape(), &sim.ground_truth_since(cutoff, first_poll));
+    // The last running jobs finish; nothing is counted twice.
+    sim.advance(Duration::from_secs(15 * 60));
+    for _ in 0..=gitlab_jobs_exporter::poll::COLD_SWEEP_CYCLES {
+        p.poll().await;
+    }
+    assert_matches_truth(&p.scrape(), &sim.ground_truth_since(cutoff, first_poll));
+    server.shutdown().await;
+}
+
+/// A catch-up cursor GitLab refuses (an upgrade since the checkpoint, a tampered file): the
+/// catch-up reads down from the top instead, and still misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_catch_up_cursor_reads_down_from_the_top_instead() {
+    use gitlab_jobs_exporter::simulator::{SimClock, Simulator};
+    let sim = Simulator::new(
+        downtime_world(),
+        SimClock::manual(T0),
+        common::TOKEN.to_string(),
+    );
+    let server = sim.spawn().await.expect("simulator");
+    let (cutoff, first_poll) = (T0 - HOUR, T0);
+    let mut p = LonePoller::new(&server.base_url, None);
+    p.poll().await;
+    let saved = p.checkpoint();
+    sim.advance(Duration::from_secs(2 * 3600 - 60));
+    let mut p = LonePoller::new(&server.base_url, Some(&saved));
+    assert_eq!(p.poll().await.pages, 3);
+    let mut cp: serde_json::Value = serde_json::from_str(&p.checkpoint()).expect("json");
+    let gaps = cp["tracker"]["gaps"].as_array_mut().expect("a gap");
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    gaps[0]["next"] =
+        "projects/7/jobs?cursor=bm90LWEtY3Vyc29y&pagination=keyset&per_page=100".into();
+    let mut p = LonePoller::new(&server.base_url, Some(&cp.to_string()));
+    let truth = || sim.ground_truth_since(cutoff, first_poll);
+    let mut cycles = 0;
+    while !common::matches_truth(&p.scrape(), &truth()) {
+        assert!(cycles < 12, "caught up within 12 cycles");
+        p.poll().await;
+        cycles += 1;
+    }
+    let errors = p.scrape().values("gitlab_jobs_exporter_api_errors_total");
+    assert!(
+        errors
+            .iter()
+            .any(|(l, v)| l["kind"] == "catch_up_cursor" && *v == 1.0),
+        "{errors:?}"
+    );
+    server.shutdown().await;
+}

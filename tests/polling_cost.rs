@@ -368,3 +368,186 @@ async fn a_pipeline_of_more_than_a_hundred_jobs_is_read_page_by_page() {
     assert!(pages[1].contains("page=2"), "{pages:?}");
     h.stop().await;
 }
+
+/// Issue 9, item 2: projects 1–3 each run 140 jobs (14 pipelines of 10) from T0, buried under
+/// 110 newer short jobs from T0+10s; all 140 end at T0+5m, within 30 ms across projects.
+fn deep_burst_world() -> World {
+    let mut jobs: Vec<(Ms, u64, JobPlan)> = Vec::new();
+    for project in 1..=3u64 {
+        let t = T0 + project as Ms * 10;
+        for i in 0..140u64 {
+            let mut j = JobPlan::new(
+                0,
+                project,
+                project * 100 + i / 10,
+                &format!("rspec {}/10", i % 10 + 1),
+                "test",
+                &[
+                    (t, "created"),
+                    (t + SEC, "pending"),
+                    (t + 2 * SEC, "running"),
+                    (t + 5 * MIN, if i % 7 == 0 { "failed" } else { "success" }),
+                ],
+            );
+            if i % 7 == 0 {
+                j.failure_reason = Some("script_failure".into());
+            }
+            jobs.push((t, i, j));
+        }
+        for i in 0..110u64 {
+            let c = t + 10 * SEC + i as Ms * 100;
+            let mut j = success(0, project, c);
+            j.pipeline_id = project * 100 + 50;
+            j.timeline = vec![
+                (c, "created".into()),
+                (c + 100, "pending".into()),
+                (c + 500, "running".into()),
+                (c + 5 * SEC, "success".into()),
+            ];
+            jobs.push((c, 1000 + i, j));
+        }
+    }
+    jobs.sort_by_key(|(c, order, j)| (*c, j.project_id, *order));
+    let jobs = (jobs.into_iter().enumerate())
+        .map(|(i, (_, _, mut j))| {
+            j.id = 10_001 + i as u64;
+            j
+        })
+        .collect();
+    let projects = (1..=3)
+        .map(|p| ProjectDef::new(p, &format!("burst/project-{p}")))
+        .collect();
+    World::new(projects, jobs).expect("valid world")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_deep_completions_is_read_with_a_few_pages() {
+    use std::collections::BTreeMap;
+    let start = T0 - 30 * SEC;
+    let projects = (1..=3)
+        .map(|p| by_path(&format!("burst/project-{p}")))
+        .collect();
+    let mut h = Harness::start_with(
+        deep_burst_world(),
+        start,
+        projects,
+        Duration::from_secs(3600),
+        |cfg| cfg.poll.interval = Duration::from_secs(1),
+    )
+    .await;
+    // No pipeline job lists (a look-alike), and the default budget planned on the sim clock.
+    h.sim.set_pipeline_jobs_answer(Some(404));
+    h.scheduler.set_pacing_budget(300.0);
+    h.cutoff_ms = Some(start - HOUR);
+    h.first_poll_ms = Some(start);
+    let (mut due, mut elapsed) = (BTreeMap::new(), Duration::ZERO);
+    h.scheduler.poll_due(elapsed, &mut due).await;
+    let end = T0 + 5 * MIN + 30;
+    let mut before = Vec::new();
+    let mut after = Vec::new();
+    let mut converged = None;
+    while h.sim.now_ms() < end + 2 * MIN {
+        h.sim.advance(Duration::from_secs(1));
+        elapsed += Duration::from_secs(1);
+        let stats = h.scheduler.poll_due(elapsed, &mut due).await;
+        let now = h.sim.now_ms();
+        let requests: Vec<usize> = stats.iter().map(|s| s.requests).collect();
+        if now > end - 10 * SEC && now <= end {
+            before.extend(requests);
+        } else if now > end && converged.is_none() {
+            after.extend(stats.iter().map(|s| (s.requests, s.reread_pages)));
+            if common::matches_truth(&h.scrape().await, &h.truth()) {
+                converged = Some(now - end);
+            }
+        }
+    }
+    eprintln!(
+        "3 projects, 140 deep jobs each ending at once, no pipeline job lists: \
+         requests per project cycle before the end {before:?}, after (requests, re-read pages) \
+         {after:?}; counts exact {} s after the last job ended",
+        converged.map_or(-1.0, |ms| ms as f64 / 1000.0)
+    );
+    let converged = converged.expect("counts and gauges converge");
+    assert!(
+        converged <= 5 * SEC,
+        "exact {} s after the burst",
+        converged / 1000
+    );
+    assert!(
+        after.iter().all(|(r, _)| *r <= 5),
+        "no cycle pays per job: {after:?}"
+    );
+    assert_eq!(h.sim.requests().job, 0, "no single fetches");
+    assert_matches_truth(&h.scrape().await, &h.truth());
+    h.stop().await;
+}
+
+/// A pipeline held by a blocking manual job keeps a `created` job forever: it is re-checked
+/// ever less often while the pipeline is young, then only by the sweep, never every cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_held_by_a_manual_job_costs_a_few_rechecks() {
+    use std::collections::BTreeMap;
+    let t = T0;
+    let mut jobs = vec![
+        JobPlan::new(
+            1001,
+            8,
+            80,
+            "build",
+            "build",
+            &[
+                (t, "created"),
+                (t + SEC, "pending"),
+                (t + 2 * SEC, "running"),
+                (t + 5 * SEC, "success"),
+            ],
+        ),
+        JobPlan::new(
+            1002,
+            8,
+            80,
+            "approve",
+            "gate",
+            &[(t, "created"), (t + 6 * SEC, "manual")],
+        ),
+        JobPlan::new(1003, 8, 80, "deploy", "deploy", &[(t, "created")]),
+    ];
+    for i in 0..120 {
+        let mut j = success(1004 + i, 8, t + SEC + i as Ms * 10);
+        j.pipeline_id = 81;
+        jobs.push(j);
+    }
+    let world = World::new(vec![ProjectDef::new(8, "cost/held")], jobs).expect("world");
+    let start = T0 - 30 * SEC;
+    let mut h = Harness::start_with(
+        world,
+        start,
+        vec![by_path("cost/held")],
+        Duration::from_secs(3600),
+        |cfg| cfg.poll.interval = Duration::from_secs(1),
+    )
+    .await;
+    h.scheduler.set_pacing_budget(300.0);
+    h.cutoff_ms = Some(start - HOUR);
+    h.first_poll_ms = Some(start);
+    let (mut due, mut elapsed) = (BTreeMap::new(), Duration::ZERO);
+    h.scheduler.poll_due(elapsed, &mut due).await;
+    let mut cycles = 0;
+    while h.sim.now_ms() < T0 + 40 * MIN {
+        h.sim.advance(Duration::from_secs(1));
+        elapsed += Duration::from_secs(1);
+        cycles += h.scheduler.poll_due(elapsed, &mut due).await.len();
+    }
+    let rechecks = (h.sim.request_log().iter())
+        .filter(|r| r.path_and_query.contains("/jobs/1003") || r.path_and_query.contains("created"))
+        .count();
+    eprintln!(
+        "a pipeline held by a manual job for 40 min: {rechecks} re-checks of its created job in {cycles} cycles"
+    );
+    assert!(
+        (3..=25).contains(&rechecks),
+        "{rechecks} re-checks in {cycles} cycles"
+    );
+    assert_matches_truth(&h.scrape().await, &h.truth());
+    h.stop().await;
+}

@@ -2,7 +2,9 @@
 //!
 //! Pipelines arrive per project as a Poisson process; each runs build → test → deploy, a stage
 //! starting when the previous one completes, later stages skipped after a blocking failure and
-//! left `created` behind a job that never completes. Lifecycle kinds are weighted so that a few
+//! left `created` behind a job that never completes. Some jobs move alone long after the rest
+//! of their pipeline settled (a late stage start, a late skip, see `blocked_steps`), the
+//! timings an exporter must not assume away. Lifecycle kinds are weighted so that a few
 //! hundred jobs per project show every case the exporter must handle.
 
 use super::world::{JobPlan, Ms, ProjectDef, RunnerDef, World, is_final};
@@ -231,9 +233,11 @@ impl Gen<'_> {
                 job.timeline[0].0 = job.created_at_ms;
                 match gate {
                     Gate::Never => {}
-                    Gate::Blocked(at) => job
-                        .timeline
-                        .push((at + self.rng.i64(50..500), "skipped".to_owned())),
+                    Gate::Blocked(at) => {
+                        for step in blocked_steps(at, self.rng.u64(..)) {
+                            job.timeline.push(step);
+                        }
+                    }
                     Gate::Ready(at) => {
                         outcomes.push(self.lifecycle(&mut job, at, manual, seq, order))
                     }
@@ -249,7 +253,7 @@ impl Gen<'_> {
                         Gate::Ready(t) | Gate::Blocked(t) => Some(*t),
                         Gate::Never => None,
                     });
-                    let at = last.max().unwrap_or(created) + self.rng.i64(100..2 * SEC);
+                    let at = last.max().unwrap_or(created) + stage_delay(self.rng.u64(..));
                     if outcomes.iter().any(|g| matches!(g, Gate::Blocked(_))) {
                         Gate::Blocked(at)
                     } else {
@@ -437,6 +441,41 @@ impl Gen<'_> {
         }
         job.timeline
             .extend(tl.into_iter().map(|(t, s)| (t, s.to_owned())));
+    }
+}
+
+/// Maps `roll` (one draw) into `lo..hi`, log-uniformly.
+fn log_scale(roll: u64, lo: Ms, hi: Ms) -> Ms {
+    let frac = (roll % 10_000) as f64 / 10_000.0;
+    let (lo, hi) = ((lo as f64).ln(), (hi as f64).ln());
+    (lo + frac * (hi - lo)).exp() as Ms
+}
+
+/// What a job whose stage is blocked (by a failure before it) goes through from `at`, the
+/// moment GitLab processes the pipeline: usually skipped within half a second, but one in four
+/// moves alone, 2 s to 3 min later (Sidekiq lagging, `when: on_success` jobs of a later stage
+/// processed on their own), a third of those through `waiting_for_resource` (a resource
+/// group). One draw, `roll`, decides it all.
+fn blocked_steps(at: Ms, roll: u64) -> Vec<(Ms, String)> {
+    let late = log_scale(roll >> 8, 2 * SEC, 3 * MIN);
+    match roll % 12 {
+        0 | 1 => vec![(at + late, "skipped".to_owned())],
+        2 => vec![
+            (at + late / 2, "waiting_for_resource".to_owned()),
+            (at + late, "skipped".to_owned()),
+        ],
+        _ => vec![(at + 50 + (roll >> 8) as Ms % 450, "skipped".to_owned())],
+    }
+}
+
+/// How long after the previous stage ended the next one starts: usually within 2 s, but one
+/// time in ten 2 s to 2 min later, its `created` jobs moving long after everything else in
+/// the pipeline settled. One draw, `roll`.
+fn stage_delay(roll: u64) -> Ms {
+    if roll.is_multiple_of(10) {
+        log_scale(roll >> 8, 2 * SEC, 2 * MIN)
+    } else {
+        100 + (roll >> 8) as Ms % (2 * SEC - 100)
     }
 }
 

@@ -514,6 +514,23 @@ fn generator_yields_every_case_and_is_deterministic() {
         seq(j).ends_with("waiting_for_callback>success")
     });
     has("left created", &|j| seq(j) == "created");
+    // A job skipped 5 s or more after anything else in its pipeline last changed.
+    let lone_late = |j: &JobPlan| {
+        let Some(&(at, _)) = j.timeline.last().filter(|e| e.1 == "skipped") else {
+            return false;
+        };
+        let siblings = world.pipeline_jobs(j.pipeline_id).filter(|o| o.id != j.id);
+        let last = (siblings.flat_map(|o| o.timeline.iter().map(|e| e.0)))
+            .filter(|t| *t <= at)
+            .max();
+        last.is_some_and(|t| at - t >= 5 * S)
+    };
+    has("lone late skip", &|j| {
+        lone_late(j) && seq(j) == "created>skipped"
+    });
+    has("lone late skip through waiting_for_resource", &|j| {
+        lone_late(j) && seq(j) == "created>waiting_for_resource>skipped"
+    });
     let retry_of = |j: &JobPlan, r: &JobPlan| {
         r.pipeline_id == j.pipeline_id && r.name == j.name && r.created_at_ms > j.updated_at(end)
     };
