@@ -577,8 +577,9 @@ impl ProjectPoller {
         };
         let api_id = id.to_string();
         let first_cycle = self.tracker.is_first_cycle();
-        // Only changes seen in this cycle count (a failed cycle may have left some behind).
-        self.tracker.take_touched();
+        // Pipelines a failed cycle saw change are kept (not taken here): that cycle may have
+        // learnt a pipeline settled and failed before re-checking its waiting jobs, and the
+        // next cycle, seeing the same statuses again, would not notice the change a second time.
         let max_pages = if first_cycle {
             MAX_BACKFILL_PAGES
         } else {
@@ -680,6 +681,9 @@ impl ProjectPoller {
         if first_cycle {
             // Learn the whole non-final population, however old.
             self.list(&cx, Listing::All, stats).await?;
+            // That listing gave every waiting job's state: nothing to re-check for the
+            // pipelines the backfill saw.
+            self.tracker.take_touched();
         } else {
             let hot: Vec<u64> = self
                 .tracker

@@ -100,7 +100,8 @@ pub struct Tracker {
     /// completes, so a retried first cycle uses the same window.
     cutoff: Option<f64>,
     /// Pipelines in which a job was seen new or changing since the last `take_touched`.
-    #[serde(skip)]
+    /// Checkpointed: a cycle that failed after seeing a change must not lose it to a restart.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     touched: BTreeSet<u64>,
     /// Pipelines seen settled (no job in flight) with `created` jobs left, which GitLab moves
     /// on by itself: see [`Settling`].
