@@ -230,7 +230,7 @@ impl Scheduler {
             error!(error = %e, "discovery filters ignored");
             PathFilter::default()
         });
-        Ok(Arc::new(Self {
+        let scheduler = Arc::new(Self {
             state_dir: cfg.state.dir.clone(),
             gitlab_url: cfg.gitlab.url.clone(),
             dirty: AtomicBool::new(false),
@@ -252,7 +252,10 @@ impl Scheduler {
             groups: cfg.groups.clone(),
             filter,
             tasks: std::sync::Mutex::new(None),
-        }))
+        });
+        // From the start: every project is one not polled yet.
+        scheduler.export_watched();
+        Ok(scheduler)
     }
 
     pub fn readiness(&self) -> Arc<Readiness> {

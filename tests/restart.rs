@@ -241,10 +241,19 @@ async fn failing_checkpoint_writes_are_counted_on_the_frozen_page() {
             .copied()
             .sum::<f64>()
     };
+    let never_polled = |s: &Scrape| {
+        s.values("gitlab_jobs_exporter_projects_never_polled")
+            .values()
+            .copied()
+            .next()
+    };
+    assert_eq!(never_polled(&h.scrape().await), Some(1.0), "from the start");
     h.poll().await;
     h.scheduler.write_checkpoint().await.expect("checkpoint");
     let before = h.scrape().await;
     assert_eq!(failures(&before), Some(0.0));
+    // Polled once: no project is left without a successful cycle.
+    assert_eq!(never_polled(&before), Some(0.0));
     assert!(
         !before
             .values("gitlab_jobs_exporter_last_checkpoint_timestamp_seconds")
