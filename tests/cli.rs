@@ -700,3 +700,72 @@ fn sample(page: &str, series: &str) -> Option<f64> {
     page.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// A checkpoint write that keeps failing is logged once when it starts failing and once when
+/// it works again (not every second), and counted on /metrics meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_checkpoint_writes_are_logged_once_per_change() {
+    let port = common::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    // A GitLab that answers, so cycles (and checkpoints) come every second.
+    let now = chrono::Utc::now().timestamp_millis();
+    let spec = WorldSpec::new(
+        vec![ProjectSpec {
+            id: 7,
+            path: "acme/api".into(),
+            pipelines_per_hour: 5.0,
+        }],
+        now - 3_600_000,
+        now,
+    );
+    let sim = Simulator::new(World::generate(&spec, 3), SimClock::Live, TOKEN.to_string());
+    let handle = sim.spawn().await.expect("simulator");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[gitlab]\nurl = {:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n[state]\ndir = {:?}\n[poll]\ninterval = \"1s\"\nmax_interval = \"1s\"\n[[projects]]\npath = \"acme/api\"\n",
+            handle.base_url,
+            state.display().to_string()
+        ),
+    );
+    let log = dir.path().join("log");
+    let mut child = spawn_exporter(&config, None, &log);
+    gitlab_jobs_exporter::gitlab::install_tls_provider();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    assert!(wait_ok(&client, &url, Duration::from_secs(60)).await);
+    // A directory where the temp file goes: every write fails from now on.
+    let blocker = state.join("checkpoint.json.tmp");
+    std::fs::create_dir(&blocker).expect("blocker");
+    // Wait (on the page, not the clock) for a few failures to be counted.
+    let mut failed = false;
+    let start = Instant::now();
+    while !failed && start.elapsed() < Duration::from_secs(60) {
+        if let Ok(r) = client.get(&url).send().await {
+            let page = r.text().await.unwrap_or_default();
+            failed = sample(&page, "gitlab_jobs_exporter_checkpoint_failures_total")
+                .is_some_and(|n| n >= 3.0);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::remove_dir(&blocker).expect("unblock");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let start = Instant::now();
+    while !log_text().contains("checkpoint written again")
+        && start.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exit = terminate(&mut child);
+    let text = log_text();
+    assert!(failed, "failures counted on /metrics; log:\n{text}");
+    assert_eq!(
+        text.matches("cannot write the checkpoint").count(),
+        1,
+        "logged once; log:\n{text}"
+    );
+    assert!(text.contains("checkpoint written again"), "log:\n{text}");
+    assert_eq!(exit.and_then(|e| e.code()), Some(0), "log:\n{text}");
+    handle.shutdown().await;
+}
