@@ -468,7 +468,7 @@ impl ProjectPoller {
             if let Some(path) = &counted {
                 let label = self.label();
                 if self.other_shard().is_some() {
-                    metrics.forget_polls(path);
+                    metrics.forget_polls(path, ProjectState::ALL);
                 } else if *path != label {
                     // GitLab spells it differently (case): the counts continue under its path.
                     metrics.rename_project(path, &label, ProjectState::ALL);

@@ -462,11 +462,12 @@ impl Metrics {
         self.never_polled.set(projects as i64);
     }
 
-    /// Removes a project's poll counters (counted under its configured path before its
-    /// lookup showed it to be another shard's).
-    pub fn forget_polls(&self, project: &str) {
+    /// Removes a project's poll counters and state (shown under its configured path before
+    /// its lookup showed it to be another shard's).
+    pub fn forget_polls(&self, project: &str, states: &[&str]) {
         let _ = self.polls.remove_label_values(&[project]);
         let _ = self.poll_errors.remove_label_values(&[project]);
+        self.remove_project_gauges(project, states);
     }
 
     /// `(activity, projects, stretch)` per activity, and demand over budget.
