@@ -83,7 +83,11 @@ pub fn main() -> ExitCode {
     if cli.check_config {
         return print_checked(&cfg);
     }
-    report(runtime.block_on(run(cfg)))
+    let result = runtime.block_on(run(cfg));
+    // Whatever still runs (a blocking file operation stuck on a broken disk) must not keep
+    // a stopped exporter alive: the HTTP drain and the final checkpoint are done by now.
+    runtime.shutdown_timeout(server::DRAIN_TIMEOUT);
+    report(result)
 }
 
 /// `--check-config`'s output. A reader that stops early (`| head`) is no failure: the
@@ -194,9 +198,12 @@ pub async fn serve(
     };
     info!(listen = %listener.local_addr()?, gitlab = %cfg.gitlab.url, "serving /metrics");
     let stop = shutdown.clone();
-    let http = tokio::spawn(server::serve(listener, state, async move {
-        stop.cancelled().await
-    }));
+    let http = tokio::spawn(server::serve_with(
+        listener,
+        state,
+        server::Limits::from_config(&cfg.server),
+        async move { stop.cancelled().await },
+    ));
     scheduler.run(shutdown.clone()).await;
     match http.await {
         Ok(r) => r.context("HTTP server failed")?,

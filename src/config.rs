@@ -211,12 +211,23 @@ pub struct GitlabConfig {
 pub struct ServerConfig {
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Connections served at once; more wait in the listen backlog. Bounds the file
+    /// descriptors and memory a crowd of clients (or a hostile one) can take.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a client may take to send a request head, and how long an idle keep-alive
+    /// connection stays open: a client that goes quiet cannot hold a connection (or a
+    /// shutdown) forever.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            max_connections: default_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
         }
     }
 }
@@ -320,6 +331,12 @@ fn default_max_rpm() -> f64 {
 }
 fn default_listen() -> String {
     DEFAULT_LISTEN.to_string()
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_interval() -> Duration {
     Duration::from_secs(30)
@@ -575,6 +592,18 @@ impl Config {
                 format!("{e}; expected ADDRESS:PORT, e.g. 0.0.0.0:39129"),
             )
         })?;
+        if self.server.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.server.header_read_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "server.header_read_timeout",
+                "must be greater than zero",
+            ));
+        }
         if self.poll.interval.is_zero() {
             return Err(ConfigError::invalid(
                 "poll.interval",
@@ -1102,6 +1131,14 @@ mod tests {
             (
                 format!("{GOOD}\n[server]\nlisten = \"nowhere\""),
                 "server.listen",
+            ),
+            (
+                format!("{GOOD}\n[server]\nmax_connections = 0"),
+                "server.max_connections",
+            ),
+            (
+                format!("{GOOD}\n[server]\nheader_read_timeout = \"0s\""),
+                "server.header_read_timeout",
             ),
             (
                 format!("{GOOD}\n[metrics]\nduration_buckets = [5.0, 1.0]"),

@@ -468,7 +468,11 @@ impl ProjectPoller {
             ProjectState::NotFound if self.resolved.is_none() => self.denials.saturating_add(1),
             _ => 0,
         };
-        metrics.set_project_state(&self.label(), state.as_str(), ProjectState::ALL);
+        // No placeholder label ("id 42") that would change once the path is known: a project
+        // configured by id shows its state from its first successful lookup on.
+        if self.resolved.is_some() || self.reference.path.is_some() {
+            metrics.set_project_state(&self.label(), state.as_str(), ProjectState::ALL);
+        }
         result.map(|()| stats)
     }
 
@@ -517,20 +521,46 @@ impl ProjectPoller {
         metrics: &Metrics,
         stats: &mut CycleStats,
     ) -> Result<(), PollError> {
+        // Configured by path, a project's label is known before its lookup: the lookup counts
+        // as its poll, so a GitLab unreachable from the start shows in polls_total and
+        // poll_errors_total at once. Configured by id, no per-project series before the real
+        // path is known (a placeholder label would change under the alerts' feet);
+        // gitlab_jobs_exporter_projects_never_polled covers those.
+        let mut counted = None;
         if self.resolved.is_none() {
-            // No per-project series before the project's real path is known.
-            let p = client.project(&self.reference.api_id()).await.inspect_err(
-                |e| warn!(project = %self.reference, error = %e, "cannot look up project"),
-            )?;
+            if let Some(path) = &self.reference.path {
+                metrics.poll_started(path);
+                counted = Some(path.clone());
+            }
+            let p = client
+                .project(&self.reference.api_id())
+                .await
+                .inspect_err(|e| {
+                    warn!(project = %self.reference, error = %e, "cannot look up project");
+                    if let Some(path) = &counted {
+                        metrics.poll_finished(path, false, secs(Utc::now()));
+                    }
+                })?;
             stats.requests += 1;
             info!(project = %p.path_with_namespace, id = p.id, "watching project");
             self.resolved = Some((p.id, p.path_with_namespace));
             self.default_branch = p.default_branch;
+            if let Some(path) = &counted {
+                let label = self.label();
+                if self.other_shard().is_some() {
+                    metrics.forget_polls(path, ProjectState::ALL);
+                } else if *path != label {
+                    // GitLab spells it differently (case): the counts continue under its path.
+                    metrics.rename_project(path, &label, ProjectState::ALL);
+                }
+            }
         }
         if self.other_shard().is_some() {
             return Ok(());
         }
-        metrics.poll_started(&self.label());
+        if counted.is_none() {
+            metrics.poll_started(&self.label());
+        }
         let result = self.cycle(client, metrics, stats).await;
         let label = self.label();
         self.sync_tracked(metrics);

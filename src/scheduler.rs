@@ -127,6 +127,8 @@ struct Slots {
     /// Configured projects' ids and lower-cased paths: discovery leaves them to their entries.
     configured_ids: HashSet<u64>,
     configured_paths: HashSet<String>,
+    /// Keys of the projects that have completed a poll cycle since start.
+    polled_ok: HashSet<u64>,
 }
 
 impl Slots {
@@ -228,7 +230,7 @@ impl Scheduler {
             error!(error = %e, "discovery filters ignored");
             PathFilter::default()
         });
-        Ok(Arc::new(Self {
+        let scheduler = Arc::new(Self {
             state_dir: cfg.state.dir.clone(),
             gitlab_url: cfg.gitlab.url.clone(),
             dirty: AtomicBool::new(false),
@@ -250,7 +252,10 @@ impl Scheduler {
             groups: cfg.groups.clone(),
             filter,
             tasks: std::sync::Mutex::new(None),
-        }))
+        });
+        // From the start: every project is one not polled yet.
+        scheduler.export_watched();
+        Ok(scheduler)
     }
 
     pub fn readiness(&self) -> Arc<Readiness> {
@@ -273,6 +278,25 @@ impl Scheduler {
     /// How many projects are polled now (not those found gone or left to another shard).
     pub fn watched(&self) -> usize {
         self.slots().live.values().filter(|s| !s.ended).count()
+    }
+
+    /// Exports how many projects are watched, and how many have not completed a poll cycle
+    /// since start (a GitLab unreachable from the start shows there, whatever the projects'
+    /// labels). A configured project found missing at its first lookup stays among the
+    /// latter; one another shard owns does not (its lookup succeeded).
+    fn export_watched(&self) {
+        let (watched, never_polled) = {
+            let slots = self.slots();
+            let watched = slots.live.values().filter(|s| !s.ended).count();
+            let never_polled = slots
+                .live
+                .keys()
+                .filter(|key| !slots.polled_ok.contains(key))
+                .count();
+            (watched, never_polled)
+        };
+        self.metrics.set_watched(watched);
+        self.metrics.set_never_polled(never_polled);
     }
 
     /// Polls one project once (waiting for a concurrency permit); returns when to poll it
@@ -308,6 +332,9 @@ impl Scheduler {
             self.slots().configured_ids.insert(*id);
         }
         self.dirty.store(true, Ordering::Release);
+        if result.is_ok() && self.slots().polled_ok.insert(key) {
+            self.export_watched();
+        }
         if !self.slots().live.contains_key(&key) {
             // Retired by discovery while this cycle ran: no longer paced.
             self.pacer.remove(key);
@@ -320,7 +347,7 @@ impl Scheduler {
                 if let Some(s) = self.slots().live.get_mut(&key) {
                     s.ended = true;
                 }
-                self.metrics.set_watched(self.watched());
+                self.export_watched();
                 None
             }
             NextPoll::After(d) => {
@@ -502,31 +529,62 @@ impl Scheduler {
 
     /// Writes a checkpoint (when `state.dir` is set), then lets `/metrics` show its values:
     /// what a scrape sees is always on disk already, so a crash never takes a value back.
+    /// A failure is counted in `gitlab_jobs_exporter_checkpoint_failures_total`.
     pub async fn write_checkpoint(&self) -> Result<(), CheckpointError> {
         let Some(dir) = self.state_dir.clone() else {
             return Ok(());
         };
-        let (cp, page) = self.checkpoint().await?;
-        tokio::task::spawn_blocking(move || state::save(&dir, &cp))
-            .await
-            .map_err(|e| CheckpointError::Task(e.to_string()))??;
-        self.metrics.publish(page);
-        Ok(())
+        let result = async {
+            let (cp, page) = self.checkpoint().await?;
+            tokio::task::spawn_blocking(move || state::save(&dir, &cp))
+                .await
+                .map_err(|e| CheckpointError::Task(e.to_string()))??;
+            Ok::<_, CheckpointError>(page)
+        }
+        .await;
+        match result {
+            Ok(page) => {
+                self.metrics.publish(page, secs(Utc::now()));
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.checkpoint_failed();
+                Err(e)
+            }
+        }
     }
 
     /// Writes a checkpoint whenever a cycle ran, at most once a second, until `shutdown`;
     /// then a last one.
+    /// Failures are logged when they start and when they end, not every second.
     async fn checkpoint_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut failing_since: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
             }
-            if self.dirty.swap(false, Ordering::AcqRel)
-                && let Err(e) = self.write_checkpoint().await
-            {
-                self.dirty.store(true, Ordering::Release);
-                error!(error = %e, "cannot write the checkpoint; /metrics keeps the last saved values");
+            if !self.dirty.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            match self.write_checkpoint().await {
+                Ok(()) => {
+                    if let Some(before) = failing_since.take() {
+                        info!(
+                            failed = self.metrics.checkpoint_failures().saturating_sub(before),
+                            "checkpoint written again; /metrics shows current values"
+                        );
+                    }
+                }
+                Err(e) => {
+                    self.dirty.store(true, Ordering::Release);
+                    if failing_since.is_none() {
+                        failing_since = Some(self.metrics.checkpoint_failures().saturating_sub(1));
+                        error!(error = %e, "cannot write the checkpoint; /metrics keeps the last saved values until it works again (see gitlab_jobs_exporter_checkpoint_failures_total)");
+                    } else {
+                        tracing::debug!(error = %e, "cannot write the checkpoint (still)");
+                    }
+                }
             }
         }
     }
@@ -710,7 +768,7 @@ impl Scheduler {
         if stats.retired + stats.removed + stats.added + stats.revived > 0 {
             self.dirty.store(true, Ordering::Release);
         }
-        self.metrics.set_watched(self.watched());
+        self.export_watched();
         let running = self
             .tasks
             .lock()
@@ -891,7 +949,7 @@ impl Scheduler {
             let delay = self.interval.mul_f64(fastrand::f64() * 0.1);
             self.spawn_project(&tracker, &shutdown, key, delay);
         }
-        self.metrics.set_watched(self.watched());
+        self.export_watched();
         if discovering {
             tracker.spawn(self.clone().discovery_loop(shutdown.clone()));
         }

@@ -1,16 +1,32 @@
 //! The HTTP side: `/metrics`, `/healthz`, `/readyz` and a small index page.
+//!
+//! Served through hyper's HTTP/1 connection builder rather than `axum::serve`, which has no
+//! header-read timeout: a client that sends half a request head and goes quiet must neither
+//! hold its connection (and file descriptor) forever nor hold up a shutdown.
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tracing::error;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
 
+use crate::config::ServerConfig;
 use crate::metrics::{CONTENT_TYPE, Metrics};
 use crate::scheduler::Readiness;
 
@@ -18,6 +34,38 @@ use crate::scheduler::Readiness;
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+}
+
+/// What one client, or many, may take of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once (`server.max_connections`); more wait in the backlog.
+    pub max_connections: usize,
+    /// Time to send a request head, and for an idle keep-alive connection to send the next
+    /// one (`server.header_read_timeout`).
+    pub header_read_timeout: Duration,
+    /// After shutdown: how long in-flight requests may take before their connections are
+    /// dropped, so a stuck client never keeps the process alive.
+    pub drain_timeout: Duration,
+}
+
+/// How long, at most, a shutdown waits for in-flight requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Limits {
+    pub fn from_config(cfg: &ServerConfig) -> Self {
+        Self {
+            max_connections: cfg.max_connections,
+            header_read_timeout: cfg.header_read_timeout,
+            drain_timeout: DRAIN_TIMEOUT,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::from_config(&ServerConfig::default())
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -29,15 +77,120 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` completes, then finishes in-flight requests.
+/// Serves with the default [`Limits`] until `shutdown` completes; see [`serve_with`].
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, state, Limits::default(), shutdown).await
+}
+
+/// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+/// for at most `limits.drain_timeout` and drops the connections still open.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: AppState,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let service = TowerToHyperService::new(router(state));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // The timer is what makes header_read_timeout work (hyper panics without one). The
+    // timeout also runs while a keep-alive connection waits for its next request, so idle
+    // connections are closed after it too.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let drain = CancellationToken::new();
+    let mut connections = JoinSet::new();
+    let mut accept_failing = false;
+    tokio::pin!(shutdown);
+    loop {
+        // Reap finished connections so the set holds only live ones.
+        while connections.try_join_next().is_some() {}
+        // At the cap, wait for a connection to end before accepting another: the kernel's
+        // backlog queues the rest, and file descriptors stay bounded.
+        let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                // Never closed; should it be, serve without a cap rather than stop serving.
+                Err(_) => continue,
+            },
+        };
+        let stream = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    if accept_failing {
+                        accept_failing = false;
+                        info!("accepting connections again");
+                    }
+                    stream
+                }
+                Err(e) => {
+                    // Per-connection errors (reset before accept) are routine; others (out
+                    // of file descriptors) are logged once per episode, then retried gently.
+                    if !is_connection_error(&e) {
+                        if !accept_failing {
+                            accept_failing = true;
+                            error!(error = %e, "cannot accept connections; retrying");
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+        let drain = drain.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = drain.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    // No new connections from here on; ask the open ones to finish their request and close.
+    drop(listener);
+    drain.cancel();
+    let open = connections.len();
+    let drained = tokio::time::timeout(limits.drain_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            connections = connections.len(),
+            of = open,
+            timeout = %humantime::format_duration(limits.drain_timeout),
+            "connections still open at the end of the shutdown drain; closing them"
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Errors that concern one connection only (as hyper-util and axum classify them).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 async fn index() -> Html<&'static str> {
@@ -51,12 +204,40 @@ async fn index() -> Html<&'static str> {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    match state.metrics.render() {
-        Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+    match state.metrics.scrape().await {
+        Ok(chunks) => (
+            [(header::CONTENT_TYPE, CONTENT_TYPE)],
+            Body::new(Chunks(chunks.into())),
+        )
+            .into_response(),
         Err(e) => {
             error!(error = %e, "cannot render metrics");
             (StatusCode::INTERNAL_SERVER_ERROR, "cannot render metrics\n").into_response()
         }
+    }
+}
+
+/// A body of shared chunks, sent as they are: every concurrent scrape of the same page
+/// points at the same bytes instead of holding a copy of its own.
+struct Chunks(VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.iter().map(|b| b.len() as u64).sum())
     }
 }
 
@@ -70,5 +251,110 @@ async fn readyz(State(state): State<AppState>) -> Response {
             format!("not ready: {done} of {total} projects polled\n"),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn start(
+        limits: Limits,
+    ) -> (
+        std::net::SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let metrics =
+            Arc::new(Metrics::new(&Default::default(), 100, &Default::default()).expect("metrics"));
+        let state = AppState {
+            metrics,
+            readiness: Arc::new(Readiness::new(0)),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let server = tokio::spawn(serve_with(listener, state, limits, async move {
+            s.cancelled().await
+        }));
+        (addr, stop, server)
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        c.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("request");
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.expect("response");
+        out
+    }
+
+    /// The drain after shutdown is bounded: a client stuck in the middle of its request head
+    /// (here with a header timeout far away) does not keep the server running.
+    #[tokio::test]
+    async fn shutdown_does_not_wait_for_a_quiet_client() {
+        let (addr, stop, server) = start(Limits {
+            max_connections: 8,
+            header_read_timeout: Duration::from_secs(3600),
+            drain_timeout: Duration::from_millis(200),
+        })
+        .await;
+        let mut quiet = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        quiet
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("half a head");
+        // Accepted in order: once a later connection is answered, the quiet one is served.
+        assert!(get(addr, "/healthz").await.ends_with("ok\n"));
+        stop.cancel();
+        // A hang is the bug; the bound only keeps a regression from stalling the suite.
+        let result = tokio::time::timeout(Duration::from_secs(60), server).await;
+        assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");
+        drop(quiet);
+    }
+
+    /// A request head that does not arrive in time closes the connection.
+    #[tokio::test]
+    async fn a_slow_request_head_is_cut_off() {
+        let (addr, stop, _server) = start(Limits {
+            max_connections: 8,
+            header_read_timeout: Duration::from_millis(100),
+            drain_timeout: Duration::from_secs(1),
+        })
+        .await;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET /metrics HTTP/1.1\r\n")
+            .await
+            .expect("start");
+        let mut rest = Vec::new();
+        // The server closes it (with a 408 or without an answer); read_to_end returns.
+        let read = tokio::time::timeout(Duration::from_secs(60), slow.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the connection was closed");
+        assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_whole_with_a_length() {
+        let (addr, stop, _server) = start(Limits::default()).await;
+        let page = get(addr, "/metrics").await;
+        assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+        let (head, body) = page.split_once("\r\n\r\n").expect("head and body");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        assert!(body.contains("gitlab_jobs_exporter_build_info"));
+        assert!(
+            body.ends_with("gitlab_jobs_exporter_checkpoint_failures_total 0\n"),
+            "{body}"
+        );
+        stop.cancel();
     }
 }

@@ -3,7 +3,7 @@
 //! old or the new checkpoint, never a mix.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -76,8 +76,60 @@ fn io(dir: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
 pub fn prepare(dir: &Path) -> Result<(), StateError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let probe = dir.join(".write-test");
-    std::fs::write(&probe, b"ok").map_err(io(dir))?;
+    create_fresh(&probe)
+        .and_then(|mut f| f.write_all(b"ok"))
+        .map_err(io(dir))?;
     std::fs::remove_file(&probe).map_err(io(dir))
+}
+
+/// Creates `path` as a new regular file of our own: whatever was there (a stale temp file, or
+/// a symlink or FIFO planted in its place) is removed, never written through, and the
+/// exclusive create fails rather than follow a link planted in between.
+fn create_fresh(path: &Path) -> std::io::Result<std::fs::File> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut options = std::fs::OpenOptions::new();
+    // create_new is O_CREAT|O_EXCL, which never follows a symlink, even a dangling one.
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    options.open(path)
+}
+
+/// Reads the checkpoint file if it is a regular file of at most [`MAX_BYTES`].
+fn read_regular(path: &Path) -> std::io::Result<Result<Vec<u8>, String>> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    // A FIFO would block the open until a writer comes; non-blocking, it opens at once and
+    // is refused below. (Regular files ignore the flag.)
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let f = options.open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Ok(Err(format!(
+            "it is not a regular file ({:?})",
+            meta.file_type()
+        )));
+    }
+    if meta.len() > MAX_BYTES {
+        return Ok(Err(format!("it is {} bytes, over {MAX_BYTES}", meta.len())));
+    }
+    let mut bytes = Vec::new();
+    // Bounded even if the file grows while being read.
+    f.take(MAX_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_BYTES {
+        return Ok(Err(format!("it grew over {MAX_BYTES} bytes")));
+    }
+    Ok(Ok(bytes))
 }
 
 /// Reads the checkpoint in `dir`. A missing file is a first start (`None`); a corrupt,
@@ -85,24 +137,21 @@ pub fn prepare(dir: &Path) -> Result<(), StateError> {
 /// exporter starts fresh with the backfill window rather than crash-looping.
 pub fn load(dir: &Path, gitlab_url: &str) -> Option<Checkpoint> {
     let path = dir.join(FILE_NAME);
-    let problem = match std::fs::metadata(&path) {
+    let problem = match read_regular(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => format!("cannot read it: {e}"),
-        Ok(m) if m.len() > MAX_BYTES => format!("it is {} bytes, over {MAX_BYTES}", m.len()),
-        Ok(_) => match std::fs::read(&path) {
-            Err(e) => format!("cannot read it: {e}"),
-            Ok(bytes) => match decode(&bytes) {
-                Ok(cp) if cp.gitlab_url != gitlab_url => {
-                    warn!(
-                        saved = %cp.gitlab_url, configured = %gitlab_url,
-                        "the checkpoint belongs to another GitLab URL; starting fresh"
-                    );
-                    set_aside(&path, "other-gitlab");
-                    return None;
-                }
-                Ok(cp) => return Some(cp),
-                Err(e) => e,
-            },
+        Ok(Err(problem)) => problem,
+        Ok(Ok(bytes)) => match decode(&bytes) {
+            Ok(cp) if cp.gitlab_url != gitlab_url => {
+                warn!(
+                    saved = %cp.gitlab_url, configured = %gitlab_url,
+                    "the checkpoint belongs to another GitLab URL; starting fresh"
+                );
+                set_aside(&path, "other-gitlab");
+                return None;
+            }
+            Ok(cp) => return Some(cp),
+            Err(e) => e,
         },
     };
     error!(path = %path.display(), problem = %problem,
@@ -124,7 +173,45 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
             head.version
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| format!("damaged: {e}"))
+    let cp: Checkpoint = serde_json::from_slice(bytes).map_err(|e| format!("damaged: {e}"))?;
+    validate(&cp)?;
+    Ok(cp)
+}
+
+/// Values no run of the exporter writes: restoring them would show negative or NaN sums and
+/// counters that go down from there on.
+fn validate(cp: &Checkpoint) -> Result<(), String> {
+    let sum_ok = |v: f64| v.is_finite() && v >= 0.0;
+    for (key, p) in &cp.projects {
+        for (family, hists) in [
+            ("duration", &p.series.duration),
+            ("queued", &p.series.queued),
+        ] {
+            if let Some(labels) = hists
+                .iter()
+                .find_map(|(labels, h)| (!sum_ok(h.sum)).then_some(labels))
+            {
+                return Err(format!(
+                    "damaged: project {key:?}: a {family} histogram {labels:?} has a negative or non-finite sum"
+                ));
+            }
+        }
+        if p.retired_at.is_some_and(|t| !t.is_finite()) {
+            return Err(format!(
+                "damaged: project {key:?}: retired_at is not finite"
+            ));
+        }
+    }
+    for (family, series) in &cp.own {
+        for c in series.series.values() {
+            if !sum_ok(c.value) || c.buckets.iter().any(|(bound, _)| bound.is_nan()) {
+                return Err(format!(
+                    "damaged: {family}: a negative or non-finite value or bound"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn set_aside(path: &Path, why: &str) {
@@ -139,7 +226,7 @@ fn set_aside(path: &Path, why: &str) {
 pub fn save(dir: &Path, cp: &Checkpoint) -> Result<(), StateError> {
     let bytes = serde_json::to_vec(cp)?;
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(io(dir))?;
+    let mut f = create_fresh(&tmp).map_err(io(dir))?;
     f.write_all(&bytes).map_err(io(dir))?;
     f.sync_all().map_err(io(dir))?;
     drop(f);
@@ -266,6 +353,83 @@ mod tests {
             let aside = std::fs::read_dir(dir.path()).unwrap().count();
             assert_eq!(aside, 1);
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_at_the_temp_path_is_replaced_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(format!("{FILE_NAME}.tmp"))).unwrap();
+        // A dangling one too (the exclusive create must not follow it either).
+        std::os::unix::fs::symlink(outside.path().join("new"), dir.path().join(".write-test"))
+            .unwrap();
+        prepare(dir.path()).unwrap();
+        let cp = sample();
+        save(dir.path(), &cp).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!outside.path().join("new").exists());
+        assert_eq!(load(dir.path(), "https://gitlab.example.com"), Some(cp));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_checkpoint_is_set_aside_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(load(&d, "https://gitlab.example.com"));
+        });
+        // A hang is the bug; the bound only keeps a regression from stalling the suite.
+        let loaded = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("load returns instead of waiting for a FIFO writer");
+        assert_eq!(loaded, None);
+        assert!(std::fs::symlink_metadata(&path).is_err(), "moved aside");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn negative_or_non_finite_sums_are_refused_and_set_aside() {
+        let mut negative_hist = sample();
+        for p in negative_hist.projects.values_mut() {
+            for h in p.series.duration.values_mut() {
+                h.sum = -4.0;
+            }
+        }
+        let mut negative_own = sample();
+        for s in negative_own.own.values_mut() {
+            for c in s.series.values_mut() {
+                c.value = -12.0;
+            }
+        }
+        for cp in [negative_hist, negative_own] {
+            let bytes = serde_json::to_vec(&cp).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(FILE_NAME), &bytes).unwrap();
+            assert_eq!(load(dir.path(), "https://gitlab.example.com"), None);
+            assert!(!dir.path().join(FILE_NAME).exists(), "moved aside");
+        }
+        // JSON has no NaN or infinity; a number too large for f64 is refused as well.
+        let text = String::from_utf8(serde_json::to_vec(&sample()).unwrap()).unwrap();
+        let huge = text.replacen("\"sum\":4.0", "\"sum\":1e999", 1);
+        assert_ne!(huge, text, "{text}");
+        assert!(decode(huge.as_bytes()).is_err());
+        let mut nan = sample();
+        for p in nan.projects.values_mut() {
+            for h in p.series.duration.values_mut() {
+                h.sum = f64::NAN;
+            }
+        }
+        assert!(validate(&nan).is_err());
+        assert!(validate(&sample()).is_ok());
     }
 
     proptest! {

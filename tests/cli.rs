@@ -719,3 +719,286 @@ async fn a_configured_project_never_found_keeps_readyz_unready_and_names_the_url
         "jobs counted: {metrics}\n{log}"
     );
 }
+
+/// A config for the real binary against a GitLab that never answers (nothing listens at
+/// `gitlab`), serving on `port`.
+fn unreachable_gitlab_config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
+    let gitlab = common::free_port();
+    write_config(
+        dir,
+        &format!(
+            "[gitlab]\nurl = \"http://127.0.0.1:{gitlab}\"\ntimeout = \"2s\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n[poll]\ninterval = \"1s\"\n[[projects]]\npath = \"acme/api\"\n[[projects]]\nid = 42\n"
+        ),
+    )
+}
+
+/// Spawns the binary, optionally under a file descriptor limit, its stderr in a file.
+fn spawn_exporter(config: &Path, nofile: Option<u32>, log: &Path) -> std::process::Child {
+    let log = std::fs::File::create(log).expect("log file");
+    let mut cmd = match nofile {
+        // `exec` keeps the pid: signals reach the exporter itself.
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                .arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    cmd.arg("--config")
+        .arg(config)
+        .env("GITLAB_TOKEN", TOKEN)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("exporter starts")
+}
+
+/// Sends SIGTERM and waits (generously, polling) for the exit status.
+fn terminate(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            return Some(exit);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// A client that sends half a request head and goes quiet must not keep the exporter alive
+/// after SIGTERM (it used to hang for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_while_a_client_holds_a_half_sent_request_head() {
+    let port = common::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = unreachable_gitlab_config(dir.path(), port, "");
+    let log = dir.path().join("log");
+    let mut child = spawn_exporter(&config, None, &log);
+    gitlab_jobs_exporter::gitlab::install_tls_provider();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_ok(&client, &format!("{base}/healthz"), Duration::from_secs(60)).await,
+        "exporter serves"
+    );
+    let mut quiet = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    quiet
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a head");
+    // Connections are accepted in order: once a later one is answered, the quiet one is
+    // being served (its half head read or waiting to be).
+    assert!(wait_ok(&client, &format!("{base}/healthz"), Duration::from_secs(60)).await);
+    let exit = terminate(&mut child);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        exit.and_then(|e| e.code()),
+        Some(0),
+        "exits 0 after SIGTERM; log:\n{log}"
+    );
+    drop(quiet);
+}
+
+/// Idle connections cannot exhaust the exporter's file descriptors for good: with only 64
+/// allowed and 80 idle clients, a scrape still gets through (idle connections are closed
+/// after server.header_read_timeout; they used to stay open forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_exhaust_file_descriptors() {
+    let port = common::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = unreachable_gitlab_config(dir.path(), port, "");
+    let log = dir.path().join("log");
+    let mut child = spawn_exporter(&config, Some(64), &log);
+    gitlab_jobs_exporter::gitlab::install_tls_provider();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(wait_ok(&client, &format!("{base}/healthz"), Duration::from_secs(60)).await);
+    let idle: Vec<_> = (0..80)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let served = wait_ok(&fresh, &format!("{base}/metrics"), Duration::from_secs(90)).await;
+    let exit = terminate(&mut child);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(served, "a scrape gets through the idle crowd; log:\n{log}");
+    assert_eq!(exit.and_then(|e| e.code()), Some(0), "log:\n{log}");
+    drop(idle);
+}
+
+/// With server.max_connections below the descriptor limit, a crowd of idle clients waits in
+/// the backlog: the exporter never runs out of descriptors (never fails to accept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_keeps_descriptors_in_bounds() {
+    let port = common::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = unreachable_gitlab_config(
+        dir.path(),
+        port,
+        "max_connections = 16\nheader_read_timeout = \"1s\"",
+    );
+    let log = dir.path().join("log");
+    let mut child = spawn_exporter(&config, Some(64), &log);
+    gitlab_jobs_exporter::gitlab::install_tls_provider();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(wait_ok(&client, &format!("{base}/healthz"), Duration::from_secs(60)).await);
+    let idle: Vec<_> = (0..80)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let served = wait_ok(&fresh, &format!("{base}/metrics"), Duration::from_secs(90)).await;
+    let exit = terminate(&mut child);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(served, "a scrape gets through; log:\n{log}");
+    assert!(
+        !log.contains("cannot accept connections"),
+        "never out of descriptors; log:\n{log}"
+    );
+    assert_eq!(exit.and_then(|e| e.code()), Some(0), "log:\n{log}");
+    drop(idle);
+}
+
+/// GitLab unreachable from the very first start: the poll counters of a project configured
+/// by path appear at once, a project configured by id gets no placeholder label, and the
+/// never-polled gauge (which the ProjectsNeverPolled alert watches) counts both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_gitlab_from_the_start_shows_in_the_metrics() {
+    let port = common::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = unreachable_gitlab_config(dir.path(), port, "");
+    let log = dir.path().join("log");
+    let mut child = spawn_exporter(&config, None, &log);
+    gitlab_jobs_exporter::gitlab::install_tls_provider();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    // Wait (on the page, not the clock) for the first failed lookups to be counted.
+    let start = Instant::now();
+    let mut page = String::new();
+    while start.elapsed() < Duration::from_secs(60) {
+        if let Ok(r) = client.get(&url).send().await {
+            page = r.text().await.unwrap_or_default();
+            if sample(
+                &page,
+                "gitlab_jobs_exporter_poll_errors_total{project=\"acme/api\"}",
+            )
+            .is_some_and(|v| v >= 1.0)
+            {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exit = terminate(&mut child);
+    let errors = sample(
+        &page,
+        "gitlab_jobs_exporter_poll_errors_total{project=\"acme/api\"}",
+    );
+    let polls = sample(
+        &page,
+        "gitlab_jobs_exporter_polls_total{project=\"acme/api\"}",
+    );
+    assert!(errors.is_some_and(|e| e >= 1.0), "{page}");
+    assert!(polls >= errors, "{page}");
+    assert!(
+        page.contains("gitlab_jobs_exporter_projects_never_polled 2"),
+        "{page}"
+    );
+    assert!(!page.contains("id 42"), "no placeholder label: {page}");
+    assert!(
+        !page.contains("gitlab_jobs_exporter_last_successful_poll_timestamp_seconds{"),
+        "{page}"
+    );
+    assert_eq!(exit.and_then(|e| e.code()), Some(0));
+}
+
+/// The value of the sample `series` (name and labels as written) on a page.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A checkpoint write that keeps failing is logged once when it starts failing and once when
+/// it works again (not every second), and counted on /metrics meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_checkpoint_writes_are_logged_once_per_change() {
+    let port = common::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    // A GitLab that answers, so cycles (and checkpoints) come every second.
+    let now = chrono::Utc::now().timestamp_millis();
+    let spec = WorldSpec::new(
+        vec![ProjectSpec {
+            id: 7,
+            path: "acme/api".into(),
+            pipelines_per_hour: 5.0,
+        }],
+        now - 3_600_000,
+        now,
+    );
+    let sim = Simulator::new(World::generate(&spec, 3), SimClock::Live, TOKEN.to_string());
+    let handle = sim.spawn().await.expect("simulator");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[gitlab]\nurl = {:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n[state]\ndir = {:?}\n[poll]\ninterval = \"1s\"\nmax_interval = \"1s\"\n[[projects]]\npath = \"acme/api\"\n",
+            handle.base_url,
+            state.display().to_string()
+        ),
+    );
+    let log = dir.path().join("log");
+    let mut child = spawn_exporter(&config, None, &log);
+    gitlab_jobs_exporter::gitlab::install_tls_provider();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    assert!(wait_ok(&client, &url, Duration::from_secs(60)).await);
+    // A directory where the temp file goes: every write fails from now on.
+    let blocker = state.join("checkpoint.json.tmp");
+    std::fs::create_dir(&blocker).expect("blocker");
+    // Wait (on the page, not the clock) for a few failures to be counted.
+    let mut failed = false;
+    let start = Instant::now();
+    while !failed && start.elapsed() < Duration::from_secs(60) {
+        if let Ok(r) = client.get(&url).send().await {
+            let page = r.text().await.unwrap_or_default();
+            failed = sample(&page, "gitlab_jobs_exporter_checkpoint_failures_total")
+                .is_some_and(|n| n >= 3.0);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::remove_dir(&blocker).expect("unblock");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let start = Instant::now();
+    while !log_text().contains("checkpoint written again")
+        && start.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exit = terminate(&mut child);
+    let text = log_text();
+    assert!(failed, "failures counted on /metrics; log:\n{text}");
+    assert_eq!(
+        text.matches("cannot write the checkpoint").count(),
+        1,
+        "logged once; log:\n{text}"
+    );
+    assert!(text.contains("checkpoint written again"), "log:\n{text}");
+    assert_eq!(exit.and_then(|e| e.code()), Some(0), "log:\n{text}");
+    handle.shutdown().await;
+}

@@ -360,6 +360,15 @@ fn systemd_unit_verifies_and_is_hardened() {
     }
     assert!(!get("RestrictAddressFamilies").is_empty());
     assert!(!get("SystemCallFilter").is_empty());
+    // The default soft limit of 1,024 descriptors is what idle connections used to exhaust:
+    // the unit sets its own, well above server.max_connections plus the GitLab pool, logs
+    // and checkpoint.
+    let nofile: u64 = get("LimitNOFILE")
+        .first()
+        .and_then(|v| v.parse().ok())
+        .expect("LimitNOFILE set to a number");
+    let max_connections = gitlab_jobs_exporter::config::ServerConfig::default().max_connections;
+    assert!(nofile >= 4 * max_connections as u64, "LimitNOFILE={nofile}");
     let exec = get("ExecStart")[0];
     assert!(
         exec.starts_with(

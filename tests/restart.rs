@@ -202,3 +202,79 @@ async fn sigkill_and_restart_lose_nothing_and_never_go_backwards() {
     assert!(truth.total_jobs() > 100, "{}", truth.total_jobs());
     handle.shutdown().await;
 }
+
+/// A checkpoint write that fails keeps /metrics at the last checkpoint's values (that is the
+/// durability promise), but not silently: the failures are counted on the same page, and the
+/// page moves on once a write works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_checkpoint_writes_are_counted_on_the_frozen_page() {
+    use common::{Harness, by_path};
+    let spec = WorldSpec::new(
+        vec![ProjectSpec {
+            id: 41,
+            path: "acme/api".into(),
+            pipelines_per_hour: 30.0,
+        }],
+        T0,
+        T0 + 3 * HOUR,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().to_path_buf();
+    gitlab_jobs_exporter::state::prepare(&state_dir).expect("state dir");
+    let mut h = Harness::start_with(
+        World::generate(&spec, 5),
+        T0 + HOUR,
+        vec![by_path("acme/api")],
+        Duration::from_secs(3600),
+        |cfg| cfg.state.dir = Some(state_dir.clone()),
+    )
+    .await;
+    let failures = |s: &Scrape| {
+        s.values("gitlab_jobs_exporter_checkpoint_failures_total")
+            .values()
+            .copied()
+            .next()
+    };
+    let polls = |s: &Scrape| {
+        s.values("gitlab_jobs_exporter_polls_total")
+            .values()
+            .copied()
+            .sum::<f64>()
+    };
+    let never_polled = |s: &Scrape| {
+        s.values("gitlab_jobs_exporter_projects_never_polled")
+            .values()
+            .copied()
+            .next()
+    };
+    assert_eq!(never_polled(&h.scrape().await), Some(1.0), "from the start");
+    h.poll().await;
+    h.scheduler.write_checkpoint().await.expect("checkpoint");
+    let before = h.scrape().await;
+    assert_eq!(failures(&before), Some(0.0));
+    // Polled once: no project is left without a successful cycle.
+    assert_eq!(never_polled(&before), Some(0.0));
+    assert!(
+        !before
+            .values("gitlab_jobs_exporter_last_checkpoint_timestamp_seconds")
+            .is_empty()
+    );
+
+    // A directory where the temp file goes: every write fails (even as root).
+    let blocker = state_dir.join(format!("{}.tmp", gitlab_jobs_exporter::state::FILE_NAME));
+    std::fs::create_dir(&blocker).expect("blocker");
+    h.sim.advance(Duration::from_secs(60));
+    h.poll().await;
+    assert!(h.scheduler.write_checkpoint().await.is_err());
+    assert!(h.scheduler.write_checkpoint().await.is_err());
+    let frozen = h.scrape().await;
+    assert_eq!(failures(&frozen), Some(2.0));
+    assert_eq!(polls(&frozen), polls(&before), "values stay as on disk");
+
+    std::fs::remove_dir(&blocker).expect("unblock");
+    h.scheduler.write_checkpoint().await.expect("checkpoint");
+    let after = h.scrape().await;
+    assert_eq!(failures(&after), Some(2.0));
+    assert!(polls(&after) > polls(&before));
+    h.stop().await;
+}

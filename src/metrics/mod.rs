@@ -7,8 +7,10 @@ pub mod carry;
 pub mod jobs;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 use prometheus::core::{Collector, Metric};
 use prometheus::{
@@ -24,6 +26,9 @@ use crate::tracker::Event;
 const POLLS_HELP: &str = "Poll cycles started, per project.";
 const POLL_ERRORS_HELP: &str = "Poll cycles that failed, per project.";
 
+/// One live render, awaited by every scrape that arrived while it ran.
+type SharedRender = tokio::sync::OnceCell<Result<Bytes, String>>;
+
 /// The exact Content-Type of the text exposition format (Prometheus 3 insists on it).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -34,8 +39,16 @@ pub struct Metrics {
     /// The exporter's own counters and histograms as saved before a restart.
     base: Mutex<carry::Carry>,
     /// With persistence: the page as of the last checkpoint, so no scrape ever sees a value
-    /// that a crash could take back. `None`: serve live values.
-    published: Mutex<Option<String>>,
+    /// that a crash could take back. `None`: serve live values. Shared, never copied, by
+    /// every scrape.
+    published: Mutex<Option<Bytes>>,
+    /// The live render in progress, if any: scrapes that arrive meanwhile share its page
+    /// rather than each render (and hold) a page of their own.
+    rendering: Mutex<Option<Arc<SharedRender>>>,
+    /// Metrics about the checkpoint itself: live, never published or carried (a failing
+    /// checkpoint write must show even though the published page stays as it was).
+    checkpoint_failures: prometheus::IntCounter,
+    last_checkpoint: prometheus::Gauge,
     bounds: jobs::Bounds,
     /// The job families' labels under `labels.*`.
     layout: jobs::Layout,
@@ -58,6 +71,7 @@ pub struct Metrics {
     rate_limit_remaining: prometheus::Gauge,
     rate_limited_seconds: prometheus::Counter,
     watched: IntGauge,
+    never_polled: IntGauge,
     paced: IntGaugeVec,
     stretch: GaugeVec,
     demand: prometheus::Gauge,
@@ -181,6 +195,10 @@ impl Metrics {
             "gitlab_jobs_exporter_watched_projects",
             "Projects this replica polls (configured and discovered).",
         )?;
+        let never_polled = IntGauge::new(
+            "gitlab_jobs_exporter_projects_never_polled",
+            "Watched projects without a successful poll cycle since the exporter started, including those configured by id whose path (their project label) is not known yet.",
+        )?;
         let paced = IntGaugeVec::new(
             Opts::new(
                 "gitlab_jobs_exporter_paced_projects",
@@ -231,6 +249,7 @@ impl Metrics {
             Box::new(poll_lag.clone()),
             Box::new(series.clone()),
             Box::new(watched.clone()),
+            Box::new(never_polled.clone()),
             Box::new(paced.clone()),
             Box::new(stretch.clone()),
             Box::new(demand.clone()),
@@ -241,11 +260,22 @@ impl Metrics {
         for c in collectors {
             registry.register(c)?;
         }
+        let checkpoint_failures = prometheus::IntCounter::new(
+            "gitlab_jobs_exporter_checkpoint_failures_total",
+            "Checkpoint writes to state.dir that failed; meanwhile /metrics keeps showing the values of the last checkpoint written.",
+        )?;
+        let last_checkpoint = prometheus::Gauge::new(
+            "gitlab_jobs_exporter_last_checkpoint_timestamp_seconds",
+            "Unix time of the last checkpoint written to state.dir (the time of the values /metrics shows).",
+        )?;
         Ok(Self {
             registry,
             jobs: Mutex::new(BTreeMap::new()),
             base: Mutex::new(carry::Carry::new()),
             published: Mutex::new(None),
+            rendering: Mutex::new(None),
+            checkpoint_failures,
+            last_checkpoint,
             max_series,
             capped: AtomicBool::new(false),
             series,
@@ -268,6 +298,7 @@ impl Metrics {
             project_state,
             poll_lag,
             watched,
+            never_polled,
             paced,
             stretch,
             demand,
@@ -427,6 +458,18 @@ impl Metrics {
         self.watched.set(projects as i64);
     }
 
+    pub fn set_never_polled(&self, projects: usize) {
+        self.never_polled.set(projects as i64);
+    }
+
+    /// Removes a project's poll counters and state (shown under its configured path before
+    /// its lookup showed it to be another shard's).
+    pub fn forget_polls(&self, project: &str, states: &[&str]) {
+        let _ = self.polls.remove_label_values(&[project]);
+        let _ = self.poll_errors.remove_label_values(&[project]);
+        self.remove_project_gauges(project, states);
+    }
+
     /// `(activity, projects, stretch)` per activity, and demand over budget.
     pub fn set_pace(&self, by_activity: &[(&str, usize, f64)], demand_ratio: f64) {
         for (activity, projects, stretch) in by_activity {
@@ -572,13 +615,79 @@ impl Metrics {
 
     /// The `/metrics` page: as of the last checkpoint when persistence is on, else live.
     pub fn render(&self) -> Result<String, MetricsError> {
-        if let Some(page) = lock(&self.published).clone() {
-            return Ok(page);
+        let page = match lock(&self.published).clone() {
+            Some(page) => page,
+            None => self.render_live()?,
+        };
+        let mut page = String::from_utf8_lossy(&page).into_owned();
+        page.push_str(&String::from_utf8_lossy(&self.render_unpersisted()?));
+        Ok(page)
+    }
+
+    /// The `/metrics` page in shared chunks (concatenated, they are [`Metrics::render`]).
+    /// Scrapes arriving while a live render runs share its bytes: a burst of scrapes of a
+    /// large page costs one render and one copy of the page, not one per scrape.
+    pub async fn scrape(self: &Arc<Self>) -> Result<[Bytes; 2], MetricsError> {
+        // Bound first: the guard must be gone before the await.
+        let published = lock(&self.published).clone();
+        let head = match published {
+            Some(page) => page,
+            None => self.shared_live_render().await?,
+        };
+        Ok([head, self.render_unpersisted()?])
+    }
+
+    async fn shared_live_render(self: &Arc<Self>) -> Result<Bytes, MetricsError> {
+        let cell = lock(&self.rendering)
+            .get_or_insert_with(|| Arc::new(tokio::sync::OnceCell::new()))
+            .clone();
+        let metrics = self.clone();
+        let result = cell
+            .get_or_init(|| async move {
+                // Rendering a large page is CPU work: off the async workers.
+                match tokio::task::spawn_blocking(move || metrics.render_live()).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("render task failed: {e}")),
+                }
+            })
+            .await
+            .clone();
+        // Done: the next scrape renders afresh (unless another already did this).
+        let mut rendering = lock(&self.rendering);
+        if rendering.as_ref().is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            *rendering = None;
         }
+        drop(rendering);
+        result.map_err(|e| MetricsError(prometheus::Error::Msg(e)))
+    }
+
+    /// The page from live values.
+    fn render_live(&self) -> Result<Bytes, MetricsError> {
         // Own families first: gathering them takes the jobs lock too.
         let own = self.own_families();
         // Render under the lock rather than copy every series per scrape.
-        self.render_with(own, &self.lock_jobs())
+        self.render_with(own, &self.lock_jobs()).map(Bytes::from)
+    }
+
+    /// The metrics that are never published from a checkpoint (see `checkpoint_failures`).
+    fn render_unpersisted(&self) -> Result<Bytes, MetricsError> {
+        let mut families = self.checkpoint_failures.collect();
+        if self.last_checkpoint.get() > 0.0 {
+            families.extend(self.last_checkpoint.collect());
+        }
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&families, &mut buf)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// A checkpoint write failed.
+    pub fn checkpoint_failed(&self) {
+        self.checkpoint_failures.inc();
+    }
+
+    /// How many checkpoint writes failed since start.
+    pub fn checkpoint_failures(&self) -> u64 {
+        self.checkpoint_failures.get()
     }
 
     /// Renders the given own families and job series.
@@ -594,9 +703,11 @@ impl Metrics {
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 
-    /// From now on `/metrics` serves `page` (rendered from a checkpoint just written).
-    pub fn publish(&self, page: String) {
-        *lock(&self.published) = Some(page);
+    /// From now on `/metrics` serves `page` (rendered from a checkpoint just written at
+    /// `written_unix`).
+    pub fn publish(&self, page: String, written_unix: f64) {
+        *lock(&self.published) = Some(Bytes::from(page));
+        self.last_checkpoint.set(written_unix);
     }
 }
 
@@ -615,6 +726,36 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A burst of scrapes costs one render and one page in memory, not one per scrape.
+    #[tokio::test]
+    async fn concurrent_scrapes_share_one_page() {
+        let m =
+            Arc::new(Metrics::new(&MetricsConfig::default(), 100, &Default::default()).unwrap());
+        let (a, b, c) = tokio::join!(m.scrape(), m.scrape(), m.scrape());
+        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        assert!(a[0].len() > 100);
+        assert_eq!(a[0].as_ptr(), b[0].as_ptr());
+        assert_eq!(a[0].as_ptr(), c[0].as_ptr());
+        // The burst is over: the next scrape renders afresh.
+        let d = m.scrape().await.unwrap();
+        assert_ne!(a[0].as_ptr(), d[0].as_ptr());
+        // A published page is shared as it is.
+        m.publish("# published\n".into(), 1_790_000_000.0);
+        let (e, f) = tokio::join!(m.scrape(), m.scrape());
+        let (e, f) = (e.unwrap(), f.unwrap());
+        assert_eq!(&e[0][..], b"# published\n");
+        assert_eq!(e[0].as_ptr(), f[0].as_ptr());
+        let tail = String::from_utf8_lossy(&e[1]).into_owned();
+        assert!(
+            tail.contains("gitlab_jobs_exporter_checkpoint_failures_total 0"),
+            "{tail}"
+        );
+        assert!(
+            tail.contains("gitlab_jobs_exporter_last_checkpoint_timestamp_seconds 1790000000"),
+            "{tail}"
+        );
+    }
 
     #[test]
     fn renders_before_any_job_and_after_some() {
