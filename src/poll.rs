@@ -535,10 +535,11 @@ impl ProjectPoller {
                 Some(n) if self.tracker.wants_page_after(&page.jobs) => {
                     if stats.pages >= max_pages {
                         warn!(project = %label, pages = stats.pages, "page limit reached this cycle; older jobs are left out");
+                        metrics.api_error("page_limit");
                         break;
                     }
                     if !visited.insert(n.clone()) {
-                        return Err(PollError::PaginationLoop);
+                        return Err(link_loop(metrics));
                     }
                     next = Some(n);
                 }
@@ -667,11 +668,12 @@ impl ProjectPoller {
             match page.next {
                 Some(_) if stats.scoped_pages >= MAX_LISTING_PAGES => {
                     warn!(project = %label, pages = stats.scoped_pages, "listing too long; the rest waits for the next cycle");
+                    metrics.api_error("page_limit");
                     return Ok(seen);
                 }
                 Some(n) => {
                     if !visited.insert(n.clone()) {
-                        return Err(PollError::PaginationLoop);
+                        return Err(link_loop(metrics));
                     }
                     next = Some(n);
                 }
@@ -819,7 +821,7 @@ impl ProjectPoller {
                 // Never more pages than jobs wanted: at worst about twice the single fetches.
                 Some(n) if missing.len() >= 2 && pages < wanted.len() => {
                     if !visited.insert(n.clone()) {
-                        return Err(PollError::PaginationLoop);
+                        return Err(link_loop(metrics));
                     }
                     next = Some(n);
                 }
@@ -941,6 +943,12 @@ fn check_page(
         return Err(PollError::PaginationLoop);
     }
     Ok(())
+}
+
+/// A `Link` that leads back to a page already read this listing: counted, and the cycle ends.
+fn link_loop(metrics: &Metrics) -> PollError {
+    metrics.api_error("pagination_loop");
+    PollError::PaginationLoop
 }
 
 /// Whether a failed pipeline-jobs request says something about the endpoint itself (rather than
