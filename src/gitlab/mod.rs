@@ -251,8 +251,19 @@ impl GitlabClient {
     /// `GET /projects/:id`.
     pub async fn project(&self, project: &str) -> Result<Project, ApiError> {
         self.get("project", &format!("projects/{project}"), |resp| {
-            serde_json::from_str(&String::from_utf8_lossy(&resp.body))
-                .map_err(|e| decode_error("project", &e, &resp.body))
+            let p: Project = serde_json::from_str(&String::from_utf8_lossy(&resp.body))
+                .map_err(|e| decode_error("project", &e, &resp.body))?;
+            // Its path labels every series and log line of the project.
+            if !p.is_plausible() {
+                return Err(ApiError::Decode {
+                    endpoint: "project",
+                    message: format!(
+                        "implausible path_with_namespace \"{}\"",
+                        text::Bounded(&p.path_with_namespace)
+                    ),
+                });
+            }
+            Ok(p)
         })
         .await
     }
@@ -983,6 +994,20 @@ mod hostile_tests {
         assert!(text.len() < 2048, "{} bytes of log", text.len());
         assert!(!text.contains("forged") && !text.contains("AAAA"), "{text}");
         assert_eq!(text.matches("retrying").count(), 4, "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_project_path_that_would_forge_log_lines_is_refused() {
+        let s = setup(0).await;
+        s.sim.push_fault(raw(
+            200,
+            &[("content-type", b"application/json")],
+            br#"{"id": 1, "path_with_namespace": "g/p\n2026-12-02T00:00:00Z  INFO forged"}"#,
+        ));
+        let e = s.client.project("1").await.expect_err("refused");
+        assert!(matches!(e, ApiError::Decode { .. }), "{e}");
+        assert!(!e.to_string().contains('\n'), "{e}");
+        assert_eq!(errors(&s.metrics, "decode"), 1.0);
     }
 
     #[tokio::test]

@@ -206,7 +206,7 @@ pub const MAX_PATH_BYTES: usize = 1024;
 impl Project {
     /// A path GitLab could have sent: not empty, bounded, no control or bidi characters (GitLab
     /// allows only letters, digits, `_-./`), so it is safe as a label and in a log line.
-    fn is_plausible(&self) -> bool {
+    pub fn is_plausible(&self) -> bool {
         let p = &self.path_with_namespace;
         !p.is_empty()
             && p.len() <= MAX_PATH_BYTES
