@@ -26,6 +26,9 @@ pub use model::{Job, JobRunner, JobStatus, Project};
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Keyset page size: GitLab's documented maximum.
 pub const PER_PAGE: u32 = 100;
+/// Items in one job page beyond which it is refused (`page_too_long`, not decoded): GitLab
+/// never sends more than asked; a page a little longer is kept and counted (`check_page`).
+pub const MAX_JOB_PAGE_ITEMS: usize = 10 * PER_PAGE as usize;
 
 const USER_AGENT: &str = concat!(
     "gitlab-jobs-exporter/",
@@ -623,11 +626,11 @@ impl GitlabClient {
         endpoint: &'static str,
         resp: Response,
     ) -> Result<JobsPage, ApiError> {
-        let (jobs, bad_items) = model::decode_jobs(&resp.body).map_err(|e| match e {
-            model::DecodeError::Json(e) => decode_error(endpoint, &e, &resp.body),
-            // Not reached: job pages are not capped here (`check_page` counts long ones).
-            model::DecodeError::TooManyItems(max) => ApiError::TooLong { endpoint, max },
-        })?;
+        let (jobs, bad_items) =
+            model::decode_jobs(&resp.body, MAX_JOB_PAGE_ITEMS).map_err(|e| match e {
+                model::DecodeError::Json(e) => decode_error(endpoint, &e, &resp.body),
+                model::DecodeError::TooManyItems(max) => ApiError::TooLong { endpoint, max },
+            })?;
         let full = jobs.len() + bad_items >= PER_PAGE as usize;
         let next = self.next_link(endpoint, &resp.headers, full)?;
         Ok(JobsPage {
@@ -1035,6 +1038,15 @@ mod hostile_tests {
             .add_hostile(Hostile::JobsExtraItems(vec![b"{}".to_vec(); 100]));
         let e = s.client.jobs_page(first()).await.expect_err("full page");
         assert!(matches!(e, ApiError::Link { .. }), "{e}");
+        // Far longer than asked: refused whole, not retried.
+        s.sim.clear_hostile();
+        s.sim.add_hostile(Hostile::JobsExtraItems(vec![
+            b"{}".to_vec();
+            MAX_JOB_PAGE_ITEMS
+        ]));
+        let e = s.client.jobs_page(first()).await.expect_err("too long");
+        assert!(matches!(e, ApiError::TooLong { .. }), "{e}");
+        assert_eq!(errors(&s.metrics, "page_too_long"), 1.0);
     }
 
     #[tokio::test]

@@ -327,9 +327,10 @@ fn lenient_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Er
         .filter(|s| s.is_finite() && (0.0..=MAX_PLAUSIBLE_SECONDS).contains(s)))
 }
 
-/// Decodes a page leniently: the items that are valid jobs, and how many were not.
-pub fn decode_jobs(body: &[u8]) -> Result<(Vec<Job>, usize), DecodeError> {
-    decode_lenient(body, None)
+/// Decodes a page leniently: the items that are valid jobs, and how many were not. A page of
+/// more than `max_items` items is refused whole, without decoding the rest.
+pub fn decode_jobs(body: &[u8], max_items: usize) -> Result<(Vec<Job>, usize), DecodeError> {
+    decode_lenient(body, Some(max_items))
 }
 
 #[cfg(test)]
@@ -339,7 +340,7 @@ mod tests {
     #[test]
     fn decodes_gitlab_docs_example() {
         let body = include_bytes!("../../tests/fixtures/list_project_jobs_example.json");
-        let (jobs, bad) = decode_jobs(body).unwrap();
+        let (jobs, bad) = decode_jobs(body, usize::MAX).unwrap();
         assert_eq!(bad, 0);
         assert_eq!(jobs.len(), 2);
         assert_eq!(jobs[0].id, 7);
@@ -369,7 +370,7 @@ mod tests {
             {"id": 2, "status": "skipped", "runner": null},
             {"id": 1, "status": "skipped"}
         ]"#;
-        let (jobs, bad) = decode_jobs(body).unwrap();
+        let (jobs, bad) = decode_jobs(body, usize::MAX).unwrap();
         assert_eq!(bad, 0);
         let runners: Vec<_> = jobs
             .iter()
@@ -401,7 +402,7 @@ mod tests {
             {"status": "success"},
             {"id": 1, "status": "success", "created_at": "2024-01-02T03:04:05.678+01:00"}
         ]"#;
-        let (jobs, bad) = decode_jobs(body).unwrap();
+        let (jobs, bad) = decode_jobs(body, usize::MAX).unwrap();
         assert_eq!(bad, 1);
         assert_eq!(
             jobs[0].status,
@@ -439,16 +440,20 @@ mod tests {
             format!(r#"{{"id": 2, "status": "success", "extra": {deep}}},"#).as_bytes(),
         );
         body.extend_from_slice(br#"{"id": 1, "status": "failed"}]"#);
-        let (jobs, bad) = decode_jobs(&body).unwrap();
+        let (jobs, bad) = decode_jobs(&body, usize::MAX).unwrap();
         let ids: Vec<u64> = jobs.iter().map(|j| j.id).collect();
         // An unknown field is skipped without recursion, so even a deep one costs nothing.
         assert_eq!(ids, [7, 6, 2, 1]);
         assert_eq!(bad, 3);
         assert_eq!(jobs[1].name, "r\u{fffd}\u{fffd}spec");
+        assert!(matches!(
+            decode_jobs(&body, 6),
+            Err(DecodeError::TooManyItems(6))
+        ));
         // Still refused whole: what is not a JSON array at all.
-        assert!(decode_jobs(b"<html>").is_err());
-        assert!(decode_jobs(b"[{\"id\": 1}").is_err());
-        assert!(decode_jobs(b"[] trailing").is_err());
+        assert!(decode_jobs(b"<html>", usize::MAX).is_err());
+        assert!(decode_jobs(b"[{\"id\": 1}", usize::MAX).is_err());
+        assert!(decode_jobs(b"[] trailing", usize::MAX).is_err());
     }
 
     #[test]
@@ -499,7 +504,7 @@ mod tests {
         proptest! {
             #[test]
             fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
-                let _ = decode_jobs(&bytes);
+                let _ = decode_jobs(&bytes, usize::MAX);
             }
 
             #[test]
@@ -513,7 +518,7 @@ mod tests {
                     "id": id, "status": status, "duration": duration, "started_at": started,
                     "failure_reason": null, "pipeline": {"id": "x"}, "stage": 3
                 }])).unwrap();
-                let (jobs, bad) = decode_jobs(&body).unwrap();
+                let (jobs, bad) = decode_jobs(&body, usize::MAX).unwrap();
                 prop_assert_eq!(jobs.len() + bad, 1);
                 for j in jobs {
                     prop_assert!(j.duration.is_none_or(|d| (0.0..=MAX_PLAUSIBLE_SECONDS).contains(&d)));
