@@ -853,7 +853,14 @@ impl ProjectPoller {
         }
         let mut gone = 0;
         for job_id in ids {
-            let job = client.job(api_id, job_id).await?;
+            let job = match client.job(api_id, job_id).await {
+                // Counted (bad_job); still followed, so a GitLab that mends it is counted.
+                Err(e @ ApiError::BadItem { .. }) => {
+                    warn!(project = %label, job_id, error = %e, "a followed job does not decode; skipped this cycle");
+                    continue;
+                }
+                r => r?,
+            };
             stats.requests += 1;
             stats.single_fetches += 1;
             match job {

@@ -64,6 +64,13 @@ pub enum ApiError {
         endpoint: &'static str,
         source: link::LinkError,
     },
+    /// Well-formed JSON that is no job (a lone surrogate, a number out of range, nesting past
+    /// the limit, a field of the wrong type): asking again would not help.
+    #[error("{endpoint}: not a valid job: {message}")]
+    BadItem {
+        endpoint: &'static str,
+        message: String,
+    },
     /// A listing page with more items than asked for (GitLab never does that).
     #[error("{endpoint}: page longer than asked (more than {max} items); refused")]
     TooLong { endpoint: &'static str, max: usize },
@@ -75,7 +82,7 @@ impl ApiError {
         match self {
             Self::Status { status, .. } => *status >= 500,
             Self::RateLimited { .. } | Self::Transport { .. } | Self::Decode { .. } => true,
-            Self::Link { .. } | Self::TooLong { .. } => false,
+            Self::Link { .. } | Self::TooLong { .. } | Self::BadItem { .. } => false,
         }
     }
 
@@ -92,6 +99,7 @@ impl ApiError {
             Self::Decode { .. } => "decode",
             Self::Link { .. } => "link",
             Self::TooLong { .. } => "page_too_long",
+            Self::BadItem { .. } => "bad_job",
         }
     }
 
@@ -275,8 +283,18 @@ impl GitlabClient {
     pub async fn job(&self, project: &str, job_id: u64) -> Result<Option<Job>, ApiError> {
         let rel = format!("projects/{project}/jobs/{job_id}");
         let found = self.get("job", &rel, |resp| {
-            serde_json::from_str(&String::from_utf8_lossy(&resp.body))
-                .map_err(|e| decode_error("job", &e, &resp.body))
+            let text = String::from_utf8_lossy(&resp.body);
+            serde_json::from_str(&text).map_err(|e| {
+                // Well-formed but no job: the same answer next time, so not retried.
+                if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() {
+                    ApiError::BadItem {
+                        endpoint: "job",
+                        message: text::bounded(&e.to_string()),
+                    }
+                } else {
+                    decode_error("job", &e, &resp.body)
+                }
+            })
         });
         match found.await {
             Ok(job) => Ok(Some(job)),
@@ -997,6 +1015,27 @@ mod hostile_tests {
         assert!(text.len() < 2048, "{} bytes of log", text.len());
         assert!(!text.contains("forged") && !text.contains("AAAA"), "{text}");
         assert_eq!(text.matches("retrying").count(), 4, "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_single_job_that_does_not_decode_is_a_bad_job_not_retried() {
+        let s = setup(3).await;
+        s.sim.push_fault(raw(
+            200,
+            &[("content-type", b"application/json")],
+            br#"{"id": 5, "status": "success", "name": "\ud800"}"#,
+        ));
+        let e = s.client.job("1", 5).await.expect_err("bad job");
+        assert!(matches!(e, ApiError::BadItem { .. }), "{e}");
+        assert_eq!(
+            errors(&s.metrics, "bad_job"),
+            1.0,
+            "counted once, not retried"
+        );
+        // A truncated body is still a transient decode error (retried, and then it answers).
+        s.sim.push_fault(Fault::MalformedJson);
+        assert!(s.client.job("1", 5).await.is_ok());
+        assert_eq!(errors(&s.metrics, "decode"), 1.0);
     }
 
     #[tokio::test]
