@@ -204,6 +204,10 @@ pub struct GitlabConfig {
     /// One budget for every request of the process; half GitLab's 600/min jobs-endpoint limit.
     #[serde(default = "default_max_rpm")]
     pub max_requests_per_minute: f64,
+    /// A `Date` header further than this from the local clock is ignored (the local clock is
+    /// used): a server clock in year 9999 would make every job too old to count.
+    #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
+    pub max_clock_skew: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -274,12 +278,16 @@ pub struct LimitsConfig {
     /// Series per job metric family, at most; beyond it new series fold into `job="__other__"`.
     #[serde(default = "default_max_series")]
     pub max_series: usize,
+    /// Projects watched at most (configured and discovered); discovery stops adding beyond it.
+    #[serde(default = "default_max_projects")]
+    pub max_projects: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_series: default_max_series(),
+            max_projects: default_max_projects(),
         }
     }
 }
@@ -323,7 +331,13 @@ impl std::fmt::Display for ProjectRef {
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
 fn default_max_series() -> usize {
+    20_000
+}
+fn default_max_projects() -> usize {
     20_000
 }
 fn default_max_rpm() -> f64 {
@@ -391,6 +405,7 @@ impl Config {
                 token_file: None,
                 timeout: default_timeout(),
                 max_requests_per_minute: default_max_rpm(),
+                max_clock_skew: default_max_clock_skew(),
             },
             server: ServerConfig::default(),
             poll: PollConfig::default(),
@@ -634,6 +649,27 @@ impl Config {
             return Err(ConfigError::invalid(
                 "limits.max_series",
                 "must be at least 1",
+            ));
+        }
+        if self.gitlab.max_clock_skew < Duration::from_secs(60) {
+            return Err(ConfigError::invalid(
+                "gitlab.max_clock_skew",
+                "must be at least 1m (clocks drift)",
+            ));
+        }
+        if self.limits.max_projects == 0 {
+            return Err(ConfigError::invalid(
+                "limits.max_projects",
+                "must be at least 1",
+            ));
+        }
+        if self.projects.len() > self.limits.max_projects {
+            return Err(ConfigError::invalid(
+                "limits.max_projects",
+                format!(
+                    "is below the {} configured [[projects]]",
+                    self.projects.len()
+                ),
             ));
         }
         if self.shard.count == 0 {
@@ -1082,6 +1118,28 @@ mod tests {
         assert_eq!(cfg.server.listen, DEFAULT_LISTEN);
         assert_eq!(cfg.projects[0].api_id(), "group%2Fsub%2Fproject");
         assert_eq!(cfg.projects[1].api_id(), "42");
+    }
+
+    #[test]
+    fn hostile_gitlab_limits_have_defaults_and_are_checked() {
+        let cfg = parse(GOOD).unwrap();
+        assert_eq!(cfg.limits.max_projects, 20_000);
+        assert_eq!(cfg.gitlab.max_clock_skew, Duration::from_secs(86_400));
+        let with = |extra: &str| parse(&format!("{extra}\n{GOOD}"));
+        let cfg = with("[limits]\nmax_projects = 2").unwrap();
+        assert_eq!(cfg.limits.max_projects, 2);
+        for (extra, key) in [
+            ("[limits]\nmax_projects = 0", "limits.max_projects"),
+            // Fewer than the two [[projects]] of GOOD.
+            ("[limits]\nmax_projects = 1", "limits.max_projects"),
+        ] {
+            assert_eq!(key_of(with(extra).unwrap_err()), key, "{extra}");
+        }
+        let skew = GOOD.replace(
+            "url = \"https://gitlab.example.com\"",
+            "url = \"https://gitlab.example.com\"\nmax_clock_skew = \"1s\"",
+        );
+        assert_eq!(key_of(parse(&skew).unwrap_err()), "gitlab.max_clock_skew");
     }
 
     #[test]

@@ -53,15 +53,21 @@ pub struct Pass {
     pub failed: BTreeSet<usize>,
     /// GitLab API requests sent.
     pub requests: usize,
+    /// `limits.max_projects` was reached: the sources listed more projects than are watched
+    /// (the first ones in listing order are kept: sources in order, ids ascending).
+    pub capped: bool,
 }
 
-/// Lists every source once.
+/// Lists every source once, finding at most `max_projects` projects (each page at most
+/// `PER_PAGE` long, each source at most `MAX_PAGES` pages): whatever GitLab answers, a pass
+/// holds a bounded number of projects.
 pub async fn discover(
     client: &GitlabClient,
     metrics: &Metrics,
     groups: &[GroupRef],
     cfg: &DiscoveryConfig,
     filter: &PathFilter,
+    max_projects: usize,
 ) -> Pass {
     let mut pass = Pass {
         complete: true,
@@ -87,26 +93,51 @@ pub async fn discover(
             },
         ));
     }
+    let limit = Limit {
+        max_projects,
+        filter,
+        with_archived: cfg.archived,
+    };
     for (index, (name, first)) in sources.into_iter().enumerate() {
-        if let Err(e) = list(client, metrics, index, &name, first, cfg, filter, &mut pass).await {
+        if pass.capped {
+            break;
+        }
+        if let Err(e) = list(client, metrics, index, &name, first, &limit, &mut pass).await {
             warn!(error = %e, "project discovery incomplete; the projects this source listed before are kept");
+            match &e {
+                DiscoveryError::Api { .. } => {}
+                DiscoveryError::Loop(_) => metrics.api_error("pagination_loop"),
+                DiscoveryError::TooManyPages(_) => metrics.api_error("page_limit"),
+            }
             metrics.api_error("discovery");
             pass.complete = false;
             pass.failed.insert(index);
         }
     }
+    if pass.capped {
+        warn!(
+            max_projects,
+            "discovery found more projects than limits.max_projects; only the first are watched"
+        );
+    }
+    metrics.set_project_limit_reached(pass.capped);
     pass
 }
 
-#[allow(clippy::too_many_arguments)] // one pass's context, passed down once
+/// What a listed project must pass to be kept.
+struct Limit<'a> {
+    max_projects: usize,
+    filter: &'a PathFilter,
+    with_archived: bool,
+}
+
 async fn list(
     client: &GitlabClient,
     metrics: &Metrics,
     index: usize,
     name: &str,
     first: ProjectsRequest<'_>,
-    cfg: &DiscoveryConfig,
-    filter: &PathFilter,
+    limit: &Limit<'_>,
     pass: &mut Pass,
 ) -> Result<(), DiscoveryError> {
     let mut visited = HashSet::new();
@@ -137,8 +168,13 @@ async fn list(
         }
         for p in page.projects {
             // GitLab filtered archived ones already; this only guards an older or odd server.
-            if (p.archived && !cfg.archived) || !filter.allows(&p.path_with_namespace) {
+            if (p.archived && !limit.with_archived) || !limit.filter.allows(&p.path_with_namespace)
+            {
                 continue;
+            }
+            if pass.projects.len() >= limit.max_projects && !pass.projects.contains_key(&p.id) {
+                pass.capped = true;
+                return Ok(());
             }
             pass.projects
                 .entry(p.id)

@@ -655,13 +655,14 @@ impl ProjectPoller {
                         if first_cycle {
                             // The backfill window is a best effort by design: older is history.
                             warn!(project = %label, pages = stats.pages, "page limit reached on the first cycle; older jobs are left out");
+                            metrics.api_error("page_limit");
                         } else {
                             capped = Some(n);
                         }
                         break;
                     }
                     if !visited.insert(n.clone()) {
-                        return Err(PollError::PaginationLoop);
+                        return Err(link_loop(metrics));
                     }
                     next = Some(n);
                 }
@@ -968,11 +969,12 @@ impl ProjectPoller {
             match page.next {
                 Some(_) if stats.scoped_pages >= MAX_LISTING_PAGES => {
                     warn!(project = %label, pages = stats.scoped_pages, "listing too long; the rest waits for the next cycle");
+                    metrics.api_error("page_limit");
                     return Ok(seen);
                 }
                 Some(n) => {
                     if !visited.insert(n.clone()) {
-                        return Err(PollError::PaginationLoop);
+                        return Err(link_loop(metrics));
                     }
                     next = Some(n);
                 }
@@ -1207,7 +1209,7 @@ impl ProjectPoller {
                 // Never more pages than jobs wanted: at worst about twice the single fetches.
                 Some(n) if missing.len() >= 2 && pages < wanted.len() => {
                     if !visited.insert(n.clone()) {
-                        return Err(PollError::PaginationLoop);
+                        return Err(link_loop(metrics));
                     }
                     next = Some(n);
                 }
@@ -1239,7 +1241,14 @@ impl ProjectPoller {
         }
         let mut gone = 0;
         for job_id in ids {
-            let job = client.job(api_id, job_id).await?;
+            let job = match client.job(api_id, job_id).await {
+                // Counted (bad_job); still followed, so a GitLab that mends it is counted.
+                Err(e @ ApiError::BadItem { .. }) => {
+                    warn!(project = %label, job_id, error = %e, "a followed job does not decode; skipped this cycle");
+                    continue;
+                }
+                r => r?,
+            };
             stats.requests += 1;
             stats.single_fetches += 1;
             match job {
@@ -1329,6 +1338,12 @@ fn check_page(
         return Err(PollError::PaginationLoop);
     }
     Ok(())
+}
+
+/// A `Link` that leads back to a page already read this listing: counted, and the cycle ends.
+fn link_loop(metrics: &Metrics) -> PollError {
+    metrics.api_error("pagination_loop");
+    PollError::PaginationLoop
 }
 
 /// Whether a failed pipeline-jobs request says something about the endpoint itself (rather than

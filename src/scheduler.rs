@@ -174,6 +174,8 @@ pub struct Scheduler {
     discovery: DiscoveryConfig,
     groups: Vec<GroupRef>,
     filter: PathFilter,
+    /// `limits.max_projects`, less the configured projects: what discovery may add.
+    max_projects: usize,
     /// Set while `run` runs: where new projects' tasks are spawned.
     tasks: std::sync::Mutex<Option<(TaskTracker, CancellationToken)>>,
 }
@@ -251,6 +253,7 @@ impl Scheduler {
             discovery: cfg.discovery.clone(),
             groups: cfg.groups.clone(),
             filter,
+            max_projects: cfg.limits.max_projects.saturating_sub(cfg.projects.len()),
             tasks: std::sync::Mutex::new(None),
         });
         // From the start: every project is one not polled yet.
@@ -599,6 +602,7 @@ impl Scheduler {
             &self.groups,
             &self.discovery,
             &self.filter,
+            self.max_projects,
         )
         .await;
         self.metrics.discovery_ran(pass.complete);

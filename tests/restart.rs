@@ -100,7 +100,7 @@ async fn sigkill_and_restart_lose_nothing_and_never_go_backwards() {
     std::fs::write(
         &config,
         format!(
-            "[gitlab]\nurl = {:?}\nmax_requests_per_minute = 1e9\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+            "[gitlab]\nurl = {:?}\nmax_requests_per_minute = 1e9\nmax_clock_skew = \"36500days\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
              [poll]\ninterval = \"200ms\"\nbackfill = \"1h\"\n[state]\ndir = {:?}\n\
              [[projects]]\npath = \"acme/platform/api\"\n[[projects]]\nid = 42\n",
             handle.base_url,

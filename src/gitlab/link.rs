@@ -7,11 +7,13 @@
 
 use thiserror::Error;
 
+use crate::gitlab::text::{Bounded, bounded};
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum LinkError {
     #[error("unparsable Link header: {0}")]
     Syntax(String),
-    #[error("Link target {0:?} is not under /api/v4/")]
+    #[error("Link target \"{0}\" is not under /api/v4/")]
     NotApi(String),
 }
 
@@ -19,7 +21,7 @@ pub enum LinkError {
 /// (e.g. `projects/42/jobs?cursor=…&pagination=keyset`). `Ok(None)` when there is no next page.
 pub fn next_relative(header: &str) -> Result<Option<String>, LinkError> {
     let rels = parse_link_header::parse_with_rel(header)
-        .map_err(|e| LinkError::Syntax(format!("{e:?}")))?;
+        .map_err(|e| LinkError::Syntax(crate::gitlab::text::bounded(&format!("{e:?}"))))?;
     let Some(next) = rels.get("next") else {
         return Ok(None);
     };
@@ -27,14 +29,14 @@ pub fn next_relative(header: &str) -> Result<Option<String>, LinkError> {
     // Absolute (the usual case) or, defensively, a path-absolute reference.
     let parsed = url::Url::parse(raw)
         .or_else(|_| url::Url::parse("http://relative.invalid").and_then(|b| b.join(raw)))
-        .map_err(|e| LinkError::Syntax(format!("{raw:?}: {e}")))?;
+        .map_err(|e| LinkError::Syntax(format!("\"{}\": {e}", Bounded(raw))))?;
     let path = parsed.path();
     let Some(idx) = path.find("/api/v4/") else {
-        return Err(LinkError::NotApi(raw.to_string()));
+        return Err(LinkError::NotApi(bounded(raw)));
     };
     let rel = &path[idx + "/api/v4/".len()..];
     if rel.is_empty() || rel.starts_with('/') || rel.split('/').any(|seg| seg == "..") {
-        return Err(LinkError::NotApi(raw.to_string()));
+        return Err(LinkError::NotApi(bounded(raw)));
     }
     Ok(Some(match parsed.query() {
         Some(q) => format!("{rel}?{q}"),

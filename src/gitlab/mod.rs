@@ -3,9 +3,11 @@
 
 pub mod link;
 pub mod model;
+pub mod text;
 pub mod throttle;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
@@ -24,6 +26,9 @@ pub use model::{Job, JobRunner, JobStatus, Project};
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Keyset page size: GitLab's documented maximum.
 pub const PER_PAGE: u32 = 100;
+/// Items in one job page beyond which it is refused (`page_too_long`, not decoded): GitLab
+/// never sends more than asked; a page a little longer is kept and counted (`check_page`).
+pub const MAX_JOB_PAGE_ITEMS: usize = 10 * PER_PAGE as usize;
 
 const USER_AGENT: &str = concat!(
     "gitlab-jobs-exporter/",
@@ -59,6 +64,16 @@ pub enum ApiError {
         endpoint: &'static str,
         source: link::LinkError,
     },
+    /// Well-formed JSON that is no job (a lone surrogate, a number out of range, nesting past
+    /// the limit, a field of the wrong type): asking again would not help.
+    #[error("{endpoint}: not a valid job: {message}")]
+    BadItem {
+        endpoint: &'static str,
+        message: String,
+    },
+    /// A listing page with more items than asked for (GitLab never does that).
+    #[error("{endpoint}: page longer than asked (more than {max} items); refused")]
+    TooLong { endpoint: &'static str, max: usize },
 }
 
 impl ApiError {
@@ -67,7 +82,7 @@ impl ApiError {
         match self {
             Self::Status { status, .. } => *status >= 500,
             Self::RateLimited { .. } | Self::Transport { .. } | Self::Decode { .. } => true,
-            Self::Link { .. } => false,
+            Self::Link { .. } | Self::TooLong { .. } | Self::BadItem { .. } => false,
         }
     }
 
@@ -83,6 +98,8 @@ impl ApiError {
             Self::Transport { .. } => "transport",
             Self::Decode { .. } => "decode",
             Self::Link { .. } => "link",
+            Self::TooLong { .. } => "page_too_long",
+            Self::BadItem { .. } => "bad_job",
         }
     }
 
@@ -183,6 +200,10 @@ pub struct GitlabClient {
     retry: RetryPolicy,
     metrics: Arc<Metrics>,
     throttle: throttle::Throttle,
+    /// `gitlab.max_clock_skew`.
+    max_clock_skew: Duration,
+    /// The last `Date` header was more than `max_clock_skew` off (logged on each change).
+    clock_off: AtomicBool,
 }
 
 impl std::fmt::Debug for GitlabClient {
@@ -233,6 +254,8 @@ impl GitlabClient {
             throttle: throttle::Throttle::new(cfg.max_requests_per_minute, retry.rate_limit_pause),
             retry,
             metrics,
+            max_clock_skew: cfg.max_clock_skew,
+            clock_off: AtomicBool::new(false),
         })
     }
 
@@ -245,7 +268,19 @@ impl GitlabClient {
     /// `GET /projects/:id`.
     pub async fn project(&self, project: &str) -> Result<Project, ApiError> {
         self.get("project", &format!("projects/{project}"), |resp| {
-            serde_json::from_slice(&resp.body).map_err(|e| decode_error("project", &e, &resp.body))
+            let p: Project = serde_json::from_str(&String::from_utf8_lossy(&resp.body))
+                .map_err(|e| decode_error("project", &e, &resp.body))?;
+            // Its path labels every series and log line of the project.
+            if !p.is_plausible() {
+                return Err(ApiError::Decode {
+                    endpoint: "project",
+                    message: format!(
+                        "implausible path_with_namespace \"{}\"",
+                        text::Bounded(&p.path_with_namespace)
+                    ),
+                });
+            }
+            Ok(p)
         })
         .await
     }
@@ -254,7 +289,18 @@ impl GitlabClient {
     pub async fn job(&self, project: &str, job_id: u64) -> Result<Option<Job>, ApiError> {
         let rel = format!("projects/{project}/jobs/{job_id}");
         let found = self.get("job", &rel, |resp| {
-            serde_json::from_slice(&resp.body).map_err(|e| decode_error("job", &e, &resp.body))
+            let text = String::from_utf8_lossy(&resp.body);
+            serde_json::from_str(&text).map_err(|e| {
+                // Well-formed but no job: the same answer next time, so not retried.
+                if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() {
+                    ApiError::BadItem {
+                        endpoint: "job",
+                        message: text::bounded(&e.to_string()),
+                    }
+                } else {
+                    decode_error("job", &e, &resp.body)
+                }
+            })
         });
         match found.await {
             Ok(job) => Ok(Some(job)),
@@ -277,7 +323,7 @@ impl GitlabClient {
             }
             PageRequest::Next(rel) => rel.to_string(),
         };
-        self.get("jobs", &rel, |resp| parse_jobs_page("jobs", resp))
+        self.get("jobs", &rel, |resp| self.parse_jobs_page("jobs", resp))
             .await
     }
 
@@ -306,7 +352,7 @@ impl GitlabClient {
         self.get(ENDPOINT, &rel, |resp| {
             // Offset pages: X-Next-Page stands in for a dropped `Link`.
             let fallback = x_next_page(&rel, &resp.headers);
-            let mut page = parse_jobs_page(ENDPOINT, resp)?;
+            let mut page = self.parse_jobs_page(ENDPOINT, resp)?;
             page.next = page.next.or(fallback);
             Ok(page)
         })
@@ -363,13 +409,17 @@ impl GitlabClient {
             (endpoint, rel)
         };
         self.get(endpoint, &rel, |resp| {
+            let (projects, bad_items) = model::decode_projects(&resp.body, PER_PAGE as usize)
+                .map_err(|e| match e {
+                    model::DecodeError::TooManyItems(max) => ApiError::TooLong { endpoint, max },
+                    model::DecodeError::Json(e) => decode_error(endpoint, &e, &resp.body),
+                })?;
             // GitLab sends both; a proxy or look-alike that drops `Link` still says X-Next-Page.
-            let next = match next_link(endpoint, &resp.headers)? {
+            let full = projects.len() + bad_items >= PER_PAGE as usize;
+            let next = match self.next_link(endpoint, &resp.headers, full)? {
                 Some(next) => Some(next),
                 None => x_next_page(&rel, &resp.headers),
             };
-            let (projects, bad_items) = model::decode_projects(&resp.body)
-                .map_err(|e| decode_error(endpoint, &e, &resp.body))?;
             Ok(ProjectsPage {
                 projects,
                 bad_items,
@@ -387,17 +437,9 @@ impl GitlabClient {
         rel: &str,
         parse: impl Fn(Response) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let url = self.api_base.join(rel).map_err(|e| ApiError::Transport {
-            endpoint,
-            message: format!("bad URL {rel:?}: {e}"),
-        })?;
-        // join() resolves against the base; anything else would mean a crafted path escaped it.
-        if url.origin() != self.api_base.origin() || !url.path().starts_with(self.api_base.path()) {
-            return Err(ApiError::Link {
-                endpoint,
-                source: link::LinkError::NotApi(rel.to_string()),
-            });
-        }
+        let url = self
+            .url(endpoint, rel)
+            .inspect_err(|e| self.metrics.api_error(e.kind()))?;
         let policy = self.retry.clone();
         let backoff = ExponentialBuilder::default()
             .with_min_delay(policy.min_delay)
@@ -408,10 +450,28 @@ impl GitlabClient {
         (|| self.get_once(endpoint, url.clone(), &parse))
             .retry(backoff)
             .when(ApiError::is_transient)
+            // Only the kind: the error itself (with GitLab's message) is logged once, by the
+            // caller, when the retries are used up.
             .notify(|e: &ApiError, wait: Duration| {
-                warn!(endpoint, error = %e, wait_ms = wait.as_millis() as u64, "GitLab request failed; retrying");
+                warn!(endpoint, kind = e.kind(), status = ?e.status(), wait_ms = wait.as_millis() as u64, "GitLab request failed; retrying");
             })
             .await
+    }
+
+    /// `rel` under the API base URL: never anywhere else.
+    fn url(&self, endpoint: &'static str, rel: &str) -> Result<url::Url, ApiError> {
+        let url = self.api_base.join(rel).map_err(|e| ApiError::Link {
+            endpoint,
+            source: link::LinkError::Syntax(format!("bad URL \"{}\": {e}", text::Bounded(rel))),
+        })?;
+        // join() resolves against the base; anything else would mean a crafted path escaped it.
+        if url.origin() != self.api_base.origin() || !url.path().starts_with(self.api_base.path()) {
+            return Err(ApiError::Link {
+                endpoint,
+                source: link::LinkError::NotApi(text::bounded(rel)),
+            });
+        }
+        Ok(url)
     }
 
     async fn get_once<T>(
@@ -456,7 +516,8 @@ impl GitlabClient {
             .await
             .map_err(|e| transport_error(endpoint, &e))?;
         let status = resp.status();
-        let headers = resp.headers().clone();
+        let mut headers = resp.headers().clone();
+        self.check_clock(&mut headers);
         let remaining = header_f64(&headers, "ratelimit-remaining");
         if let Some(remaining) = remaining {
             self.metrics.rate_limit_remaining(remaining);
@@ -465,7 +526,13 @@ impl GitlabClient {
             .await
             .map_err(|message| ApiError::Transport { endpoint, message })?;
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let retry_after = retry_after(&headers);
+            let (retry_after, capped) = retry_after(&headers);
+            if capped {
+                warn!(endpoint, retry_after = %raw_header(&headers, "retry-after"),
+                    ratelimit_reset = %raw_header(&headers, "ratelimit-reset"),
+                    max_pause_s = throttle::MAX_PAUSE.as_secs(),
+                    "GitLab asked for a longer pause than allowed; pausing for the maximum");
+            }
             let paused = self.throttle.rate_limited(retry_after);
             self.metrics.rate_limited(paused.as_secs_f64());
             warn!(
@@ -480,11 +547,16 @@ impl GitlabClient {
         }
         self.throttle.succeeded();
         if let Some(remaining) = remaining {
-            self.throttle.remaining(
+            let grown = self.throttle.remaining(
                 remaining,
                 header_f64(&headers, "ratelimit-limit"),
                 reset_in(&headers),
             );
+            if remaining < 1.0 && !grown.is_zero() {
+                warn!(endpoint, pause_s = grown.as_secs_f64(),
+                    ratelimit_reset = %raw_header(&headers, "ratelimit-reset"),
+                    "GitLab's rate-limit window is used up (RateLimit-Remaining: 0): all requests paused until its reset");
+            }
         }
         if !status.is_success() {
             return Err(ApiError::Status {
@@ -520,30 +592,78 @@ fn x_next_page(rel: &str, headers: &HeaderMap) -> Option<String> {
     Some(format!("{path}?{}", q.finish()))
 }
 
-/// The `Link: rel="next"` target, relative to `/api/v4/`.
-fn next_link(endpoint: &'static str, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    match headers.get(reqwest::header::LINK) {
-        Some(v) => {
-            let text = v.to_str().map_err(|e| ApiError::Link {
-                endpoint,
-                source: link::LinkError::Syntax(e.to_string()),
-            })?;
-            link::next_relative(text).map_err(|source| ApiError::Link { endpoint, source })
+impl GitlabClient {
+    /// A `Date` header more than `gitlab.max_clock_skew` off the local clock (a server in year
+    /// 9999 would make every job look too old to count) is dropped, so the local clock is used
+    /// instead; counted (`clock_skew`) per response, logged when this starts or stops.
+    fn check_clock(&self, headers: &mut HeaderMap) {
+        let Some(at) = server_time(headers) else {
+            return;
+        };
+        let off = (at - Utc::now())
+            .abs()
+            .to_std()
+            .map_or(true, |d| d > self.max_clock_skew);
+        if off {
+            self.metrics.api_error("clock_skew");
+            if !self.clock_off.swap(true, Ordering::Relaxed) {
+                warn!(date = %raw_header(headers, "date"), max_clock_skew = %humantime::format_duration(self.max_clock_skew),
+                    "GitLab's clock (Date header) is off the local clock by more than gitlab.max_clock_skew; using the local clock");
+            }
+            headers.remove(reqwest::header::DATE);
+        } else if self.clock_off.swap(false, Ordering::Relaxed) {
+            warn!("GitLab's clock (Date header) agrees with the local clock again");
         }
-        None => Ok(None),
     }
-}
 
-fn parse_jobs_page(endpoint: &'static str, resp: Response) -> Result<JobsPage, ApiError> {
-    let next = next_link(endpoint, &resp.headers)?;
-    let (jobs, bad_items) =
-        model::decode_jobs(&resp.body).map_err(|e| decode_error(endpoint, &e, &resp.body))?;
-    Ok(JobsPage {
-        jobs,
-        bad_items,
-        next,
-        server_time: server_time(&resp.headers),
-    })
+    /// The `Link: rel="next"` target, relative to `/api/v4/`. A `Link` that cannot be read
+    /// (empty, garbage, not ASCII) on a page that is not full means no next page (GitLab gives
+    /// none after a partial page): logged, counted (`link`) and ignored, so the cycle goes on.
+    /// On a full page it is an error: stopping there could skip jobs.
+    fn next_link(
+        &self,
+        endpoint: &'static str,
+        headers: &HeaderMap,
+        full: bool,
+    ) -> Result<Option<String>, ApiError> {
+        let Some(v) = headers.get(reqwest::header::LINK) else {
+            return Ok(None);
+        };
+        let parsed = match v.to_str() {
+            Ok(text) => link::next_relative(text),
+            Err(e) => Err(link::LinkError::Syntax(e.to_string())),
+        };
+        match parsed {
+            Ok(next) => Ok(next),
+            Err(source @ link::LinkError::Syntax(_)) if !full => {
+                warn!(endpoint, error = %source, link = %text::bounded_bytes(v.as_bytes()),
+                    "unreadable Link header after a partial page; taken as the last page");
+                self.metrics.api_error("link");
+                Ok(None)
+            }
+            Err(source) => Err(ApiError::Link { endpoint, source }),
+        }
+    }
+
+    fn parse_jobs_page(
+        &self,
+        endpoint: &'static str,
+        resp: Response,
+    ) -> Result<JobsPage, ApiError> {
+        let (jobs, bad_items) =
+            model::decode_jobs(&resp.body, MAX_JOB_PAGE_ITEMS).map_err(|e| match e {
+                model::DecodeError::Json(e) => decode_error(endpoint, &e, &resp.body),
+                model::DecodeError::TooManyItems(max) => ApiError::TooLong { endpoint, max },
+            })?;
+        let full = jobs.len() + bad_items >= PER_PAGE as usize;
+        let next = self.next_link(endpoint, &resp.headers, full)?;
+        Ok(JobsPage {
+            jobs,
+            bad_items,
+            next,
+            server_time: server_time(&resp.headers),
+        })
+    }
 }
 
 /// reqwest is built without a default crypto provider (aws-lc's build is heavy); install ring's.
@@ -595,15 +715,16 @@ fn describe(e: &reqwest::Error) -> String {
 fn decode_error(endpoint: &'static str, e: &serde_json::Error, body: &[u8]) -> ApiError {
     ApiError::Decode {
         endpoint,
-        message: format!("{e} (body starts {:?})", snippet(body)),
+        message: format!(
+            "{} (body starts \"{}\")",
+            text::bounded(&e.to_string()),
+            text::bounded_bytes(body)
+        ),
     }
 }
 
-fn snippet(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned()
-}
-
-/// GitLab's error bodies: `{"message": …}` or `{"error": …, "error_description": …}`.
+/// GitLab's error bodies: `{"message": …}` or `{"error": …, "error_description": …}`, bounded
+/// and escaped ([`text::bounded`]).
 fn error_message(body: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
         let pick = |k: &str| {
@@ -611,12 +732,12 @@ fn error_message(body: &[u8]) -> String {
                 .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_string))
         };
         match (pick("error"), pick("error_description"), pick("message")) {
-            (Some(e), Some(d), _) => return format!("{e}: {d}"),
-            (_, _, Some(m)) | (Some(m), None, None) => return m,
+            (Some(e), Some(d), _) => return text::bounded(&format!("{e}: {d}")),
+            (_, _, Some(m)) | (Some(m), None, None) => return text::bounded(&m),
             _ => {}
         }
     }
-    snippet(body)
+    text::bounded_bytes(body)
 }
 
 fn header_f64(headers: &HeaderMap, name: &str) -> Option<f64> {
@@ -637,15 +758,39 @@ fn reset_in(headers: &HeaderMap) -> Option<Duration> {
     (reset > now).then(|| Duration::from_secs_f64((reset - now).min(24.0 * 3600.0)))
 }
 
-/// The later of `Retry-After` (seconds) and `RateLimit-Reset` (unix time), as a wait from now.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let after = header_f64(headers, "retry-after").filter(|s| *s >= 0.0);
+/// A header's raw value for a log line (bounded, escaped).
+fn raw_header(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .map_or_else(String::new, |v| text::bounded_bytes(v.as_bytes()))
+}
+
+/// `Retry-After` in seconds from GitLab's now: delay-seconds or an HTTP date.
+fn retry_after_secs(headers: &HeaderMap) -> Option<f64> {
+    let text = headers.get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(secs) = text.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then_some(secs);
+    }
+    let at: DateTime<Utc> = httpdate::parse_http_date(text).ok()?.into();
+    let now = server_time(headers).unwrap_or_else(Utc::now);
+    Some(((at - now).num_milliseconds() as f64 / 1000.0).max(0.0))
+}
+
+/// The later of `Retry-After` and `RateLimit-Reset` (unix time), as a wait from now, at most
+/// [`throttle::MAX_PAUSE`] (a wait of a day would stop the exporter for a day); `true` when
+/// GitLab asked for more.
+fn retry_after(headers: &HeaderMap) -> (Option<Duration>, bool) {
+    let after = retry_after_secs(headers);
     let reset = reset_in(headers).map(|d| d.as_secs_f64());
-    match (after, reset) {
+    let wait = match (after, reset) {
         (Some(a), Some(r)) => Some(a.max(r)),
         (a, r) => a.or(r),
-    }
-    .map(|s| Duration::from_secs_f64(s.min(24.0 * 3600.0)))
+    };
+    let max = throttle::MAX_PAUSE.as_secs_f64();
+    (
+        wait.map(|s| Duration::from_secs_f64(s.min(max))),
+        wait.is_some_and(|s| s > max),
+    )
 }
 
 fn server_time(headers: &HeaderMap) -> Option<DateTime<Utc>> {
@@ -718,10 +863,402 @@ mod tests {
             "ratelimit-reset",
             HeaderValue::from_str(&reset.to_string()).unwrap(),
         );
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(30)));
+        assert_eq!(retry_after(&h).0, Some(Duration::from_secs(30)));
         h.remove("ratelimit-reset");
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(5)));
+        assert_eq!(retry_after(&h).0, Some(Duration::from_secs(5)));
         h.insert("retry-after", HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&h), None);
+        assert_eq!(retry_after(&h).0, None);
+    }
+}
+
+/// The client against a hostile GitLab (the simulator's raw faults and hostile modes).
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+    use crate::simulator::{
+        Fault, Hostile, ProjectSpec, SimClock, SimHandle, Simulator, World, WorldSpec,
+    };
+
+    const TOKEN: &str = "glpat-hostile-test";
+
+    #[derive(Clone, Default)]
+    struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Logs {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+        type Writer = Logs;
+        fn make_writer(&'a self) -> Logs {
+            self.clone()
+        }
+    }
+
+    /// Captures this thread's log lines (the tests run on a current-thread runtime).
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    struct Setup {
+        sim: Simulator,
+        client: GitlabClient,
+        metrics: Arc<Metrics>,
+        _handle: SimHandle,
+    }
+
+    /// A simulator (clock at the real now) with project 1 holding a few jobs, and a client
+    /// retrying `retries` times without real waits.
+    async fn setup(retries: usize) -> Setup {
+        let now = Utc::now().timestamp_millis();
+        let spec = WorldSpec::new(
+            vec![ProjectSpec {
+                id: 1,
+                path: "g/p".into(),
+                pipelines_per_hour: 2.0,
+            }],
+            now - 3_600_000,
+            now,
+        );
+        let sim = Simulator::new(
+            World::generate(&spec, 7),
+            SimClock::manual(now),
+            TOKEN.into(),
+        );
+        let handle = sim.spawn().await.unwrap();
+        let cfg = crate::config::Config::new(&handle.base_url, TOKEN.to_string().into(), vec![]);
+        let mut gitlab = cfg.gitlab.clone();
+        gitlab.max_requests_per_minute = 1e9;
+        gitlab.timeout = Duration::from_secs(5);
+        let metrics =
+            Arc::new(Metrics::new(&Default::default(), usize::MAX, &Default::default()).unwrap());
+        let retry = RetryPolicy {
+            retries,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            rate_limit_pause: Duration::from_millis(1),
+        };
+        let client =
+            GitlabClient::new(&gitlab, TOKEN.to_string().into(), retry, metrics.clone()).unwrap();
+        Setup {
+            sim,
+            client,
+            metrics,
+            _handle: handle,
+        }
+    }
+
+    /// `gitlab_jobs_exporter_<family>` with these labels, from the rendered page.
+    fn value(metrics: &Metrics, series: &str) -> f64 {
+        let page = metrics.render().unwrap();
+        page.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn errors(metrics: &Metrics, kind: &str) -> f64 {
+        value(
+            metrics,
+            &format!("gitlab_jobs_exporter_api_errors_total{{kind=\"{kind}\"}}"),
+        )
+    }
+
+    fn raw(status: u16, headers: &[(&str, &[u8])], body: &[u8]) -> Fault {
+        Fault::Raw {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_string(), v.to_vec()))
+                .collect(),
+            body: body.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn error_bodies_reach_logs_and_errors_bounded_escaped_and_once() {
+        let s = setup(2).await;
+        let (logs, _guard) = capture();
+        let huge =
+            serde_json::to_vec(&serde_json::json!({"message": "A".repeat(8 << 20)})).unwrap();
+        for _ in 0..3 {
+            s.sim
+                .push_fault(raw(500, &[("content-type", b"application/json")], &huge));
+        }
+        let e = s.client.project("1").await.expect_err("500 three times");
+        assert!(e.to_string().len() < 400, "{} bytes", e.to_string().len());
+        let forged = b"bad gateway\n2026-12-02T00:00:00.000Z ERROR forged line\x1b[2J";
+        for _ in 0..3 {
+            s.sim
+                .push_fault(raw(502, &[("content-type", b"text/plain")], forged));
+        }
+        let e = s.client.project("1").await.expect_err("502 three times");
+        let shown = e.to_string();
+        assert!(
+            !shown.contains('\n') && !shown.contains('\x1b'),
+            "{shown:?}"
+        );
+        assert!(shown.contains(r"bad gateway\n2026-12-02"), "{shown:?}");
+        // The retries log the kind only: the message is the caller's to log, once.
+        let text = logs.text();
+        assert!(text.len() < 2048, "{} bytes of log", text.len());
+        assert!(!text.contains("forged") && !text.contains("AAAA"), "{text}");
+        assert_eq!(text.matches("retrying").count(), 4, "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_single_job_that_does_not_decode_is_a_bad_job_not_retried() {
+        let s = setup(3).await;
+        s.sim.push_fault(raw(
+            200,
+            &[("content-type", b"application/json")],
+            br#"{"id": 5, "status": "success", "name": "\ud800"}"#,
+        ));
+        let e = s.client.job("1", 5).await.expect_err("bad job");
+        assert!(matches!(e, ApiError::BadItem { .. }), "{e}");
+        assert_eq!(
+            errors(&s.metrics, "bad_job"),
+            1.0,
+            "counted once, not retried"
+        );
+        // A truncated body is still a transient decode error (retried, and then it answers).
+        s.sim.push_fault(Fault::MalformedJson);
+        assert!(s.client.job("1", 5).await.is_ok());
+        assert_eq!(errors(&s.metrics, "decode"), 1.0);
+    }
+
+    #[tokio::test]
+    async fn a_project_path_that_would_forge_log_lines_is_refused() {
+        let s = setup(0).await;
+        s.sim.push_fault(raw(
+            200,
+            &[("content-type", b"application/json")],
+            br#"{"id": 1, "path_with_namespace": "g/p\n2026-12-02T00:00:00Z  INFO forged"}"#,
+        ));
+        let e = s.client.project("1").await.expect_err("refused");
+        assert!(matches!(e, ApiError::Decode { .. }), "{e}");
+        assert!(!e.to_string().contains('\n'), "{e}");
+        assert_eq!(errors(&s.metrics, "decode"), 1.0);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_link_after_a_partial_page_is_the_last_page() {
+        let s = setup(0).await;
+        let first = || PageRequest::First {
+            project: "1",
+            scopes: &[],
+        };
+        let links: [&[u8]; 3] = [b"garbage", b"", b"\xff\xfe"];
+        for link in links {
+            s.sim.clear_hostile();
+            s.sim.add_hostile(Hostile::ListLink(Some(link.to_vec())));
+            let before = errors(&s.metrics, "link");
+            let page = s.client.jobs_page(first()).await;
+            let page = page.unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(link)));
+            assert!(page.next.is_none() && !page.jobs.is_empty());
+            // An empty Link is no Link at all; the others are counted.
+            let counted = errors(&s.metrics, "link") - before;
+            assert!(counted <= 1.0);
+            assert!(link.is_empty() || counted == 1.0, "{link:?}");
+        }
+        // A full page with an unreadable Link: the next page exists, so that is an error.
+        s.sim
+            .add_hostile(Hostile::JobsExtraItems(vec![b"{}".to_vec(); 100]));
+        let e = s.client.jobs_page(first()).await.expect_err("full page");
+        assert!(matches!(e, ApiError::Link { .. }), "{e}");
+        // Far longer than asked: refused whole, not retried.
+        s.sim.clear_hostile();
+        s.sim.add_hostile(Hostile::JobsExtraItems(vec![
+            b"{}".to_vec();
+            MAX_JOB_PAGE_ITEMS
+        ]));
+        let e = s.client.jobs_page(first()).await.expect_err("too long");
+        assert!(matches!(e, ApiError::TooLong { .. }), "{e}");
+        assert_eq!(errors(&s.metrics, "page_too_long"), 1.0);
+    }
+
+    #[tokio::test]
+    async fn a_link_outside_the_api_is_counted() {
+        let s = setup(0).await;
+        s.sim.add_hostile(Hostile::ListLink(Some(
+            b"<https://evil.example/steal?x=1>; rel=\"next\"".to_vec(),
+        )));
+        let e = s
+            .client
+            .jobs_page(PageRequest::First {
+                project: "1",
+                scopes: &[],
+            })
+            .await
+            .expect_err("outside the API");
+        assert!(matches!(e, ApiError::Link { .. }), "{e}");
+        assert_eq!(errors(&s.metrics, "link"), 1.0);
+        // A crafted relative target that resolves outside the API base is refused and counted.
+        let e = s
+            .client
+            .jobs_page(PageRequest::Next("../../../admin?x=1"))
+            .await
+            .expect_err("escapes the base");
+        assert!(matches!(e, ApiError::Link { .. }), "{e}");
+        assert_eq!(errors(&s.metrics, "link"), 2.0);
+    }
+
+    #[tokio::test]
+    async fn bad_items_are_skipped_and_counted_not_fatal() {
+        let s = setup(0).await;
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        s.sim.add_hostile(Hostile::JobsExtraItems(vec![
+            b"{\"name\": \"\xff\xfe\"}".to_vec(),
+            br#"{"id": 1, "status": "success", "name": "\ud800"}"#.to_vec(),
+            br#"{"id": 2, "status": "success", "duration": 1e400}"#.to_vec(),
+            format!(r#"{{"id": 3, "status": "success", "runner": {deep}}}"#).into_bytes(),
+        ]));
+        let page = s
+            .client
+            .jobs_page(PageRequest::First {
+                project: "1",
+                scopes: &[],
+            })
+            .await
+            .expect("page decodes");
+        assert_eq!(page.bad_items, 4);
+        assert!(!page.jobs.is_empty());
+        assert!(page.jobs.iter().all(|j| j.id > 3));
+    }
+
+    #[tokio::test]
+    async fn no_rate_limit_pauses_longer_than_ten_minutes() {
+        let s = setup(0).await;
+        let (logs, _guard) = capture();
+        s.sim.push_fault(raw(
+            429,
+            &[
+                ("retry-after", b"1000000000"),
+                ("ratelimit-reset", b"1e300"),
+            ],
+            b"Retry later\n",
+        ));
+        let e = s.client.project("1").await.expect_err("429");
+        match e {
+            ApiError::RateLimited { retry_after, .. } => {
+                assert_eq!(retry_after, Some(throttle::MAX_PAUSE));
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(
+            value(
+                &s.metrics,
+                "gitlab_jobs_exporter_rate_limited_seconds_total"
+            ),
+            600.0
+        );
+        let text = logs.text();
+        assert!(
+            text.contains("1000000000") && text.contains("1e300"),
+            "raw headers logged: {text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_used_up_window_with_a_far_reset_logs_its_pause() {
+        let s = setup(0).await;
+        let (logs, _guard) = capture();
+        let reset = (Utc::now().timestamp() + 1_000_000).to_string();
+        s.sim.push_fault(raw(
+            200,
+            &[
+                ("content-type", b"application/json"),
+                ("ratelimit-remaining", b"0"),
+                ("ratelimit-limit", b"600"),
+                ("ratelimit-reset", reset.as_bytes()),
+            ],
+            br#"{"id": 1, "path_with_namespace": "g/p"}"#,
+        ));
+        s.client.project("1").await.expect("answered");
+        let text = logs.text();
+        assert!(
+            text.contains("used up") && text.contains("pause_s=600"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn retry_after_as_an_http_date_and_capped_resets() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "date",
+            HeaderValue::from_static("Wed, 25 Nov 2026 08:50:00 GMT"),
+        );
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 25 Nov 2026 08:52:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), (Some(Duration::from_secs(120)), false));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Tue, 24 Nov 2026 08:52:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), (Some(Duration::ZERO), false));
+        h.remove("retry-after");
+        h.insert("ratelimit-reset", HeaderValue::from_static("1e300"));
+        assert_eq!(retry_after(&h), (Some(throttle::MAX_PAUSE), true));
+        h.insert("retry-after", HeaderValue::from_static("1000000000"));
+        assert_eq!(retry_after(&h), (Some(throttle::MAX_PAUSE), true));
+    }
+
+    #[tokio::test]
+    async fn a_server_clock_far_off_is_ignored_counted_and_logged_once() {
+        let s = setup(0).await;
+        let (logs, _guard) = capture();
+        for _ in 0..2 {
+            s.sim.push_fault(raw(
+                200,
+                &[
+                    ("content-type", b"application/json"),
+                    ("date", b"Fri, 31 Dec 9999 23:59:59 GMT"),
+                ],
+                b"[]",
+            ));
+        }
+        let first = || PageRequest::First {
+            project: "1",
+            scopes: &[],
+        };
+        for _ in 0..2 {
+            let page = s.client.jobs_page(first()).await.unwrap();
+            assert_eq!(page.server_time, None, "the local clock is used instead");
+        }
+        assert_eq!(errors(&s.metrics, "clock_skew"), 2.0);
+        // The simulator's own clock is the real one: believed again, and said so.
+        let page = s.client.jobs_page(first()).await.unwrap();
+        assert!(page.server_time.is_some());
+        let text = logs.text();
+        assert_eq!(
+            text.matches("off the local clock by more than").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("agrees with the local clock again").count(),
+            1,
+            "{text}"
+        );
     }
 }

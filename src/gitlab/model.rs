@@ -59,6 +59,15 @@ impl JobStatus {
         }
     }
 
+    /// The value of a `status` label: the status, or `unknown` for any status outside GitLab's
+    /// 13 (a label value per invented status would grow the series without bound).
+    pub fn label(&self) -> &str {
+        match self {
+            Self::Unknown(_) => "unknown",
+            known => known.as_str(),
+        }
+    }
+
     /// Completed: the job will not change any more and is counted.
     pub fn is_final(&self) -> bool {
         matches!(
@@ -190,25 +199,103 @@ pub struct Project {
     pub archived: bool,
 }
 
-/// Decodes a project list leniently: the items that are valid projects, and how many were not.
-pub fn decode_projects(body: &[u8]) -> Result<(Vec<Project>, usize), serde_json::Error> {
-    decode_lenient(body)
+/// Longest `path_with_namespace` accepted (GitLab's own paths stay far below: it goes into
+/// every series label and log line of the project).
+pub const MAX_PATH_BYTES: usize = 1024;
+
+impl Project {
+    /// A path GitLab could have sent: not empty, bounded, no control or bidi characters (GitLab
+    /// allows only letters, digits, `_-./`), so it is safe as a label and in a log line.
+    pub fn is_plausible(&self) -> bool {
+        let p = &self.path_with_namespace;
+        !p.is_empty()
+            && p.len() <= MAX_PATH_BYTES
+            && !p.chars().any(crate::gitlab::text::needs_escape)
+    }
 }
 
-/// A JSON array, item by item: one odd item is counted and skipped, never fatal to the page.
+/// Decodes a project list leniently: the items that are valid projects, and how many were not.
+/// A page of more than `max_items` items is refused whole without decoding the rest (a server
+/// that ignores `per_page`).
+pub fn decode_projects(
+    body: &[u8],
+    max_items: usize,
+) -> Result<(Vec<Project>, usize), DecodeError> {
+    let (mut projects, mut bad) = decode_lenient::<Project>(body, Some(max_items))?;
+    projects.retain(|p| {
+        let ok = p.is_plausible();
+        bad += usize::from(!ok);
+        ok
+    });
+    Ok((projects, bad))
+}
+
+/// Why a list body was refused whole.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("more than {0} items in one page")]
+    TooManyItems(usize),
+}
+
+/// A JSON array, item by item: one odd item (a wrong type, a lone surrogate, a number out of
+/// range, nesting beyond serde_json's limit) is counted and skipped, never fatal to the page.
+/// Invalid UTF-8 is replaced first (U+FFFD), so it costs at most the field it is in. The array
+/// is split without decoding its items (each stays a slice of the body) and is refused past
+/// `max_items` without reading further.
 fn decode_lenient<T: serde::de::DeserializeOwned>(
     body: &[u8],
-) -> Result<(Vec<T>, usize), serde_json::Error> {
-    let items: Vec<serde_json::Value> = serde_json::from_slice(body)?;
+    max_items: Option<usize>,
+) -> Result<(Vec<T>, usize), DecodeError> {
+    let text = String::from_utf8_lossy(body);
+    let mut de = serde_json::Deserializer::from_str(&text);
+    let items = serde::Deserializer::deserialize_seq(
+        &mut de,
+        RawItems {
+            max: max_items.unwrap_or(usize::MAX),
+        },
+    )
+    .map_err(|e| match max_items {
+        Some(max) if e.to_string().starts_with(TOO_MANY) => DecodeError::TooManyItems(max),
+        _ => DecodeError::Json(e),
+    })?;
+    de.end()?;
     let mut ok = Vec::with_capacity(items.len());
     let mut bad = 0;
     for item in items {
-        match serde_json::from_value::<T>(item) {
+        match serde_json::from_str::<T>(item.get()) {
             Ok(v) => ok.push(v),
             Err(_) => bad += 1,
         }
     }
     Ok((ok, bad))
+}
+
+const TOO_MANY: &str = "too many items";
+
+/// Collects the items of a JSON array as raw slices, at most `max` of them.
+struct RawItems {
+    max: usize,
+}
+
+impl<'de> serde::de::Visitor<'de> for RawItems {
+    type Value = Vec<&'de serde_json::value::RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max).min(1024));
+        while let Some(item) = seq.next_element::<&'de serde_json::value::RawValue>()? {
+            if items.len() == self.max {
+                return Err(serde::de::Error::custom(TOO_MANY));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
 }
 
 fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
@@ -240,9 +327,10 @@ fn lenient_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Er
         .filter(|s| s.is_finite() && (0.0..=MAX_PLAUSIBLE_SECONDS).contains(s)))
 }
 
-/// Decodes a page leniently: the items that are valid jobs, and how many were not.
-pub fn decode_jobs(body: &[u8]) -> Result<(Vec<Job>, usize), serde_json::Error> {
-    decode_lenient(body)
+/// Decodes a page leniently: the items that are valid jobs, and how many were not. A page of
+/// more than `max_items` items is refused whole, without decoding the rest.
+pub fn decode_jobs(body: &[u8], max_items: usize) -> Result<(Vec<Job>, usize), DecodeError> {
+    decode_lenient(body, Some(max_items))
 }
 
 #[cfg(test)]
@@ -252,7 +340,7 @@ mod tests {
     #[test]
     fn decodes_gitlab_docs_example() {
         let body = include_bytes!("../../tests/fixtures/list_project_jobs_example.json");
-        let (jobs, bad) = decode_jobs(body).unwrap();
+        let (jobs, bad) = decode_jobs(body, usize::MAX).unwrap();
         assert_eq!(bad, 0);
         assert_eq!(jobs.len(), 2);
         assert_eq!(jobs[0].id, 7);
@@ -282,7 +370,7 @@ mod tests {
             {"id": 2, "status": "skipped", "runner": null},
             {"id": 1, "status": "skipped"}
         ]"#;
-        let (jobs, bad) = decode_jobs(body).unwrap();
+        let (jobs, bad) = decode_jobs(body, usize::MAX).unwrap();
         assert_eq!(bad, 0);
         let runners: Vec<_> = jobs
             .iter()
@@ -314,7 +402,7 @@ mod tests {
             {"status": "success"},
             {"id": 1, "status": "success", "created_at": "2024-01-02T03:04:05.678+01:00"}
         ]"#;
-        let (jobs, bad) = decode_jobs(body).unwrap();
+        let (jobs, bad) = decode_jobs(body, usize::MAX).unwrap();
         assert_eq!(bad, 1);
         assert_eq!(
             jobs[0].status,
@@ -334,6 +422,74 @@ mod tests {
     }
 
     #[test]
+    fn one_bad_job_does_not_poison_its_page() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let mut body = Vec::new();
+        body.extend_from_slice(br#"[{"id": 7, "status": "success"},"#);
+        // Invalid UTF-8: replaced, the job survives.
+        body.extend_from_slice(
+            b"{\"id\": 6, \"status\": \"success\", \"name\": \"r\xff\xfespec\"},",
+        );
+        // A lone surrogate, a number out of range, nesting beyond any limit: each job is bad.
+        body.extend_from_slice(br#"{"id": 5, "status": "success", "name": "\ud800"},"#);
+        body.extend_from_slice(br#"{"id": 4, "status": "success", "duration": 1e400},"#);
+        body.extend_from_slice(
+            format!(r#"{{"id": 3, "status": "success", "runner": {deep}}},"#).as_bytes(),
+        );
+        body.extend_from_slice(
+            format!(r#"{{"id": 2, "status": "success", "extra": {deep}}},"#).as_bytes(),
+        );
+        body.extend_from_slice(br#"{"id": 1, "status": "failed"}]"#);
+        let (jobs, bad) = decode_jobs(&body, usize::MAX).unwrap();
+        let ids: Vec<u64> = jobs.iter().map(|j| j.id).collect();
+        // An unknown field is skipped without recursion, so even a deep one costs nothing.
+        assert_eq!(ids, [7, 6, 2, 1]);
+        assert_eq!(bad, 3);
+        assert_eq!(jobs[1].name, "r\u{fffd}\u{fffd}spec");
+        assert!(matches!(
+            decode_jobs(&body, 6),
+            Err(DecodeError::TooManyItems(6))
+        ));
+        // Still refused whole: what is not a JSON array at all.
+        assert!(decode_jobs(b"<html>", usize::MAX).is_err());
+        assert!(decode_jobs(b"[{\"id\": 1}", usize::MAX).is_err());
+        assert!(decode_jobs(b"[] trailing", usize::MAX).is_err());
+    }
+
+    #[test]
+    fn project_pages_are_bounded_and_paths_checked() {
+        let item = |id: u64, path: &str| serde_json::json!({"id": id, "path_with_namespace": path});
+        let page: Vec<_> = (1..=101).map(|i| item(i, &format!("g/p{i}"))).collect();
+        let body = serde_json::to_vec(&page).unwrap();
+        assert!(matches!(
+            decode_projects(&body, 100),
+            Err(DecodeError::TooManyItems(100))
+        ));
+        assert_eq!(decode_projects(&body, 101).unwrap().0.len(), 101);
+        let body = serde_json::to_vec(&serde_json::json!([
+            item(1, "g/ok"),
+            item(2, "g/forged\n2026-01-01 INFO fake"),
+            item(3, "g/\u{1b}[31mred"),
+            item(4, &"x".repeat(MAX_PATH_BYTES + 1)),
+            item(5, ""),
+        ]))
+        .unwrap();
+        let (projects, bad) = decode_projects(&body, 100).unwrap();
+        assert_eq!(projects.len(), 1);
+        assert_eq!(projects[0].path_with_namespace, "g/ok");
+        assert_eq!(bad, 4);
+    }
+
+    #[test]
+    fn unknown_statuses_share_one_label() {
+        assert_eq!(
+            JobStatus::from("waiting_for_approval".to_string()).label(),
+            "unknown"
+        );
+        assert_eq!(JobStatus::Running.label(), "running");
+    }
+
+    #[test]
     fn status_round_trips() {
         for s in JobStatus::NON_FINAL {
             assert_eq!(JobStatus::from(s.as_str().to_string()), s);
@@ -348,7 +504,7 @@ mod tests {
         proptest! {
             #[test]
             fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
-                let _ = decode_jobs(&bytes);
+                let _ = decode_jobs(&bytes, usize::MAX);
             }
 
             #[test]
@@ -362,7 +518,7 @@ mod tests {
                     "id": id, "status": status, "duration": duration, "started_at": started,
                     "failure_reason": null, "pipeline": {"id": "x"}, "stage": 3
                 }])).unwrap();
-                let (jobs, bad) = decode_jobs(&body).unwrap();
+                let (jobs, bad) = decode_jobs(&body, usize::MAX).unwrap();
                 prop_assert_eq!(jobs.len() + bad, 1);
                 for j in jobs {
                     prop_assert!(j.duration.is_none_or(|d| (0.0..=MAX_PLAUSIBLE_SECONDS).contains(&d)));

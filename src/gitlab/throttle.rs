@@ -18,8 +18,8 @@ type Limiter = RateLimiter<
     governor::middleware::NoOpMiddleware<<MonotonicClock as Clock>::Instant>,
 >;
 
-/// Longest pause after 429s that name no wait.
-const MAX_PAUSE: Duration = Duration::from_secs(600);
+/// Longest pause of all requests, whatever GitLab's headers ask for.
+pub const MAX_PAUSE: Duration = Duration::from_secs(600);
 /// Below this share of the window's budget left, requests are spread over the rest of it.
 const SLOW_DOWN_BELOW: f64 = 0.2;
 
@@ -78,16 +78,15 @@ impl Throttle {
         }
     }
 
-    /// Stops every request for `wait` (or a growing backoff when GitLab named none). Returns how
-    /// much the pause grew, for `rate_limited_seconds_total`.
+    /// Stops every request for `wait` (or a growing backoff when GitLab named none), at most
+    /// [`MAX_PAUSE`]. Returns how much the pause grew, for `rate_limited_seconds_total`.
     pub fn rate_limited(&self, wait: Option<Duration>) -> Duration {
         let n = self.consecutive_429.fetch_add(1, Ordering::AcqRel);
         let wait = wait.unwrap_or_else(|| {
             self.base_pause
                 .saturating_mul(2u32.saturating_pow(n.min(16)))
-                .min(MAX_PAUSE)
         });
-        self.extend_pause(wait)
+        self.extend_pause(wait.min(MAX_PAUSE))
     }
 
     /// A request went through without a 429.
@@ -96,16 +95,21 @@ impl Throttle {
     }
 
     /// `RateLimit-Remaining` requests may still be sent before `reset_in`: when few are left,
-    /// spread them out so the window is never exhausted.
-    pub fn remaining(&self, remaining: f64, limit: Option<f64>, reset_in: Option<Duration>) {
+    /// spread them out so the window is never exhausted. Returns how much the pause grew.
+    pub fn remaining(
+        &self,
+        remaining: f64,
+        limit: Option<f64>,
+        reset_in: Option<Duration>,
+    ) -> Duration {
         let (Some(limit), Some(reset_in)) = (limit, reset_in) else {
-            return;
+            return Duration::ZERO;
         };
         if limit <= 0.0 || remaining >= limit * SLOW_DOWN_BELOW {
-            return;
+            return Duration::ZERO;
         }
         let spacing = reset_in.div_f64(remaining.max(1.0));
-        self.extend_pause(spacing.min(MAX_PAUSE));
+        self.extend_pause(spacing.min(MAX_PAUSE))
     }
 
     fn extend_pause(&self, wait: Duration) -> Duration {
@@ -160,6 +164,18 @@ mod tests {
         let start = Instant::now();
         t.wait().await;
         assert!(Instant::now() - start >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn no_pause_is_longer_than_the_maximum() {
+        let t = Throttle::new(1_000_000.0, BASE);
+        assert_eq!(t.rate_limited(Some(Duration::from_secs(86_400))), MAX_PAUSE);
+        assert!(t.paused_until().expect("paused") <= Instant::now() + MAX_PAUSE);
+        let t = Throttle::new(1_000_000.0, BASE);
+        assert_eq!(
+            t.remaining(0.0, Some(600.0), Some(Duration::from_secs(1_000_000))),
+            MAX_PAUSE
+        );
     }
 
     #[test]

@@ -168,11 +168,11 @@ impl ProjectSeries {
                     duration,
                     ..
                 } => {
-                    let key = layout.key(0, labels, status.as_str(), failure_reason);
+                    let key = layout.key(0, labels, status.label(), failure_reason);
                     let key = room.admit(0, &self.total, key, layout);
                     *self.total.entry(key).or_default() += 1;
                     if let Some(d) = duration {
-                        let key = layout.key(1, labels, status.as_str(), "");
+                        let key = layout.key(1, labels, status.label(), "");
                         let key = room.admit(1, &self.duration, key, layout);
                         self.duration
                             .entry(key)

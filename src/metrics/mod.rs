@@ -28,6 +28,45 @@ const POLL_ERRORS_HELP: &str = "Poll cycles that failed, per project.";
 
 /// One live render, awaited by every scrape that arrived while it ran.
 type SharedRender = tokio::sync::OnceCell<Result<Bytes, String>>;
+/// Failure reasons GitLab documents (`shared/gitlab-api-notes.md`): always kept as labels.
+pub const KNOWN_FAILURE_REASONS: &[&str] = &[
+    "unknown_failure",
+    "script_failure",
+    "api_failure",
+    "stuck_or_timeout_failure",
+    "runner_system_failure",
+    "missing_dependency_failure",
+    "runner_unsupported",
+    "stale_schedule",
+    "job_execution_timeout",
+    "archived_failure",
+    "unmet_prerequisites",
+    "scheduler_failure",
+    "data_integrity_failure",
+    "forward_deployment_failure",
+    "user_blocked",
+    "project_deleted",
+    "ci_quota_exceeded",
+    "pipeline_loop_detected",
+    "no_matching_runner",
+    "trace_size_exceeded",
+    "builds_disabled",
+    "environment_creation_failure",
+    "deployment_rejected",
+    "failed_outdated_deployment_job",
+    "job_execution_server_timeout",
+    "stuck_pending_with_matching_runners",
+    "runner_configuration_error",
+    "runner_interrupted",
+];
+/// Failure reasons outside that list kept verbatim (GitLab adds some in new versions), at most;
+/// further ones, and any that does not look like one, are shown as [`OTHER_FAILURE_REASON`].
+pub const MAX_NEW_FAILURE_REASONS: usize = 20;
+pub const OTHER_FAILURE_REASON: &str = "other";
+/// The `status` label of every status outside GitLab's 13.
+pub const UNKNOWN_STATUS: &str = "unknown";
+/// Distinct raw unknown statuses logged, at most (each once).
+const MAX_LOGGED_STATUSES: usize = 32;
 
 /// The exact Content-Type of the text exposition format (Prometheus 3 insists on it).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -76,10 +115,15 @@ pub struct Metrics {
     stretch: GaugeVec,
     demand: prometheus::Gauge,
     discovery_runs: IntCounterVec,
+    project_limit: IntGauge,
     /// Not every GitLab sends `RateLimit-*`; the gauge is shown only once one arrived.
     rate_limit_seen: AtomicBool,
     /// Unknown statuses shown per project last time, so they can be removed when gone.
     shown_unknown: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// Failure reasons outside [`KNOWN_FAILURE_REASONS`] admitted as labels so far.
+    new_reasons: Mutex<BTreeSet<String>>,
+    /// Raw unknown statuses already logged.
+    logged_statuses: Mutex<BTreeSet<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +268,10 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let project_limit = IntGauge::new(
+            "gitlab_jobs_exporter_project_limit_reached",
+            "1 when the last discovery pass found more projects than limits.max_projects (the rest are not watched), else 0.",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "gitlab_jobs_exporter_build_info",
@@ -254,6 +302,7 @@ impl Metrics {
             Box::new(stretch.clone()),
             Box::new(demand.clone()),
             Box::new(discovery_runs.clone()),
+            Box::new(project_limit.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -303,8 +352,11 @@ impl Metrics {
             stretch,
             demand,
             discovery_runs,
+            project_limit,
             rate_limit_seen: AtomicBool::new(false),
             shown_unknown: Mutex::new(BTreeMap::new()),
+            new_reasons: Mutex::new(BTreeSet::new()),
+            logged_statuses: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -313,6 +365,8 @@ impl Metrics {
         if events.is_empty() {
             return;
         }
+        let events = self.bound_failure_reasons(events);
+        let events = &events[..];
         let mut jobs = self.lock_jobs();
         let mut room = jobs::Room {
             max: self.max_series,
@@ -333,6 +387,40 @@ impl Metrics {
         }
     }
 
+    /// `events` with every failure reason a bounded label value: GitLab's known reasons, and up
+    /// to [`MAX_NEW_FAILURE_REASONS`] others that look like one (each logged once), the rest
+    /// [`OTHER_FAILURE_REASON`]. A GitLab inventing a reason per job cannot grow the series.
+    fn bound_failure_reasons<'e>(&self, events: &'e [Event]) -> std::borrow::Cow<'e, [Event]> {
+        let keep = |r: &str| r.is_empty() || KNOWN_FAILURE_REASONS.contains(&r);
+        let unusual = |e: &Event| matches!(e, Event::Completed { failure_reason, .. } if !keep(failure_reason));
+        if !events.iter().any(unusual) {
+            return std::borrow::Cow::Borrowed(events);
+        }
+        let mut admitted = lock(&self.new_reasons);
+        let mut events = events.to_vec();
+        for e in &mut events {
+            let Event::Completed { failure_reason, .. } = e else {
+                continue;
+            };
+            if keep(failure_reason) || admitted.contains(failure_reason.as_str()) {
+                continue;
+            }
+            let plausible = failure_reason.len() <= 64
+                && failure_reason
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if plausible && admitted.len() < MAX_NEW_FAILURE_REASONS {
+                tracing::info!(failure_reason = %failure_reason, "a failure reason not in GitLab's documented list; kept as a label");
+                admitted.insert(failure_reason.clone());
+            } else {
+                tracing::warn!(failure_reason = %crate::gitlab::text::Bounded(failure_reason),
+                    "an unusual failure reason (or too many new ones); counted as failure_reason=\"other\"");
+                *failure_reason = OTHER_FAILURE_REASON.to_string();
+            }
+        }
+        std::borrow::Cow::Owned(events)
+    }
+
     fn lock_jobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, jobs::ProjectSeries>> {
         lock(&self.jobs)
     }
@@ -351,7 +439,8 @@ impl Metrics {
     }
 
     /// Sets the active gauges of one project: every known non-final status (0 when none), plus
-    /// unknown statuses while they have jobs.
+    /// `status="unknown"` for all statuses outside GitLab's 13 together while there are some
+    /// (each raw value logged once), so the label values stay bounded.
     pub fn set_active(
         &self,
         project: &str,
@@ -363,19 +452,20 @@ impl Metrics {
                 g.set(counts.get(&s).copied().unwrap_or(0) as i64);
             }
         }
-        let unknown: BTreeSet<String> = counts
-            .keys()
-            .filter(|s| matches!(s, JobStatus::Unknown(_)))
-            .map(|s| s.as_str().to_string())
+        let mut unknown_jobs = 0;
+        for (s, n) in counts {
+            if let JobStatus::Unknown(raw) = s {
+                unknown_jobs += n;
+                self.log_unknown_status(raw);
+            }
+        }
+        let unknown: BTreeSet<String> = (unknown_jobs > 0)
+            .then(|| UNKNOWN_STATUS.to_string())
+            .into_iter()
             .collect();
         for s in &unknown {
             if let Some(g) = with(&self.jobs_active, &[project, s]) {
-                g.set(
-                    counts
-                        .get(&JobStatus::from(s.clone()))
-                        .copied()
-                        .unwrap_or(0) as i64,
-                );
+                g.set(unknown_jobs as i64);
             }
         }
         let mut shown = self
@@ -395,6 +485,14 @@ impl Metrics {
             None => {
                 let _ = self.oldest_pending.remove_label_values(&[project]);
             }
+        }
+    }
+
+    fn log_unknown_status(&self, raw: &str) {
+        let mut logged = lock(&self.logged_statuses);
+        if logged.len() < MAX_LOGGED_STATUSES && logged.insert(raw.to_string()) {
+            tracing::warn!(status = %crate::gitlab::text::Bounded(raw),
+                "a job status outside GitLab's 13 known ones; shown as status=\"unknown\"");
         }
     }
 
@@ -488,6 +586,10 @@ impl Metrics {
         if let Some(c) = with(&self.discovery_runs, &[result]) {
             c.inc();
         }
+    }
+
+    pub fn set_project_limit_reached(&self, reached: bool) {
+        self.project_limit.set(i64::from(reached));
     }
 
     /// Moves a project's series to its new path (renamed or transferred in GitLab): the job
@@ -755,6 +857,60 @@ mod tests {
             tail.contains("gitlab_jobs_exporter_last_checkpoint_timestamp_seconds 1790000000"),
             "{tail}"
         );
+    }
+
+    #[test]
+    fn unknown_statuses_and_failure_reasons_stay_bounded() {
+        let m = Metrics::new(&MetricsConfig::default(), usize::MAX, &Default::default()).unwrap();
+        let mut counts: BTreeMap<JobStatus, u64> = (0..500)
+            .map(|i| (JobStatus::from(format!("invented_{i}")), 1))
+            .collect();
+        counts.insert(JobStatus::Running, 2);
+        m.set_active("g/p", &counts, None);
+        let page = m.render().unwrap();
+        let active: Vec<&str> = page
+            .lines()
+            .filter(|l| l.starts_with("gitlab_ci_jobs_active{"))
+            .collect();
+        assert_eq!(active.len(), JobStatus::NON_FINAL.len() + 1, "{active:?}");
+        assert!(page.contains(r#"gitlab_ci_jobs_active{project="g/p",status="unknown"} 500"#));
+        assert!(page.contains(r#"gitlab_ci_jobs_active{project="g/p",status="running"} 2"#));
+        // Gone again: the series goes.
+        m.set_active("g/p", &BTreeMap::new(), None);
+        assert!(!m.render().unwrap().contains(r#"status="unknown""#));
+
+        let failed = |reason: String| Event::Completed {
+            labels: crate::tracker::JobLabels {
+                ref_: "main".into(),
+                stage: "test".into(),
+                name: "rspec".into(),
+                tag: false,
+                runner: None,
+            },
+            status: JobStatus::Failed,
+            failure_reason: reason,
+            duration: None,
+            finished_at: None,
+        };
+        let mut events: Vec<Event> = (0..500).map(|i| failed(format!("invented_{i}"))).collect();
+        events.push(failed("script_failure".into()));
+        events.push(failed("Forged\nline".into()));
+        m.apply("g/p", &events);
+        let page = m.render().unwrap();
+        let reasons: BTreeSet<&str> = page
+            .lines()
+            .filter(|l| l.starts_with("gitlab_ci_jobs_total{"))
+            .filter_map(|l| l.split("failure_reason=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(reasons.len(), MAX_NEW_FAILURE_REASONS + 2, "{reasons:?}");
+        assert!(reasons.contains("script_failure") && reasons.contains("other"));
+        assert!(reasons.contains("invented_0") && !reasons.contains("invented_499"));
+        let total: f64 = page
+            .lines()
+            .filter(|l| l.starts_with("gitlab_ci_jobs_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(total, 502.0, "every job still counted");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::discovery::{Listing, list_projects};
 use super::render::{http_date, job_json, project_json};
 use super::world::{JobPlan, Ms, STATUSES, World};
-use super::{Endpoint, Fault, Simulator};
+use super::{Endpoint, FLOOD_ID_BASE, Fault, Hostile, Simulator};
 
 const JSON: &str = "application/json";
 const HTML_LOGIN: &str = "<!DOCTYPE html>\n<html><head><title>Sign in - Corporate SSO</title></head>\n\
@@ -208,8 +208,17 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
         Endpoint::PipelineJobs => sim.pipeline_jobs_answer(),
         _ => None,
     };
+    let hostile = sim.hostile();
+    let flood = hostile.iter().find_map(|h| match h {
+        Hostile::ProjectFlood { per_page } => Some(*per_page),
+        _ => None,
+    });
+    let listing = matches!(endpoint, Endpoint::GroupProjects | Endpoint::ProjectsList);
     let mut resp = match fault {
         Some(f) if !matches!(f, Fault::Delay(_)) => fault_response(&f, now),
+        _ if listing && token_ok && flood.is_some() => {
+            flood_page(&sim, uri.path(), &params, flood.unwrap_or(0))
+        }
         _ if unserved == Some(404) => err(404, "error", "404 Not Found"),
         _ if unserved.is_some() => {
             let code = unserved.unwrap_or(500);
@@ -217,9 +226,17 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
         }
         _ => answer(&sim, &method, uri.path(), route, params, token_ok, now),
     };
+    if resp.status() == StatusCode::OK {
+        for h in &hostile {
+            resp = apply_hostile(h, endpoint, resp).await;
+        }
+    }
     let h = resp.headers_mut();
-    // Set explicitly so hyper does not stamp the real time on a simulated clock.
-    set(h, "date", &http_date(now));
+    // Set explicitly so hyper does not stamp the real time on a simulated clock (a raw fault
+    // may bring its own).
+    if !h.contains_key("date") {
+        set(h, "date", &http_date(now));
+    }
     set(h, "cache-control", "max-age=0, private, must-revalidate");
     set(h, "x-content-type-options", "nosniff");
     set(h, "x-frame-options", "SAMEORIGIN");
@@ -234,7 +251,107 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
     resp
 }
 
+/// One page of [`Hostile::ProjectFlood`]: `per_page` made-up projects of page `page` (offset
+/// pagination, whatever the request asked), always with a next page.
+fn flood_page(sim: &Simulator, path: &str, params: &Params, per_page: usize) -> Response {
+    let page = match params.get("page") {
+        Some(Param::One(p)) => p.parse::<u64>().unwrap_or(1).max(1),
+        _ => 1,
+    };
+    let first = FLOOD_ID_BASE + (page - 1) * per_page as u64;
+    let mut body = String::with_capacity(per_page * 80 + 2);
+    body.push('[');
+    for id in first..first + per_page as u64 {
+        if id > first {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            r#"{{"id":{id},"path_with_namespace":"flood/p{id}","default_branch":"main","archived":false}}"#
+        ));
+    }
+    body.push(']');
+    let mut next = params.clone();
+    next.insert("page".into(), Param::One((page + 1).to_string()));
+    let link = format!(
+        "<{}{path}?{}>; rel=\"next\"",
+        sim.external_url(),
+        to_query(&next)
+    );
+    let mut resp = response(200, JSON, body);
+    let h = resp.headers_mut();
+    set(h, "link", &link);
+    set(h, "x-next-page", &(page + 1).to_string());
+    set(h, "x-page", &page.to_string());
+    resp
+}
+
+/// Rewrites a normal answer as `hostile` says.
+async fn apply_hostile(hostile: &Hostile, endpoint: Endpoint, resp: Response) -> Response {
+    let jobs = matches!(endpoint, Endpoint::Jobs | Endpoint::JobsScoped);
+    let listing = jobs
+        || matches!(
+            endpoint,
+            Endpoint::PipelineJobs | Endpoint::GroupProjects | Endpoint::ProjectsList
+        );
+    match hostile {
+        Hostile::ProjectFlood { .. } => resp,
+        Hostile::ListLink(_) if !listing => resp,
+        Hostile::JobsExtraItems(_) if !jobs => resp,
+        Hostile::ListLink(link) => {
+            let mut resp = resp;
+            let h = resp.headers_mut();
+            h.remove("link");
+            if let Some(raw) = link
+                && let Ok(v) = HeaderValue::from_bytes(raw)
+            {
+                h.insert("link", v);
+            }
+            resp
+        }
+        Hostile::JobsExtraItems(items) => {
+            let (parts, body) = resp.into_parts();
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            let Some(inner) = bytes.strip_prefix(b"[").and_then(|b| b.strip_suffix(b"]")) else {
+                return Response::from_parts(parts, Body::from(bytes));
+            };
+            let mut out = Vec::with_capacity(
+                bytes.len() + items.iter().map(Vec::len).sum::<usize>() + items.len(),
+            );
+            out.push(b'[');
+            out.extend_from_slice(inner);
+            for item in items {
+                if out.len() > 1 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(item);
+            }
+            out.push(b']');
+            Response::from_parts(parts, Body::from(out))
+        }
+    }
+}
+
 fn fault_response(fault: &Fault, now: Ms) -> Response {
+    if let Fault::Raw {
+        status,
+        headers,
+        body,
+    } = fault
+    {
+        let mut resp = Response::new(Body::from(body.clone()));
+        *resp.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+        for (name, value) in headers {
+            if let (Ok(n), Ok(v)) = (
+                axum::http::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) {
+                resp.headers_mut().append(n, v);
+            }
+        }
+        return resp;
+    }
     match *fault {
         Fault::ServerError(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -270,8 +387,8 @@ fn fault_response(fault: &Fault, now: Ms) -> Response {
             &json!({"error": "invalid_token", "error_description": EXPIRED}),
         ),
         Fault::Forbidden => err(403, "message", "403 Forbidden"),
-        // Never reached: a delay only postpones the normal answer.
-        Fault::Delay(_) => err(500, "message", "500 Internal Server Error"),
+        // Never reached: a delay only postpones the normal answer, a raw one is answered above.
+        Fault::Delay(_) | Fault::Raw { .. } => err(500, "message", "500 Internal Server Error"),
     }
 }
 

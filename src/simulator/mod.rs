@@ -99,7 +99,33 @@ pub enum Fault {
     Forbidden,
     /// Waits this long in real time, then answers normally.
     Delay(Duration),
+    /// Any answer, byte for byte (a hostile or broken server): status, headers with raw values
+    /// (a `date` given here replaces the simulated clock's) and body.
+    Raw {
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Vec<u8>,
+    },
 }
+
+/// A standing misbehaviour of a hostile GitLab, applied to every matching request until
+/// [`Simulator::clear_hostile`] (faults queued with [`Simulator::push_fault`] still come first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hostile {
+    /// Project listings (`GET /groups/:id/projects`, `GET /projects`) answer `per_page` made-up
+    /// projects per page whatever was asked (ids from [`FLOOD_ID_BASE`], paths `flood/p<id>`),
+    /// and every page links to a next one: an endless chain of new pages.
+    ProjectFlood { per_page: usize },
+    /// Listings (jobs, scoped or not, pipeline jobs, group projects, projects) answer with this
+    /// raw `Link` header instead of GitLab's; `None` drops it.
+    ListLink(Option<Vec<u8>>),
+    /// Job listings get these raw items (any bytes: invalid UTF-8, lone surrogates, deep
+    /// nesting) appended to their JSON array.
+    JobsExtraItems(Vec<Vec<u8>>),
+}
+
+/// The first id of [`Hostile::ProjectFlood`]'s made-up projects.
+pub const FLOOD_ID_BASE: u64 = 1_000_000_000;
 
 /// Which API endpoint a request addressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +195,7 @@ struct Inner {
     jobs_limit: Mutex<Option<(u32, VecDeque<std::time::Instant>)>>,
     /// When set, every `GET /projects/:id/pipelines/:pipeline_id/jobs` answers this status.
     pipeline_jobs_answer: Mutex<Option<u16>>,
+    hostile: Mutex<Vec<Hostile>>,
 }
 
 /// The simulated GitLab; clones share everything.
@@ -195,6 +222,7 @@ impl Simulator {
                 log: Mutex::default(),
                 jobs_limit: Mutex::default(),
                 pipeline_jobs_answer: Mutex::default(),
+                hostile: Mutex::default(),
             }),
         }
     }
@@ -272,6 +300,19 @@ impl Simulator {
     /// Queues a fault; each request answers with the first queued fault, if any.
     pub fn push_fault(&self, fault: Fault) {
         lock(&self.inner.faults).push_back(fault);
+    }
+
+    /// Adds a standing misbehaviour (see [`Hostile`]).
+    pub fn add_hostile(&self, hostile: Hostile) {
+        lock(&self.inner.hostile).push(hostile);
+    }
+
+    pub fn clear_hostile(&self) {
+        lock(&self.inner.hostile).clear();
+    }
+
+    pub(crate) fn hostile(&self) -> Vec<Hostile> {
+        lock(&self.inner.hostile).clone()
     }
 
     pub fn pending_faults(&self) -> usize {

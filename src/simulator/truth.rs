@@ -150,9 +150,15 @@ impl World {
                     truth.duration.entry(key).or_default().push(sec(f - s));
                 }
             } else {
+                // Statuses outside GitLab's 13 share one label value (bounded cardinality).
+                let shown = if super::world::STATUSES.contains(&status) {
+                    status
+                } else {
+                    "unknown"
+                };
                 *truth
                     .active
-                    .entry((project.clone(), status.to_owned()))
+                    .entry((project.clone(), shown.to_owned()))
                     .or_default() += 1;
                 if let Some(q) = job.queued_at(now).filter(|_| status == "pending") {
                     let oldest = truth
