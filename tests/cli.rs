@@ -403,18 +403,7 @@ async fn demo_runs_without_gitlab_and_discovers_its_projects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_a_complete_discovery_pass() {
     use std::io::BufRead;
-    let now = chrono::Utc::now().timestamp_millis();
-    let spec = WorldSpec::new(
-        vec![ProjectSpec {
-            id: 7,
-            path: "acme/api".into(),
-            pipelines_per_hour: 5.0,
-        }],
-        now - 3_600_000,
-        now,
-    );
-    let sim = Simulator::new(World::generate(&spec, 3), SimClock::Live, TOKEN.to_string());
-    let handle = sim.spawn().await.expect("simulator");
+    let (_sim, handle) = live_acme_api(5.0).await;
     let port = common::free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(
@@ -627,18 +616,7 @@ fn a_url_ending_with_api_v4_is_used_without_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_project_never_found_keeps_readyz_unready_and_names_the_url() {
     use std::io::BufRead;
-    let now = chrono::Utc::now().timestamp_millis();
-    let spec = WorldSpec::new(
-        vec![ProjectSpec {
-            id: 7,
-            path: "acme/api".into(),
-            pipelines_per_hour: 20.0,
-        }],
-        now - 3_600_000,
-        now,
-    );
-    let sim = Simulator::new(World::generate(&spec, 3), SimClock::Live, TOKEN.to_string());
-    let handle = sim.spawn().await.expect("simulator");
+    let (_sim, handle) = live_acme_api(20.0).await;
     let port = common::free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(
@@ -942,18 +920,7 @@ async fn failing_checkpoint_writes_are_logged_once_per_change() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     // A GitLab that answers, so cycles (and checkpoints) come every second.
-    let now = chrono::Utc::now().timestamp_millis();
-    let spec = WorldSpec::new(
-        vec![ProjectSpec {
-            id: 7,
-            path: "acme/api".into(),
-            pipelines_per_hour: 5.0,
-        }],
-        now - 3_600_000,
-        now,
-    );
-    let sim = Simulator::new(World::generate(&spec, 3), SimClock::Live, TOKEN.to_string());
-    let handle = sim.spawn().await.expect("simulator");
+    let (_sim, handle) = live_acme_api(5.0).await;
     let config = write_config(
         dir.path(),
         &format!(
@@ -1001,4 +968,24 @@ async fn failing_checkpoint_writes_are_logged_once_per_change() {
     assert!(text.contains("checkpoint written again"), "log:\n{text}");
     assert_eq!(exit.and_then(|e| e.code()), Some(0), "log:\n{text}");
     handle.shutdown().await;
+}
+
+/// A simulator on the live clock serving one project, `acme/api` (id 7), with an hour of
+/// history at `pipelines_per_hour`.
+async fn live_acme_api(
+    pipelines_per_hour: f64,
+) -> (Simulator, gitlab_jobs_exporter::simulator::SimHandle) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let spec = WorldSpec::new(
+        vec![ProjectSpec {
+            id: 7,
+            path: "acme/api".into(),
+            pipelines_per_hour,
+        }],
+        now - 3_600_000,
+        now,
+    );
+    let sim = Simulator::new(World::generate(&spec, 3), SimClock::Live, TOKEN.to_string());
+    let handle = sim.spawn().await.expect("simulator");
+    (sim, handle)
 }

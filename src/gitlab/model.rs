@@ -122,11 +122,11 @@ pub struct Job {
     pub pipeline_id: Option<u64>,
     pub id: u64,
     pub status: JobStatus,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "label_text")]
     pub stage: String,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "label_text")]
     pub name: String,
-    #[serde(default, rename = "ref", deserialize_with = "null_as_default")]
+    #[serde(default, rename = "ref", deserialize_with = "label_text")]
     pub ref_: String,
     /// The ref is a tag.
     #[serde(default, deserialize_with = "null_as_default")]
@@ -164,8 +164,8 @@ fn lenient_runner<'de, D: Deserializer<'de>>(d: D) -> Result<Option<JobRunner>, 
     let field = |r: &serde_json::Value, k: &str| {
         r.get(k)
             .and_then(serde_json::Value::as_str)
+            .map(cap_label)
             .unwrap_or_default()
-            .to_string()
     };
     Ok(v.filter(serde_json::Value::is_object).map(|r| JobRunner {
         description: field(&r, "description"),
@@ -304,6 +304,29 @@ fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// Longest text kept from a field that becomes a label value (job name, stage, ref, runner).
+/// GitLab caps names at 255 characters; a look-alike that sends megabytes must not make every
+/// series (and every scrape) that large. Longer values are cut on a character boundary.
+pub const MAX_LABEL_BYTES: usize = 1024;
+
+fn cap_label(s: &str) -> String {
+    let mut end = s.len().min(MAX_LABEL_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// A string field that labels series: null reads as empty, and the value is capped.
+fn label_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s: String = null_as_default(d)?;
+    Ok(if s.len() > MAX_LABEL_BYTES {
+        cap_label(&s)
+    } else {
+        s
+    })
+}
+
 /// RFC 3339 with any offset (GitLab renders in the instance's time zone). Unparsable → `None`.
 fn lenient_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
     let v = Option::<serde_json::Value>::deserialize(d)?;
@@ -336,6 +359,37 @@ pub fn decode_jobs(body: &[u8], max_items: usize) -> Result<(Vec<Job>, usize), D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_fields_are_capped() {
+        let huge = "é".repeat(400_000);
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "id": 1, "status": "success", "name": huge, "stage": huge, "ref": huge,
+            "runner": {"description": huge, "runner_type": "instance_type"},
+        }))
+        .unwrap();
+        for v in [
+            &job.name,
+            &job.stage,
+            &job.ref_,
+            &job.runner.as_ref().unwrap().description,
+        ] {
+            assert!(
+                v.len() <= MAX_LABEL_BYTES && v.len() >= MAX_LABEL_BYTES - 1,
+                "{}",
+                v.len()
+            );
+            assert!(v.chars().all(|c| c == 'é'));
+        }
+        let short: Job = serde_json::from_value(
+            serde_json::json!({"id": 2, "status": "success", "name": "rspec 1/2", "ref": null}),
+        )
+        .unwrap();
+        assert_eq!(
+            (short.name.as_str(), short.ref_.as_str()),
+            ("rspec 1/2", "")
+        );
+    }
 
     #[test]
     fn decodes_gitlab_docs_example() {
