@@ -618,7 +618,7 @@ impl ProjectPoller {
         // Where a top read stopped at the cap resumes (the link to the page after its last).
         let mut capped: Option<String> = None;
         // The link to the page below the last one read from the top.
-        let mut below_top: Option<String> = None;
+        let mut below_top: Option<String>;
 
         // 1. From the top until known territory (or the backfill window) is reached.
         let mut lowest: Option<u64> = None;
@@ -634,7 +634,7 @@ impl ProjectPoller {
                 },
                 Some(rel) => PageRequest::Next(rel),
             };
-            let page = client.jobs_page(req).await?;
+            let mut page = client.jobs_page(req).await?;
             stats.requests += 1;
             stats.pages += 1;
             check_page(&page, lowest, &label, metrics)?;
@@ -648,9 +648,15 @@ impl ProjectPoller {
                 lowest = Some(lowest.map_or(j.id, |l| l.min(j.id)));
                 highest = Some(highest.map_or(j.id, |h| h.max(j.id)));
             }
-            below_top.clone_from(&page.next);
-            match page.next {
-                Some(n) if self.tracker.wants_page_after(&page.jobs) => {
+            below_top = page.next().ok().flatten().map(str::to_string);
+            // An unusable `Link` fails the cycle only when the page after is needed.
+            let wanted = if self.tracker.wants_page_after(&page.jobs) {
+                page.take_next()?
+            } else {
+                None
+            };
+            match wanted {
+                Some(n) => {
                     if stats.pages >= max_pages {
                         if first_cycle {
                             // The backfill window is a best effort by design: older is history.
@@ -858,9 +864,11 @@ impl ProjectPoller {
                 let now = page.server_time.map(secs).unwrap_or(cx.server_now);
                 self.feed(&page, now, label, metrics, stats);
                 gap.top = gap.top.min(min.max(gap.bottom));
-                match page.next {
-                    // Every id above the old mark read (ids are global: usually one more page).
-                    _ if min <= gap.bottom.saturating_add(1) => break GapEnd::Closed,
+                // Every id above the old mark read (ids are global: usually one more page).
+                if min <= gap.bottom.saturating_add(1) {
+                    break GapEnd::Closed;
+                }
+                match page.take_next()? {
                     None => break GapEnd::Closed,
                     Some(n) => {
                         if !visited.insert(n.clone()) {
@@ -966,7 +974,7 @@ impl ProjectPoller {
             let mut page = page;
             seen.extend(page.jobs.iter().map(|j| j.id));
             self.feed_window(cx, &mut page, stats);
-            match page.next {
+            match page.take_next()? {
                 Some(_) if stats.scoped_pages >= MAX_LISTING_PAGES => {
                     warn!(project = %label, pages = stats.scoped_pages, "listing too long; the rest waits for the next cycle");
                     metrics.api_error("page_limit");
@@ -1144,7 +1152,8 @@ impl ProjectPoller {
                 break;
             };
             reread.reached = Some(min);
-            reread.next = page.next.take();
+            // An unusable `Link` ends reading on: the other ways serve the rest.
+            reread.next = page.take_next().ok().flatten();
             seen.extend(page.jobs.iter().map(|j| j.id));
             self.feed_window(cx, &mut page, stats);
         }
@@ -1205,7 +1214,7 @@ impl ProjectPoller {
                 missing.remove(&j.id);
                 seen.insert(j.id);
             }
-            match page.next {
+            match page.take_next()? {
                 // Never more pages than jobs wanted: at worst about twice the single fetches.
                 Some(n) if missing.len() >= 2 && pages < wanted.len() => {
                     if !visited.insert(n.clone()) {
@@ -1253,12 +1262,7 @@ impl ProjectPoller {
             stats.single_fetches += 1;
             match job {
                 Some(job) => {
-                    let page = JobsPage {
-                        jobs: vec![job],
-                        bad_items: 0,
-                        next: None,
-                        server_time: None,
-                    };
+                    let page = JobsPage::of_jobs(vec![job]);
                     self.feed(&page, server_now, label, metrics, stats);
                 }
                 None => {

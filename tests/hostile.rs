@@ -136,3 +136,46 @@ async fn project_listings_are_bounded_per_page_and_in_all() {
     assert_eq!(reached.values().sum::<f64>(), 1.0, "{reached:?}");
     h.stop().await;
 }
+
+/// A GitLab that sends an unusable `Link` on every page: a cycle that needs no page after a
+/// full one (an idle or steady project, its new jobs all on the top page) goes on as usual;
+/// only a cycle that needs the page after would fail. Counted as `link` all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_link_on_a_full_page_fails_only_a_cycle_that_needs_the_next_page() {
+    let mut h = Harness::start(
+        world(),
+        T0 + 2 * HOUR,
+        vec![by_path("acme/platform/api")],
+        Duration::from_secs(3600),
+    )
+    .await;
+    h.poll().await;
+    let first = h.scrape().await;
+    assert_matches_truth(&first, &h.truth());
+    let failed = |s: &common::Scrape| -> f64 {
+        s.values("gitlab_jobs_exporter_poll_errors_total")
+            .iter()
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let failed_before = failed(&first);
+    h.sim
+        .add_hostile(Hostile::ListLink(Some(b"<garbage".to_vec())));
+    for _ in 0..6 {
+        h.sim.advance(Duration::from_secs(30));
+        let stats = h.poll().await;
+        assert!(
+            stats.iter().all(|s| s.pages == 1),
+            "one top page each cycle: {stats:?}"
+        );
+    }
+    let scrape = h.scrape().await;
+    assert!(
+        errors(&scrape, "link") >= 6.0,
+        "every full page counted: {}",
+        errors(&scrape, "link")
+    );
+    assert_eq!(failed(&scrape), failed_before, "no cycle failed");
+    assert_matches_truth(&scrape, &h.truth());
+    h.stop().await;
+}

@@ -9,7 +9,7 @@ use thiserror::Error;
 
 use crate::gitlab::text::{Bounded, bounded};
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum LinkError {
     #[error("unparsable Link header: {0}")]
     Syntax(String),

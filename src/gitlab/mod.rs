@@ -140,10 +140,43 @@ pub struct JobsPage {
     pub jobs: Vec<Job>,
     /// Items that were not decodable jobs (counted and skipped).
     pub bad_items: usize,
-    /// The next page, relative to `/api/v4/`, from the `Link` header.
-    pub next: Option<String>,
+    /// The next page, relative to `/api/v4/`, from the `Link` header. A full page whose
+    /// `Link` cannot be used holds the error instead: only a caller that needs the next page
+    /// fails on it (an idle project's cycle reads one page and must not fail for the rest).
+    next: Result<Option<String>, (&'static str, link::LinkError)>,
     /// GitLab's clock (`Date` header), so time comparisons never mix two clocks.
     pub server_time: Option<DateTime<Utc>>,
+}
+
+impl JobsPage {
+    /// A page of these jobs with no next page (a single job's answer).
+    pub fn of_jobs(jobs: Vec<Job>) -> Self {
+        Self {
+            jobs,
+            bad_items: 0,
+            next: Ok(None),
+            server_time: None,
+        }
+    }
+
+    /// The next page: `Ok(None)` on the last one, an error when it exists but its `Link`
+    /// could not be used.
+    pub fn next(&self) -> Result<Option<&str>, ApiError> {
+        match &self.next {
+            Ok(next) => Ok(next.as_deref()),
+            Err((endpoint, source)) => Err(ApiError::Link {
+                endpoint,
+                source: source.clone(),
+            }),
+        }
+    }
+
+    /// [`Self::next`], taken out of the page.
+    pub fn take_next(&mut self) -> Result<Option<String>, ApiError> {
+        let next = self.next()?.map(str::to_string);
+        self.next = Ok(None);
+        Ok(next)
+    }
 }
 
 /// Which page of one pipeline's job list to read.
@@ -353,7 +386,9 @@ impl GitlabClient {
             // Offset pages: X-Next-Page stands in for a dropped `Link`.
             let fallback = x_next_page(&rel, &resp.headers);
             let mut page = self.parse_jobs_page(ENDPOINT, resp)?;
-            page.next = page.next.or(fallback);
+            if let Ok(next @ None) = &mut page.next {
+                *next = fallback;
+            }
             Ok(page)
         })
         .await
@@ -656,7 +691,19 @@ impl GitlabClient {
                 model::DecodeError::TooManyItems(max) => ApiError::TooLong { endpoint, max },
             })?;
         let full = jobs.len() + bad_items >= PER_PAGE as usize;
-        let next = self.next_link(endpoint, &resp.headers, full)?;
+        let next = self
+            .next_link(endpoint, &resp.headers, full)
+            .map_err(|e| match e {
+                ApiError::Link { endpoint, source } => {
+                    // Counted here, once per page; the caller that needs the page fails on it.
+                    self.metrics.api_error("link");
+                    (endpoint, source)
+                }
+                other => (
+                    endpoint,
+                    link::LinkError::Syntax(text::bounded(&other.to_string())),
+                ),
+            });
         Ok(JobsPage {
             jobs,
             bad_items,
@@ -1072,17 +1119,24 @@ mod hostile_tests {
             let before = errors(&s.metrics, "link");
             let page = s.client.jobs_page(first()).await;
             let page = page.unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(link)));
-            assert!(page.next.is_none() && !page.jobs.is_empty());
+            assert!(matches!(page.next(), Ok(None)) && !page.jobs.is_empty());
             // An empty Link is no Link at all; the others are counted.
             let counted = errors(&s.metrics, "link") - before;
             assert!(counted <= 1.0);
             assert!(link.is_empty() || counted == 1.0, "{link:?}");
         }
-        // A full page with an unreadable Link: the next page exists, so that is an error.
+        // A full page with an unreadable Link: the next page exists, so needing it is an
+        // error; the page itself is kept (a cycle that needs no more pages goes on).
         s.sim
             .add_hostile(Hostile::JobsExtraItems(vec![b"{}".to_vec(); 100]));
-        let e = s.client.jobs_page(first()).await.expect_err("full page");
+        let before = errors(&s.metrics, "link");
+        let mut page = s.client.jobs_page(first()).await.expect("full page kept");
+        assert!(!page.jobs.is_empty());
+        let e = page
+            .take_next()
+            .expect_err("the next page is needed but unknown");
         assert!(matches!(e, ApiError::Link { .. }), "{e}");
+        assert_eq!(errors(&s.metrics, "link") - before, 1.0);
         // Far longer than asked: refused whole, not retried.
         s.sim.clear_hostile();
         s.sim.add_hostile(Hostile::JobsExtraItems(vec![
