@@ -154,8 +154,7 @@ async fn an_unusable_link_on_a_full_page_fails_only_a_cycle_that_needs_the_next_
     assert_matches_truth(&first, &h.truth());
     let failed = |s: &common::Scrape| -> f64 {
         s.values("gitlab_jobs_exporter_poll_errors_total")
-            .iter()
-            .map(|(_, v)| v)
+            .values()
             .sum()
     };
     let failed_before = failed(&first);

@@ -1154,14 +1154,16 @@ mod hostile_tests {
         s.sim.add_hostile(Hostile::ListLink(Some(
             b"<https://evil.example/steal?x=1>; rel=\"next\"".to_vec(),
         )));
-        let e = s
+        // The page is kept; following its Link is refused.
+        let mut page = s
             .client
             .jobs_page(PageRequest::First {
                 project: "1",
                 scopes: &[],
             })
             .await
-            .expect_err("outside the API");
+            .expect("the page itself is fine");
+        let e = page.take_next().expect_err("outside the API");
         assert!(matches!(e, ApiError::Link { .. }), "{e}");
         assert_eq!(errors(&s.metrics, "link"), 1.0);
         // A crafted relative target that resolves outside the API base is refused and counted.
