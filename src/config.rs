@@ -496,9 +496,10 @@ impl Config {
         let trimmed = self.gitlab.url.trim_end_matches('/');
         if let Some(base) = trimmed.strip_suffix(API_SUFFIX) {
             let base = base.to_string();
+            // Logged before validate() refuses credentials in the URL: never show them.
             tracing::warn!(
-                configured = %self.gitlab.url,
-                using = %base,
+                configured = %without_userinfo(&self.gitlab.url),
+                using = %without_userinfo(&base),
                 "gitlab.url ends with /api/v4, which the exporter appends itself; using the URL without it"
             );
             self.gitlab.url = base;
@@ -885,7 +886,7 @@ impl<'a> SourceLines<'a> {
                 continue;
             }
             let value_at = secret_assignment(line);
-            secret.push(value_at.is_some());
+            secret.push(value_at.is_some() || has_userinfo(line));
             owner.push(i);
             // Where the value starts: after a secret key's `=`, or after the first `=`.
             let Some(at) = value_at.or_else(|| line.find('=').map(|e| e + 1)) else {
@@ -995,6 +996,30 @@ fn bare_key(text: &str) -> Option<String> {
             .map(|part| part.trim().trim_matches(['"', '\'']))
             .collect::<Vec<_>>()
             .join(".")
+    })
+}
+
+/// `url` without its `user:password@` part (for a log line); an unparsable URL is not shown.
+fn without_userinfo(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            // Both fail only for URLs that cannot have credentials, which is fine.
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "(not a URL)".to_string(),
+    }
+}
+
+/// Whether `line` holds a URL with credentials (`scheme://user:password@host`): such a line
+/// is not quoted either.
+fn has_userinfo(line: &str) -> bool {
+    line.match_indices("://").any(|(i, sep)| {
+        line[i + sep.len()..]
+            .split(|c: char| c.is_whitespace() || "/\"'?#".contains(c))
+            .next()
+            .is_some_and(|authority| authority.contains('@'))
     })
 }
 

@@ -191,8 +191,9 @@ fn lenient_pipeline<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::E
 pub struct Project {
     pub id: u64,
     pub path_with_namespace: String,
-    /// Absent for a project without a repository.
-    #[serde(default)]
+    /// Absent for a project without a repository. Compared with refs (`labels.ref = kind`),
+    /// so capped like them.
+    #[serde(default, deserialize_with = "capped_option")]
     pub default_branch: Option<String>,
     /// Absent from `simple=true` lists (those filter with `archived=` instead).
     #[serde(default, deserialize_with = "null_as_default")]
@@ -304,10 +305,11 @@ fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-/// Longest text kept from a field that becomes a label value (job name, stage, ref, runner).
-/// GitLab caps names at 255 characters; a look-alike that sends megabytes must not make every
-/// series (and every scrape) that large. Longer values are cut on a character boundary.
-pub const MAX_LABEL_BYTES: usize = 1024;
+/// Longest text kept from a field that becomes a label value (job name, stage, ref, runner,
+/// default branch). GitLab caps job and stage names at 255 characters; a look-alike that sends
+/// megabytes must not make every series (each repeated on every histogram line of every
+/// scrape) that large. Longer values are cut on a character boundary.
+pub const MAX_LABEL_BYTES: usize = 256;
 
 fn cap_label(s: &str) -> String {
     let mut end = s.len().min(MAX_LABEL_BYTES);
@@ -325,6 +327,17 @@ fn label_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     } else {
         s
     })
+}
+
+/// An optional string, capped like [`label_text`].
+fn capped_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(|s| {
+        if s.len() > MAX_LABEL_BYTES {
+            cap_label(&s)
+        } else {
+            s
+        }
+    }))
 }
 
 /// RFC 3339 with any offset (GitLab renders in the instance's time zone). Unparsable → `None`.
