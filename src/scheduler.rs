@@ -129,6 +129,9 @@ struct Slots {
     configured_paths: HashSet<String>,
     /// Keys of the projects that have completed a poll cycle since start.
     polled_ok: HashSet<u64>,
+    /// Keys of found projects whose last cycle was refused (403) or found them gone (404):
+    /// `project_state` says so, and they are not what `projects_never_polled` is for.
+    refused_or_gone: HashSet<u64>,
 }
 
 impl Slots {
@@ -286,15 +289,22 @@ impl Scheduler {
     /// Exports how many projects are watched, and how many have not completed a poll cycle
     /// since start (a GitLab unreachable from the start shows there, whatever the projects'
     /// labels). A configured project found missing at its first lookup stays among the
-    /// latter; one another shard owns does not (its lookup succeeded).
+    /// latter, as does one refused before its lookup (a bad token); one another shard owns
+    /// does not (its lookup succeeded), nor one no longer polled, nor one found and then
+    /// refused or gone (CI disabled, deleted while the exporter was down): those show in
+    /// `project_state`, and would otherwise hold the alert up for good.
     fn export_watched(&self) {
         let (watched, never_polled) = {
             let slots = self.slots();
             let watched = slots.live.values().filter(|s| !s.ended).count();
             let never_polled = slots
                 .live
-                .keys()
-                .filter(|key| !slots.polled_ok.contains(key))
+                .iter()
+                .filter(|(key, slot)| {
+                    !slot.ended
+                        && !slots.polled_ok.contains(key)
+                        && !slots.refused_or_gone.contains(key)
+                })
                 .count();
             (watched, never_polled)
         };
@@ -335,7 +345,22 @@ impl Scheduler {
             self.slots().configured_ids.insert(*id);
         }
         self.dirty.store(true, Ordering::Release);
-        if result.is_ok() && self.slots().polled_ok.insert(key) {
+        let refused_or_gone = poller.resolved().is_some()
+            && matches!(
+                poller.state(),
+                ProjectState::Forbidden | ProjectState::NotFound | ProjectState::Elsewhere
+            );
+        let changed = {
+            let mut slots = self.slots();
+            let polled = result.is_ok() && slots.polled_ok.insert(key);
+            let refusal = if refused_or_gone {
+                slots.refused_or_gone.insert(key)
+            } else {
+                slots.refused_or_gone.remove(&key)
+            };
+            polled || refusal
+        };
+        if changed {
             self.export_watched();
         }
         if !self.slots().live.contains_key(&key) {
@@ -705,6 +730,7 @@ impl Scheduler {
                 .collect();
             for (key, id) in gone {
                 if let Some(slot) = slots.live.remove(&key) {
+                    slots.refused_or_gone.remove(&key);
                     slot.stop.cancel();
                     stopped.push((key, slot.poller.clone()));
                     slots.retired.insert(

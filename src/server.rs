@@ -2,7 +2,9 @@
 //!
 //! Served through hyper's HTTP/1 connection builder rather than `axum::serve`, which has no
 //! header-read timeout: a client that sends half a request head and goes quiet must neither
-//! hold its connection (and file descriptor) forever nor hold up a shutdown.
+//! hold its connection (and file descriptor) forever nor hold up a shutdown. Nor may one that
+//! sends requests and stops reading the replies: writes that make no progress for
+//! [`WRITE_TIMEOUT`] close the connection.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -23,6 +25,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -44,6 +47,9 @@ pub struct Limits {
     /// Time to send a request head, and for an idle keep-alive connection to send the next
     /// one (`server.header_read_timeout`).
     pub header_read_timeout: Duration,
+    /// How long a write to a client may make no progress before the connection is closed:
+    /// a client that sends requests and never reads the replies must not keep its slot.
+    pub write_timeout: Duration,
     /// After shutdown: how long in-flight requests may take before their connections are
     /// dropped, so a stuck client never keeps the process alive.
     pub drain_timeout: Duration,
@@ -52,11 +58,16 @@ pub struct Limits {
 /// How long, at most, a shutdown waits for in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a reply may sit unread: a healthy scraper reads far faster, and a connection held
+/// longer only holds a slot of `server.max_connections`.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Limits {
     pub fn from_config(cfg: &ServerConfig) -> Self {
         Self {
             max_connections: cfg.max_connections,
             header_read_timeout: cfg.header_read_timeout,
+            write_timeout: WRITE_TIMEOUT,
             drain_timeout: DRAIN_TIMEOUT,
         }
     }
@@ -146,7 +157,12 @@ pub async fn serve_with(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+        // header_read_timeout only guards the request head; a client that never reads its
+        // replies would otherwise hold its slot for as long as it likes. Pinned on the heap
+        // because TimeoutStream holds its timers in place.
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.write_timeout));
+        let conn = http.serve_connection(TokioIo::new(Box::pin(stream)), service.clone());
         let drain = drain.clone();
         connections.spawn(async move {
             let _permit = permit;
@@ -301,6 +317,7 @@ mod tests {
         let (addr, stop, server) = start(Limits {
             max_connections: 8,
             header_read_timeout: Duration::from_secs(3600),
+            write_timeout: WRITE_TIMEOUT,
             drain_timeout: Duration::from_millis(200),
         })
         .await;
@@ -324,6 +341,7 @@ mod tests {
         let (addr, stop, _server) = start(Limits {
             max_connections: 8,
             header_read_timeout: Duration::from_millis(100),
+            write_timeout: WRITE_TIMEOUT,
             drain_timeout: Duration::from_secs(1),
         })
         .await;
@@ -336,6 +354,47 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_secs(60), slow.read_to_end(&mut rest)).await;
         assert!(read.is_ok(), "the connection was closed");
         assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+        stop.cancel();
+    }
+
+    /// Clients that pipeline requests and never read the replies are cut off once the server's
+    /// writes make no progress, so they cannot hold every slot and lock scrapes out.
+    #[tokio::test]
+    async fn clients_that_never_read_give_their_slots_back() {
+        let (addr, stop, _server) = start(Limits {
+            max_connections: 2,
+            // Far away: only the write timeout can free the slots.
+            header_read_timeout: Duration::from_secs(3600),
+            write_timeout: Duration::from_millis(200),
+            drain_timeout: Duration::from_secs(1),
+        })
+        .await;
+        let hold = CancellationToken::new();
+        let mut readers = Vec::new();
+        for _ in 0..2 {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            // A small receive buffer: the replies pile up on the server's side sooner.
+            socket.set_recv_buffer_size(4096).expect("recv buffer");
+            let mut c = socket.connect(addr).await.expect("connect");
+            let hold = hold.clone();
+            readers.push(tokio::spawn(async move {
+                let requests = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
+                // Fails once the server closes the connection; either way, never read.
+                let _ = c.write_all(requests.as_bytes()).await;
+                hold.cancelled().await;
+                drop(c);
+            }));
+        }
+        // Accepted in order after both: answered only once a slot is given back.
+        let page = tokio::time::timeout(Duration::from_secs(60), get(addr, "/healthz")).await;
+        assert!(
+            matches!(&page, Ok(p) if p.ends_with("ok\n")),
+            "a scrape got through: {page:?}"
+        );
+        hold.cancel();
+        for r in readers {
+            r.await.expect("reader");
+        }
         stop.cancel();
     }
 

@@ -66,6 +66,8 @@ async fn a_missing_project_is_reported_and_does_not_block_the_others() {
     let scrape = h.scrape().await;
     assert_eq!(state_of(&scrape, "acme/gone"), "not_found");
     assert_eq!(state_of(&scrape, "acme/platform/api"), "ok");
+    // Never found: a wrong path, still among those never polled (and alerted on).
+    assert_eq!(never_polled(&scrape), Some(1.0));
     // It is looked up again: once it exists, it is polled and readiness follows.
     h.sim
         .add_project(gitlab_jobs_exporter::simulator::ProjectDef::new(
@@ -102,6 +104,50 @@ async fn a_project_deleted_after_its_first_poll_is_no_longer_polled() {
     let (status, _, body) = h.get("/readyz").await;
     assert_eq!(status, 200, "{body}");
     h.stop().await;
+}
+
+fn never_polled(scrape: &common::Scrape) -> Option<f64> {
+    scrape
+        .values("gitlab_jobs_exporter_projects_never_polled")
+        .values()
+        .copied()
+        .next()
+}
+
+/// A project found, whose jobs GitLab then refuses (CI disabled: 403) or no longer has (404),
+/// shows in `project_state`; it must not also keep `projects_never_polled` (and its alert)
+/// up for good. One project per exporter: the simulator's faults go to the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projects_refused_or_gone_after_their_lookup_are_not_never_polled() {
+    for (fault, state) in [
+        (Fault::Forbidden, "forbidden"),
+        (
+            Fault::Raw {
+                status: 404,
+                headers: vec![("content-type".into(), b"application/json".to_vec())],
+                body: br#"{"message":"404 Project Not Found"}"#.to_vec(),
+            },
+            "not_found",
+        ),
+    ] {
+        let h = Harness::start(
+            world(),
+            T0 + 2 * HOUR,
+            vec![by_path("acme/platform/api")],
+            Duration::from_secs(3600),
+        )
+        .await;
+        assert_eq!(never_polled(&h.scrape().await), Some(1.0), "from the start");
+        // The lookup is answered normally, the job listing after it is not.
+        h.sim.push_fault(Fault::Delay(Duration::ZERO));
+        h.sim.push_fault(fault);
+        let results = h.scheduler.poll_all_once().await;
+        assert!(results[0].is_err(), "{results:?}");
+        let scrape = h.scrape().await;
+        assert_eq!(state_of(&scrape, "acme/platform/api"), state);
+        assert_eq!(never_polled(&scrape), Some(0.0), "{state}");
+        h.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -740,7 +740,7 @@ fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> ApiError {
 
 /// reqwest errors name the URL; ours carry no secret, but keep the chain short and readable.
 fn describe(e: &reqwest::Error) -> String {
-    let mut msg = if e.is_timeout() {
+    let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
         "connection failed"
@@ -748,15 +748,20 @@ fn describe(e: &reqwest::Error) -> String {
         "reading the body failed"
     } else {
         "sending the request failed"
-    }
-    .to_string();
-    let mut source = std::error::Error::source(e);
+    };
+    describe_chain(what, std::error::Error::source(e))
+}
+
+/// `what`, then every cause, bounded ([`text::bounded`]): causes are not ours to size (a
+/// rustls certificate-name error lists every name on the server's certificate).
+fn describe_chain(what: &str, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut msg = what.to_string();
     while let Some(s) = source {
         msg.push_str(": ");
         msg.push_str(&s.to_string());
         source = s.source();
     }
-    msg
+    text::bounded(&msg)
 }
 
 fn decode_error(endpoint: &'static str, e: &serde_json::Error, body: &[u8]) -> ApiError {
@@ -915,6 +920,31 @@ mod tests {
         assert_eq!(retry_after(&h).0, Some(Duration::from_secs(5)));
         h.insert("retry-after", HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h).0, None);
+    }
+
+    /// A cause as long as a certificate's list of names: the transport error text is bounded.
+    #[test]
+    fn transport_error_text_is_bounded() {
+        #[derive(Debug)]
+        struct Names(String);
+        impl std::fmt::Display for Names {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::error::Error for Names {}
+        let names: Vec<String> = (0..2000).map(|i| format!("host{i}.example.com")).collect();
+        let cause = Names(format!(
+            "invalid peer certificate: certificate not valid for name \"gitlab.example.com\"; certificate is only valid for {}",
+            names.join(", ")
+        ));
+        let text = describe_chain("connection failed", Some(&cause));
+        assert!(
+            text.starts_with("connection failed: invalid peer certificate"),
+            "{text}"
+        );
+        assert!(text.len() < 400, "{} bytes", text.len());
+        assert!(!text.contains("host1999"), "{text}");
     }
 }
 
