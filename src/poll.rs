@@ -135,6 +135,11 @@ pub enum PollError {
     PaginationLoop,
     #[error("poll task ended unexpectedly")]
     Aborted,
+    /// A request reading into a gap failed for a reason worth retrying (GitLab's load, the
+    /// network): the cycle fails, but says nothing about the project itself (a 404 there is
+    /// about a cursor, not a deleted project).
+    #[error("catching up: {0}")]
+    CatchUp(#[source] ApiError),
 }
 
 /// How reading into a gap ended this cycle.
@@ -835,17 +840,19 @@ impl ProjectPoller {
                     },
                 };
                 let page = match client.jobs_page(req).await {
-                    // A cursor this GitLab no longer takes (an upgrade since the checkpoint):
-                    // read from the top instead, pages above the gap cost but stay harmless.
-                    Err(ApiError::Status { status: 400, .. }) if gap.next.is_some() => {
+                    Ok(page) => page,
+                    // A cursor this GitLab no longer takes (an upgrade since the checkpoint, a
+                    // proxy, a tampered file): read from the top instead, pages above the gap
+                    // cost but stay harmless.
+                    Err(e) if gap.next.is_some() && cursor_refused(&e) => {
                         stats.requests += 1;
-                        warn!(project = %label, "GitLab refused the catch-up cursor; reading down from the top instead");
+                        warn!(project = %label, error = %e, "GitLab refused the catch-up cursor; reading down from the top instead");
                         metrics.api_error("catch_up_cursor");
                         gap.next = None;
                         budget -= 1;
                         continue;
                     }
-                    r => r?,
+                    Err(e) => return Err(PollError::CatchUp(e)),
                 };
                 stats.requests += 1;
                 stats.pages += 1;
@@ -868,7 +875,17 @@ impl ProjectPoller {
                 if min <= gap.bottom.saturating_add(1) {
                     break GapEnd::Closed;
                 }
-                match page.take_next()? {
+                // An unusable `Link` on a page inside the gap: like a refused cursor.
+                let next = match page.take_next() {
+                    Ok(next) => next,
+                    Err(e) => {
+                        warn!(project = %label, error = %e, "unusable link while catching up; reading down from the top instead");
+                        metrics.api_error("catch_up_cursor");
+                        gap.next = None;
+                        continue;
+                    }
+                };
+                match next {
                     None => break GapEnd::Closed,
                     Some(n) => {
                         if !visited.insert(n.clone()) {
@@ -1350,13 +1367,29 @@ fn link_loop(metrics: &Metrics) -> PollError {
     PollError::PaginationLoop
 }
 
+/// Whether a failed request for a catch-up cursor says the cursor is no good (refused, or an
+/// answer that is no page of jobs), rather than that GitLab or the network is having a bad
+/// time (worth asking again later) or that the token lost its rights.
+fn cursor_refused(e: &ApiError) -> bool {
+    match e {
+        ApiError::Status { status, .. } => {
+            (400..500).contains(status) && !matches!(status, 401 | 403 | 429)
+        }
+        ApiError::Link { .. }
+        | ApiError::Decode { .. }
+        | ApiError::BadItem { .. }
+        | ApiError::TooLong { .. } => true,
+        ApiError::RateLimited { .. } | ApiError::Transport { .. } => false,
+    }
+}
+
 /// Whether a failed pipeline-jobs request says something about the endpoint itself (rather than
 /// about GitLab's load or the network, which single fetches would meet too).
 fn counts_against_endpoint(e: &PollError) -> bool {
     match e {
         PollError::Api(ApiError::RateLimited { .. } | ApiError::Transport { .. }) => false,
         PollError::Api(_) | PollError::PaginationLoop => true,
-        PollError::Aborted => false,
+        PollError::Aborted | PollError::CatchUp(_) => false,
     }
 }
 
