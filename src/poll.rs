@@ -849,6 +849,9 @@ impl ProjectPoller {
                         warn!(project = %label, error = %e, "GitLab refused the catch-up cursor; reading down from the top instead");
                         metrics.api_error("catch_up_cursor");
                         gap.next = None;
+                        // The top page is above the ones read so far: no loop.
+                        prev_min = None;
+                        visited.clear();
                         budget -= 1;
                         continue;
                     }
@@ -882,6 +885,8 @@ impl ProjectPoller {
                         warn!(project = %label, error = %e, "unusable link while catching up; reading down from the top instead");
                         metrics.api_error("catch_up_cursor");
                         gap.next = None;
+                        prev_min = None;
+                        visited.clear();
                         continue;
                     }
                 };

@@ -1312,7 +1312,6 @@ async fn a_pursuit_expiring_during_a_downtime_is_checked_once_more() {
 /// 400 once to the next cursor: the catch-up reads down from the top again and the rest of
 /// the gap is still read (not taken for a loop and abandoned).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "WIP"]
 async fn one_refused_cursor_mid_catch_up_still_reads_the_rest_of_the_gap() {
     use gitlab_jobs_exporter::simulator::{SimClock, Simulator};
     use std::sync::Arc;
