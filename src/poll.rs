@@ -79,6 +79,8 @@ struct PipelineSummary {
     busy: bool,
     /// A `created` job.
     created: bool,
+    /// A `manual` job (which may hold the pipeline's `created` jobs for good).
+    manual: bool,
 }
 
 /// One pass over the followed jobs, by pipeline.
@@ -89,6 +91,7 @@ fn pipeline_summary(tracker: &Tracker) -> HashMap<u64, PipelineSummary> {
             let s = out.entry(p).or_default();
             s.busy |= !is_waiting(&f.status);
             s.created |= f.status == JobStatus::Created;
+            s.manual |= f.status == JobStatus::Manual;
         }
     }
     out
@@ -723,9 +726,27 @@ impl ProjectPoller {
         if first_cycle {
             // Learn the whole non-final population, however old.
             self.list(&cx, Listing::All, stats).await?;
-            // That listing gave every waiting job's state: nothing to re-check for the
-            // pipelines the backfill saw.
-            self.tracker.take_touched();
+            // That listing gave every waiting job's state: nothing to re-check this cycle. But
+            // a pipeline that settled just before may still have `created` jobs GitLab moves on
+            // in the next seconds: those are pursued from now on, as if seen settling. Not the
+            // ones a manual job holds (they may stay `created` for good, the sweep covers them).
+            let touched = self.tracker.take_touched();
+            let pipelines = pipeline_summary(&self.tracker);
+            let map = self.tracker.settling_mut();
+            for p in touched {
+                if pipelines
+                    .get(&p)
+                    .is_some_and(|s| s.created && !s.busy && !s.manual)
+                {
+                    map.insert(
+                        p,
+                        Settling {
+                            since: server_now,
+                            next_check: server_now,
+                        },
+                    );
+                }
+            }
         } else {
             let hot: Vec<u64> = self
                 .tracker

@@ -1237,7 +1237,6 @@ async fn serve_refusing(
 /// settled: the first cycle's full listing shows the sixth job `created` in a settled
 /// pipeline, and that pipeline is pursued from then on (not left to the cold sweep).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "WIP"]
 async fn a_created_job_in_a_pipeline_settled_just_before_the_first_poll_is_counted() {
     let start = T0 + 12 * S;
     let mut h = Harness::start_with(
