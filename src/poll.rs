@@ -743,6 +743,8 @@ impl ProjectPoller {
                         Settling {
                             since: server_now,
                             next_check: server_now,
+                            // The full listing just gave their state.
+                            last_check: server_now,
                         },
                     );
                 }
@@ -815,6 +817,7 @@ impl ProjectPoller {
             for p in pursued {
                 if let Some(s) = self.tracker.settling_mut().get_mut(&p) {
                     s.next_check = server_now + (server_now - s.since).max(0.0) / 2.0;
+                    s.last_check = server_now;
                 }
             }
         }
@@ -945,7 +948,8 @@ impl ProjectPoller {
     /// Keeps the settled pipelines with `created` jobs left (new ones from `settled`) for
     /// `SETTLING_PURSUIT_SECS`, and returns those whose re-check is due. A pipeline leaves
     /// when it has no followed `created` job any more, or a job in flight again (it settles
-    /// anew later).
+    /// anew later), or once it was checked after its window ended (an entry past its window is
+    /// due at once: a downtime may have skipped its last re-checks).
     fn pursue(
         &mut self,
         settled: &HashSet<u64>,
@@ -958,15 +962,19 @@ impl ProjectPoller {
                 map.entry(*p).or_insert(Settling {
                     since: server_now,
                     next_check: server_now,
+                    // Checked this cycle (a settled pipeline's waiting jobs are).
+                    last_check: server_now,
                 });
             }
         }
         map.retain(|p, s| {
             pipelines.get(p).is_some_and(|x| x.created && !x.busy)
-                && server_now - s.since <= SETTLING_PURSUIT_SECS
+                && s.last_check <= s.since + SETTLING_PURSUIT_SECS
         });
         map.iter()
-            .filter(|(_, s)| s.next_check <= server_now)
+            .filter(|(_, s)| {
+                s.next_check <= server_now || server_now - s.since > SETTLING_PURSUIT_SECS
+            })
             .map(|(p, _)| *p)
             .collect()
     }

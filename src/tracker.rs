@@ -146,6 +146,11 @@ pub struct Settling {
     pub since: f64,
     /// When its `created` jobs are due for a re-check.
     pub next_check: f64,
+    /// When they were last checked (0 in checkpoints from before this field: unknown). The
+    /// pursuit ends with a check after `since` + the pursuit window, even one a downtime
+    /// delayed, so a job moved on near the window's end is not left to the sweep.
+    #[serde(default)]
+    pub last_check: f64,
 }
 
 /// Unix seconds.
@@ -705,6 +710,7 @@ mod tests {
             Settling {
                 since: 1.0,
                 next_check: 2.0,
+                last_check: 1.0,
             },
         );
         let mut json = serde_json::to_value(&t).unwrap();

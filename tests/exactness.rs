@@ -1268,7 +1268,6 @@ async fn a_created_job_in_a_pipeline_settled_just_before_the_first_poll_is_count
 /// right after and restarts on its checkpoint 40 minutes later, after the pursuit window:
 /// the expired pursuit is checked once more before it is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "WIP"]
 async fn a_pursuit_expiring_during_a_downtime_is_checked_once_more() {
     use gitlab_jobs_exporter::simulator::{SimClock, Simulator};
     let sim = Simulator::new(
