@@ -778,10 +778,11 @@ impl ProjectPoller {
             let sweep = self.completed_cycles.is_multiple_of(COLD_SWEEP_CYCLES);
             // A waiting job moves when the running part of its pipeline is over (next stage,
             // skipped after a failure, canceled with it): re-check those pipelines only.
-            let touched = self.tracker.take_touched();
+            // Kept until the re-checks below succeeded: a failing listing or fetch must not
+            // lose the change (the next cycle would see the same statuses and no change).
+            let touched = self.tracker.touched().clone();
             let pipelines = pipeline_summary(&self.tracker);
-            let settled: HashSet<u64> = touched
-                .into_iter()
+            let settled: HashSet<u64> = (touched.iter().copied())
                 .filter(|p| !pipelines.get(p).is_some_and(|s| s.busy))
                 .collect();
             // GitLab moves those jobs on seconds after, not always within this cycle: `created`
@@ -811,6 +812,7 @@ impl ProjectPoller {
             };
             self.fetch_changed(&cx, to_fetch, stats, &mut seen, &mut reread)
                 .await?;
+            self.tracker.untouch(&touched);
             // Checked: the next re-check of each comes later and later (about every half of
             // the time the pipeline has been settled), so one held by a manual job costs a
             // few requests, not one per cycle.

@@ -360,6 +360,17 @@ impl Tracker {
         std::mem::take(&mut self.touched)
     }
 
+    /// Pipelines with a job seen new or changing since they were last taken or untouched.
+    pub fn touched(&self) -> &BTreeSet<u64> {
+        &self.touched
+    }
+
+    /// Forgets the given touched pipelines once they were dealt with (the ones touched since
+    /// stay for the next cycle).
+    pub fn untouch(&mut self, pipelines: &BTreeSet<u64>) {
+        self.touched.retain(|p| !pipelines.contains(p));
+    }
+
     /// Settled pipelines whose `created` jobs are being re-checked.
     pub fn settling_mut(&mut self) -> &mut BTreeMap<u64, Settling> {
         &mut self.settling
