@@ -408,12 +408,13 @@ impl Tracker {
             // Ids inside an unread gap stay: folded into `floor`, they would be counted again
             // when the catch-up reads them.
             let fold: Vec<u64> = (self.done.iter().copied())
-                .filter(|id| !self.in_gap(*id))
+                // u64::MAX (a hostile GitLab's) stays: `floor` cannot cover it.
+                .filter(|id| !self.in_gap(*id) && *id < u64::MAX)
                 .take(excess)
                 .collect();
             for id in fold {
                 self.done.remove(&id);
-                self.floor = self.floor.max(id + 1);
+                self.floor = self.floor.max(id.saturating_add(1));
             }
         }
         given_up
@@ -667,6 +668,27 @@ mod tests {
         let before = ev.len();
         t.observe(&finished(job(3, "success")), 0.0, &mut ev);
         assert_eq!(ev.len(), before);
+    }
+
+    #[test]
+    fn folding_the_highest_possible_id_into_floor_does_not_overflow() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        t.complete_cycle(Some(1), Some(1));
+        // Every done id but u64::MAX is inside an unread gap: that one would be folded first.
+        t.set_gaps(vec![Gap {
+            top: DONE_KEEP as u64 + 10,
+            bottom: 1,
+            next: None,
+            pages: 0,
+        }]);
+        for id in (2..DONE_KEEP as u64 + 3).chain([u64::MAX]) {
+            t.observe(&finished(job(id, "success")), 0.0, &mut ev);
+        }
+        t.complete_cycle(None, Some(u64::MAX));
+        let before = ev.len();
+        t.observe(&finished(job(u64::MAX, "success")), 0.0, &mut ev);
+        assert_eq!(ev.len(), before, "still handled");
     }
 
     #[test]
