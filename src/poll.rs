@@ -961,12 +961,16 @@ impl ProjectPoller {
         let map = self.tracker.settling_mut();
         for p in settled {
             if pipelines.get(p).is_some_and(|s| s.created) {
-                map.entry(*p).or_insert(Settling {
-                    since: server_now,
-                    next_check: server_now,
-                    // Checked this cycle (a settled pipeline's waiting jobs are).
-                    last_check: server_now,
-                });
+                // Settled anew (a job moved since): its pursuit starts over.
+                map.insert(
+                    *p,
+                    Settling {
+                        since: server_now,
+                        next_check: server_now,
+                        // Checked this cycle (a settled pipeline's waiting jobs are).
+                        last_check: server_now,
+                    },
+                );
             }
         }
         map.retain(|p, s| {
