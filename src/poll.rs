@@ -45,6 +45,9 @@ pub const COLD_SWEEP_CYCLES: u64 = 10;
 /// being left to the sweep: GitLab moves them on within seconds unless a blocking manual job
 /// holds the pipeline; the re-checks thin out (see `cycle`), so this costs a dozen requests.
 pub const SETTLING_PURSUIT_SECS: f64 = 1800.0;
+/// How often deep `scheduled` (`when: delayed`) jobs are re-checked, in GitLab time: they run
+/// on their own when their time comes, in a pipeline nothing else may touch until then.
+pub const SCHEDULED_RECHECK_SECS: f64 = 300.0;
 /// Failures in a row of `GET /projects/:id/pipelines/:pipeline_id/jobs` after which a project
 /// stops using it (a GitLab, proxy or look-alike that does not serve it): single fetches only.
 pub const PIPELINE_JOBS_MAX_FAILURES: u32 = 3;
@@ -215,6 +218,9 @@ pub struct ProjectPoller {
     pipeline_jobs_off: bool,
     /// Pages of the job list per cycle, at most (`MAX_PAGES_PER_CYCLE`; tests set less).
     max_pages_per_cycle: usize,
+    /// GitLab's clock when the deep `scheduled` jobs were last re-checked (not checkpointed:
+    /// after a restart the first re-check comes `SCHEDULED_RECHECK_SECS` later).
+    scheduled_checked: Option<f64>,
 }
 
 /// When a project is polled next.
@@ -295,6 +301,7 @@ impl ProjectPoller {
             pipeline_jobs_failures: 0,
             pipeline_jobs_off: false,
             max_pages_per_cycle: MAX_PAGES_PER_CYCLE,
+            scheduled_checked: None,
         }
     }
 
@@ -788,12 +795,16 @@ impl ProjectPoller {
             // GitLab moves those jobs on seconds after, not always within this cycle: `created`
             // ones left in a settled pipeline are re-checked until they move (see `pursue`).
             let pursued = self.pursue(&settled, &pipelines, server_now);
+            let scheduled_due = self
+                .scheduled_checked
+                .is_some_and(|t| server_now - t >= SCHEDULED_RECHECK_SECS);
             let cold: Vec<u64> = self
                 .tracker
                 .deep_followed(lowest)
                 .filter(|(id, f)| is_waiting(&f.status) && !seen.contains(id))
                 .filter(|(_, f)| {
                     sweep
+                        || (scheduled_due && f.status == JobStatus::Scheduled)
                         || f.pipeline_id.is_some_and(|p| {
                             settled.contains(&p)
                                 || (f.status == JobStatus::Created && pursued.contains(&p))
@@ -813,6 +824,9 @@ impl ProjectPoller {
             self.fetch_changed(&cx, to_fetch, stats, &mut seen, &mut reread)
                 .await?;
             self.tracker.untouch(&touched);
+            if sweep || scheduled_due || self.scheduled_checked.is_none() {
+                self.scheduled_checked = Some(server_now);
+            }
             // Checked: the next re-check of each comes later and later (about every half of
             // the time the pipeline has been settled), so one held by a manual job costs a
             // few requests, not one per cycle.
