@@ -45,6 +45,9 @@ pub const COLD_SWEEP_CYCLES: u64 = 10;
 /// being left to the sweep: GitLab moves them on within seconds unless a blocking manual job
 /// holds the pipeline; the re-checks thin out (see `cycle`), so this costs a dozen requests.
 pub const SETTLING_PURSUIT_SECS: f64 = 1800.0;
+/// How often deep `scheduled` (`when: delayed`) jobs are re-checked, in GitLab time: they run
+/// on their own when their time comes, in a pipeline nothing else may touch until then.
+pub const SCHEDULED_RECHECK_SECS: f64 = 300.0;
 /// Failures in a row of `GET /projects/:id/pipelines/:pipeline_id/jobs` after which a project
 /// stops using it (a GitLab, proxy or look-alike that does not serve it): single fetches only.
 pub const PIPELINE_JOBS_MAX_FAILURES: u32 = 3;
@@ -79,6 +82,8 @@ struct PipelineSummary {
     busy: bool,
     /// A `created` job.
     created: bool,
+    /// A `manual` job (which may hold the pipeline's `created` jobs for good).
+    manual: bool,
 }
 
 /// One pass over the followed jobs, by pipeline.
@@ -89,6 +94,7 @@ fn pipeline_summary(tracker: &Tracker) -> HashMap<u64, PipelineSummary> {
             let s = out.entry(p).or_default();
             s.busy |= !is_waiting(&f.status);
             s.created |= f.status == JobStatus::Created;
+            s.manual |= f.status == JobStatus::Manual;
         }
     }
     out
@@ -135,6 +141,11 @@ pub enum PollError {
     PaginationLoop,
     #[error("poll task ended unexpectedly")]
     Aborted,
+    /// A request reading into a gap failed for a reason worth retrying (GitLab's load, the
+    /// network): the cycle fails, but says nothing about the project itself (a 404 there is
+    /// about a cursor, not a deleted project).
+    #[error("catching up: {0}")]
+    CatchUp(#[source] ApiError),
 }
 
 /// How reading into a gap ended this cycle.
@@ -207,6 +218,9 @@ pub struct ProjectPoller {
     pipeline_jobs_off: bool,
     /// Pages of the job list per cycle, at most (`MAX_PAGES_PER_CYCLE`; tests set less).
     max_pages_per_cycle: usize,
+    /// GitLab's clock when the deep `scheduled` jobs were last re-checked (not checkpointed:
+    /// after a restart the first re-check comes `SCHEDULED_RECHECK_SECS` later).
+    scheduled_checked: Option<f64>,
 }
 
 /// When a project is polled next.
@@ -287,6 +301,7 @@ impl ProjectPoller {
             pipeline_jobs_failures: 0,
             pipeline_jobs_off: false,
             max_pages_per_cycle: MAX_PAGES_PER_CYCLE,
+            scheduled_checked: None,
         }
     }
 
@@ -718,9 +733,29 @@ impl ProjectPoller {
         if first_cycle {
             // Learn the whole non-final population, however old.
             self.list(&cx, Listing::All, stats).await?;
-            // That listing gave every waiting job's state: nothing to re-check for the
-            // pipelines the backfill saw.
-            self.tracker.take_touched();
+            // That listing gave every waiting job's state: nothing to re-check this cycle. But
+            // a pipeline that settled just before may still have `created` jobs GitLab moves on
+            // in the next seconds: those are pursued from now on, as if seen settling. Not the
+            // ones a manual job holds (they may stay `created` for good, the sweep covers them).
+            let touched = self.tracker.take_touched();
+            let pipelines = pipeline_summary(&self.tracker);
+            let map = self.tracker.settling_mut();
+            for p in touched {
+                if pipelines
+                    .get(&p)
+                    .is_some_and(|s| s.created && !s.busy && !s.manual)
+                {
+                    map.insert(
+                        p,
+                        Settling {
+                            since: server_now,
+                            next_check: server_now,
+                            // The full listing just gave their state.
+                            last_check: server_now,
+                        },
+                    );
+                }
+            }
         } else {
             let hot: Vec<u64> = self
                 .tracker
@@ -750,21 +785,26 @@ impl ProjectPoller {
             let sweep = self.completed_cycles.is_multiple_of(COLD_SWEEP_CYCLES);
             // A waiting job moves when the running part of its pipeline is over (next stage,
             // skipped after a failure, canceled with it): re-check those pipelines only.
-            let touched = self.tracker.take_touched();
+            // Kept until the re-checks below succeeded: a failing listing or fetch must not
+            // lose the change (the next cycle would see the same statuses and no change).
+            let touched = self.tracker.touched().clone();
             let pipelines = pipeline_summary(&self.tracker);
-            let settled: HashSet<u64> = touched
-                .into_iter()
+            let settled: HashSet<u64> = (touched.iter().copied())
                 .filter(|p| !pipelines.get(p).is_some_and(|s| s.busy))
                 .collect();
             // GitLab moves those jobs on seconds after, not always within this cycle: `created`
             // ones left in a settled pipeline are re-checked until they move (see `pursue`).
             let pursued = self.pursue(&settled, &pipelines, server_now);
+            let scheduled_due = self
+                .scheduled_checked
+                .is_some_and(|t| server_now - t >= SCHEDULED_RECHECK_SECS);
             let cold: Vec<u64> = self
                 .tracker
                 .deep_followed(lowest)
                 .filter(|(id, f)| is_waiting(&f.status) && !seen.contains(id))
                 .filter(|(_, f)| {
                     sweep
+                        || (scheduled_due && f.status == JobStatus::Scheduled)
                         || f.pipeline_id.is_some_and(|p| {
                             settled.contains(&p)
                                 || (f.status == JobStatus::Created && pursued.contains(&p))
@@ -783,12 +823,17 @@ impl ProjectPoller {
             };
             self.fetch_changed(&cx, to_fetch, stats, &mut seen, &mut reread)
                 .await?;
+            self.tracker.untouch(&touched);
+            if sweep || scheduled_due || self.scheduled_checked.is_none() {
+                self.scheduled_checked = Some(server_now);
+            }
             // Checked: the next re-check of each comes later and later (about every half of
             // the time the pipeline has been settled), so one held by a manual job costs a
             // few requests, not one per cycle.
             for p in pursued {
                 if let Some(s) = self.tracker.settling_mut().get_mut(&p) {
                     s.next_check = server_now + (server_now - s.since).max(0.0) / 2.0;
+                    s.last_check = server_now;
                 }
             }
         }
@@ -835,17 +880,22 @@ impl ProjectPoller {
                     },
                 };
                 let page = match client.jobs_page(req).await {
-                    // A cursor this GitLab no longer takes (an upgrade since the checkpoint):
-                    // read from the top instead, pages above the gap cost but stay harmless.
-                    Err(ApiError::Status { status: 400, .. }) if gap.next.is_some() => {
+                    Ok(page) => page,
+                    // A cursor this GitLab no longer takes (an upgrade since the checkpoint, a
+                    // proxy, a tampered file): read from the top instead, pages above the gap
+                    // cost but stay harmless.
+                    Err(e) if gap.next.is_some() && cursor_refused(&e) => {
                         stats.requests += 1;
-                        warn!(project = %label, "GitLab refused the catch-up cursor; reading down from the top instead");
+                        warn!(project = %label, error = %e, "GitLab refused the catch-up cursor; reading down from the top instead");
                         metrics.api_error("catch_up_cursor");
                         gap.next = None;
+                        // The top page is above the ones read so far: no loop.
+                        prev_min = None;
+                        visited.clear();
                         budget -= 1;
                         continue;
                     }
-                    r => r?,
+                    Err(e) => return Err(PollError::CatchUp(e)),
                 };
                 stats.requests += 1;
                 stats.pages += 1;
@@ -868,7 +918,19 @@ impl ProjectPoller {
                 if min <= gap.bottom.saturating_add(1) {
                     break GapEnd::Closed;
                 }
-                match page.take_next()? {
+                // An unusable `Link` on a page inside the gap: like a refused cursor.
+                let next = match page.take_next() {
+                    Ok(next) => next,
+                    Err(e) => {
+                        warn!(project = %label, error = %e, "unusable link while catching up; reading down from the top instead");
+                        metrics.api_error("catch_up_cursor");
+                        gap.next = None;
+                        prev_min = None;
+                        visited.clear();
+                        continue;
+                    }
+                };
+                match next {
                     None => break GapEnd::Closed,
                     Some(n) => {
                         if !visited.insert(n.clone()) {
@@ -902,7 +964,8 @@ impl ProjectPoller {
     /// Keeps the settled pipelines with `created` jobs left (new ones from `settled`) for
     /// `SETTLING_PURSUIT_SECS`, and returns those whose re-check is due. A pipeline leaves
     /// when it has no followed `created` job any more, or a job in flight again (it settles
-    /// anew later).
+    /// anew later), or once it was checked after its window ended (an entry past its window is
+    /// due at once: a downtime may have skipped its last re-checks).
     fn pursue(
         &mut self,
         settled: &HashSet<u64>,
@@ -912,18 +975,26 @@ impl ProjectPoller {
         let map = self.tracker.settling_mut();
         for p in settled {
             if pipelines.get(p).is_some_and(|s| s.created) {
-                map.entry(*p).or_insert(Settling {
-                    since: server_now,
-                    next_check: server_now,
-                });
+                // Settled anew (a job moved since): its pursuit starts over.
+                map.insert(
+                    *p,
+                    Settling {
+                        since: server_now,
+                        next_check: server_now,
+                        // Checked this cycle (a settled pipeline's waiting jobs are).
+                        last_check: server_now,
+                    },
+                );
             }
         }
         map.retain(|p, s| {
             pipelines.get(p).is_some_and(|x| x.created && !x.busy)
-                && server_now - s.since <= SETTLING_PURSUIT_SECS
+                && s.last_check <= s.since + SETTLING_PURSUIT_SECS
         });
         map.iter()
-            .filter(|(_, s)| s.next_check <= server_now)
+            .filter(|(_, s)| {
+                s.next_check <= server_now || server_now - s.since > SETTLING_PURSUIT_SECS
+            })
             .map(|(p, _)| *p)
             .collect()
     }
@@ -1350,13 +1421,29 @@ fn link_loop(metrics: &Metrics) -> PollError {
     PollError::PaginationLoop
 }
 
+/// Whether a failed request for a catch-up cursor says the cursor is no good (refused, or an
+/// answer that is no page of jobs), rather than that GitLab or the network is having a bad
+/// time (worth asking again later) or that the token lost its rights.
+fn cursor_refused(e: &ApiError) -> bool {
+    match e {
+        ApiError::Status { status, .. } => {
+            (400..500).contains(status) && !matches!(status, 401 | 403 | 429)
+        }
+        ApiError::Link { .. }
+        | ApiError::Decode { .. }
+        | ApiError::BadItem { .. }
+        | ApiError::TooLong { .. } => true,
+        ApiError::RateLimited { .. } | ApiError::Transport { .. } => false,
+    }
+}
+
 /// Whether a failed pipeline-jobs request says something about the endpoint itself (rather than
 /// about GitLab's load or the network, which single fetches would meet too).
 fn counts_against_endpoint(e: &PollError) -> bool {
     match e {
         PollError::Api(ApiError::RateLimited { .. } | ApiError::Transport { .. }) => false,
         PollError::Api(_) | PollError::PaginationLoop => true,
-        PollError::Aborted => false,
+        PollError::Aborted | PollError::CatchUp(_) => false,
     }
 }
 

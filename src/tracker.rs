@@ -146,6 +146,11 @@ pub struct Settling {
     pub since: f64,
     /// When its `created` jobs are due for a re-check.
     pub next_check: f64,
+    /// When they were last checked (0 in checkpoints from before this field: unknown). The
+    /// pursuit ends with a check after `since` + the pursuit window, even one a downtime
+    /// delayed, so a job moved on near the window's end is not left to the sweep.
+    #[serde(default)]
+    pub last_check: f64,
 }
 
 /// Unix seconds.
@@ -355,6 +360,17 @@ impl Tracker {
         std::mem::take(&mut self.touched)
     }
 
+    /// Pipelines with a job seen new or changing since they were last taken or untouched.
+    pub fn touched(&self) -> &BTreeSet<u64> {
+        &self.touched
+    }
+
+    /// Forgets the given touched pipelines once they were dealt with (the ones touched since
+    /// stay for the next cycle).
+    pub fn untouch(&mut self, pipelines: &BTreeSet<u64>) {
+        self.touched.retain(|p| !pipelines.contains(p));
+    }
+
     /// Settled pipelines whose `created` jobs are being re-checked.
     pub fn settling_mut(&mut self) -> &mut BTreeMap<u64, Settling> {
         &mut self.settling
@@ -392,12 +408,13 @@ impl Tracker {
             // Ids inside an unread gap stay: folded into `floor`, they would be counted again
             // when the catch-up reads them.
             let fold: Vec<u64> = (self.done.iter().copied())
-                .filter(|id| !self.in_gap(*id))
+                // u64::MAX (a hostile GitLab's) stays: `floor` cannot cover it.
+                .filter(|id| !self.in_gap(*id) && *id < u64::MAX)
                 .take(excess)
                 .collect();
             for id in fold {
                 self.done.remove(&id);
-                self.floor = self.floor.max(id + 1);
+                self.floor = self.floor.max(id.saturating_add(1));
             }
         }
         given_up
@@ -654,6 +671,27 @@ mod tests {
     }
 
     #[test]
+    fn folding_the_highest_possible_id_into_floor_does_not_overflow() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        t.complete_cycle(Some(1), Some(1));
+        // Every done id but u64::MAX is inside an unread gap: that one would be folded first.
+        t.set_gaps(vec![Gap {
+            top: DONE_KEEP as u64 + 10,
+            bottom: 1,
+            next: None,
+            pages: 0,
+        }]);
+        for id in (2..DONE_KEEP as u64 + 3).chain([u64::MAX]) {
+            t.observe(&finished(job(id, "success")), 0.0, &mut ev);
+        }
+        t.complete_cycle(None, Some(u64::MAX));
+        let before = ev.len();
+        t.observe(&finished(job(u64::MAX, "success")), 0.0, &mut ev);
+        assert_eq!(ev.len(), before, "still handled");
+    }
+
+    #[test]
     fn ids_in_an_unread_gap_count_once_whatever_floor_does() {
         let mut t = Tracker::new();
         let mut ev = Vec::new();
@@ -705,6 +743,7 @@ mod tests {
             Settling {
                 since: 1.0,
                 next_check: 2.0,
+                last_check: 1.0,
             },
         );
         let mut json = serde_json::to_value(&t).unwrap();

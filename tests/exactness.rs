@@ -11,6 +11,7 @@ use gitlab_jobs_exporter::simulator::{Fault, Ms, ProjectSpec, World, WorldSpec};
 
 const MIN: Ms = 60_000;
 const HOUR: Ms = 60 * MIN;
+const S: Ms = 1000;
 /// A whole second, so GitLab's `Date` header and the manual clock agree.
 const T0: Ms = 1_790_000_000_000;
 
@@ -869,7 +870,6 @@ async fn discovered_and_retired_projects_survive_a_restart() {
 /// jobs, done by then, put the pipeline below the top page.
 fn lone_late_skip_world(t: Ms) -> World {
     use gitlab_jobs_exporter::simulator::{JobPlan, ProjectDef};
-    const S: Ms = 1000;
     let mut jobs: Vec<(Ms, usize, JobPlan)> = Vec::new();
     for (project, offset) in [(1u64, 0), (2, 300)] {
         let t = t + offset;
@@ -1010,7 +1010,6 @@ async fn a_created_job_skipped_alone_after_its_pipeline_settled_is_counted() {
 /// about 12 minutes later), and 30 more arrive while it catches up.
 fn downtime_world() -> World {
     use gitlab_jobs_exporter::simulator::{JobPlan, ProjectDef};
-    const S: Ms = 1000;
     let mut jobs = Vec::new();
     let mut add = |created: Ms, run: Ms, status: &str| {
         let id = 1001 + jobs.len() as u64;
@@ -1046,7 +1045,7 @@ fn downtime_world() -> World {
     World::new(vec![ProjectDef::new(7, "catch/up")], jobs).expect("valid world")
 }
 
-/// A poller of project 7 on its own (as the scheduler would run it), capped at 3 pages.
+/// A poller of one project on its own (as the scheduler would run it).
 struct LonePoller {
     poller: gitlab_jobs_exporter::poll::ProjectPoller,
     client: gitlab_jobs_exporter::gitlab::GitlabClient,
@@ -1054,10 +1053,18 @@ struct LonePoller {
 }
 
 impl LonePoller {
+    /// Project 7, capped at 3 pages.
     fn new(base_url: &str, checkpoint: Option<&str>) -> Self {
+        let mut p = Self::of(base_url, 7, checkpoint);
+        p.poller.set_max_pages_per_cycle(3);
+        p
+    }
+
+    /// Project `id`, with the default page cap.
+    fn of(base_url: &str, id: u64, checkpoint: Option<&str>) -> Self {
         use gitlab_jobs_exporter::metrics::Metrics;
         use gitlab_jobs_exporter::poll::ProjectPoller;
-        let cfg = common::config(base_url, vec![by_id(7)], Duration::from_secs(3600));
+        let cfg = common::config(base_url, vec![by_id(id)], Duration::from_secs(3600));
         let metrics = std::sync::Arc::new(
             Metrics::new(&cfg.metrics, cfg.limits.max_series, &cfg.labels).expect("metrics"),
         );
@@ -1068,8 +1075,7 @@ impl LonePoller {
             metrics.clone(),
         )
         .expect("client");
-        let mut poller = ProjectPoller::new(by_id(7), cfg.poll.backfill, cfg.labels, (0, 1));
-        poller.set_max_pages_per_cycle(3);
+        let mut poller = ProjectPoller::new(by_id(id), cfg.poll.backfill, cfg.labels, (0, 1));
         if let Some(json) = checkpoint {
             poller.restore(serde_json::from_str(json).expect("checkpoint"), &metrics);
         }
@@ -1188,4 +1194,297 @@ async fn a_refused_catch_up_cursor_reads_down_from_the_top_instead() {
         "{errors:?}"
     );
     server.shutdown().await;
+}
+
+fn skipped(scrape: &common::Scrape) -> f64 {
+    (scrape.values("gitlab_ci_jobs_total").iter())
+        .filter(|(l, _)| l["status"] == "skipped")
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Serves `sim` behind a fake GitLab answer: `refuse(query)` gives the status to answer a
+/// request with instead of the simulator's (`None`: the simulator answers). Returns the base URL.
+async fn serve_refusing(
+    sim: &gitlab_jobs_exporter::simulator::Simulator,
+    refuse: impl Fn(&str) -> Option<axum::http::StatusCode> + Clone + Send + Sync + 'static,
+) -> String {
+    let app = sim.router().layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let refuse = refuse.clone();
+            async move {
+                let status = refuse(req.uri().query().unwrap_or(""));
+                match status {
+                    Some(status) => axum::response::IntoResponse::into_response((
+                        status,
+                        [("content-type", "application/json")],
+                        format!(r#"{{"message":"{}"}}"#, status.as_u16()),
+                    )),
+                    None => next.run(req).await,
+                }
+            }
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+/// Issue 9, item 1: the exporter starts (or a project is discovered) 2 s after the pipeline
+/// settled: the first cycle's full listing shows the sixth job `created` in a settled
+/// pipeline, and that pipeline is pursued from then on (not left to the cold sweep).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_job_in_a_pipeline_settled_just_before_the_first_poll_is_counted() {
+    let start = T0 + 12 * S;
+    let mut h = Harness::start_with(
+        lone_late_skip_world(T0),
+        start,
+        vec![by_path("late/skip"), by_path("late/resource")],
+        Duration::from_secs(3600),
+        |cfg| cfg.poll.interval = Duration::from_secs(1),
+    )
+    .await;
+    h.scheduler.set_pacing_budget(300.0);
+    h.cutoff_ms = Some(start - HOUR);
+    h.first_poll_ms = Some(start);
+    let (mut due, mut elapsed) = (BTreeMap::new(), Duration::ZERO);
+    h.scheduler.poll_due(elapsed, &mut due).await;
+    run_paced(&h, &mut due, &mut elapsed, T0 + 164_000).await;
+    assert_eq!(h.truth().jobs_with_status("skipped"), 2);
+    let scrape = h.scrape().await;
+    assert_eq!(
+        skipped(&scrape),
+        2.0,
+        "both skips counted 150 s after they happened"
+    );
+    assert_matches_truth(&scrape, &h.truth());
+    h.stop().await;
+}
+
+/// Issue 9, item 1: the pipeline is seen settled (its pursuit starts), the exporter stops
+/// right after and restarts on its checkpoint 40 minutes later, after the pursuit window:
+/// the expired pursuit is checked once more before it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pursuit_expiring_during_a_downtime_is_checked_once_more() {
+    use gitlab_jobs_exporter::simulator::{SimClock, Simulator};
+    let sim = Simulator::new(
+        lone_late_skip_world(T0),
+        SimClock::manual(T0 + S),
+        common::TOKEN.to_string(),
+    );
+    let server = sim.spawn().await.expect("simulator");
+    let mut p = LonePoller::of(&server.base_url, 1, None);
+    p.poll().await; // t+1 s: the pipeline runs
+    for _ in 0..11 {
+        sim.advance(Duration::from_secs(1));
+        p.poll().await; // up to t+12 s: the last sibling finished, the pipeline settled
+    }
+    let saved = p.checkpoint();
+    assert!(saved.contains("settling"), "pursuit started: {saved}");
+    assert_eq!(skipped(&p.scrape()), 0.0, "not skipped yet at t+12 s");
+    sim.advance(Duration::from_secs(40 * 60));
+    let mut p = LonePoller::of(&server.base_url, 1, Some(&saved));
+    // A few cycles after the restart, before the next cold sweep.
+    for _ in 0..3 {
+        sim.advance(Duration::from_secs(1));
+        p.poll().await;
+    }
+    assert_eq!(
+        skipped(&p.scrape()),
+        1.0,
+        "the skip that happened during the downtime is counted"
+    );
+    let cp: serde_json::Value = serde_json::from_str(&p.checkpoint()).expect("json");
+    let settling = &cp["tracker"]["settling"];
+    assert!(
+        settling.is_null() || settling.as_object().is_some_and(|m| m.is_empty()),
+        "the expired pursuit is dropped after its last check: {settling}"
+    );
+    server.shutdown().await;
+}
+
+/// Issue 9, item 3: mid catch-up, after a cursor page was read, GitLab (or a proxy) answers
+/// 400 once to the next cursor: the catch-up reads down from the top again and the rest of
+/// the gap is still read (not taken for a loop and abandoned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refused_cursor_mid_catch_up_still_reads_the_rest_of_the_gap() {
+    use gitlab_jobs_exporter::simulator::{SimClock, Simulator};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let sim = Simulator::new(
+        downtime_world(),
+        SimClock::manual(T0),
+        common::TOKEN.to_string(),
+    );
+    // Counts cursor requests down while armed (> 0); answers 400 to the one reaching 0.
+    let arm = Arc::new(AtomicI64::new(-1));
+    let a = arm.clone();
+    let base = serve_refusing(&sim, move |q| {
+        (q.contains("cursor=")
+            && a.load(Ordering::SeqCst) > 0
+            && a.fetch_sub(1, Ordering::SeqCst) == 1)
+            .then_some(axum::http::StatusCode::BAD_REQUEST)
+    })
+    .await;
+    let (cutoff, first_poll) = (T0 - HOUR, T0);
+    let mut p = LonePoller::of(&base, 7, None);
+    p.poller.set_max_pages_per_cycle(5);
+    p.poll().await;
+    sim.advance(Duration::from_secs(2 * 3600 - 60));
+    let st = p.poll().await; // capped: a gap of ~700 jobs with a cursor
+    assert_eq!(st.pages, 5, "{st:?}");
+    // Next cycle: the top page, one catch-up page, then a 400 on the cursor after it.
+    arm.store(2, Ordering::SeqCst);
+    for _ in 0..13 {
+        sim.advance(Duration::from_secs(10));
+        p.poll().await;
+    }
+    assert_eq!(arm.load(Ordering::SeqCst), 0, "the 400 was answered");
+    let scrape = p.scrape();
+    let errors = scrape.values("gitlab_jobs_exporter_api_errors_total");
+    assert!(
+        !errors
+            .iter()
+            .any(|(l, _)| l["kind"] == "catch_up_abandoned"),
+        "{errors:?}"
+    );
+    assert_matches_truth(&scrape, &sim.ground_truth_since(cutoff, first_poll));
+}
+
+/// Issue 9, item 3: GitLab answers 404 to a stored catch-up cursor (any refusal but a 400):
+/// the catch-up reads down from the top instead; the project is never taken for deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_on_a_catch_up_cursor_never_stops_polling_the_project() {
+    use gitlab_jobs_exporter::poll::{NextPoll, ProjectState};
+    use gitlab_jobs_exporter::simulator::{SimClock, Simulator};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sim = Simulator::new(
+        downtime_world(),
+        SimClock::manual(T0),
+        common::TOKEN.to_string(),
+    );
+    let armed = Arc::new(AtomicBool::new(false));
+    let a = armed.clone();
+    let base = serve_refusing(&sim, move |q| {
+        (a.load(Ordering::SeqCst) && q.contains("cursor="))
+            .then_some(axum::http::StatusCode::NOT_FOUND)
+    })
+    .await;
+    let (cutoff, first_poll) = (T0 - HOUR, T0);
+    let mut p = LonePoller::new(&base, None);
+    p.poll().await;
+    sim.advance(Duration::from_secs(2 * 3600 - 60));
+    let st = p.poll().await; // capped: a gap with a cursor
+    assert_eq!(st.pages, 3, "{st:?}");
+    armed.store(true, Ordering::SeqCst);
+    sim.advance(Duration::from_secs(10));
+    let r = p.poller.poll(&p.client, &p.metrics).await;
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(p.poller.state(), ProjectState::Ok);
+    assert_ne!(p.poller.next_poll(Duration::from_secs(30)), NextPoll::Never);
+    let errors = p.scrape().values("gitlab_jobs_exporter_api_errors_total");
+    assert!(
+        errors.iter().any(|(l, _)| l["kind"] == "catch_up_cursor"),
+        "{errors:?}"
+    );
+    // Cursors work again: the gap is read to its end.
+    armed.store(false, Ordering::SeqCst);
+    for _ in 0..10 {
+        sim.advance(Duration::from_secs(10));
+        p.poll().await;
+    }
+    assert_matches_truth(&p.scrape(), &sim.ground_truth_since(cutoff, first_poll));
+}
+
+/// Issue 9, item 1: a `when: delayed` job (`scheduled`, runs 10 min later, for 1 min) in a
+/// pipeline that settled, with 120 newer jobs above it, is counted within minutes of
+/// finishing, not at the cold sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_job_deep_in_a_quiet_project_is_counted_within_minutes() {
+    use gitlab_jobs_exporter::simulator::{JobPlan, ProjectDef};
+    let t = T0;
+    let mut jobs = vec![
+        JobPlan::new(
+            1001,
+            1,
+            101,
+            "build",
+            "build",
+            &[
+                (t, "created"),
+                (t + S, "pending"),
+                (t + 2 * S, "running"),
+                (t + 5 * S, "success"),
+            ],
+        ),
+        JobPlan::new(
+            1002,
+            1,
+            101,
+            "deploy",
+            "deploy",
+            &[
+                (t, "created"),
+                (t + 6 * S, "scheduled"),
+                (t + 10 * MIN, "pending"),
+                (t + 10 * MIN + S, "running"),
+                (t + 11 * MIN, "success"),
+            ],
+        ),
+    ];
+    for i in 0..120u64 {
+        let c = t + 20 * S + i as Ms;
+        jobs.push(JobPlan::new(
+            1003 + i,
+            1,
+            111,
+            &format!("filler {i}"),
+            "build",
+            &[
+                (c, "created"),
+                (c + S, "pending"),
+                (c + 2 * S, "running"),
+                (c + 3 * S, "success"),
+            ],
+        ));
+    }
+    let world = World::new(vec![ProjectDef::new(1, "late/delayed")], jobs).expect("world");
+    let h = Harness::start_with(
+        world,
+        t - 30 * S,
+        vec![by_path("late/delayed")],
+        Duration::from_secs(3600),
+        |_| {},
+    )
+    .await;
+    h.scheduler.set_pacing_budget(300.0);
+    let (mut due, mut elapsed) = (BTreeMap::new(), Duration::ZERO);
+    h.scheduler.poll_due(elapsed, &mut due).await;
+    let mut at = None;
+    while h.sim.now_ms() < t + HOUR {
+        h.sim.advance(Duration::from_secs(5));
+        elapsed += Duration::from_secs(5);
+        h.scheduler.poll_due(elapsed, &mut due).await;
+        let n: f64 = h
+            .scrape()
+            .await
+            .values("gitlab_ci_jobs_total")
+            .values()
+            .sum();
+        if n == 122.0 {
+            at = Some((h.sim.now_ms() - t - 11 * MIN) / 1000);
+            break;
+        }
+    }
+    // Re-checked every 5 minutes of GitLab time (then at the next poll of an idle project),
+    // not only at the cold sweep (which counted it 1,530 s after it finished).
+    assert!(
+        at.is_some_and(|s| s < 450),
+        "counted within 7.5 min of finishing: {at:?} s"
+    );
+    h.stop().await;
 }
