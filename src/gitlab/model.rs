@@ -120,6 +120,7 @@ impl std::fmt::Display for JobStatus {
 pub struct Job {
     #[serde(rename = "pipeline", default, deserialize_with = "lenient_pipeline")]
     pub pipeline_id: Option<u64>,
+    #[serde(deserialize_with = "job_id")]
     pub id: u64,
     pub status: JobStatus,
     #[serde(default, deserialize_with = "label_text")]
@@ -329,6 +330,19 @@ fn label_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     })
 }
 
+/// A job id: GitLab's are `bigint` (at most `i64::MAX`). A larger one can only come from a
+/// broken or hostile peer, and would raise the high-water mark past every real id for good
+/// (checkpointed), so such an item is no job.
+fn job_id<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let id = u64::deserialize(d)?;
+    if id > i64::MAX as u64 {
+        return Err(serde::de::Error::custom(
+            "job id beyond GitLab's bigint range",
+        ));
+    }
+    Ok(id)
+}
+
 /// An optional string, capped like [`label_text`].
 fn capped_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(Option::<String>::deserialize(d)?.map(|s| {
@@ -506,16 +520,19 @@ mod tests {
         body.extend_from_slice(
             format!(r#"{{"id": 2, "status": "success", "extra": {deep}}},"#).as_bytes(),
         );
+        // An id no GitLab can have (its ids are bigint) would raise the high-water mark
+        // past every real job for good.
+        body.extend_from_slice(br#"{"id": 18446744073709551615, "status": "success"},"#);
         body.extend_from_slice(br#"{"id": 1, "status": "failed"}]"#);
         let (jobs, bad) = decode_jobs(&body, usize::MAX).unwrap();
         let ids: Vec<u64> = jobs.iter().map(|j| j.id).collect();
         // An unknown field is skipped without recursion, so even a deep one costs nothing.
         assert_eq!(ids, [7, 6, 2, 1]);
-        assert_eq!(bad, 3);
+        assert_eq!(bad, 4);
         assert_eq!(jobs[1].name, "r\u{fffd}\u{fffd}spec");
         assert!(matches!(
-            decode_jobs(&body, 6),
-            Err(DecodeError::TooManyItems(6))
+            decode_jobs(&body, 7),
+            Err(DecodeError::TooManyItems(7))
         ));
         // Still refused whole: what is not a JSON array at all.
         assert!(decode_jobs(b"<html>", usize::MAX).is_err());
