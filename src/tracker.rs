@@ -482,11 +482,14 @@ mod tests {
     use super::*;
 
     fn job(id: u64, status: &str) -> Job {
-        serde_json::from_value(serde_json::json!({
-            "id": id, "status": status, "stage": "test", "name": "rspec", "ref": "main",
+        let mut j: Job = serde_json::from_value(serde_json::json!({
+            "id": 1, "status": status, "stage": "test", "name": "rspec", "ref": "main",
             "created_at": "2026-01-01T10:00:00.000Z",
         }))
-        .unwrap()
+        .unwrap();
+        // Set afterwards: the tracker must hold for any id, even those decoding refuses.
+        j.id = id;
+        j
     }
 
     fn started(mut j: Job, queued: f64, duration: f64) -> Job {
