@@ -402,7 +402,6 @@ async fn demo_runs_without_gitlab_and_discovers_its_projects() {
 /// says so (503) while `/healthz` is fine, and the log names the failing group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_a_complete_discovery_pass() {
-    use std::io::BufRead;
     let (_sim, handle) = live_acme_api(5.0).await;
     let port = common::free_port();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -413,28 +412,8 @@ async fn readiness_waits_for_a_complete_discovery_pass() {
             handle.base_url
         ),
     );
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .env("GITLAB_TOKEN", TOKEN)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("exporter starts");
     // Wait (on the log, not the clock) for the first pass to end incomplete.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().expect("stderr piped");
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, rx) = spawn_with_log_lines(&config);
     let mut log = String::new();
     let incomplete = loop {
         match rx.recv_timeout(Duration::from_secs(60)) {
@@ -623,7 +602,6 @@ fn a_url_ending_with_api_v4_is_used_without_it() {
 /// at 503 while the log names the URL that answered 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_project_never_found_keeps_readyz_unready_and_names_the_url() {
-    use std::io::BufRead;
     let (_sim, handle) = live_acme_api(20.0).await;
     let port = common::free_port();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -634,27 +612,7 @@ async fn a_configured_project_never_found_keeps_readyz_unready_and_names_the_url
             handle.base_url.trim_end_matches('/')
         ),
     );
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .env("GITLAB_TOKEN", TOKEN)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("exporter starts");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().expect("stderr piped");
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, rx) = spawn_with_log_lines(&config);
     gitlab_jobs_exporter::gitlab::install_tls_provider();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -996,4 +954,32 @@ async fn live_acme_api(
     let sim = Simulator::new(World::generate(&spec, 3), SimClock::Live, TOKEN.to_string());
     let handle = sim.spawn().await.expect("simulator");
     (sim, handle)
+}
+
+/// The exporter on `config` (token from the environment, `RUST_LOG=info`), with its log lines
+/// sent to the receiver as they come.
+fn spawn_with_log_lines(config: &Path) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .env("GITLAB_TOKEN", TOKEN)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exporter starts");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
 }
