@@ -451,7 +451,10 @@ impl GitlabClient {
                 })?;
             // GitLab sends both; a proxy or look-alike that drops `Link` still says X-Next-Page.
             let full = projects.len() + bad_items >= PER_PAGE as usize;
-            let next = match self.next_link(endpoint, &resp.headers, full)? {
+            let next = match self
+                .next_link(endpoint, &resp.headers, full)
+                .map_err(|source| ApiError::Link { endpoint, source })?
+            {
                 Some(next) => Some(next),
                 None => x_next_page(&rel, &resp.headers),
             };
@@ -660,7 +663,7 @@ impl GitlabClient {
         endpoint: &'static str,
         headers: &HeaderMap,
         full: bool,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<String>, link::LinkError> {
         let Some(v) = headers.get(reqwest::header::LINK) else {
             return Ok(None);
         };
@@ -676,7 +679,7 @@ impl GitlabClient {
                 self.metrics.api_error("link");
                 Ok(None)
             }
-            Err(source) => Err(ApiError::Link { endpoint, source }),
+            Err(source) => Err(source),
         }
     }
 
@@ -693,16 +696,10 @@ impl GitlabClient {
         let full = jobs.len() + bad_items >= PER_PAGE as usize;
         let next = self
             .next_link(endpoint, &resp.headers, full)
-            .map_err(|e| match e {
-                ApiError::Link { endpoint, source } => {
-                    // Counted here, once per page; the caller that needs the page fails on it.
-                    self.metrics.api_error("link");
-                    (endpoint, source)
-                }
-                other => (
-                    endpoint,
-                    link::LinkError::Syntax(text::bounded(&other.to_string())),
-                ),
+            .map_err(|source| {
+                // Counted here, once per page; the caller that needs the page fails on it.
+                self.metrics.api_error("link");
+                (endpoint, source)
             });
         Ok(JobsPage {
             jobs,
