@@ -757,42 +757,34 @@ async fn sigterm_exits_while_a_client_holds_a_half_sent_request_head() {
 /// after server.header_read_timeout; they used to stay open forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_cannot_exhaust_file_descriptors() {
-    let port = common::free_port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = unreachable_gitlab_config(dir.path(), port, "");
-    let log = dir.path().join("log");
-    let mut child = spawn_exporter(&config, Some(64), &log);
-    gitlab_jobs_exporter::gitlab::install_tls_provider();
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    assert!(wait_ok(&client, &format!("{base}/healthz"), Duration::from_secs(60)).await);
-    let idle: Vec<_> = (0..80)
-        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
-        .collect();
-    let fresh = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
-    let served = wait_ok(&fresh, &format!("{base}/metrics"), Duration::from_secs(90)).await;
-    let exit = terminate(&mut child);
-    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let (served, exit, log) = scrape_through_an_idle_crowd("").await;
     assert!(served, "a scrape gets through the idle crowd; log:\n{log}");
     assert_eq!(exit.and_then(|e| e.code()), Some(0), "log:\n{log}");
-    drop(idle);
 }
 
 /// With server.max_connections below the descriptor limit, a crowd of idle clients waits in
 /// the backlog: the exporter never runs out of descriptors (never fails to accept).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_cap_keeps_descriptors_in_bounds() {
+    let (served, exit, log) =
+        scrape_through_an_idle_crowd("max_connections = 16\nheader_read_timeout = \"1s\"").await;
+    assert!(served, "a scrape gets through; log:\n{log}");
+    assert!(
+        !log.contains("cannot accept connections"),
+        "never out of descriptors; log:\n{log}"
+    );
+    assert_eq!(exit.and_then(|e| e.code()), Some(0), "log:\n{log}");
+}
+
+/// The exporter (with `server_extra` in `[server]`) limited to 64 file descriptors, 80 idle
+/// clients connected: whether a fresh scrape got through, how the process exited on SIGTERM,
+/// and its log.
+async fn scrape_through_an_idle_crowd(
+    server_extra: &str,
+) -> (bool, Option<std::process::ExitStatus>, String) {
     let port = common::free_port();
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = unreachable_gitlab_config(
-        dir.path(),
-        port,
-        "max_connections = 16\nheader_read_timeout = \"1s\"",
-    );
+    let config = unreachable_gitlab_config(dir.path(), port, server_extra);
     let log = dir.path().join("log");
     let mut child = spawn_exporter(&config, Some(64), &log);
     gitlab_jobs_exporter::gitlab::install_tls_provider();
@@ -810,13 +802,8 @@ async fn the_connection_cap_keeps_descriptors_in_bounds() {
     let served = wait_ok(&fresh, &format!("{base}/metrics"), Duration::from_secs(90)).await;
     let exit = terminate(&mut child);
     let log = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(served, "a scrape gets through; log:\n{log}");
-    assert!(
-        !log.contains("cannot accept connections"),
-        "never out of descriptors; log:\n{log}"
-    );
-    assert_eq!(exit.and_then(|e| e.code()), Some(0), "log:\n{log}");
     drop(idle);
+    (served, exit, log)
 }
 
 /// GitLab unreachable from the very first start: the poll counters of a project configured
