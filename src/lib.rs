@@ -28,6 +28,7 @@ pub mod labels;
 pub mod metrics;
 pub mod pacing;
 pub mod poll;
+pub mod registry;
 pub mod scheduler;
 pub mod server;
 pub mod shard;
