@@ -195,6 +195,7 @@ pub async fn serve(
     let state = AppState {
         metrics,
         readiness: scheduler.readiness(),
+        health: scheduler.health(),
     };
     info!(listen = %listener.local_addr()?, gitlab = %cfg.gitlab.url, "serving /metrics");
     let stop = shutdown.clone();

@@ -10,6 +10,8 @@
 //! - [`pacing`]: each project's next delay from its activity, within the shared request budget.
 //! - [`discovery`]: projects named by `[[groups]]` and `discovery.membership`.
 //! - [`poll`]: one poll cycle of one project: which requests to send, fed to the tracker.
+//! - [`project_state`]: a project's state apart from the network, locked only for short steps.
+//! - [`health`]: what `/healthz` answers (the published page's age, GitLab's pause).
 //! - [`gitlab`]: the GitLab API client, its wire types and the `Link` header handling.
 //! - [`tracker`]: what has been counted and which jobs are still followed (pure, no I/O).
 //! - [`labels`]: cardinality controls for the `ref` and `job` labels.
@@ -24,10 +26,12 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod gitlab;
+pub mod health;
 pub mod labels;
 pub mod metrics;
 pub mod pacing;
 pub mod poll;
+pub mod project_state;
 pub mod registry;
 pub mod scheduler;
 pub mod server;

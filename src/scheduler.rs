@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, DiscoveryConfig, GroupRef, PathFilter};
 use crate::discovery;
 use crate::gitlab::{ClientBuildError, GitlabClient, RetryPolicy};
+use crate::health::Health;
 use crate::labels::LabelsConfig;
 use crate::metrics::Metrics;
 use crate::metrics::carry::capture;
@@ -97,7 +98,7 @@ impl Readiness {
 /// A watched project.
 #[derive(Clone)]
 struct Slot {
-    poller: Arc<Mutex<ProjectPoller>>,
+    poller: SharedPoller,
     /// The project id, for a project found by discovery.
     discovered: Option<u64>,
     /// The discovery sources that listed it last (empty: not known yet, e.g. restored).
@@ -110,11 +111,12 @@ struct Slot {
     ended: bool,
 }
 
-type SharedPoller = Arc<Mutex<ProjectPoller>>;
+/// A project's poller: its state behind a short lock, its cycles behind a gate.
+type SharedPoller = Arc<ProjectPoller>;
 
 /// A discovered project no longer found, kept for the grace period.
 struct Retired {
-    poller: Arc<Mutex<ProjectPoller>>,
+    poller: SharedPoller,
     since_unix: f64,
 }
 
@@ -141,6 +143,18 @@ impl Slots {
         self.live.insert(key, slot);
         key
     }
+}
+
+/// What a discovery pass changes beyond the slots, applied outside their lock.
+#[derive(Default)]
+struct Changes {
+    to_spawn: Vec<u64>,
+    /// Retired this pass: paused behind their gate.
+    stopped: Vec<(u64, SharedPoller)>,
+    /// Past the grace period: forgotten.
+    expired: Vec<SharedPoller>,
+    /// Shown under a new path.
+    renamed: Vec<(SharedPoller, String)>,
 }
 
 /// What one discovery pass changed.
@@ -171,6 +185,7 @@ pub struct Scheduler {
     interval: Duration,
     pacer: Pacer,
     readiness: Arc<Readiness>,
+    health: Arc<Health>,
     backfill: Duration,
     labels: LabelsConfig,
     shard: (u32, u32),
@@ -213,12 +228,12 @@ impl Scheduler {
                 slots.configured_paths.insert(path.to_lowercase());
             }
             slots.insert(Slot {
-                poller: Arc::new(Mutex::new(ProjectPoller::new(
+                poller: Arc::new(ProjectPoller::new(
                     p.clone(),
                     cfg.poll.backfill,
                     cfg.labels.clone(),
                     shard,
-                ))),
+                )),
                 discovered: None,
                 sources: BTreeSet::new(),
                 path: String::new(),
@@ -250,6 +265,7 @@ impl Scheduler {
                 cfg.gitlab.max_requests_per_minute,
             ),
             readiness: Arc::new(readiness),
+            health: Arc::new(Health::new(cfg.poll.interval)),
             backfill: cfg.poll.backfill,
             labels: cfg.labels.clone(),
             shard,
@@ -266,6 +282,11 @@ impl Scheduler {
 
     pub fn readiness(&self) -> Arc<Readiness> {
         self.readiness.clone()
+    }
+
+    /// What `/healthz` answers from.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
@@ -320,36 +341,62 @@ impl Scheduler {
         };
         // The semaphore is never closed, so acquire() cannot fail; treat it as "no limit" if it did.
         let _permit = self.permits.acquire().await.ok();
-        let mut poller = slot.poller.lock().await;
-        let result = poller.poll(&self.client, &self.metrics).await;
-        // Ready once polled, or known to be gone (it would otherwise hold readiness forever).
-        // Refused (401/403) counts too: a project the token cannot read must not keep the
-        // whole exporter unready (it is logged and exported as such). A configured project
-        // never found at all does not: that is a wrong path or gitlab.url, not an exporter
-        // at work.
-        let done = result.is_ok()
-            || (matches!(
-                poller.state(),
-                ProjectState::NotFound
-                    | ProjectState::Elsewhere
-                    | ProjectState::Forbidden
-                    | ProjectState::Unauthorized
-            ) && !poller.never_found());
-        if !poller.counted_ready && done {
-            poller.counted_ready = true;
+        // Kept through the bookkeeping below: discovery retires a project under its gate, so
+        // a cycle that was running has paced itself (and is un-paced there) by then.
+        let gate = slot.poller.gate().await;
+        let result = slot
+            .poller
+            .poll_gated(&gate, &self.client, &self.metrics)
+            .await;
+        let next = self.after_poll(key, &slot, &result);
+        let next = self.schedule(key, next, &result);
+        drop(gate);
+        self.export_pace();
+        (result, next)
+    }
+
+    /// Readiness, configured ids and the watched counts after a cycle; returns how the
+    /// project wants to be polled next.
+    fn after_poll(
+        &self,
+        key: u64,
+        slot: &Slot,
+        result: &Result<CycleStats, PollError>,
+    ) -> NextPoll {
+        let (next, resolved_id, refused_or_gone, newly_ready) = {
+            let mut p = slot.poller.project();
+            // Ready once polled, or known to be gone (it would otherwise hold readiness
+            // forever). Refused (401/403) counts too: a project the token cannot read must not
+            // keep the whole exporter unready (it is logged and exported as such). A
+            // configured project never found at all does not: that is a wrong path or
+            // gitlab.url, not an exporter at work.
+            let done = result.is_ok()
+                || (matches!(
+                    p.state(),
+                    ProjectState::NotFound
+                        | ProjectState::Elsewhere
+                        | ProjectState::Forbidden
+                        | ProjectState::Unauthorized
+                ) && !p.never_found());
+            let newly_ready = !p.counted_ready && done;
+            p.counted_ready |= done;
+            let refused_or_gone = p.resolved().is_some()
+                && matches!(
+                    p.state(),
+                    ProjectState::Forbidden | ProjectState::NotFound | ProjectState::Elsewhere
+                );
+            let id = p.resolved().map(|(id, _)| *id);
+            (p.next_poll(self.interval), id, refused_or_gone, newly_ready)
+        };
+        if newly_ready {
             self.readiness.mark_one();
         }
         if slot.discovered.is_none()
-            && let Some((id, _)) = poller.resolved()
+            && let Some(id) = resolved_id
         {
-            self.slots().configured_ids.insert(*id);
+            self.slots().configured_ids.insert(id);
         }
         self.dirty.store(true, Ordering::Release);
-        let refused_or_gone = poller.resolved().is_some()
-            && matches!(
-                poller.state(),
-                ProjectState::Forbidden | ProjectState::NotFound | ProjectState::Elsewhere
-            );
         let changed = {
             let mut slots = self.slots();
             let polled = result.is_ok() && slots.polled_ok.insert(key);
@@ -363,13 +410,23 @@ impl Scheduler {
         if changed {
             self.export_watched();
         }
+        next
+    }
+
+    /// Paces the project's next cycle; `None`: not polled again.
+    fn schedule(
+        &self,
+        key: u64,
+        next: NextPoll,
+        result: &Result<CycleStats, PollError>,
+    ) -> Option<Duration> {
         if !self.slots().live.contains_key(&key) {
             // Retired by discovery while this cycle ran: no longer paced.
             self.pacer.remove(key);
-            return (result, None);
+            return None;
         }
         let requests = result.as_ref().map_or(1, |s| s.requests);
-        let next = match poller.next_poll(self.interval) {
+        match next {
             NextPoll::Never => {
                 self.pacer.remove(key);
                 if let Some(s) = self.slots().live.get_mut(&key) {
@@ -383,10 +440,7 @@ impl Scheduler {
                 Some(d)
             }
             NextPoll::Paced(activity) => Some(self.pacer.after_cycle(key, requests, activity)),
-        };
-        drop(poller);
-        self.export_pace();
-        (result, next)
+        }
     }
 
     fn export_pace(&self) {
@@ -414,14 +468,53 @@ impl Scheduler {
     /// dropped. New projects start with the backfill window.
     pub async fn restore(&self, mut cp: Checkpoint) {
         self.metrics.set_base(std::mem::take(&mut cp.own));
-        let configured: Vec<Slot> = self.slots().live.values().cloned().collect();
-        let mut restored = 0;
         // Lower-cased paths that restored or configured projects show.
         let mut in_use: HashSet<String> = self.slots().configured_paths.clone();
+        let mut restored = self.restore_configured(&mut cp, &mut in_use);
+        let discovering = self.discovery.enabled(&self.groups);
+        let mut dropped = Vec::new();
+        let mut seen_ids = HashSet::new();
+        for (key, p) in std::mem::take(&mut cp.projects) {
+            let Some((id, path)) = p.resolved.clone() else {
+                dropped.push(key);
+                continue;
+            };
+            let owned = crate::shard::owner(id, self.shard.1) == self.shard.0;
+            let configured = {
+                let slots = self.slots();
+                slots.configured_ids.contains(&id)
+                    || slots.configured_paths.contains(&path.to_lowercase())
+            };
+            // One poller per project id, whatever the checkpoint holds.
+            if !discovering || !owned || configured || !seen_ids.insert(id) {
+                dropped.push(path);
+                continue;
+            }
+            in_use.insert(path.to_lowercase());
+            self.restore_discovered(id, path, p);
+            restored += 1;
+        }
+        // What nothing shows any more must not linger through its carried counters.
+        for label in &dropped {
+            if !in_use.contains(&label.to_lowercase()) {
+                self.metrics.remove_project(label, ProjectState::ALL);
+            }
+        }
+        info!(
+            restored,
+            dropped = dropped.len(),
+            "restored from the checkpoint"
+        );
+    }
+
+    /// Configured projects take their own entries, else the same project's entry from
+    /// discovery (same id or path), so its tracker carries over and nothing is counted twice.
+    /// Returns how many were restored.
+    fn restore_configured(&self, cp: &mut Checkpoint, in_use: &mut HashSet<String>) -> usize {
+        let configured: Vec<Slot> = self.slots().live.values().cloned().collect();
+        let mut restored = 0;
         for slot in configured {
-            let mut poller = slot.poller.lock().await;
-            // Its own entry; else the same project's entry from discovery (same id or path), so
-            // its tracker carries over and nothing is counted twice.
+            let mut poller = slot.poller.project();
             let reference = poller.reference.clone();
             let key = if cp.projects.contains_key(&reference.to_string()) {
                 Some(reference.to_string())
@@ -443,105 +536,80 @@ impl Scheduler {
                 poller.restore(p, &self.metrics);
                 restored += 1;
             }
+            let resolved = poller.resolved().cloned();
+            // Never the slots' lock under a project's.
+            drop(poller);
             // Known before its first poll: discovery must leave it to its entry.
-            if let Some((id, path)) = poller.resolved() {
-                self.slots().configured_ids.insert(*id);
+            if let Some((id, path)) = resolved {
+                self.slots().configured_ids.insert(id);
                 in_use.insert(path.to_lowercase());
             }
         }
-        let discovering = self.discovery.enabled(&self.groups);
-        let mut dropped = Vec::new();
-        let mut seen_ids = HashSet::new();
-        for (key, p) in std::mem::take(&mut cp.projects) {
-            let Some((id, path)) = p.resolved.clone() else {
-                dropped.push(key);
-                continue;
-            };
-            let owned = crate::shard::owner(id, self.shard.1) == self.shard.0;
-            let mut slots = self.slots();
-            let configured = slots.configured_ids.contains(&id)
-                || slots.configured_paths.contains(&path.to_lowercase());
-            // One poller per project id, whatever the checkpoint holds.
-            if !discovering || !owned || configured || !seen_ids.insert(id) {
-                dropped.push(path);
-                continue;
-            }
-            in_use.insert(path.to_lowercase());
-            let retired_at = p.retired_at;
-            let mut poller = ProjectPoller::new_resolved(
-                id,
-                path.clone(),
-                p.default_branch.clone(),
-                self.backfill,
-                self.labels.clone(),
-                self.shard,
-            );
-            poller.restore(p, &self.metrics);
-            let poller = Arc::new(Mutex::new(poller));
-            match retired_at {
-                Some(since_unix) => {
-                    // Restored with its gauges: clear them again, it is not polled.
-                    if let Ok(mut p) = poller.try_lock() {
-                        p.pause(&self.metrics);
-                    }
-                    slots.retired.insert(id, Retired { poller, since_unix });
-                }
-                None => {
-                    slots.insert(Slot {
-                        poller,
-                        discovered: Some(id),
-                        sources: BTreeSet::new(),
-                        path,
-                        stop: CancellationToken::new(),
-                        ended: false,
-                    });
-                    self.readiness.add(1);
-                }
-            }
-            restored += 1;
-        }
-        // What nothing shows any more must not linger through its carried counters.
-        for label in &dropped {
-            if !in_use.contains(&label.to_lowercase()) {
-                self.metrics.remove_project(label, ProjectState::ALL);
-            }
-        }
-        info!(
-            restored,
-            dropped = dropped.len(),
-            "restored from the checkpoint"
-        );
+        restored
     }
 
-    /// Takes a checkpoint (each project under its poll lock) and the `/metrics` page that
-    /// shows exactly its values.
-    pub async fn checkpoint(&self) -> Result<(Checkpoint, String), crate::metrics::MetricsError> {
-        let (live, retired): (Vec<Slot>, Vec<(SharedPoller, f64)>) = {
+    /// A discovered project from the checkpoint: watched again, or retired as it was.
+    fn restore_discovered(&self, id: u64, path: String, p: ProjectCheckpoint) {
+        let retired_at = p.retired_at;
+        let mut poller = ProjectPoller::new_resolved(
+            id,
+            path.clone(),
+            p.default_branch.clone(),
+            self.backfill,
+            self.labels.clone(),
+            self.shard,
+        );
+        poller.restore(p, &self.metrics);
+        if retired_at.is_some() {
+            // Restored with its gauges: clear them again, it is not polled.
+            poller.project_mut().pause(&self.metrics);
+        }
+        let poller = Arc::new(poller);
+        let mut slots = self.slots();
+        match retired_at {
+            Some(since_unix) => {
+                slots.retired.insert(id, Retired { poller, since_unix });
+            }
+            None => {
+                slots.insert(Slot {
+                    poller,
+                    discovered: Some(id),
+                    sources: BTreeSet::new(),
+                    path,
+                    stop: CancellationToken::new(),
+                    ended: false,
+                });
+                self.readiness.add(1);
+            }
+        }
+    }
+
+    /// Takes a checkpoint (each project under its short state lock, never waiting for a
+    /// cycle) and the `/metrics` page that shows exactly its values. CPU work (copies,
+    /// rendering): run it off the async workers.
+    pub fn checkpoint(&self) -> Result<(Checkpoint, String), crate::metrics::MetricsError> {
+        let entries: Vec<(SharedPoller, bool, Option<f64>)> = {
             let slots = self.slots();
-            (
-                slots.live.values().cloned().collect(),
-                slots
-                    .retired
-                    .values()
-                    .map(|r| (r.poller.clone(), r.since_unix))
-                    .collect(),
-            )
+            (slots.live.values())
+                .map(|s| (s.poller.clone(), s.discovered.is_some(), None))
+                .chain(
+                    (slots.retired.values()).map(|r| (r.poller.clone(), true, Some(r.since_unix))),
+                )
+                .collect()
         };
         let mut projects = BTreeMap::new();
         let mut series = BTreeMap::new();
-        let entries = live
-            .into_iter()
-            .map(|s| (s.poller, s.discovered.is_some(), None))
-            .chain(retired.into_iter().map(|(p, t)| (p, true, Some(t))));
         for (poller, discovered, retired_at) in entries {
-            let poller = poller.lock().await;
-            let mut cp: ProjectCheckpoint = poller.checkpoint(&self.metrics);
+            let (key, mut cp) = {
+                let p = poller.project();
+                (p.reference.to_string(), p.checkpoint(&self.metrics))
+            };
             cp.discovered = discovered;
             cp.retired_at = retired_at;
             if let Some((_, path)) = &cp.resolved {
                 series.insert(path.clone(), cp.series.clone());
             }
-            projects.insert(poller.reference.to_string(), cp);
+            projects.insert(key, cp);
         }
         let own = self.metrics.own_families();
         let carried = capture(&own);
@@ -557,22 +625,25 @@ impl Scheduler {
 
     /// Writes a checkpoint (when `state.dir` is set), then lets `/metrics` show its values:
     /// what a scrape sees is always on disk already, so a crash never takes a value back.
-    /// A failure is counted in `gitlab_jobs_exporter_checkpoint_failures_total`.
-    pub async fn write_checkpoint(&self) -> Result<(), CheckpointError> {
+    /// Taken, rendered and written on a blocking thread. A failure is counted in
+    /// `gitlab_jobs_exporter_checkpoint_failures_total`.
+    pub async fn write_checkpoint(self: &Arc<Self>) -> Result<(), CheckpointError> {
         let Some(dir) = self.state_dir.clone() else {
             return Ok(());
         };
-        let result = async {
-            let (cp, page) = self.checkpoint().await?;
-            tokio::task::spawn_blocking(move || state::save(&dir, &cp))
-                .await
-                .map_err(|e| CheckpointError::Task(e.to_string()))??;
+        let me = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let (cp, page) = me.checkpoint()?;
+            state::save(&dir, &cp)?;
             Ok::<_, CheckpointError>(page)
-        }
-        .await;
+        })
+        .await
+        .map_err(|e| CheckpointError::Task(e.to_string()))
+        .and_then(|r| r);
         match result {
             Ok(page) => {
                 self.metrics.publish(page, secs(Utc::now()));
+                self.health.published();
                 Ok(())
             }
             Err(e) => {
@@ -582,21 +653,28 @@ impl Scheduler {
         }
     }
 
-    /// Writes a checkpoint whenever a cycle ran, at most once a second, until `shutdown`;
-    /// then a last one.
+    /// Writes a checkpoint when something changed (a cycle ran, GitLab's pause grew), at most
+    /// once a second, and at least once per poll interval (the page's age is what `/healthz`
+    /// checks; it also refreshes the process metrics), until `shutdown`.
     /// Failures are logged when they start and when they end, not every second.
     async fn checkpoint_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let mut failing_since: Option<u64> = None;
+        let mut written = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
             }
-            if !self.dirty.swap(false, Ordering::AcqRel) {
+            // The pause served so far, into the page about to be written.
+            let (served, paused_until) = self.client.count_rate_limited();
+            self.health.paused_until(paused_until);
+            let changed = self.dirty.swap(false, Ordering::AcqRel) || !served.is_zero();
+            if !changed && written.elapsed() < self.interval {
                 continue;
             }
             match self.write_checkpoint().await {
                 Ok(()) => {
+                    written = tokio::time::Instant::now();
                     if let Some(before) = failing_since.take() {
                         info!(
                             failed = self.metrics.checkpoint_failures().saturating_sub(before),
@@ -621,7 +699,7 @@ impl Scheduler {
     /// longer found (only after a complete pass) and removes the series of projects retired
     /// longer than the grace period.
     pub async fn discover(self: &Arc<Self>) -> DiscoveryStats {
-        let pass = discovery::discover(
+        let mut pass = discovery::discover(
             &self.client,
             &self.metrics,
             &self.groups,
@@ -637,164 +715,17 @@ impl Scheduler {
             complete: pass.complete,
             ..DiscoveryStats::default()
         };
-        let mut to_spawn = Vec::new();
-        let mut stopped = Vec::new();
-        let mut expired = Vec::new();
-        let mut renamed = Vec::new();
-        {
+        let changes = {
             let mut slots = self.slots();
-            let mine: BTreeMap<u64, discovery::Found> = pass
-                .projects
-                .into_iter()
-                .filter(|(id, f)| {
-                    !slots.configured_ids.contains(id)
-                        && !slots.configured_paths.contains(&f.path.to_lowercase())
-                        && crate::shard::owner(*id, self.shard.1) == self.shard.0
-                })
-                .collect();
+            let mine = self.mine(&slots, std::mem::take(&mut pass.projects));
             stats.found = mine.len();
-            let live_ids: HashSet<u64> = slots.live.values().filter_map(|s| s.discovered).collect();
-            // Still listed although its jobs answered 404 (a transfer under way, say): try again.
-            for (key, slot) in slots.live.iter_mut() {
-                if slot.ended && slot.discovered.is_some_and(|id| mine.contains_key(&id)) {
-                    slot.ended = false;
-                    slot.stop = CancellationToken::new();
-                    to_spawn.push(*key);
-                }
-            }
-            for (id, found) in &mine {
-                if live_ids.contains(id) {
-                    continue;
-                }
-                let poller = match slots.retired.remove(id) {
-                    Some(r) => {
-                        info!(project = %found.path, "project found again; polling resumes where it stopped");
-                        stats.revived += 1;
-                        // Counted afresh towards readiness (pause() reset its flag).
-                        self.readiness.add(1);
-                        // Perhaps under another path (moved out of a group and back elsewhere).
-                        renamed.push((r.poller.clone(), found.path.clone()));
-                        r.poller
-                    }
-                    None => {
-                        info!(project = %found.path, id, "project discovered; watching it from the backfill window");
-                        stats.added += 1;
-                        self.readiness.add(1);
-                        Arc::new(Mutex::new(ProjectPoller::new_resolved(
-                            *id,
-                            found.path.clone(),
-                            found.default_branch.clone(),
-                            self.backfill,
-                            self.labels.clone(),
-                            self.shard,
-                        )))
-                    }
-                };
-                let key = slots.insert(Slot {
-                    poller,
-                    discovered: Some(*id),
-                    sources: found.sources.clone(),
-                    path: found.path.clone(),
-                    stop: CancellationToken::new(),
-                    ended: false,
-                });
-                to_spawn.push(key);
-            }
-            // Renamed or transferred in GitLab: the poller is told under its lock, below.
-            for slot in slots.live.values_mut() {
-                if let Some(found) = slot.discovered.and_then(|id| mine.get(&id))
-                    && found.path != slot.path
-                {
-                    renamed.push((slot.poller.clone(), found.path.clone()));
-                    slot.path = found.path.clone();
-                }
-            }
-            // Remember who lists each project; one no longer listed is retired only when every
-            // source that listed it answered (all of them, when that is not known).
-            for slot in slots.live.values_mut() {
-                if let Some(found) = slot.discovered.and_then(|id| mine.get(&id)) {
-                    slot.sources = found.sources.clone();
-                }
-            }
-            let gone: Vec<(u64, u64)> = slots
-                .live
-                .iter()
-                .filter_map(|(k, s)| s.discovered.map(|id| (*k, id, s)))
-                .filter(|(_, id, _)| !mine.contains_key(id))
-                .filter(|(_, _, s)| {
-                    pass.complete
-                        || (!s.sources.is_empty()
-                            && s.sources.iter().all(|i| !pass.failed.contains(i)))
-                })
-                .map(|(k, id, _)| (k, id))
-                .collect();
-            for (key, id) in gone {
-                if let Some(slot) = slots.live.remove(&key) {
-                    slots.refused_or_gone.remove(&key);
-                    slot.stop.cancel();
-                    stopped.push((key, slot.poller.clone()));
-                    slots.retired.insert(
-                        id,
-                        Retired {
-                            poller: slot.poller,
-                            since_unix: now,
-                        },
-                    );
-                    stats.retired += 1;
-                }
-            }
-            let grace = self.discovery.grace_period.as_secs_f64();
-            let old: Vec<u64> = slots
-                .retired
-                .iter()
-                .filter(|(_, r)| now - r.since_unix >= grace)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in old {
-                if let Some(r) = slots.retired.remove(&id) {
-                    expired.push(r.poller);
-                    stats.removed += 1;
-                }
-            }
-        }
-        for (poller, path) in renamed {
-            let mut poller = poller.lock().await;
-            if poller.resolved().is_some_and(|(_, p)| *p != path) {
-                poller.rename(&path, &self.metrics);
-                stats.renamed += 1;
-            }
-        }
-        for (key, poller) in stopped {
-            // Under the poll lock: a cycle that was running has paced itself by now.
-            let mut poller = poller.lock().await;
-            self.pacer.remove(key);
-            info!(project = %poller.label(), grace = %humantime::format_duration(self.discovery.grace_period),
-                "project no longer found by discovery; not polled any more, counters kept for the grace period");
-            self.readiness.forget(poller.counted_ready);
-            poller.counted_ready = false;
-            poller.pause(&self.metrics);
-        }
-        if !expired.is_empty() {
-            // A path can be taken over (a project deleted, another created in its place):
-            // the series then belong to the project that shows under it now.
-            let live: Vec<SharedPoller> = self
-                .slots()
-                .live
-                .values()
-                .map(|s| s.poller.clone())
-                .collect();
-            let mut in_use = HashSet::new();
-            for p in live {
-                in_use.insert(p.lock().await.label().to_lowercase());
-            }
-            for poller in expired {
-                let mut poller = poller.lock().await;
-                let label = poller.label();
-                let remove = !in_use.contains(&label.to_lowercase());
-                poller.forget(&self.metrics, remove);
-                info!(project = %label, series_removed = remove, "grace period over; the project is forgotten");
-            }
-        }
+            let mut changes = Changes::default();
+            self.admit(&mut slots, &mine, &mut stats, &mut changes);
+            self.retire(&mut slots, &mine, &pass, now, &mut stats, &mut changes);
+            self.expire(&mut slots, now, &mut stats, &mut changes);
+            changes
+        };
+        let to_spawn = self.apply(changes, &mut stats).await;
         if stats.retired + stats.removed + stats.added + stats.revived > 0 {
             self.dirty.store(true, Ordering::Release);
         }
@@ -810,6 +741,199 @@ impl Scheduler {
             }
         }
         stats
+    }
+
+    /// The projects of a pass this replica watches: not configured ones (left to their
+    /// entries), not another shard's.
+    fn mine(
+        &self,
+        slots: &Slots,
+        found: BTreeMap<u64, discovery::Found>,
+    ) -> BTreeMap<u64, discovery::Found> {
+        found
+            .into_iter()
+            .filter(|(id, f)| {
+                !slots.configured_ids.contains(id)
+                    && !slots.configured_paths.contains(&f.path.to_lowercase())
+                    && crate::shard::owner(*id, self.shard.1) == self.shard.0
+            })
+            .collect()
+    }
+
+    /// Watches the projects of `mine` not watched yet (new, or back from retirement), polls
+    /// again those still listed after their jobs answered 404, and notes new paths and sources.
+    fn admit(
+        &self,
+        slots: &mut Slots,
+        mine: &BTreeMap<u64, discovery::Found>,
+        stats: &mut DiscoveryStats,
+        changes: &mut Changes,
+    ) {
+        let live_ids: HashSet<u64> = slots.live.values().filter_map(|s| s.discovered).collect();
+        // Still listed although its jobs answered 404 (a transfer under way, say): try again.
+        for (key, slot) in slots.live.iter_mut() {
+            if slot.ended && slot.discovered.is_some_and(|id| mine.contains_key(&id)) {
+                slot.ended = false;
+                slot.stop = CancellationToken::new();
+                changes.to_spawn.push(*key);
+            }
+        }
+        for (id, found) in mine.iter().filter(|(id, _)| !live_ids.contains(id)) {
+            let poller = match slots.retired.remove(id) {
+                Some(r) => {
+                    info!(project = %found.path, "project found again; polling resumes where it stopped");
+                    stats.revived += 1;
+                    // Perhaps under another path (moved out of a group and back elsewhere).
+                    changes.renamed.push((r.poller.clone(), found.path.clone()));
+                    r.poller
+                }
+                None => {
+                    info!(project = %found.path, id, "project discovered; watching it from the backfill window");
+                    stats.added += 1;
+                    Arc::new(ProjectPoller::new_resolved(
+                        *id,
+                        found.path.clone(),
+                        found.default_branch.clone(),
+                        self.backfill,
+                        self.labels.clone(),
+                        self.shard,
+                    ))
+                }
+            };
+            // Counted (afresh, for a revived one: pause() reset its flag) towards readiness.
+            self.readiness.add(1);
+            let key = slots.insert(Slot {
+                poller,
+                discovered: Some(*id),
+                sources: found.sources.clone(),
+                path: found.path.clone(),
+                stop: CancellationToken::new(),
+                ended: false,
+            });
+            changes.to_spawn.push(key);
+        }
+        for slot in slots.live.values_mut() {
+            let Some(found) = slot.discovered.and_then(|id| mine.get(&id)) else {
+                continue;
+            };
+            // Renamed or transferred in GitLab: the poller is told under its lock, later.
+            if found.path != slot.path {
+                changes
+                    .renamed
+                    .push((slot.poller.clone(), found.path.clone()));
+                slot.path = found.path.clone();
+            }
+            // Remember who lists each project (see `retire`).
+            slot.sources = found.sources.clone();
+        }
+    }
+
+    /// Stops polling the discovered projects the pass did not list, when every source that
+    /// listed them answered (all of them, when that is not known); kept for the grace period.
+    fn retire(
+        &self,
+        slots: &mut Slots,
+        mine: &BTreeMap<u64, discovery::Found>,
+        pass: &discovery::Pass,
+        now: f64,
+        stats: &mut DiscoveryStats,
+        changes: &mut Changes,
+    ) {
+        let gone: Vec<(u64, u64)> = slots
+            .live
+            .iter()
+            .filter_map(|(k, s)| s.discovered.map(|id| (*k, id, s)))
+            .filter(|(_, id, _)| !mine.contains_key(id))
+            .filter(|(_, _, s)| {
+                pass.complete
+                    || (!s.sources.is_empty() && s.sources.iter().all(|i| !pass.failed.contains(i)))
+            })
+            .map(|(k, id, _)| (k, id))
+            .collect();
+        for (key, id) in gone {
+            if let Some(slot) = slots.live.remove(&key) {
+                slots.refused_or_gone.remove(&key);
+                slot.stop.cancel();
+                changes.stopped.push((key, slot.poller.clone()));
+                slots.retired.insert(
+                    id,
+                    Retired {
+                        poller: slot.poller,
+                        since_unix: now,
+                    },
+                );
+                stats.retired += 1;
+            }
+        }
+    }
+
+    /// Takes the projects retired longer than the grace period out of the retired set.
+    fn expire(
+        &self,
+        slots: &mut Slots,
+        now: f64,
+        stats: &mut DiscoveryStats,
+        changes: &mut Changes,
+    ) {
+        let grace = self.discovery.grace_period.as_secs_f64();
+        let old: Vec<u64> = slots
+            .retired
+            .iter()
+            .filter(|(_, r)| now - r.since_unix >= grace)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in old {
+            if let Some(r) = slots.retired.remove(&id) {
+                changes.expired.push(r.poller);
+                stats.removed += 1;
+            }
+        }
+    }
+
+    /// Tells the pollers what a pass changed for them (outside the slots' lock); returns the
+    /// keys whose tasks are to be spawned.
+    async fn apply(&self, changes: Changes, stats: &mut DiscoveryStats) -> Vec<u64> {
+        for (poller, path) in changes.renamed {
+            // The state lock only: a running cycle takes the label under it at every step.
+            let mut p = poller.project();
+            if p.resolved().is_some_and(|(_, old)| *old != path) {
+                p.rename(&path, &self.metrics);
+                stats.renamed += 1;
+            }
+        }
+        for (key, poller) in changes.stopped {
+            // Behind the gate: a cycle that was running has paced itself by now.
+            let _gate = poller.gate().await;
+            self.pacer.remove(key);
+            let mut p = poller.project();
+            info!(project = %p.label(), grace = %humantime::format_duration(self.discovery.grace_period),
+                "project no longer found by discovery; not polled any more, counters kept for the grace period");
+            self.readiness.forget(p.counted_ready);
+            p.counted_ready = false;
+            p.pause(&self.metrics);
+        }
+        if !changes.expired.is_empty() {
+            // A path can be taken over (a project deleted, another created in its place):
+            // the series then belong to the project that shows under it now.
+            let live: Vec<SharedPoller> = self
+                .slots()
+                .live
+                .values()
+                .map(|s| s.poller.clone())
+                .collect();
+            let in_use: HashSet<String> = (live.iter())
+                .map(|p| p.project().label().to_lowercase())
+                .collect();
+            for poller in changes.expired {
+                let _gate = poller.gate().await;
+                let mut p = poller.project();
+                let label = p.label();
+                let remove = !in_use.contains(&label.to_lowercase());
+                p.forget(&self.metrics, remove);
+                info!(project = %label, series_removed = remove, "grace period over; the project is forgotten");
+            }
+        }
+        changes.to_spawn
     }
 
     /// Rediscovers every `discovery.interval` until `shutdown` (the first pass is `run`'s).

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::ServerConfig;
+use crate::health::Health;
 use crate::metrics::{CONTENT_TYPE, Metrics};
 use crate::scheduler::Readiness;
 
@@ -37,6 +38,7 @@ use crate::scheduler::Readiness;
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    pub health: Arc<Health>,
 }
 
 /// What one client, or many, may take of the server.
@@ -83,7 +85,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
 }
@@ -257,6 +259,17 @@ impl http_body::Body for Chunks {
     }
 }
 
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.health.check() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {reason}\n"),
+        )
+            .into_response(),
+    }
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let (done, total) = state.readiness.progress();
     if state.readiness.is_ready() {
@@ -287,6 +300,7 @@ mod tests {
         let state = AppState {
             metrics,
             readiness: Arc::new(Readiness::new(0)),
+            health: Arc::new(Health::new(Duration::from_secs(30))),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");

@@ -32,7 +32,7 @@ pub struct Checkpoint {
     pub own: Carry,
 }
 
-/// One project's progress, taken under its poll lock so tracker and series agree.
+/// One project's progress, taken under its state lock so tracker and series agree.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProjectCheckpoint {
     /// Numeric id and `path_with_namespace`.

@@ -22,12 +22,41 @@ type Limiter = RateLimiter<
 pub const MAX_PAUSE: Duration = Duration::from_secs(600);
 /// Below this share of the window's budget left, requests are spread over the rest of it.
 const SLOW_DOWN_BELOW: f64 = 0.2;
+/// While paused, waiting requests wake this often to count the pause served so far, so
+/// `rate_limited_seconds_total` grows as the pause runs rather than in one lump up front.
+const PAUSE_STEP: Duration = Duration::from_secs(1);
+
+/// The part of the pause that 429s asked for, and how much of it has been counted.
+#[derive(Debug)]
+struct Limited {
+    /// The 429 pause ends here.
+    until: Option<Instant>,
+    /// Paused time up to here has been added to `pending` (or taken).
+    counted: Instant,
+    /// Served pause not yet taken by [`Throttle::take_served`].
+    pending: Duration,
+}
+
+impl Limited {
+    /// Moves the pause served up to `now` into `pending`.
+    fn settle(&mut self, now: Instant) {
+        if let Some(until) = self.until {
+            let end = until.min(now);
+            if end > self.counted {
+                self.pending += end - self.counted;
+                self.counted = end;
+            }
+        }
+    }
+}
 
 pub struct Throttle {
     /// `None` when the budget is too large to matter (a period under a microsecond).
     limiter: Option<Limiter>,
     /// No request may start before this instant (a 429's wait, or a slow-down).
     pause_until: Mutex<Option<Instant>>,
+    /// The 429 share of the pause, for `rate_limited_seconds_total` (slow-downs not included).
+    limited: Mutex<Limited>,
     consecutive_429: AtomicU32,
     /// Pause after a 429 that names no wait: doubled per consecutive 429, up to `MAX_PAUSE`.
     base_pause: Duration,
@@ -46,6 +75,11 @@ impl Throttle {
         Self {
             limiter,
             pause_until: Mutex::new(None),
+            limited: Mutex::new(Limited {
+                until: None,
+                counted: Instant::now(),
+                pending: Duration::ZERO,
+            }),
             consecutive_429: AtomicU32::new(0),
             base_pause,
         }
@@ -58,13 +92,22 @@ impl Throttle {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Waits until a request may be sent.
-    pub async fn wait(&self) {
+    fn limited(&self) -> std::sync::MutexGuard<'_, Limited> {
+        // Plain instants: still valid if a holder panicked.
+        self.limited
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until a request may be sent. While paused it wakes every [`PAUSE_STEP`] and calls
+    /// `tick`, which counts the pause served so far ([`Throttle::take_served`]).
+    pub async fn wait(&self, mut tick: impl FnMut()) {
         loop {
             if let Some(until) = self.paused_until()
                 && until > Instant::now()
             {
-                tokio::time::sleep_until(until).await;
+                tokio::time::sleep_until(until.min(Instant::now() + PAUSE_STEP)).await;
+                tick();
                 continue;
             }
             if let Some(limiter) = &self.limiter {
@@ -86,7 +129,35 @@ impl Throttle {
             self.base_pause
                 .saturating_mul(2u32.saturating_pow(n.min(16)))
         });
-        self.extend_pause(wait.min(MAX_PAUSE))
+        let wait = wait.min(MAX_PAUSE);
+        let now = Instant::now();
+        let mut limited = self.limited();
+        limited.settle(now);
+        let end = now + wait;
+        match limited.until {
+            Some(until) if until >= end => {}
+            Some(until) if until > now => limited.until = Some(end),
+            // A new pause: the time since the last one ended was not paused.
+            _ => {
+                limited.until = Some(end);
+                limited.counted = now;
+            }
+        }
+        drop(limited);
+        self.extend_pause(wait)
+    }
+
+    /// The pause 429s asked for that has been served since the last call: counted as it is
+    /// served, so a scrape during a long pause shows it growing.
+    pub fn take_served(&self) -> Duration {
+        let mut limited = self.limited();
+        limited.settle(Instant::now());
+        std::mem::take(&mut limited.pending)
+    }
+
+    /// When the pause a 429 asked for ends, while it runs.
+    pub fn rate_limited_until(&self) -> Option<Instant> {
+        self.limited().until.filter(|u| *u > Instant::now())
     }
 
     /// A request went through without a 429.
@@ -162,8 +233,35 @@ mod tests {
             Duration::ZERO
         );
         let start = Instant::now();
-        t.wait().await;
+        let mut ticks = Vec::new();
+        t.wait(|| ticks.push(t.take_served())).await;
         assert!(Instant::now() - start >= Duration::from_secs(30));
+        // Counted as served, a second at a time, never more than the pause.
+        assert_eq!(ticks.len(), 30, "{ticks:?}");
+        assert!(
+            ticks.iter().all(|d| *d <= Duration::from_secs(1)),
+            "{ticks:?}"
+        );
+        assert_eq!(ticks.iter().sum::<Duration>(), Duration::from_secs(30));
+        assert_eq!(t.take_served(), Duration::ZERO);
+        assert_eq!(t.rate_limited_until(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_time_paused_is_counted() {
+        let t = Throttle::new(1_000_000.0, BASE);
+        t.rate_limited(Some(Duration::from_secs(10)));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(t.take_served(), Duration::from_secs(4));
+        // Extended from its end, then left to run out and well past it.
+        t.rate_limited(Some(Duration::from_secs(20)));
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert_eq!(t.take_served(), Duration::from_secs(20));
+        // A new pause long after: the time in between was not paused.
+        t.rate_limited(Some(Duration::from_secs(5)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(t.take_served(), Duration::from_secs(2));
+        assert!(t.rate_limited_until().is_some());
     }
 
     #[test]

@@ -116,6 +116,7 @@ impl Harness {
         let state = AppState {
             metrics,
             readiness: scheduler.readiness(),
+            health: scheduler.health(),
         };
         let s = stop.clone();
         tokio::spawn(server::serve(listener, state, async move {
