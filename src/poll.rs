@@ -320,10 +320,7 @@ impl ProjectPoller {
         labels: crate::labels::LabelsConfig,
         shard: (u32, u32),
     ) -> Self {
-        let reference = ProjectRef {
-            id: Some(id),
-            path: None,
-        };
+        let reference = ProjectRef::Id(id);
         let mut poller = Self::new(reference, backfill, labels, shard);
         poller.resolved = Some((id, path));
         poller.default_branch = default_branch;
@@ -485,7 +482,7 @@ impl ProjectPoller {
         };
         // No placeholder label ("id 42") that would change once the path is known: a project
         // configured by id shows its state from its first successful lookup on.
-        if self.resolved.is_some() || self.reference.path.is_some() {
+        if self.resolved.is_some() || self.reference.path().is_some() {
             metrics.set_project_state(&self.label(), state.as_str(), ProjectState::ALL);
         }
         result.map(|()| stats)
@@ -543,9 +540,9 @@ impl ProjectPoller {
         // gitlab_jobs_exporter_projects_never_polled covers those.
         let mut counted = None;
         if self.resolved.is_none() {
-            if let Some(path) = &self.reference.path {
+            if let Some(path) = self.reference.path() {
                 metrics.poll_started(path);
-                counted = Some(path.clone());
+                counted = Some(path.to_string());
             }
             let p = client
                 .project(&self.reference.api_id())
@@ -1456,15 +1453,12 @@ fn page_time(page: &JobsPage) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::MetricsConfig;
+    use crate::config::MetricsSettings;
     use crate::labels::{Droppable, LabelsConfig, RunnerMode};
 
     fn poller(labels: &LabelsConfig) -> ProjectPoller {
         ProjectPoller::new(
-            ProjectRef {
-                path: Some("g/p".into()),
-                id: None,
-            },
+            ProjectRef::Path("g/p".into()),
             Duration::from_secs(3600),
             labels.clone(),
             (0, 1),
@@ -1483,7 +1477,7 @@ mod tests {
 
     /// A checkpoint of project g/p that counted `job()` under `labels`.
     fn checkpoint(labels: &LabelsConfig) -> crate::state::ProjectCheckpoint {
-        let metrics = Metrics::new(&MetricsConfig::default(), usize::MAX, labels).unwrap();
+        let metrics = Metrics::new(&MetricsSettings::default(), usize::MAX, labels).unwrap();
         let mut p = poller(labels);
         p.resolved = Some((1, "g/p".into()));
         let mut events = Vec::new();
@@ -1498,7 +1492,7 @@ mod tests {
         cp: crate::state::ProjectCheckpoint,
         labels: &LabelsConfig,
     ) -> (ProjectPoller, Metrics) {
-        let metrics = Metrics::new(&MetricsConfig::default(), usize::MAX, labels).unwrap();
+        let metrics = Metrics::new(&MetricsSettings::default(), usize::MAX, labels).unwrap();
         let mut p = poller(labels);
         p.restore(cp, &metrics);
         (p, metrics)

@@ -29,7 +29,7 @@ use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::ServerConfig;
+use crate::config::ServerSettings;
 use crate::metrics::{CONTENT_TYPE, Metrics};
 use crate::scheduler::Readiness;
 
@@ -63,7 +63,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Limits {
-    pub fn from_config(cfg: &ServerConfig) -> Self {
+    pub fn from_config(cfg: &ServerSettings) -> Self {
         Self {
             max_connections: cfg.max_connections,
             header_read_timeout: cfg.header_read_timeout,
@@ -75,7 +75,7 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self::from_config(&ServerConfig::default())
+        Self::from_config(&ServerSettings::default())
     }
 }
 

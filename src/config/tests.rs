@@ -1,0 +1,489 @@
+//! Unit tests of reading and validating the configuration.
+
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::*;
+
+/// `toml_text` as read (the token resolved), not validated yet.
+fn parse_raw(toml_text: &str) -> Result<Config, ConfigError> {
+    let raw = config::Config::builder()
+        .add_source(config::File::from_str(toml_text, config::FileFormat::Toml))
+        .build()
+        .map_err(|e| ConfigError::Source(e.to_string()))?;
+    let mut cfg: Config = serde_path_to_error::deserialize(raw)
+        .map_err(|e| ConfigError::invalid(e.path().to_string(), e.into_inner().to_string()))?;
+    cfg.resolve_token(Some("glpat-secret".into()))?;
+    Ok(cfg)
+}
+
+fn parse(toml_text: &str) -> Result<Settings, ConfigError> {
+    parse_raw(toml_text)?.validate()
+}
+
+const GOOD: &str = r#"
+    [gitlab]
+    url = "https://gitlab.example.com"
+    [poll]
+    interval = "15s"
+    [[projects]]
+    path = "group/sub/project"
+    [[projects]]
+    id = 42
+"#;
+
+fn key_of(err: ConfigError) -> String {
+    match err {
+        ConfigError::Invalid { key, .. } => key,
+        ConfigError::Source(s) => panic!("expected a key error, got source error {s}"),
+        e @ ConfigError::Syntax { .. } => panic!("expected a key error, got {e}"),
+    }
+}
+
+#[test]
+fn good_config_parses_with_defaults() {
+    let cfg = parse(GOOD).unwrap();
+    assert_eq!(cfg.poll.interval, Duration::from_secs(15));
+    assert_eq!(cfg.poll.backfill, Duration::from_secs(3600));
+    assert_eq!(cfg.poll.concurrency, 4);
+    assert_eq!(cfg.gitlab.timeout, Duration::from_secs(10));
+    assert_eq!(cfg.server.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(cfg.projects[0].api_id(), "group%2Fsub%2Fproject");
+    assert_eq!(cfg.projects[1].api_id(), "42");
+}
+
+#[test]
+fn hostile_gitlab_limits_have_defaults_and_are_checked() {
+    let cfg = parse(GOOD).unwrap();
+    assert_eq!(cfg.limits.max_projects, 20_000);
+    assert_eq!(cfg.gitlab.max_clock_skew, Duration::from_secs(86_400));
+    let with = |extra: &str| parse(&format!("{extra}\n{GOOD}"));
+    let cfg = with("[limits]\nmax_projects = 2").unwrap();
+    assert_eq!(cfg.limits.max_projects, 2);
+    for (extra, key) in [
+        ("[limits]\nmax_projects = 0", "limits.max_projects"),
+        // Fewer than the two [[projects]] of GOOD.
+        ("[limits]\nmax_projects = 1", "limits.max_projects"),
+    ] {
+        assert_eq!(key_of(with(extra).unwrap_err()), key, "{extra}");
+    }
+    let skew = GOOD.replace(
+        "url = \"https://gitlab.example.com\"",
+        "url = \"https://gitlab.example.com\"\nmax_clock_skew = \"1s\"",
+    );
+    assert_eq!(key_of(parse(&skew).unwrap_err()), "gitlab.max_clock_skew");
+}
+
+#[test]
+fn redacted_toml_hides_token() {
+    let cfg = parse(GOOD).unwrap();
+    let text = cfg.to_redacted_toml();
+    assert!(!text.contains("glpat-secret"), "{text}");
+    assert!(text.contains("<redacted>"), "{text}");
+    assert!(!format!("{cfg:?}").contains("glpat-secret"));
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases = [
+        (
+            GOOD.replace("interval = \"15s\"", "interval = \"fast\""),
+            "poll.interval",
+        ),
+        (
+            GOOD.replace("interval = \"15s\"", "interval = \"0s\""),
+            "poll.interval",
+        ),
+        (
+            GOOD.replace("interval = \"15s\"", "intervall = \"15s\""),
+            "poll.intervall",
+        ),
+        (
+            GOOD.replace("interval = \"15s\"", "concurrency = 0"),
+            "poll.concurrency",
+        ),
+        (
+            GOOD.replace("https://gitlab.example.com", "gitlab.example.com"),
+            "gitlab.url",
+        ),
+        (
+            GOOD.replace("url = \"https://gitlab.example.com\"", ""),
+            "gitlab",
+        ),
+        (
+            GOOD.replace("id = 42", "path = \"Group/Sub/Project\""),
+            "projects[1]",
+        ),
+        (
+            GOOD.replace("id = 42", "id = 42\npath = \"a/b\""),
+            "projects[1]",
+        ),
+        (
+            format!("{GOOD}\n[server]\nlisten = \"nowhere\""),
+            "server.listen",
+        ),
+        (
+            format!("{GOOD}\n[server]\nmax_connections = 0"),
+            "server.max_connections",
+        ),
+        (
+            format!("{GOOD}\n[server]\nheader_read_timeout = \"0s\""),
+            "server.header_read_timeout",
+        ),
+        (
+            format!("{GOOD}\n[metrics]\nduration_buckets = [5.0, 1.0]"),
+            "metrics.duration_buckets",
+        ),
+        (
+            GOOD.replace(
+                "interval = \"15s\"",
+                "interval = \"15s\"\nmax_interval = \"10s\"",
+            ),
+            "poll.max_interval",
+        ),
+        (
+            format!("{GOOD}\n[discovery]\nexclude = [\"ok\", \"(unclosed\"]"),
+            "discovery.exclude[1]",
+        ),
+        (
+            format!("{GOOD}\n[[groups]]\npath = \"a\"\n[discovery]\ngrace_period = \"10m\""),
+            "discovery.grace_period",
+        ),
+        (
+            format!("{GOOD}\n[[groups]]\npath = \"a\"\n[[groups]]\npath = \"/b\""),
+            "groups[1].path",
+        ),
+        (
+            format!("{GOOD}\n[[groups]]\nid = 3\ninclude_subgroups = \"maybe\""),
+            "groups[0].include_subgroups",
+        ),
+        (
+            format!("{GOOD}\n[labels]\nrunner = \"host\""),
+            "labels.runner",
+        ),
+        (
+            format!(
+                "{GOOD}\n[labels]\njob_rewrites = [{{ match = 'ok', replace = 'x' }}, {{ match = 'rspec (', replace = 'rspec' }}]"
+            ),
+            "labels.job_rewrites[1].match",
+        ),
+        (
+            format!("{GOOD}\n[labels]\njob_rewrites = [{{ match = 'a(b)', replace = '$1_x' }}]"),
+            "labels.job_rewrites[0].replace",
+        ),
+        (
+            format!("{GOOD}\n[labels]\njob_rewrites = [{{ match = 'a', replacement = 'b' }}]"),
+            "labels.job_rewrites[0].replacement",
+        ),
+        (
+            format!("{GOOD}\n[labels]\ndrop = [\"ref\", \"status\"]"),
+            "labels.drop[1]",
+        ),
+        (
+            format!("{GOOD}\n[labels]\ndrop = [\"project\"]"),
+            "labels.drop[0]",
+        ),
+        (
+            format!("{GOOD}\n[labels]\ndrop = [\"branch\"]"),
+            "labels.drop[0]",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = parse(&text).expect_err(key);
+        let msg = err.to_string();
+        assert_eq!(key_of(err), key, "{msg}");
+    }
+    let no_projects = GOOD.split("[[projects]]").next().unwrap_or_default();
+    assert_eq!(key_of(parse(no_projects).unwrap_err()), "projects");
+}
+
+#[test]
+fn discovery_alone_is_enough_and_filters_apply() {
+    let no_projects = GOOD.split("[[projects]]").next().unwrap_or_default();
+    let cfg = parse(&format!(
+        "{no_projects}\n[discovery]\nmembership = true\ninclude = [\"^platform/\"]\nexclude = [\"/sandbox-\"]"
+    ))
+    .unwrap();
+    assert_eq!(cfg.discovery.interval, Duration::from_secs(600));
+    assert_eq!(cfg.poll.max_interval, Duration::from_secs(600));
+    let f = &cfg.discovery.filter;
+    assert!(f.allows("platform/api"));
+    assert!(!f.allows("platform/sandbox-1"));
+    assert!(!f.allows("other/api"));
+    let cfg = parse(&format!("{no_projects}\n[[groups]]\npath = \"platform\"")).unwrap();
+    assert!(
+        cfg.discovery.groups[0].include_subgroups,
+        "subgroups by default"
+    );
+    assert_eq!(cfg.discovery.groups[0].api_id(), "platform");
+}
+
+#[test]
+fn label_policy_parses() {
+    let cfg = parse(&format!(
+        r#"{GOOD}
+        [labels]
+        runner = "type"
+        drop = ["ref", "failure_reason"]
+        [[labels.job_rewrites]]
+        match = 'rspec (\w+)'
+        replace = 'rspec-${{1}}'
+        [[labels.job_rewrites]]
+        match = 'deploy-.*'
+        replace = 'deploy'
+        "#
+    ))
+    .unwrap();
+    let l = &cfg.labels;
+    assert_eq!(l.runner, crate::labels::RunnerMode::Type);
+    assert_eq!(l.rewrite_job("rspec unit").as_deref(), Some("rspec-unit"));
+    assert_eq!(l.rewrite_job("deploy-eu").as_deref(), Some("deploy"));
+    assert!(!l.keeps("ref") && !l.keeps("failure_reason") && l.keeps("runner"));
+    // The effective configuration round-trips (what --check-config prints).
+    let text = cfg.to_redacted_toml();
+    assert!(
+        text.contains("drop = [") && text.contains("rspec (\\w+)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn undroppable_labels_are_named_in_the_error() {
+    let err = parse(&format!("{GOOD}\n[labels]\ndrop = [\"status\"]")).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("labels.drop[0]") && msg.contains("status"),
+        "{msg}"
+    );
+    let err = parse(&format!("{GOOD}\n[labels]\ndrop = [\"host\"]")).unwrap_err();
+    assert!(err.to_string().contains("droppable: ref"), "{err}");
+}
+
+#[test]
+fn token_file_is_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "  glpat-from-file\n").unwrap();
+    let mut cfg = parse_raw(GOOD).unwrap();
+    cfg.gitlab.token = None;
+    cfg.gitlab.token_file = Some(file.clone());
+    cfg.resolve_token(None).unwrap();
+    assert_eq!(
+        cfg.validate().unwrap().token().expose_secret(),
+        "glpat-from-file"
+    );
+    cfg.gitlab.token_file = Some(dir.path().join("missing"));
+    assert_eq!(
+        key_of(cfg.resolve_token(None).unwrap_err()),
+        "gitlab.token_file"
+    );
+}
+
+/// Loads `text` as a configuration file, as the binary does.
+fn load_text(text: &str) -> Result<Settings, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(Some(&path))
+}
+
+const HEAD: &str = "[gitlab]\nurl = \"https://gitlab.example.com\"\n";
+const TAIL: &str = "\n[[projects]]\nid = 42\n";
+
+#[test]
+fn syntax_errors_never_show_a_secret_and_name_the_key() {
+    let s = "glpat-SECRETVALUE123";
+    let cases = [
+        (format!("{HEAD}token = \"{s}\n{TAIL}"), Some("gitlab.token")),
+        (format!("{HEAD}token = '{s}\n{TAIL}"), Some("gitlab.token")),
+        (
+            format!("{HEAD}token = \"{s}\"\ntoken = \"{s}-2\"{TAIL}"),
+            Some("gitlab.token"),
+        ),
+        (
+            format!("{HEAD}token = \"{s}\\q\"{TAIL}"),
+            Some("gitlab.token"),
+        ),
+        (format!("{HEAD}token = \"\"\"\n{s}\n{TAIL}"), None),
+        (
+            format!("{HEAD}token = \"\"\"\nglpat-\n{s}\\q\n\"\"\"{TAIL}"),
+            Some("gitlab.token"),
+        ),
+        (
+            format!("gitlab = {{ url = \"https://gitlab.example.com\", token = \"{s} }}{TAIL}"),
+            None,
+        ),
+        (
+            format!("{HEAD}token = \"{s}\"\n[server]\nwebhook_secret = \"{s}2{TAIL}"),
+            Some("server.webhook_secret"),
+        ),
+        (
+            format!("{HEAD}token_file = \"/run/{s}{TAIL}"),
+            Some("gitlab.token_file"),
+        ),
+    ];
+    for (text, key) in cases {
+        let err = load_text(&text).expect_err(&text).to_string();
+        assert!(
+            !err.contains("SECRETVALUE"),
+            "secret shown: {err}\nfor\n{text}"
+        );
+        if let Some(key) = key {
+            assert!(err.contains(key), "{key} not named: {err}\nfor\n{text}");
+        }
+    }
+    // Other lines are still quoted, with the line number: the error stays useful.
+    let err = load_text(&format!(
+        "{HEAD}token = \"{s}\"\n[poll]\ninterval = 30s{TAIL}"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(!err.contains("SECRETVALUE"), "{err}");
+    assert!(
+        err.contains("poll.interval") && err.contains(":5:") && err.contains("interval = 30s"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_secret_key_of_the_wrong_type_is_not_shown() {
+    for value in [
+        "[\"glpat-SECRETVALUE123\"]",
+        "{ x = \"glpat-SECRETVALUE123\" }",
+    ] {
+        let err = load_text(&format!("{HEAD}token = {value}{TAIL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains("SECRETVALUE") && err.contains("gitlab.token"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn token_file_must_be_a_small_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_file =
+        |file: &Path| format!("{HEAD}token_file = {:?}{TAIL}", file.display().to_string());
+    let big = dir.path().join("big");
+    std::fs::write(&big, "a".repeat(100 * 1024)).unwrap();
+    let err = load_text(&with_file(&big)).unwrap_err().to_string();
+    assert!(
+        err.contains("gitlab.token_file") && err.contains("larger"),
+        "{err}"
+    );
+    // A FIFO would block start-up until something writes to it.
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if made.is_ok_and(|s| s.success()) {
+        let text = with_file(&fifo);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(load_text(&text).map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let result = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("reading a FIFO token file does not block");
+        let err = result.unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+    // A device that never ends.
+    if Path::new("/dev/zero").exists() {
+        let err = load_text(&with_file(Path::new("/dev/zero")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gitlab.token_file"), "{err}");
+    }
+}
+
+#[test]
+fn a_token_that_is_no_header_value_is_rejected_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "glpat-SECRETVALUE123\nglpat-other\n").unwrap();
+    let err = load_text(&format!(
+        "{HEAD}token_file = {:?}{TAIL}",
+        file.display().to_string()
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("gitlab.token_file") && !err.contains("SECRETVALUE"),
+        "{err}"
+    );
+    let err = load_text(&format!("{HEAD}token = \"glpat-SECRETVALUE123\\nx\"{TAIL}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gitlab.token") && !err.contains("SECRETVALUE"),
+        "{err}"
+    );
+    let mut cfg = parse_raw(GOOD).unwrap();
+    let err = cfg
+        .resolve_token(Some("glpat-SECRETVALUE123\r\nx".into()))
+        .and_then(|()| cfg.validate())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(TOKEN_ENV) && !err.contains("SECRETVALUE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn credentials_in_the_url_are_rejected_unshown() {
+    for url in [
+        "https://user:hunter2pass@gitlab.example.com",
+        "https://hunter2pass@gitlab.example.com",
+    ] {
+        let err = load_text(&format!(
+            "[gitlab]\nurl = \"{url}\"\ntoken = \"glpat-x\"{TAIL}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("gitlab.url") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_trailing_api_v4_is_stripped() {
+    for (given, used) in [
+        (
+            "https://gitlab.example.com/api/v4",
+            "https://gitlab.example.com",
+        ),
+        (
+            "https://gitlab.example.com/api/v4/",
+            "https://gitlab.example.com",
+        ),
+        (
+            "https://example.com/gitlab/api/v4",
+            "https://example.com/gitlab",
+        ),
+        ("https://example.com/api/v4x", "https://example.com/api/v4x"),
+    ] {
+        let cfg = load_text(&format!(
+            "[gitlab]\nurl = \"{given}\"\ntoken = \"glpat-x\"{TAIL}"
+        ))
+        .unwrap();
+        assert_eq!(cfg.gitlab.url, used);
+    }
+    // Built in code, it is refused rather than silently doubled.
+    let cfg = Config::new(
+        "https://gitlab.example.com/api/v4",
+        SecretString::from("glpat-x"),
+        vec![ProjectRef::Id(1)],
+    );
+    assert!(
+        cfg.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("gitlab.url")
+    );
+}
