@@ -487,3 +487,192 @@ fn a_trailing_api_v4_is_stripped() {
             .contains("gitlab.url")
     );
 }
+
+#[test]
+fn the_gitlab_url_keeps_its_text_and_gives_the_api_base() {
+    let with_url = |url: &str| GOOD.replace("https://gitlab.example.com", url);
+    for (url, api) in [
+        (
+            "https://gitlab.example.com",
+            "https://gitlab.example.com/api/v4/",
+        ),
+        (
+            "https://gitlab.example.com/",
+            "https://gitlab.example.com/api/v4/",
+        ),
+        (
+            "http://example.com/gitlab",
+            "http://example.com/gitlab/api/v4/",
+        ),
+        (
+            "http://127.0.0.1:8080/gitlab/",
+            "http://127.0.0.1:8080/gitlab/api/v4/",
+        ),
+    ] {
+        let cfg = parse(&with_url(url)).unwrap();
+        // The text as configured: the checkpoint records it, so it must not be normalised.
+        assert_eq!(cfg.gitlab.url.as_str(), url);
+        assert_eq!(cfg.gitlab.url.api_base().as_str(), api);
+    }
+    for url in ["ftp://gitlab.example.com", "https://x.example.com/?a=b"] {
+        assert_eq!(key_of(parse(&with_url(url)).unwrap_err()), "gitlab.url");
+    }
+}
+
+#[test]
+fn listen_takes_an_ip_address_and_port_only() {
+    let with_listen = |listen: &str| parse(&format!("{GOOD}\n[server]\nlisten = \"{listen}\""));
+    let cfg = with_listen("[::1]:9000").unwrap();
+    assert_eq!(cfg.server.listen, "[::1]:9000".parse().unwrap());
+    assert_eq!(
+        with_listen("127.0.0.1:0").unwrap().server.listen.port(),
+        0,
+        "port 0 (any free port) is allowed"
+    );
+    // As before the typed settings: no host names (nothing would resolve them), no bare port.
+    for bad in ["localhost:39129", "39129", "0.0.0.0"] {
+        assert_eq!(
+            key_of(with_listen(bad).unwrap_err()),
+            "server.listen",
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        ServerSettings::default().listen.to_string(),
+        DEFAULT_LISTEN,
+        "the default of code-built settings is the documented one"
+    );
+}
+
+#[test]
+fn a_listen_override_applies_before_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!("{HEAD}token = \"glpat-x\"\n[server]\nlisten = \"nowhere\"{TAIL}"),
+    )
+    .unwrap();
+    let cfg = Config::load_with(Some(&path), |cfg| cfg.server.listen = "127.0.0.1:9".into())
+        .expect("the override replaces the bad value");
+    assert_eq!(cfg.server.listen, "127.0.0.1:9".parse().unwrap());
+    let err = Config::load_with(Some(&path), |cfg| cfg.server.listen = "here".into());
+    assert_eq!(key_of(err.unwrap_err()), "server.listen");
+}
+
+#[test]
+fn projects_and_groups_become_references() {
+    let cfg = parse(&format!(
+        "{GOOD}\n[[groups]]\nid = 7\ninclude_subgroups = false\n[[groups]]\npath = \"a/b\""
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.projects,
+        [
+            ProjectRef::Path("group/sub/project".into()),
+            ProjectRef::Id(42)
+        ]
+    );
+    // The display form is the checkpoint key of a configured project: fixed.
+    assert_eq!(cfg.projects[0].to_string(), "group/sub/project");
+    assert_eq!(cfg.projects[1].to_string(), "id 42");
+    assert_eq!(
+        (cfg.projects[1].id(), cfg.projects[1].path()),
+        (Some(42), None)
+    );
+    let groups = &cfg.discovery.groups;
+    assert_eq!(groups[0].key, GroupKey::Id(7));
+    assert!(!groups[0].include_subgroups);
+    assert_eq!(groups[1].api_id(), "a%2Fb");
+    assert_eq!(groups[1].to_string(), "group a/b");
+    assert!(cfg.discovery.enabled());
+    // Code-built configurations go through the same entries.
+    let built = Config::new(
+        "https://gitlab.example.com",
+        SecretString::from("glpat-x"),
+        vec![ProjectRef::Id(3), ProjectRef::Path("x/y".into())],
+    );
+    assert_eq!(
+        built.validate().unwrap().projects,
+        [ProjectRef::Id(3), ProjectRef::Path("x/y".into())]
+    );
+}
+
+#[test]
+fn the_discovery_filter_is_compiled_once_and_a_bad_one_is_no_config() {
+    let no_projects = GOOD.split("[[projects]]").next().unwrap_or_default();
+    let with = |filters: &str| {
+        parse(&format!(
+            "{no_projects}\n[discovery]\nmembership = true\n{filters}"
+        ))
+    };
+    // A bad regex in either list is an error naming it; no Settings exists to run without it
+    // (and PathFilter has no constructor but the compiling one, so there is no "no filter").
+    assert_eq!(
+        key_of(with("include = [\"[\"]").unwrap_err()),
+        "discovery.include[0]"
+    );
+    assert_eq!(
+        key_of(with("exclude = [\"a\", \"b\", \"(?P<\"]").unwrap_err()),
+        "discovery.exclude[2]"
+    );
+    let cfg = with("include = [\"^a/\"]\nexclude = [\"-old$\"]").unwrap();
+    let f = &cfg.discovery.filter;
+    assert!(f.allows("a/x") && !f.allows("b/x") && !f.allows("a/x-old"));
+    let all = with("").unwrap();
+    assert!(all.discovery.filter.allows("anything/at-all"));
+}
+
+#[test]
+fn the_shard_is_checked_and_resolved() {
+    let with = |shard: &str| parse(&format!("{GOOD}\n[shard]\n{shard}"));
+    assert_eq!(key_of(with("count = 0").unwrap_err()), "shard.count");
+    assert_eq!(
+        key_of(with("count = 2\nindex = 2").unwrap_err()),
+        "shard.index"
+    );
+    let fixed = with("count = 3\nindex = 1").unwrap().shard;
+    assert_eq!(fixed.resolve(Some("exporter-2")), (1, 3));
+    let ordinal = with("count = 3").unwrap().shard;
+    assert_eq!(ordinal.count(), 3);
+    assert_eq!(ordinal.resolve(Some("exporter-2")), (2, 3));
+    assert_eq!(ordinal.resolve(None), (0, 3));
+    // A pod ordinal beyond the count (the hostname is no configuration) is the last shard.
+    assert_eq!(ordinal.resolve(Some("exporter-7")), (2, 3));
+}
+
+#[test]
+fn buckets_are_checked_by_their_type() {
+    assert_eq!(
+        key_of(Buckets::new("metrics.queued_buckets", vec![]).unwrap_err()),
+        "metrics.queued_buckets"
+    );
+    for bad in [vec![1.0, f64::NAN], vec![0.0, 1.0], vec![1.0, 1.0]] {
+        assert!(Buckets::new("k", bad.clone()).is_err(), "{bad:?}");
+    }
+    let cfg = parse(&format!("{GOOD}\n[metrics]\nqueued_buckets = [0.5, 2.0]")).unwrap();
+    assert_eq!(cfg.metrics.queued_buckets.as_slice(), [0.5, 2.0]);
+    assert_eq!(
+        cfg.metrics.duration_buckets.as_slice(),
+        default_duration_buckets()
+    );
+    assert_eq!(
+        key_of(parse(&format!("{GOOD}\n[metrics]\nqueued_buckets = []")).unwrap_err()),
+        "metrics.queued_buckets"
+    );
+}
+
+#[test]
+fn a_section_validates_alone() {
+    let mut cfg = Config::new(
+        "https://gitlab.example.com",
+        SecretString::from("glpat-x"),
+        Vec::new(),
+    );
+    // No project: the whole is refused, the [gitlab] section alone is fine.
+    assert_eq!(key_of(cfg.validate().unwrap_err()), "projects");
+    let gitlab = cfg.gitlab.validate().unwrap();
+    assert_eq!(gitlab.url, "https://gitlab.example.com");
+    cfg.gitlab.timeout = Duration::ZERO;
+    assert_eq!(key_of(cfg.gitlab.validate().unwrap_err()), "gitlab.timeout");
+}
