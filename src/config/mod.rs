@@ -20,6 +20,8 @@ pub mod raw;
 mod validate;
 
 #[cfg(test)]
+mod load_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
