@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -43,7 +44,7 @@ pub struct AppState {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Connections served at once (`server.max_connections`); more wait in the backlog.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// Time to send a request head, and for an idle keep-alive connection to send the next
     /// one (`server.header_read_timeout`).
     pub header_read_timeout: Duration,
@@ -112,7 +113,7 @@ pub async fn serve_with(
     // connections are closed after it too.
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let permits = Arc::new(Semaphore::new(limits.max_connections.get()));
     let drain = CancellationToken::new();
     let mut connections = JoinSet::new();
     let mut accept_failing = false;
@@ -315,7 +316,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_does_not_wait_for_a_quiet_client() {
         let (addr, stop, server) = start(Limits {
-            max_connections: 8,
+            max_connections: NonZeroUsize::MIN.saturating_add(7),
             header_read_timeout: Duration::from_secs(3600),
             write_timeout: WRITE_TIMEOUT,
             drain_timeout: Duration::from_millis(200),
@@ -339,7 +340,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_request_head_is_cut_off() {
         let (addr, stop, _server) = start(Limits {
-            max_connections: 8,
+            max_connections: NonZeroUsize::MIN.saturating_add(7),
             header_read_timeout: Duration::from_millis(100),
             write_timeout: WRITE_TIMEOUT,
             drain_timeout: Duration::from_secs(1),
@@ -362,7 +363,7 @@ mod tests {
     #[tokio::test]
     async fn clients_that_never_read_give_their_slots_back() {
         let (addr, stop, _server) = start(Limits {
-            max_connections: 2,
+            max_connections: NonZeroUsize::MIN.saturating_add(1),
             // Far away: only the write timeout can free the slots.
             header_read_timeout: Duration::from_secs(3600),
             write_timeout: Duration::from_millis(200),

@@ -26,6 +26,7 @@ mod tests;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -139,8 +140,7 @@ impl PartialEq<&str> for GitlabUrl {
 pub struct ServerSettings {
     /// An IP address and port: `server.listen` takes no host names (nothing resolves them).
     pub listen: SocketAddr,
-    /// At least 1.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// Greater than zero.
     pub header_read_timeout: Duration,
 }
@@ -150,7 +150,7 @@ impl Default for ServerSettings {
         let raw = ServerConfig::default();
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
-            max_connections: raw.max_connections,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: raw.header_read_timeout,
         }
     }
@@ -158,6 +158,8 @@ impl Default for ServerSettings {
 
 /// The port of [`DEFAULT_LISTEN`].
 const DEFAULT_PORT: u16 = 39129;
+/// `server.max_connections` unless configured. (Evaluated at compile time: no run-time panic.)
+pub const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = NonZeroUsize::new(256).unwrap();
 
 /// `[metrics]`, checked.
 #[derive(Debug, Clone, PartialEq)]

@@ -277,7 +277,7 @@ fn default_listen() -> String {
     DEFAULT_LISTEN.to_string()
 }
 fn default_max_connections() -> usize {
-    256
+    super::DEFAULT_MAX_CONNECTIONS.get()
 }
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(5)

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
@@ -142,11 +143,12 @@ impl ServerConfig {
                 format!("{e}; expected ADDRESS:PORT, e.g. 0.0.0.0:39129"),
             )
         })?;
-        at_least_one("server.max_connections", self.max_connections)?;
+        let max_connections = NonZeroUsize::new(self.max_connections)
+            .ok_or_else(|| ConfigError::invalid("server.max_connections", "must be at least 1"))?;
         positive("server.header_read_timeout", self.header_read_timeout)?;
         Ok(ServerSettings {
             listen,
-            max_connections: self.max_connections,
+            max_connections,
             header_read_timeout: self.header_read_timeout,
         })
     }
