@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::{Config, ConfigError, GroupRef};
+use crate::config::{Config, ConfigError, GroupRef, Settings};
 use crate::gitlab::RetryPolicy;
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
@@ -92,7 +92,7 @@ pub fn main() -> ExitCode {
 
 /// `--check-config`'s output. A reader that stops early (`| head`) is no failure: the
 /// configuration was checked all the same.
-fn print_checked(cfg: &Config) -> ExitCode {
+fn print_checked(cfg: &Settings) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let written = writeln!(out, "# configuration is valid\n{}", cfg.to_redacted_toml())
         .and_then(|()| out.flush());
@@ -123,19 +123,18 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
+fn load_config(cli: &Cli) -> Result<Settings, ConfigError> {
     let Some(path) = &cli.config else {
         return Err(ConfigError::Invalid {
             key: "--config".into(),
             message: "no configuration file given (or use --demo)".into(),
         });
     };
-    let mut cfg = Config::load(Some(path))?;
-    if let Some(listen) = &cli.listen {
-        cfg.server.listen = listen.clone();
-        cfg.validate()?;
-    }
-    Ok(cfg)
+    Config::load_with(Some(path), |cfg| {
+        if let Some(listen) = &cli.listen {
+            cfg.server.listen = listen.clone();
+        }
+    })
 }
 
 /// Logs go to stderr through a background writer: a slow or stuck reader of stderr must never
@@ -160,10 +159,10 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 }
 
 /// Runs the exporter until SIGTERM or SIGINT.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub async fn run(cfg: Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let listener = TcpListener::bind(&cfg.server.listen)
+    let listener = TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
     serve(cfg, listener, shutdown).await
@@ -171,7 +170,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// Runs the exporter on `listener` until `shutdown` is cancelled.
 pub async fn serve(
-    cfg: Config,
+    cfg: Settings,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -181,10 +180,10 @@ pub async fn serve(
         &cfg.labels,
     )?);
     let scheduler = Scheduler::new(&cfg, metrics.clone(), RetryPolicy::default())?;
-    if let Some(dir) = &cfg.state.dir {
+    if let Some(dir) = &cfg.state_dir {
         // Restore before serving: /metrics never shows a counter lower than before the restart.
         crate::state::prepare(dir)?;
-        if let Some(cp) = crate::state::load(dir, &cfg.gitlab.url) {
+        if let Some(cp) = crate::state::load(dir, cfg.gitlab.url.as_str()) {
             scheduler.restore(cp).await;
         }
         scheduler
@@ -256,7 +255,7 @@ async fn run_demo(listen: Option<String>) -> anyhow::Result<()> {
     cfg.server.listen = listen.unwrap_or_else(|| DEMO_LISTEN.to_string());
     cfg.poll.interval = Duration::from_secs(5);
     cfg.poll.max_interval = Duration::from_secs(60);
-    cfg.validate().context("demo configuration")?;
+    let settings = cfg.validate().context("demo configuration")?;
     info!(gitlab = %handle.base_url, "demo: simulated GitLab started");
-    run(cfg).await
+    run(settings).await
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use thiserror::Error;
 use tracing::warn;
 
-use crate::config::{DiscoveryConfig, GroupRef, PathFilter};
+use crate::config::{DiscoverySettings, Group, PathFilter};
 use crate::gitlab::{ApiError, GitlabClient, ProjectsPage, ProjectsRequest};
 use crate::metrics::Metrics;
 
@@ -64,9 +64,7 @@ pub struct Pass {
 pub async fn discover(
     client: &GitlabClient,
     metrics: &Metrics,
-    groups: &[GroupRef],
-    cfg: &DiscoveryConfig,
-    filter: &PathFilter,
+    cfg: &DiscoverySettings,
     max_projects: usize,
 ) -> Pass {
     let mut pass = Pass {
@@ -74,8 +72,8 @@ pub async fn discover(
         ..Pass::default()
     };
     let mut sources: Vec<(String, ProjectsRequest<'_>)> = Vec::new();
-    let group_ids: Vec<String> = groups.iter().map(GroupRef::api_id).collect();
-    for (g, api_id) in groups.iter().zip(&group_ids) {
+    let group_ids: Vec<String> = cfg.groups.iter().map(Group::api_id).collect();
+    for (g, api_id) in cfg.groups.iter().zip(&group_ids) {
         sources.push((
             g.to_string(),
             ProjectsRequest::Group {
@@ -95,7 +93,7 @@ pub async fn discover(
     }
     let limit = Limit {
         max_projects,
-        filter,
+        filter: &cfg.filter,
         with_archived: cfg.archived,
     };
     for (index, (name, first)) in sources.into_iter().enumerate() {

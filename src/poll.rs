@@ -385,7 +385,7 @@ fn record_outcome(
     };
     // No placeholder label ("id 42") that would change once the path is known: a project
     // configured by id shows its state from its first successful lookup on.
-    if p.resolved.is_some() || p.reference.path.is_some() {
+    if p.resolved.is_some() || p.reference.path().is_some() {
         metrics.set_project_state(&p.label(), state.as_str(), ProjectState::ALL);
     }
     false
@@ -479,7 +479,7 @@ impl<'a> Cycle<'a> {
                 self.metrics.poll_started(&p.label());
                 return Ok(true);
             }
-            (p.reference.clone(), p.reference.path.clone())
+            (p.reference.clone(), p.reference.path().map(str::to_string))
         };
         if let Some(path) = &counted {
             self.metrics.poll_started(path);

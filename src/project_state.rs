@@ -153,10 +153,7 @@ impl Project {
         labels: LabelsConfig,
         shard: (u32, u32),
     ) -> Self {
-        let reference = ProjectRef {
-            id: Some(id),
-            path: None,
-        };
+        let reference = ProjectRef::Id(id);
         let mut project = Self::new(reference, backfill, labels, shard);
         project.resolved = Some((id, path));
         project.default_branch = default_branch;
@@ -386,15 +383,11 @@ impl Project {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::MetricsConfig;
     use crate::labels::{Droppable, RunnerMode};
 
     fn project(labels: &LabelsConfig) -> Project {
         Project::new(
-            ProjectRef {
-                path: Some("g/p".into()),
-                id: None,
-            },
+            ProjectRef::Path("g/p".into()),
             Duration::from_secs(3600),
             labels.clone(),
             (0, 1),
@@ -413,7 +406,7 @@ mod tests {
 
     /// A checkpoint of project g/p that counted `job()` under `labels`.
     fn checkpoint(labels: &LabelsConfig) -> ProjectCheckpoint {
-        let metrics = Metrics::new(&MetricsConfig::default(), usize::MAX, labels).unwrap();
+        let metrics = Metrics::new(&crate::config::MetricsSettings::default(), usize::MAX, labels).unwrap();
         let mut p = project(labels);
         p.resolved = Some((1, "g/p".into()));
         let mut events = Vec::new();
@@ -425,7 +418,7 @@ mod tests {
     }
 
     fn restored(cp: ProjectCheckpoint, labels: &LabelsConfig) -> (Project, Metrics) {
-        let metrics = Metrics::new(&MetricsConfig::default(), usize::MAX, labels).unwrap();
+        let metrics = Metrics::new(&crate::config::MetricsSettings::default(), usize::MAX, labels).unwrap();
         let mut p = project(labels);
         p.restore(cp, &metrics);
         (p, metrics)

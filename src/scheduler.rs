@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, DiscoveryConfig, GroupRef, PathFilter};
+use crate::config::{DiscoverySettings, Settings};
 use crate::discovery;
 use crate::gitlab::{ClientBuildError, GitlabClient, RetryPolicy};
 use crate::health::Health;
@@ -189,9 +189,7 @@ pub struct Scheduler {
     backfill: Duration,
     labels: LabelsConfig,
     shard: (u32, u32),
-    discovery: DiscoveryConfig,
-    groups: Vec<GroupRef>,
-    filter: PathFilter,
+    discovery: DiscoverySettings,
     /// `limits.max_projects`, less the configured projects: what discovery may add.
     max_projects: usize,
     /// Set while `run` runs: where new projects' tasks are spawned.
@@ -200,18 +198,12 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(
-        cfg: &Config,
+        cfg: &Settings,
         metrics: Arc<Metrics>,
         retry: RetryPolicy,
     ) -> Result<Arc<Self>, ClientBuildError> {
-        let shard_count = cfg.shard.count.max(1);
-        let shard = (
-            cfg.shard
-                .resolve_index(std::env::var("HOSTNAME").ok().as_deref())
-                .min(shard_count - 1),
-            shard_count,
-        );
-        if shard_count > 1 {
+        let shard = cfg.shard.resolve(std::env::var("HOSTNAME").ok().as_deref());
+        if shard.1 > 1 {
             info!(
                 index = shard.0,
                 count = shard.1,
@@ -221,10 +213,10 @@ impl Scheduler {
         let client = GitlabClient::new(&cfg.gitlab, cfg.token(), retry, metrics.clone())?;
         let mut slots = Slots::default();
         for p in &cfg.projects {
-            if let Some(id) = p.id {
+            if let Some(id) = p.id() {
                 slots.configured_ids.insert(id);
             }
-            if let Some(path) = &p.path {
+            if let Some(path) = p.path() {
                 slots.configured_paths.insert(path.to_lowercase());
             }
             slots.insert(Slot {
@@ -241,18 +233,12 @@ impl Scheduler {
                 ended: false,
             });
         }
-        let discovering = cfg.discovery.enabled(&cfg.groups);
+        let discovering = cfg.discovery.enabled();
         // The first discovery pass holds readiness like a project does.
         let readiness = Readiness::new(slots.live.len() + usize::from(discovering));
-        // validate() compiled these already; an error here cannot happen, but would only
-        // mean no filtering, which is logged.
-        let filter = cfg.discovery.filter().unwrap_or_else(|e| {
-            error!(error = %e, "discovery filters ignored");
-            PathFilter::default()
-        });
         let scheduler = Arc::new(Self {
-            state_dir: cfg.state.dir.clone(),
-            gitlab_url: cfg.gitlab.url.clone(),
+            state_dir: cfg.state_dir.clone(),
+            gitlab_url: cfg.gitlab.url.to_string(),
             dirty: AtomicBool::new(false),
             client,
             metrics,
@@ -270,8 +256,6 @@ impl Scheduler {
             labels: cfg.labels.clone(),
             shard,
             discovery: cfg.discovery.clone(),
-            groups: cfg.groups.clone(),
-            filter,
             max_projects: cfg.limits.max_projects.saturating_sub(cfg.projects.len()),
             tasks: std::sync::Mutex::new(None),
         });
@@ -471,7 +455,7 @@ impl Scheduler {
         // Lower-cased paths that restored or configured projects show.
         let mut in_use: HashSet<String> = self.slots().configured_paths.clone();
         let mut restored = self.restore_configured(&mut cp, &mut in_use);
-        let discovering = self.discovery.enabled(&self.groups);
+        let discovering = self.discovery.enabled();
         let mut dropped = Vec::new();
         let mut seen_ids = HashSet::new();
         for (key, p) in std::mem::take(&mut cp.projects) {
@@ -523,10 +507,9 @@ impl Scheduler {
                     .iter()
                     .find(|(_, e)| {
                         e.resolved.as_ref().is_some_and(|(id, path)| {
-                            reference.id == Some(*id)
+                            reference.id() == Some(*id)
                                 || reference
-                                    .path
-                                    .as_ref()
+                                    .path()
                                     .is_some_and(|p| p.eq_ignore_ascii_case(path))
                         })
                     })
@@ -702,9 +685,7 @@ impl Scheduler {
         let mut pass = discovery::discover(
             &self.client,
             &self.metrics,
-            &self.groups,
             &self.discovery,
-            &self.filter,
             self.max_projects,
         )
         .await;
@@ -1079,7 +1060,7 @@ impl Scheduler {
 
     /// Polls every project forever, each on its own schedule, until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let discovering = self.discovery.enabled(&self.groups);
+        let discovering = self.discovery.enabled();
         info!(
             projects = self.watched(),
             discovery = discovering,

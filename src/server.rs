@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,7 +30,7 @@ use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::ServerConfig;
+use crate::config::ServerSettings;
 use crate::health::Health;
 use crate::metrics::{CONTENT_TYPE, Metrics};
 use crate::scheduler::Readiness;
@@ -45,7 +46,7 @@ pub struct AppState {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Connections served at once (`server.max_connections`); more wait in the backlog.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// Time to send a request head, and for an idle keep-alive connection to send the next
     /// one (`server.header_read_timeout`).
     pub header_read_timeout: Duration,
@@ -65,7 +66,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Limits {
-    pub fn from_config(cfg: &ServerConfig) -> Self {
+    pub fn from_config(cfg: &ServerSettings) -> Self {
         Self {
             max_connections: cfg.max_connections,
             header_read_timeout: cfg.header_read_timeout,
@@ -77,7 +78,7 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self::from_config(&ServerConfig::default())
+        Self::from_config(&ServerSettings::default())
     }
 }
 
@@ -114,7 +115,7 @@ pub async fn serve_with(
     // connections are closed after it too.
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let permits = Arc::new(Semaphore::new(limits.max_connections.get()));
     let drain = CancellationToken::new();
     let mut connections = JoinSet::new();
     let mut accept_failing = false;
@@ -329,7 +330,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_does_not_wait_for_a_quiet_client() {
         let (addr, stop, server) = start(Limits {
-            max_connections: 8,
+            max_connections: NonZeroUsize::MIN.saturating_add(7),
             header_read_timeout: Duration::from_secs(3600),
             write_timeout: WRITE_TIMEOUT,
             drain_timeout: Duration::from_millis(200),
@@ -353,7 +354,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_request_head_is_cut_off() {
         let (addr, stop, _server) = start(Limits {
-            max_connections: 8,
+            max_connections: NonZeroUsize::MIN.saturating_add(7),
             header_read_timeout: Duration::from_millis(100),
             write_timeout: WRITE_TIMEOUT,
             drain_timeout: Duration::from_secs(1),
@@ -376,7 +377,7 @@ mod tests {
     #[tokio::test]
     async fn clients_that_never_read_give_their_slots_back() {
         let (addr, stop, _server) = start(Limits {
-            max_connections: 2,
+            max_connections: NonZeroUsize::MIN.saturating_add(1),
             // Far away: only the write timeout can free the slots.
             header_read_timeout: Duration::from_secs(3600),
             write_timeout: Duration::from_millis(200),

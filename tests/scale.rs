@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Harness, assert_matches_truth, by_id};
-use gitlab_jobs_exporter::config::MetricsConfig;
+use gitlab_jobs_exporter::config::MetricsSettings;
 use gitlab_jobs_exporter::gitlab::JobStatus;
 use gitlab_jobs_exporter::metrics::Metrics;
 use gitlab_jobs_exporter::simulator::{Ms, ProjectSpec, World, WorldSpec};
@@ -49,8 +49,8 @@ fn cpu_seconds() -> f64 {
 }
 
 fn render_figures(series: usize) -> (f64, usize) {
-    let m =
-        Metrics::new(&MetricsConfig::default(), usize::MAX, &Default::default()).expect("metrics");
+    let m = Metrics::new(&MetricsSettings::default(), usize::MAX, &Default::default())
+        .expect("metrics");
     let per_project = 100;
     let mut events = Vec::new();
     for p in 0..series.div_ceil(per_project) {

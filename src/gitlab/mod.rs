@@ -18,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use thiserror::Error;
 use tracing::{debug, warn};
 
-use crate::config::GitlabConfig;
+use crate::config::GitlabSettings;
 use crate::metrics::Metrics;
 pub use model::{Job, JobRunner, JobStatus, Project};
 
@@ -249,8 +249,6 @@ impl std::fmt::Debug for GitlabClient {
 
 #[derive(Debug, Error)]
 pub enum ClientBuildError {
-    #[error("gitlab.url: {0}")]
-    Url(String),
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
 }
@@ -263,15 +261,12 @@ struct Response {
 
 impl GitlabClient {
     pub fn new(
-        cfg: &GitlabConfig,
+        cfg: &GitlabSettings,
         token: SecretString,
         retry: RetryPolicy,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ClientBuildError> {
         install_tls_provider();
-        let mut base = cfg.url.trim_end_matches('/').to_string();
-        base.push_str("/api/v4/");
-        let api_base = url::Url::parse(&base).map_err(|e| ClientBuildError::Url(e.to_string()))?;
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .timeout(cfg.timeout)
@@ -282,7 +277,7 @@ impl GitlabClient {
             .map_err(|e| ClientBuildError::Http(e.to_string()))?;
         Ok(Self {
             http,
-            api_base,
+            api_base: cfg.url.api_base().clone(),
             token,
             throttle: throttle::Throttle::new(cfg.max_requests_per_minute, retry.rate_limit_pause),
             retry,
@@ -1033,10 +1028,11 @@ mod hostile_tests {
             TOKEN.into(),
         );
         let handle = sim.spawn().await.unwrap();
-        let cfg = crate::config::Config::new(&handle.base_url, TOKEN.to_string().into(), vec![]);
-        let mut gitlab = cfg.gitlab.clone();
-        gitlab.max_requests_per_minute = 1e9;
-        gitlab.timeout = Duration::from_secs(5);
+        let mut cfg =
+            crate::config::Config::new(&handle.base_url, TOKEN.to_string().into(), vec![]);
+        cfg.gitlab.max_requests_per_minute = 1e9;
+        cfg.gitlab.timeout = Duration::from_secs(5);
+        let gitlab = cfg.gitlab.validate().unwrap();
         let metrics =
             Arc::new(Metrics::new(&Default::default(), usize::MAX, &Default::default()).unwrap());
         let retry = RetryPolicy {

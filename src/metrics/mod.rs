@@ -19,7 +19,7 @@ use prometheus::{
 };
 use tracing::error;
 
-use crate::config::MetricsConfig;
+use crate::config::MetricsSettings;
 use crate::gitlab::JobStatus;
 use crate::tracker::Event;
 
@@ -146,7 +146,7 @@ fn with<T: Metric + Clone>(
 
 impl Metrics {
     pub fn new(
-        cfg: &MetricsConfig,
+        cfg: &MetricsSettings,
         max_series: usize,
         labels: &crate::labels::LabelsConfig,
     ) -> Result<Self, MetricsError> {
@@ -329,8 +329,8 @@ impl Metrics {
             capped: AtomicBool::new(false),
             series,
             bounds: jobs::Bounds {
-                duration: cfg.duration_buckets.clone(),
-                queued: cfg.queued_buckets.clone(),
+                duration: cfg.duration_buckets.as_slice().to_vec(),
+                queued: cfg.queued_buckets.as_slice().to_vec(),
             },
             layout: jobs::Layout::new(labels),
             jobs_active,
@@ -833,7 +833,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_scrapes_share_one_page() {
         let m =
-            Arc::new(Metrics::new(&MetricsConfig::default(), 100, &Default::default()).unwrap());
+            Arc::new(Metrics::new(&MetricsSettings::default(), 100, &Default::default()).unwrap());
         let (a, b, c) = tokio::join!(m.scrape(), m.scrape(), m.scrape());
         let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
         assert!(a[0].len() > 100);
@@ -861,7 +861,7 @@ mod tests {
 
     #[test]
     fn unknown_statuses_and_failure_reasons_stay_bounded() {
-        let m = Metrics::new(&MetricsConfig::default(), usize::MAX, &Default::default()).unwrap();
+        let m = Metrics::new(&MetricsSettings::default(), usize::MAX, &Default::default()).unwrap();
         let mut counts: BTreeMap<JobStatus, u64> = (0..500)
             .map(|i| (JobStatus::from(format!("invented_{i}")), 1))
             .collect();
@@ -915,7 +915,7 @@ mod tests {
 
     #[test]
     fn renders_before_any_job_and_after_some() {
-        let m = Metrics::new(&MetricsConfig::default(), 2, &Default::default()).unwrap();
+        let m = Metrics::new(&MetricsSettings::default(), 2, &Default::default()).unwrap();
         let page = m.render().unwrap();
         assert!(page.contains("gitlab_jobs_exporter_build_info"));
         assert!(!page.contains("gitlab_ci_jobs_total{"));

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gitlab_jobs_exporter::config::{Config, ProjectRef};
+use gitlab_jobs_exporter::config::{Config, ProjectRef, Settings};
 use gitlab_jobs_exporter::gitlab::RetryPolicy;
 use gitlab_jobs_exporter::metrics::Metrics;
 use gitlab_jobs_exporter::poll::CycleStats;
@@ -30,17 +30,11 @@ pub fn config(base_url: &str, projects: Vec<ProjectRef>, backfill: Duration) -> 
 }
 
 pub fn by_path(path: &str) -> ProjectRef {
-    ProjectRef {
-        path: Some(path.into()),
-        id: None,
-    }
+    ProjectRef::Path(path.into())
 }
 
 pub fn by_id(id: u64) -> ProjectRef {
-    ProjectRef {
-        path: None,
-        id: Some(id),
-    }
+    ProjectRef::Id(id)
 }
 
 /// A free loopback port for a process started by a test: bound, read, released.
@@ -95,15 +89,30 @@ impl Harness {
         backfill: Duration,
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
+        Self::start_with_settings(world, start_ms, projects, backfill, tweak, |_| {}).await
+    }
+
+    /// Like [`Harness::start_with`], with the validated settings adjusted by `adjust` too (for
+    /// values validation refuses but a test wants).
+    pub async fn start_with_settings(
+        world: World,
+        start_ms: Ms,
+        projects: Vec<ProjectRef>,
+        backfill: Duration,
+        tweak: impl FnOnce(&mut Config),
+        adjust: impl FnOnce(&mut Settings),
+    ) -> Self {
         let sim = Simulator::new(world, SimClock::manual(start_ms), TOKEN.to_string());
         let sim_handle = sim.spawn().await.expect("simulator starts");
         let base_url = sim_handle.base_url.clone();
         let mut cfg = config(&base_url, projects, backfill);
         tweak(&mut cfg);
-        Self::start_exporter(sim, sim_handle, cfg).await
+        let mut settings = cfg.validate().expect("valid configuration");
+        adjust(&mut settings);
+        Self::start_exporter(sim, sim_handle, settings).await
     }
 
-    pub async fn start_exporter(sim: Simulator, sim_handle: SimHandle, cfg: Config) -> Self {
+    pub async fn start_exporter(sim: Simulator, sim_handle: SimHandle, cfg: Settings) -> Self {
         let metrics = Arc::new(
             Metrics::new(&cfg.metrics, cfg.limits.max_series, &cfg.labels).expect("metrics"),
         );

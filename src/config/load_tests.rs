@@ -1,0 +1,251 @@
+//! Unit tests of reading the configuration: the file, the token, and secrets kept out of
+//! errors.
+
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::tests::{GOOD, HEAD, TAIL, key_of, load_text, parse, parse_raw};
+use super::*;
+
+#[test]
+fn syntax_errors_never_show_a_secret_and_name_the_key() {
+    let s = "glpat-SECRETVALUE123";
+    let cases = [
+        (format!("{HEAD}token = \"{s}\n{TAIL}"), Some("gitlab.token")),
+        (format!("{HEAD}token = '{s}\n{TAIL}"), Some("gitlab.token")),
+        (
+            format!("{HEAD}token = \"{s}\"\ntoken = \"{s}-2\"{TAIL}"),
+            Some("gitlab.token"),
+        ),
+        (
+            format!("{HEAD}token = \"{s}\\q\"{TAIL}"),
+            Some("gitlab.token"),
+        ),
+        (format!("{HEAD}token = \"\"\"\n{s}\n{TAIL}"), None),
+        (
+            format!("{HEAD}token = \"\"\"\nglpat-\n{s}\\q\n\"\"\"{TAIL}"),
+            Some("gitlab.token"),
+        ),
+        (
+            format!("gitlab = {{ url = \"https://gitlab.example.com\", token = \"{s} }}{TAIL}"),
+            None,
+        ),
+        (
+            format!("{HEAD}token = \"{s}\"\n[server]\nwebhook_secret = \"{s}2{TAIL}"),
+            Some("server.webhook_secret"),
+        ),
+        (
+            format!("{HEAD}token_file = \"/run/{s}{TAIL}"),
+            Some("gitlab.token_file"),
+        ),
+    ];
+    for (text, key) in cases {
+        let err = load_text(&text).expect_err(&text).to_string();
+        assert!(
+            !err.contains("SECRETVALUE"),
+            "secret shown: {err}\nfor\n{text}"
+        );
+        if let Some(key) = key {
+            assert!(err.contains(key), "{key} not named: {err}\nfor\n{text}");
+        }
+    }
+    // Other lines are still quoted, with the line number: the error stays useful.
+    let err = load_text(&format!(
+        "{HEAD}token = \"{s}\"\n[poll]\ninterval = 30s{TAIL}"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(!err.contains("SECRETVALUE"), "{err}");
+    assert!(
+        err.contains("poll.interval") && err.contains(":5:") && err.contains("interval = 30s"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_secret_key_of_the_wrong_type_is_not_shown() {
+    for value in [
+        "[\"glpat-SECRETVALUE123\"]",
+        "{ x = \"glpat-SECRETVALUE123\" }",
+    ] {
+        let err = load_text(&format!("{HEAD}token = {value}{TAIL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains("SECRETVALUE") && err.contains("gitlab.token"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn token_file_must_be_a_small_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_file =
+        |file: &Path| format!("{HEAD}token_file = {:?}{TAIL}", file.display().to_string());
+    let big = dir.path().join("big");
+    std::fs::write(&big, "a".repeat(100 * 1024)).unwrap();
+    let err = load_text(&with_file(&big)).unwrap_err().to_string();
+    assert!(
+        err.contains("gitlab.token_file") && err.contains("larger"),
+        "{err}"
+    );
+    // A FIFO would block start-up until something writes to it.
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if made.is_ok_and(|s| s.success()) {
+        let text = with_file(&fifo);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(load_text(&text).map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let result = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("reading a FIFO token file does not block");
+        let err = result.unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+    // A device that never ends.
+    if Path::new("/dev/zero").exists() {
+        let err = load_text(&with_file(Path::new("/dev/zero")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gitlab.token_file"), "{err}");
+    }
+}
+
+#[test]
+fn a_token_that_is_no_header_value_is_rejected_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "glpat-SECRETVALUE123\nglpat-other\n").unwrap();
+    let err = load_text(&format!(
+        "{HEAD}token_file = {:?}{TAIL}",
+        file.display().to_string()
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("gitlab.token_file") && !err.contains("SECRETVALUE"),
+        "{err}"
+    );
+    let err = load_text(&format!("{HEAD}token = \"glpat-SECRETVALUE123\\nx\"{TAIL}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gitlab.token") && !err.contains("SECRETVALUE"),
+        "{err}"
+    );
+    let mut cfg = parse_raw(GOOD).unwrap();
+    let err = cfg
+        .resolve_token(Some("glpat-SECRETVALUE123\r\nx".into()))
+        .and_then(|()| cfg.validate())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(TOKEN_ENV) && !err.contains("SECRETVALUE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn credentials_in_the_url_are_rejected_unshown() {
+    for url in [
+        "https://user:hunter2pass@gitlab.example.com",
+        "https://hunter2pass@gitlab.example.com",
+    ] {
+        let err = load_text(&format!(
+            "[gitlab]\nurl = \"{url}\"\ntoken = \"glpat-x\"{TAIL}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("gitlab.url") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_trailing_api_v4_is_stripped() {
+    for (given, used) in [
+        (
+            "https://gitlab.example.com/api/v4",
+            "https://gitlab.example.com",
+        ),
+        (
+            "https://gitlab.example.com/api/v4/",
+            "https://gitlab.example.com",
+        ),
+        (
+            "https://example.com/gitlab/api/v4",
+            "https://example.com/gitlab",
+        ),
+        ("https://example.com/api/v4x", "https://example.com/api/v4x"),
+    ] {
+        let cfg = load_text(&format!(
+            "[gitlab]\nurl = \"{given}\"\ntoken = \"glpat-x\"{TAIL}"
+        ))
+        .unwrap();
+        assert_eq!(cfg.gitlab.url, used);
+    }
+    // Built in code, it is refused rather than silently doubled.
+    let cfg = Config::new(
+        "https://gitlab.example.com/api/v4",
+        SecretString::from("glpat-x"),
+        vec![ProjectRef::Id(1)],
+    );
+    assert!(
+        cfg.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("gitlab.url")
+    );
+}
+
+#[test]
+fn a_listen_override_applies_before_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!("{HEAD}token = \"glpat-x\"\n[server]\nlisten = \"nowhere\"{TAIL}"),
+    )
+    .unwrap();
+    let cfg = Config::load_with(Some(&path), |cfg| cfg.server.listen = "127.0.0.1:9".into())
+        .expect("the override replaces the bad value");
+    assert_eq!(cfg.server.listen, "127.0.0.1:9".parse().unwrap());
+    let err = Config::load_with(Some(&path), |cfg| cfg.server.listen = "here".into());
+    assert_eq!(key_of(err.unwrap_err()), "server.listen");
+}
+
+#[test]
+fn token_file_is_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "  glpat-from-file\n").unwrap();
+    let mut cfg = parse_raw(GOOD).unwrap();
+    cfg.gitlab.token = None;
+    cfg.gitlab.token_file = Some(file.clone());
+    cfg.resolve_token(None).unwrap();
+    assert_eq!(
+        cfg.validate().unwrap().token().expose_secret(),
+        "glpat-from-file"
+    );
+    cfg.gitlab.token_file = Some(dir.path().join("missing"));
+    assert_eq!(
+        key_of(cfg.resolve_token(None).unwrap_err()),
+        "gitlab.token_file"
+    );
+}
+
+#[test]
+fn redacted_toml_hides_token() {
+    let cfg = parse(GOOD).unwrap();
+    let text = cfg.to_redacted_toml();
+    assert!(!text.contains("glpat-secret"), "{text}");
+    assert!(text.contains("<redacted>"), "{text}");
+    assert!(!format!("{cfg:?}").contains("glpat-secret"));
+}
