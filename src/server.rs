@@ -296,12 +296,23 @@ mod tests {
         CancellationToken,
         tokio::task::JoinHandle<std::io::Result<()>>,
     ) {
+        start_with(limits, Arc::new(Health::new(Duration::from_secs(30)))).await
+    }
+
+    async fn start_with(
+        limits: Limits,
+        health: Arc<Health>,
+    ) -> (
+        std::net::SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         let metrics =
             Arc::new(Metrics::new(&Default::default(), 100, &Default::default()).expect("metrics"));
         let state = AppState {
             metrics,
             readiness: Arc::new(Readiness::new(0)),
-            health: Arc::new(Health::new(Duration::from_secs(30))),
+            health,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -410,6 +421,25 @@ mod tests {
         for r in readers {
             r.await.expect("reader");
         }
+        stop.cancel();
+    }
+
+    /// A published page older than the limit (zero here: any page) fails `/healthz`.
+    #[tokio::test]
+    async fn a_stale_published_page_is_unhealthy() {
+        let health = Arc::new(Health::new(Duration::ZERO));
+        let (addr, stop, _server) = start_with(Limits::default(), health.clone()).await;
+        assert!(
+            get(addr, "/healthz").await.ends_with("ok\n"),
+            "nothing published yet"
+        );
+        health.published();
+        let answer = get(addr, "/healthz").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(
+            answer.contains("unhealthy: the published /metrics page"),
+            "{answer}"
+        );
         stop.cancel();
     }
 
