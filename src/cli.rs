@@ -71,17 +71,12 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let inherited = match inherited_listener(&mut listen_fds) {
-        Ok(listener) => listener,
-        Err(e) => {
-            say(format_args!("error: {e:#}"));
-            error!(error = format!("{e:#}"), "exiting");
-            return ExitCode::FAILURE;
-        }
-    };
     if cli.demo {
         #[cfg(feature = "demo")]
-        return report(runtime.block_on(run_demo(cli.listen, inherited)));
+        return report(
+            inherited_listener(&mut listen_fds)
+                .and_then(|inherited| runtime.block_on(run_demo(cli.listen, inherited))),
+        );
         #[cfg(not(feature = "demo"))]
         {
             say(format_args!(
@@ -101,7 +96,8 @@ pub fn main() -> ExitCode {
     if cli.check_config {
         return print_checked(&cfg);
     }
-    let result = runtime.block_on(run(cfg, inherited));
+    let result = inherited_listener(&mut listen_fds)
+        .and_then(|inherited| runtime.block_on(run(cfg, inherited)));
     // Whatever still runs (a blocking file operation stuck on a broken disk) must not keep
     // a stopped exporter alive: the HTTP drain and the final checkpoint are done by now.
     runtime.shutdown_timeout(server::DRAIN_TIMEOUT);

@@ -361,6 +361,39 @@ async fn full_run_never_leaks_the_token_and_stops_cleanly_on_sigterm() {
     handle.shutdown().await;
 }
 
+/// `LISTEN_FDS` set but no socket at fd 3 (here /dev/null): the exporter does not quietly
+/// serve elsewhere; it fails (exit 1) and says why.
+#[test]
+fn socket_activation_without_a_socket_fails_clearly() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), GOOD);
+    let not_a_socket = std::fs::File::open("/dev/null").expect("/dev/null");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
+        .arg(&path)
+        .env("GITLAB_TOKEN", TOKEN)
+        .env("LISTEN_FDS", "1")
+        .env_remove("LISTEN_PID");
+    // SAFETY: only dup2 (async-signal-safe) runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(not_a_socket.as_raw_fd(), 3) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let out = cmd.output().expect("binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("LISTEN_FDS is set but fd 3 is no listening TCP socket"),
+        "{stderr}"
+    );
+}
+
 /// README's first command: `--demo` needs no GitLab and no configuration, finds the demo
 /// group's projects by discovery and serves their jobs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
