@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
@@ -12,12 +11,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::{Config, ConfigError, GroupRef, Settings};
+use crate::config::{Config, ConfigError, Settings};
 use crate::gitlab::RetryPolicy;
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::server::{self, AppState};
-use crate::simulator;
 
 /// Where `--demo` listens unless told otherwise: loopback only, the simulator is no real GitLab.
 pub const DEMO_LISTEN: &str = "127.0.0.1:39129";
@@ -39,6 +37,7 @@ pub struct Cli {
     #[arg(long)]
     pub check_config: bool,
     /// Run against a built-in GitLab simulator with lively synthetic projects (no GitLab needed).
+    /// Builds without the `demo` feature keep the flag but refuse it (exit code 2).
     #[arg(long, conflicts_with = "check_config")]
     pub demo: bool,
     /// Listen address, overriding `server.listen`.
@@ -57,6 +56,9 @@ pub enum LogFormat {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // First, while the process has a single thread: listenfd reads and clears LISTEN_FDS and
+    // LISTEN_PID, and changing the environment is only sound before any other thread exists.
+    let mut listen_fds = listenfd::ListenFd::from_env();
     let cli = Cli::parse();
     let _log_guard = init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -70,7 +72,18 @@ pub fn main() -> ExitCode {
         }
     };
     if cli.demo {
-        return report(runtime.block_on(run_demo(cli.listen)));
+        #[cfg(feature = "demo")]
+        return report(
+            inherited_listener(&mut listen_fds)
+                .and_then(|inherited| runtime.block_on(run_demo(cli.listen, inherited))),
+        );
+        #[cfg(not(feature = "demo"))]
+        {
+            say(format_args!(
+                "error: --demo is not available: this build has no simulator (built without the `demo` feature)"
+            ));
+            return ExitCode::from(EXIT_CONFIG);
+        }
     }
     let cfg = match load_config(&cli) {
         Ok(cfg) => cfg,
@@ -83,7 +96,8 @@ pub fn main() -> ExitCode {
     if cli.check_config {
         return print_checked(&cfg);
     }
-    let result = runtime.block_on(run(cfg));
+    let result = inherited_listener(&mut listen_fds)
+        .and_then(|inherited| runtime.block_on(run(cfg, inherited)));
     // Whatever still runs (a blocking file operation stuck on a broken disk) must not keep
     // a stopped exporter alive: the HTTP drain and the final checkpoint are done by now.
     runtime.shutdown_timeout(server::DRAIN_TIMEOUT);
@@ -158,13 +172,47 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     guard
 }
 
-/// Runs the exporter until SIGTERM or SIGINT.
-pub async fn run(cfg: Settings) -> anyhow::Result<()> {
+/// The listening socket handed over by systemd socket activation (`LISTEN_FDS`, fd 3), if any.
+/// `LISTEN_PID`, when set, must name this process; listenfd also accepts it unset, which is how
+/// a parent that cannot know the child's pid before `exec` (the tests) hands a socket over.
+fn inherited_listener(
+    fds: &mut listenfd::ListenFd,
+) -> anyhow::Result<Option<std::net::TcpListener>> {
+    let Some(listener) = fds
+        .take_tcp_listener(0)
+        .context("LISTEN_FDS is set but fd 3 is no listening TCP socket")?
+    else {
+        return Ok(None);
+    };
+    if fds.len() > 1 {
+        tracing::warn!(
+            sockets = fds.len(),
+            "socket activation passed several sockets; serving on the first only"
+        );
+    }
+    // Tokio needs it non-blocking; systemd and the tests hand it over blocking.
+    listener
+        .set_nonblocking(true)
+        .context("cannot use the inherited socket")?;
+    Ok(Some(listener))
+}
+
+/// Runs the exporter until SIGTERM or SIGINT, on the `inherited` socket (socket activation) if
+/// given, else on `server.listen`.
+pub async fn run(cfg: Settings, inherited: Option<std::net::TcpListener>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let listener = TcpListener::bind(cfg.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+    let listener = match inherited {
+        Some(listener) => {
+            info!(
+                "serving on the socket handed over by socket activation; server.listen is not used"
+            );
+            TcpListener::from_std(listener).context("cannot use the inherited socket")?
+        }
+        None => TcpListener::bind(cfg.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.server.listen))?,
+    };
     serve(cfg, listener, shutdown).await
 }
 
@@ -239,10 +287,18 @@ async fn cancel_on_signal(token: CancellationToken) {
 }
 
 /// `--demo`: the simulator with a live demo world on a loopback port, and the exporter against it.
-async fn run_demo(listen: Option<String>) -> anyhow::Result<()> {
+#[cfg(feature = "demo")]
+async fn run_demo(
+    listen: Option<String>,
+    inherited: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
+    use std::time::Duration;
+
+    use crate::config::GroupRef;
+    use gitlab_sim::{SimClock, Simulator, World};
     let token = "demo-token".to_string();
-    let world = simulator::World::demo(chrono::Utc::now().timestamp_millis());
-    let sim = simulator::Simulator::new(world, simulator::SimClock::Live, token.clone());
+    let world = World::demo(chrono::Utc::now().timestamp_millis());
+    let sim = Simulator::new(world, SimClock::Live, token.clone());
     let handle = sim.spawn().await.context("cannot start the simulator")?;
     let mut cfg = Config::new(handle.base_url.clone(), token.into(), Vec::new());
     // The demo's projects are found as a real deployment would find them: by their group.
@@ -257,5 +313,5 @@ async fn run_demo(listen: Option<String>) -> anyhow::Result<()> {
     cfg.poll.max_interval = Duration::from_secs(60);
     let settings = cfg.validate().context("demo configuration")?;
     info!(gitlab = %handle.base_url, "demo: simulated GitLab started");
-    run(settings).await
+    run(settings, inherited).await
 }

@@ -19,8 +19,9 @@
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz` and the index page.
 //! - [`state`]: the checkpoint file (`state.dir`): load, atomic save, corruption handling.
 //! - [`shard`]: which projects this replica polls (rendezvous hashing).
-//! - [`simulator`]: an in-process GitLab used by tests, benchmarks and `--demo`.
 //! - [`cli`]: the command line and process wiring; the only place that uses `anyhow`.
+//!
+//! The in-process GitLab used by tests, benchmarks and `--demo` is its own crate, `gitlab-sim`.
 
 pub mod cli;
 pub mod config;
@@ -36,6 +37,5 @@ pub mod registry;
 pub mod scheduler;
 pub mod server;
 pub mod shard;
-pub mod simulator;
 pub mod state;
 pub mod tracker;

@@ -406,7 +406,12 @@ mod tests {
 
     /// A checkpoint of project g/p that counted `job()` under `labels`.
     fn checkpoint(labels: &LabelsConfig) -> ProjectCheckpoint {
-        let metrics = Metrics::new(&crate::config::MetricsSettings::default(), usize::MAX, labels).unwrap();
+        let metrics = Metrics::new(
+            &crate::config::MetricsSettings::default(),
+            usize::MAX,
+            labels,
+        )
+        .unwrap();
         let mut p = project(labels);
         p.resolved = Some((1, "g/p".into()));
         let mut events = Vec::new();
@@ -418,7 +423,12 @@ mod tests {
     }
 
     fn restored(cp: ProjectCheckpoint, labels: &LabelsConfig) -> (Project, Metrics) {
-        let metrics = Metrics::new(&crate::config::MetricsSettings::default(), usize::MAX, labels).unwrap();
+        let metrics = Metrics::new(
+            &crate::config::MetricsSettings::default(),
+            usize::MAX,
+            labels,
+        )
+        .unwrap();
         let mut p = project(labels);
         p.restore(cp, &metrics);
         (p, metrics)

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TOKEN;
-use gitlab_jobs_exporter::simulator::{Fault, ProjectSpec, SimClock, Simulator, World, WorldSpec};
+use gitlab_sim::{Fault, ProjectSpec, SimClock, Simulator, World, WorldSpec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gitlab-jobs-exporter");
 
@@ -253,7 +253,7 @@ async fn full_run_never_leaks_the_token_and_stops_cleanly_on_sigterm() {
     sim.push_fault(Fault::RateLimitedJson);
     let handle = sim.spawn().await.expect("simulator");
 
-    let port = common::free_port();
+    let (listener, port) = common::loopback_listener();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(
         dir.path(),
@@ -262,15 +262,15 @@ async fn full_run_never_leaks_the_token_and_stops_cleanly_on_sigterm() {
             handle.base_url
         ),
     );
-    let child = Command::new(BIN)
-        .arg("--config")
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
         .arg(&config)
         .env("GITLAB_TOKEN", TOKEN)
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("exporter starts");
+        .stderr(Stdio::piped());
+    common::hand_over(&mut cmd, &listener);
+    let child = cmd.spawn().expect("exporter starts");
     // Drain both pipes while it runs, so every log line is kept and checked.
     let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
@@ -361,19 +361,52 @@ async fn full_run_never_leaks_the_token_and_stops_cleanly_on_sigterm() {
     handle.shutdown().await;
 }
 
+/// `LISTEN_FDS` set but no socket at fd 3 (here /dev/null): the exporter does not quietly
+/// serve elsewhere; it fails (exit 1) and says why.
+#[test]
+fn socket_activation_without_a_socket_fails_clearly() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), GOOD);
+    let not_a_socket = std::fs::File::open("/dev/null").expect("/dev/null");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
+        .arg(&path)
+        .env("GITLAB_TOKEN", TOKEN)
+        .env("LISTEN_FDS", "1")
+        .env_remove("LISTEN_PID");
+    // SAFETY: only dup2 (async-signal-safe) runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(not_a_socket.as_raw_fd(), 3) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let out = cmd.output().expect("binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("LISTEN_FDS is set but fd 3 is no listening TCP socket"),
+        "{stderr}"
+    );
+}
+
 /// README's first command: `--demo` needs no GitLab and no configuration, finds the demo
 /// group's projects by discovery and serves their jobs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_without_gitlab_and_discovers_its_projects() {
-    let port = common::free_port();
-    let mut child = Command::new(BIN)
-        .args(["--demo", "--listen", &format!("127.0.0.1:{port}")])
+    let (listener, port) = common::loopback_listener();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--demo", "--listen", &format!("127.0.0.1:{port}")])
         .env_remove("GITLAB_TOKEN")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("demo starts");
+        .stderr(Stdio::null());
+    common::hand_over(&mut cmd, &listener);
+    let mut child = cmd.spawn().expect("demo starts");
     gitlab_jobs_exporter::gitlab::install_tls_provider();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -403,7 +436,7 @@ async fn demo_runs_without_gitlab_and_discovers_its_projects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_a_complete_discovery_pass() {
     let (_sim, handle) = live_acme_api(5.0).await;
-    let port = common::free_port();
+    let (listener, port) = common::loopback_listener();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(
         dir.path(),
@@ -413,7 +446,7 @@ async fn readiness_waits_for_a_complete_discovery_pass() {
         ),
     );
     // Wait (on the log, not the clock) for the first pass to end incomplete.
-    let (mut child, rx) = spawn_with_log_lines(&config);
+    let (mut child, rx) = spawn_with_log_lines(&config, &listener);
     let mut log = String::new();
     let incomplete = loop {
         match rx.recv_timeout(Duration::from_secs(60)) {
@@ -603,7 +636,7 @@ fn a_url_ending_with_api_v4_is_used_without_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_project_never_found_keeps_readyz_unready_and_names_the_url() {
     let (_sim, handle) = live_acme_api(20.0).await;
-    let port = common::free_port();
+    let (listener, port) = common::loopback_listener();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(
         dir.path(),
@@ -612,7 +645,7 @@ async fn a_configured_project_never_found_keeps_readyz_unready_and_names_the_url
             handle.base_url.trim_end_matches('/')
         ),
     );
-    let (mut child, rx) = spawn_with_log_lines(&config);
+    let (mut child, rx) = spawn_with_log_lines(&config, &listener);
     gitlab_jobs_exporter::gitlab::install_tls_provider();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -665,19 +698,30 @@ async fn a_configured_project_never_found_keeps_readyz_unready_and_names_the_url
 }
 
 /// A config for the real binary against a GitLab that never answers (nothing listens at
-/// `gitlab`), serving on `port`.
-fn unreachable_gitlab_config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
-    let gitlab = common::free_port();
-    write_config(
+/// `gitlab`: keep the returned socket while the exporter runs), serving on `port`.
+fn unreachable_gitlab_config(
+    dir: &Path,
+    port: u16,
+    extra: &str,
+) -> (std::path::PathBuf, socket2::Socket) {
+    let (reserved, gitlab) = common::refused_port();
+    let config = write_config(
         dir,
         &format!(
             "[gitlab]\nurl = \"http://127.0.0.1:{gitlab}\"\ntimeout = \"2s\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n[poll]\ninterval = \"1s\"\n[[projects]]\npath = \"acme/api\"\n[[projects]]\nid = 42\n"
         ),
-    )
+    );
+    (config, reserved)
 }
 
-/// Spawns the binary, optionally under a file descriptor limit, its stderr in a file.
-fn spawn_exporter(config: &Path, nofile: Option<u32>, log: &Path) -> std::process::Child {
+/// Spawns the binary serving on `listener`, optionally under a file descriptor limit, its
+/// stderr in a file.
+fn spawn_exporter(
+    config: &Path,
+    listener: &std::net::TcpListener,
+    nofile: Option<u32>,
+    log: &Path,
+) -> std::process::Child {
     let log = std::fs::File::create(log).expect("log file");
     let mut cmd = match nofile {
         // `exec` keeps the pid: signals reach the exporter itself.
@@ -695,9 +739,9 @@ fn spawn_exporter(config: &Path, nofile: Option<u32>, log: &Path) -> std::proces
         .env("GITLAB_TOKEN", TOKEN)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("exporter starts")
+        .stderr(log);
+    common::hand_over(&mut cmd, listener);
+    cmd.spawn().expect("exporter starts")
 }
 
 /// Sends SIGTERM and waits (generously, polling) for the exit status.
@@ -723,11 +767,11 @@ fn terminate(child: &mut std::process::Child) -> Option<std::process::ExitStatus
 /// after SIGTERM (it used to hang for good).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_while_a_client_holds_a_half_sent_request_head() {
-    let port = common::free_port();
+    let (listener, port) = common::loopback_listener();
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = unreachable_gitlab_config(dir.path(), port, "");
+    let (config, _gitlab) = unreachable_gitlab_config(dir.path(), port, "");
     let log = dir.path().join("log");
-    let mut child = spawn_exporter(&config, None, &log);
+    let mut child = spawn_exporter(&config, &listener, None, &log);
     gitlab_jobs_exporter::gitlab::install_tls_provider();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -782,11 +826,11 @@ async fn the_connection_cap_keeps_descriptors_in_bounds() {
 async fn scrape_through_an_idle_crowd(
     server_extra: &str,
 ) -> (bool, Option<std::process::ExitStatus>, String) {
-    let port = common::free_port();
+    let (listener, port) = common::loopback_listener();
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = unreachable_gitlab_config(dir.path(), port, server_extra);
+    let (config, _gitlab) = unreachable_gitlab_config(dir.path(), port, server_extra);
     let log = dir.path().join("log");
-    let mut child = spawn_exporter(&config, Some(64), &log);
+    let mut child = spawn_exporter(&config, &listener, Some(64), &log);
     gitlab_jobs_exporter::gitlab::install_tls_provider();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -811,11 +855,11 @@ async fn scrape_through_an_idle_crowd(
 /// never-polled gauge (which the ProjectsNeverPolled alert watches) counts both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_gitlab_from_the_start_shows_in_the_metrics() {
-    let port = common::free_port();
+    let (listener, port) = common::loopback_listener();
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = unreachable_gitlab_config(dir.path(), port, "");
+    let (config, _gitlab) = unreachable_gitlab_config(dir.path(), port, "");
     let log = dir.path().join("log");
-    let mut child = spawn_exporter(&config, None, &log);
+    let mut child = spawn_exporter(&config, &listener, None, &log);
     gitlab_jobs_exporter::gitlab::install_tls_provider();
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/metrics");
@@ -869,7 +913,7 @@ fn sample(page: &str, series: &str) -> Option<f64> {
 /// it works again (not every second), and counted on /metrics meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_checkpoint_writes_are_logged_once_per_change() {
-    let port = common::free_port();
+    let (listener, port) = common::loopback_listener();
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     // A GitLab that answers, so cycles (and checkpoints) come every second.
@@ -883,7 +927,7 @@ async fn failing_checkpoint_writes_are_logged_once_per_change() {
         ),
     );
     let log = dir.path().join("log");
-    let mut child = spawn_exporter(&config, None, &log);
+    let mut child = spawn_exporter(&config, &listener, None, &log);
     gitlab_jobs_exporter::gitlab::install_tls_provider();
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/metrics");
@@ -925,9 +969,7 @@ async fn failing_checkpoint_writes_are_logged_once_per_change() {
 
 /// A simulator on the live clock serving one project, `acme/api` (id 7), with an hour of
 /// history at `pipelines_per_hour`.
-async fn live_acme_api(
-    pipelines_per_hour: f64,
-) -> (Simulator, gitlab_jobs_exporter::simulator::SimHandle) {
+async fn live_acme_api(pipelines_per_hour: f64) -> (Simulator, gitlab_sim::SimHandle) {
     let now = chrono::Utc::now().timestamp_millis();
     let spec = WorldSpec::new(
         vec![ProjectSpec {
@@ -943,19 +985,22 @@ async fn live_acme_api(
     (sim, handle)
 }
 
-/// The exporter on `config` (token from the environment, `RUST_LOG=info`), with its log lines
-/// sent to the receiver as they come.
-fn spawn_with_log_lines(config: &Path) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+/// The exporter on `config` serving on `listener` (token from the environment,
+/// `RUST_LOG=info`), with its log lines sent to the receiver as they come.
+fn spawn_with_log_lines(
+    config: &Path,
+    listener: &std::net::TcpListener,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
-    let mut child = Command::new(BIN)
-        .arg("--config")
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
         .arg(config)
         .env("GITLAB_TOKEN", TOKEN)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("exporter starts");
+        .stderr(Stdio::piped());
+    common::hand_over(&mut cmd, listener);
+    let mut child = cmd.spawn().expect("exporter starts");
     let (tx, rx) = std::sync::mpsc::channel();
     let stderr = child.stderr.take().expect("stderr piped");
     std::thread::spawn(move || {

@@ -327,6 +327,31 @@ fn prometheus_rules_pass_promtool_and_every_alert_is_tested() {
     );
 }
 
+/// The optional socket unit (socket activation) listens where the exporter does by default,
+/// names the service, and verifies with the service beside it.
+#[test]
+fn systemd_socket_unit_verifies() {
+    let socket = read("deploy/systemd/gitlab-jobs-exporter.socket");
+    let listen = format!(
+        "ListenStream={}",
+        gitlab_jobs_exporter::config::DEFAULT_LISTEN
+    );
+    assert!(socket.lines().any(|l| l == listen), "{listen}:\n{socket}");
+    assert!(socket.contains("\nService=gitlab-jobs-exporter.service\n"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // systemd-analyze needs the binary where the service's ExecStart says.
+    let service = read("deploy/systemd/gitlab-jobs-exporter.service")
+        .replace("/usr/local/bin/gitlab-jobs-exporter", EXPORTER);
+    temp_file(tmp.path(), "gitlab-jobs-exporter.service", &service);
+    let path = temp_file(tmp.path(), "gitlab-jobs-exporter.socket", &socket);
+    let out = run(Command::new("systemd-analyze").arg("verify").arg(&path));
+    assert!(
+        out.status.success() && text(&out).trim().is_empty(),
+        "systemd-analyze verify:\n{}",
+        text(&out)
+    );
+}
+
 #[test]
 fn systemd_unit_verifies_and_is_hardened() {
     let unit = read("deploy/systemd/gitlab-jobs-exporter.service");

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Harness, assert_matches_truth, by_id, by_path};
-use gitlab_jobs_exporter::simulator::{Fault, Ms, ProjectSpec, World, WorldSpec};
+use gitlab_sim::{Fault, Ms, ProjectSpec, World, WorldSpec};
 use serde_json::Value;
 
 const MIN: Ms = 60_000;
@@ -76,7 +76,7 @@ impl Prometheus {
     /// `target` every second, evaluating every second, loading the repository's rules) and
     /// starts Prometheus on a free loopback port.
     async fn start(target: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let mut dir = tempfile::tempdir().expect("tempdir");
         let config = scrape_config(target);
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, &config).expect("write prometheus.yml");
@@ -92,48 +92,74 @@ impl Prometheus {
             String::from_utf8_lossy(&check.stderr)
         );
 
-        let port = common::free_port();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("prometheus is installed (run scripts/install-test-deps.sh)");
-        let mut prom = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            dir,
-            http: reqwest::Client::new(),
-        };
+        // Prometheus takes no inherited socket, so its port is picked (bound and released)
+        // before it starts; another process may take it meanwhile: then it starts again.
+        for attempt in 1.. {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a loopback port")
+                .port();
+            let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
+            let child = Command::new("prometheus")
+                .arg(format!("--config.file={}", config_path.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--log.level=warn")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                .spawn()
+                .expect("prometheus is installed (run scripts/install-test-deps.sh)");
+            let prom = Self {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+                dir,
+                http: reqwest::Client::new(),
+            };
+            match prom.ready().await {
+                Ok(prom) => return prom,
+                Err(prom) if attempt < 5 && prom.log().contains("address already in use") => {
+                    dir = prom.into_dir();
+                }
+                Err(prom) => panic!("prometheus exited:\n{}", prom.log()),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    /// Waits until Prometheus is ready; `Err` if it exited first.
+    async fn ready(mut self) -> Result<Self, Self> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = prom.child.try_wait().expect("wait") {
-                panic!("prometheus exited with {status}:\n{}", prom.log());
+            if self.child.try_wait().expect("wait").is_some() {
+                return Err(self);
             }
-            let ready = prom
+            let ready = self
                 .http
-                .get(format!("{}/-/ready", prom.url))
+                .get(format!("{}/-/ready", self.url))
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());
             if ready {
-                return prom;
+                return Ok(self);
             }
             assert!(
                 Instant::now() < deadline,
                 "prometheus not ready:\n{}",
-                prom.log()
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The temporary directory of a Prometheus that has exited, for the next start.
+    fn into_dir(mut self) -> tempfile::TempDir {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        drop(self);
+        dir
     }
 
     fn log(&self) -> String {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{Harness, assert_matches_truth, by_id, by_path};
-use gitlab_jobs_exporter::simulator::{Fault, Ms, ProjectSpec, World, WorldSpec};
+use gitlab_sim::{Fault, Ms, ProjectSpec, World, WorldSpec};
 
 const MIN: Ms = 60_000;
 const HOUR: Ms = 60 * MIN;
@@ -88,9 +88,7 @@ async fn started_mid_history(seed: u64) {
     assert_eq!(status, 200);
     assert_matches_truth(&h.scrape().await, &h.truth());
     // Skipped jobs have no finished_at in GitLab, so no freshness either.
-    let with_finish = |t: &gitlab_jobs_exporter::simulator::GroundTruth| {
-        t.total_jobs() - t.jobs_with_status("skipped")
-    };
+    let with_finish = |t: &gitlab_sim::GroundTruth| t.total_jobs() - t.jobs_with_status("skipped");
     let backfilled = with_finish(&h.truth());
     // 30 s cycles through the history, a 50-minute gap (a multi-page burst), then past the end
     // until everything that can finish has finished.
@@ -586,10 +584,7 @@ async fn discovered_projects_are_counted_exactly_through_leaving_and_returning()
 
     // A new project in the group shows up on the next pass.
     h.sim
-        .add_project(gitlab_jobs_exporter::simulator::ProjectDef::new(
-            27,
-            "acme/new-service",
-        ))
+        .add_project(gitlab_sim::ProjectDef::new(27, "acme/new-service"))
         .expect("new project");
     let stats = h.scheduler.discover().await;
     assert_eq!(stats.added, 1, "{stats:?}");
@@ -662,8 +657,7 @@ async fn discovery_removes_series_after_the_grace_period_and_never_after_a_faile
     // even though the project is gone from the lists.
     h.sim.set_archived(22, true).expect("project 22");
     for _ in 0..8 {
-        h.sim
-            .push_fault(gitlab_jobs_exporter::simulator::Fault::ServerError(500));
+        h.sim.push_fault(gitlab_sim::Fault::ServerError(500));
     }
     let stats = h.scheduler.discover().await;
     assert!(!stats.complete, "{stats:?}");
@@ -689,8 +683,7 @@ async fn discovery_removes_series_after_the_grace_period_and_never_after_a_faile
     // membership alone, is retired while the group listing fails.
     h.sim.set_member(25, false).expect("project 25");
     for _ in 0..5 {
-        h.sim
-            .push_fault(gitlab_jobs_exporter::simulator::Fault::ServerError(500));
+        h.sim.push_fault(gitlab_sim::Fault::ServerError(500));
     }
     let stats = h.scheduler.discover().await;
     assert!(!stats.complete, "{stats:?}");
@@ -701,10 +694,7 @@ async fn discovery_removes_series_after_the_grace_period_and_never_after_a_faile
     // old one's series are not removed from under the new one.
     h.sim.remove_project(21).expect("project 21");
     h.sim
-        .add_project(gitlab_jobs_exporter::simulator::ProjectDef::new(
-            28,
-            "acme/platform/api",
-        ))
+        .add_project(gitlab_sim::ProjectDef::new(28, "acme/platform/api"))
         .expect("new project");
     let stats = h.scheduler.discover().await;
     assert_eq!(
@@ -882,7 +872,7 @@ async fn discovered_and_retired_projects_survive_a_restart() {
 /// goes `waiting_for_resource` 2 s after and is skipped 2 s later (`late/resource`). 120 newer
 /// jobs, done by then, put the pipeline below the top page.
 fn lone_late_skip_world(t: Ms) -> World {
-    use gitlab_jobs_exporter::simulator::{JobPlan, ProjectDef};
+    use gitlab_sim::{JobPlan, ProjectDef};
     let mut jobs: Vec<(Ms, usize, JobPlan)> = Vec::new();
     for (project, offset) in [(1u64, 0), (2, 300)] {
         let t = t + offset;
@@ -1022,7 +1012,7 @@ async fn a_created_job_skipped_alone_after_its_pipeline_settled_is_counted() {
 /// more are created during a downtime (the last 20 still running when it comes back, done
 /// about 12 minutes later), and 30 more arrive while it catches up.
 fn downtime_world() -> World {
-    use gitlab_jobs_exporter::simulator::{JobPlan, ProjectDef};
+    use gitlab_sim::{JobPlan, ProjectDef};
     let mut jobs = Vec::new();
     let mut add = |created: Ms, run: Ms, status: &str| {
         let id = 1001 + jobs.len() as u64;
@@ -1116,7 +1106,7 @@ impl LonePoller {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capped_cycle_after_downtime_catches_up_below_its_last_page() {
-    use gitlab_jobs_exporter::simulator::{SimClock, Simulator};
+    use gitlab_sim::{SimClock, Simulator};
     let sim = Simulator::new(
         downtime_world(),
         SimClock::manual(T0),
@@ -1174,7 +1164,7 @@ async fn a_capped_cycle_after_downtime_catches_up_below_its_last_page() {
 /// catch-up reads down from the top instead, and still misses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_catch_up_cursor_reads_down_from_the_top_instead() {
-    use gitlab_jobs_exporter::simulator::{SimClock, Simulator};
+    use gitlab_sim::{SimClock, Simulator};
     let sim = Simulator::new(
         downtime_world(),
         SimClock::manual(T0),
@@ -1221,7 +1211,7 @@ fn skipped(scrape: &common::Scrape) -> f64 {
 /// Serves `sim` behind a fake GitLab answer: `refuse(query)` gives the status to answer a
 /// request with instead of the simulator's (`None`: the simulator answers). Returns the base URL.
 async fn serve_refusing(
-    sim: &gitlab_jobs_exporter::simulator::Simulator,
+    sim: &gitlab_sim::Simulator,
     refuse: impl Fn(&str) -> Option<axum::http::StatusCode> + Clone + Send + Sync + 'static,
 ) -> String {
     let app = sim.router().layer(axum::middleware::from_fn(
@@ -1284,7 +1274,7 @@ async fn a_created_job_in_a_pipeline_settled_just_before_the_first_poll_is_count
 /// the expired pursuit is checked once more before it is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pursuit_expiring_during_a_downtime_is_checked_once_more() {
-    use gitlab_jobs_exporter::simulator::{SimClock, Simulator};
+    use gitlab_sim::{SimClock, Simulator};
     let sim = Simulator::new(
         lone_late_skip_world(T0),
         SimClock::manual(T0 + S),
@@ -1326,7 +1316,7 @@ async fn a_pursuit_expiring_during_a_downtime_is_checked_once_more() {
 /// the gap is still read (not taken for a loop and abandoned).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_refused_cursor_mid_catch_up_still_reads_the_rest_of_the_gap() {
-    use gitlab_jobs_exporter::simulator::{SimClock, Simulator};
+    use gitlab_sim::{SimClock, Simulator};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicI64, Ordering};
     let sim = Simulator::new(
@@ -1374,7 +1364,7 @@ async fn one_refused_cursor_mid_catch_up_still_reads_the_rest_of_the_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_404_on_a_catch_up_cursor_never_stops_polling_the_project() {
     use gitlab_jobs_exporter::poll::{NextPoll, ProjectState};
-    use gitlab_jobs_exporter::simulator::{SimClock, Simulator};
+    use gitlab_sim::{SimClock, Simulator};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let sim = Simulator::new(
@@ -1420,7 +1410,7 @@ async fn a_404_on_a_catch_up_cursor_never_stops_polling_the_project() {
 /// finishing, not at the cold sweep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_job_deep_in_a_quiet_project_is_counted_within_minutes() {
-    use gitlab_jobs_exporter::simulator::{JobPlan, ProjectDef};
+    use gitlab_sim::{JobPlan, ProjectDef};
     let t = T0;
     let mut jobs = vec![
         JobPlan::new(

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Harness, assert_matches_truth, by_path};
-use gitlab_jobs_exporter::simulator::{Fault, Ms, ProjectSpec, World, WorldSpec};
+use gitlab_sim::{Fault, Ms, ProjectSpec, World, WorldSpec};
 
 const T0: Ms = 1_790_000_000_000;
 const HOUR: Ms = 3_600_000;
@@ -70,10 +70,7 @@ async fn a_missing_project_is_reported_and_does_not_block_the_others() {
     assert_eq!(never_polled(&scrape), Some(1.0));
     // It is looked up again: once it exists, it is polled and readiness follows.
     h.sim
-        .add_project(gitlab_jobs_exporter::simulator::ProjectDef::new(
-            33,
-            "acme/gone",
-        ))
+        .add_project(gitlab_sim::ProjectDef::new(33, "acme/gone"))
         .expect("new project");
     let results = h.scheduler.poll_all_once().await;
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
@@ -215,7 +212,7 @@ async fn no_request_is_sent_during_a_retry_after_window() {
         .iter()
         .position(|r| r.status == 429)
         .expect("one 429 answered");
-    let wall = |r: &gitlab_jobs_exporter::simulator::LoggedRequest| r.wall;
+    let wall = |r: &gitlab_sim::LoggedRequest| r.wall;
     let window_end = wall(&log[limited]) + Duration::from_secs(2);
     for r in &log[limited + 1..] {
         assert!(

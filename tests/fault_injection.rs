@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Harness, assert_matches_truth, by_id, by_path};
-use gitlab_jobs_exporter::simulator::{Fault, Ms, ProjectSpec, World, WorldSpec};
+use gitlab_sim::{Fault, Ms, ProjectSpec, World, WorldSpec};
 use proptest::prelude::*;
 
 const T0: Ms = 1_790_000_000_000;

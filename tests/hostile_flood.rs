@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::Harness;
 use gitlab_jobs_exporter::config::GroupRef;
-use gitlab_jobs_exporter::simulator::{Hostile, Ms, ProjectSpec, World, WorldSpec};
+use gitlab_sim::{Hostile, Ms, ProjectSpec, World, WorldSpec};
 
 const T0: Ms = 1_790_000_000_000;
 

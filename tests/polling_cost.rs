@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Harness, assert_matches_truth, by_path};
-use gitlab_jobs_exporter::simulator::{JobPlan, Ms, ProjectDef, ProjectSpec, World, WorldSpec};
+use gitlab_sim::{JobPlan, Ms, ProjectDef, ProjectSpec, World, WorldSpec};
 
 const SEC: Ms = 1000;
 const MIN: Ms = 60 * SEC;

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Harness, by_id, by_path};
-use gitlab_jobs_exporter::simulator::{Ms, ProjectSpec, World, WorldSpec};
+use gitlab_sim::{Ms, ProjectSpec, World, WorldSpec};
 
 const T0: Ms = 1_790_000_000_000;
 const HOUR: Ms = 3_600_000;

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use common::{Harness, Scrape, by_path};
-use gitlab_jobs_exporter::simulator::{Fault, Ms, ProjectSpec, World, WorldSpec};
+use gitlab_sim::{Fault, Ms, ProjectSpec, World, WorldSpec};
 use tokio_util::sync::CancellationToken;
 
 const T0: Ms = 1_790_000_000_000;

@@ -9,26 +9,31 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Scrape, TOKEN, matches_truth};
-use gitlab_jobs_exporter::simulator::{Ms, ProjectSpec, SimClock, Simulator, World, WorldSpec};
+use gitlab_sim::{Ms, ProjectSpec, SimClock, Simulator, World, WorldSpec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gitlab-jobs-exporter");
 const T0: Ms = 1_790_000_000_000;
 const HOUR: Ms = 3_600_000;
 
-fn start(config: &std::path::Path, log: &std::path::Path) -> Child {
+fn start(
+    config: &std::path::Path,
+    listener: &std::net::TcpListener,
+    log: &std::path::Path,
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
-    Command::new(BIN)
-        .arg("--config")
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
         .arg(config)
         .env("GITLAB_TOKEN", TOKEN)
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("exporter starts")
+        .stderr(log);
+    // Every start serves on the same socket, as under a systemd `.socket` unit.
+    common::hand_over(&mut cmd, listener);
+    cmd.spawn().expect("exporter starts")
 }
 
 /// Every counter-like value of a scrape: counters, histogram counts and sums.
@@ -95,7 +100,7 @@ async fn sigkill_and_restart_lose_nothing_and_never_go_backwards() {
     );
     let handle = sim.spawn().await.expect("simulator");
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = common::free_port();
+    let (listener, port) = common::loopback_listener();
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
@@ -118,7 +123,7 @@ async fn sigkill_and_restart_lose_nothing_and_never_go_backwards() {
     let ready_url = format!("http://127.0.0.1:{port}/readyz");
 
     // First start: the clock stands still until the first poll, so the backfill cutoff is known.
-    let mut child = start(&config, &log);
+    let mut child = start(&config, &listener, &log);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !client
         .get(&ready_url)
@@ -163,7 +168,7 @@ async fn sigkill_and_restart_lose_nothing_and_never_go_backwards() {
             dir.path().join("state").join("checkpoint.json").exists(),
             "checkpoint written before kill {kill}"
         );
-        child = start(&config, &log);
+        child = start(&config, &listener, &log);
     }
     // Let the rest of the history happen, then stop the clock and wait until the exporter has
     // caught up (an awaited condition with a deadline, not a fixed sleep).
@@ -192,6 +197,8 @@ async fn sigkill_and_restart_lose_nothing_and_never_go_backwards() {
     }
     child.kill().expect("stop");
     let _ = child.wait();
+    // Closed, so that a scrape is refused at once rather than left waiting in the backlog.
+    drop(listener);
     let final_scrape = scrape(&client, &metrics_url).await;
     assert!(final_scrape.is_none(), "the exporter is gone");
     if !matched && let Some(s) = &latest {

@@ -13,8 +13,8 @@ use common::{Harness, assert_matches_truth, by_id};
 use gitlab_jobs_exporter::config::MetricsSettings;
 use gitlab_jobs_exporter::gitlab::JobStatus;
 use gitlab_jobs_exporter::metrics::Metrics;
-use gitlab_jobs_exporter::simulator::{Ms, ProjectSpec, World, WorldSpec};
 use gitlab_jobs_exporter::tracker::{Event, JobLabels};
+use gitlab_sim::{Ms, ProjectSpec, World, WorldSpec};
 
 const T0: Ms = 1_790_000_000_000;
 const MIN: Ms = 60_000;

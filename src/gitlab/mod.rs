@@ -959,7 +959,7 @@ mod tests {
 #[cfg(test)]
 mod hostile_tests {
     use super::*;
-    use crate::simulator::{
+    use gitlab_sim::{
         Fault, Hostile, ProjectSpec, SimClock, SimHandle, Simulator, World, WorldSpec,
     };
 

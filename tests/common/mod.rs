@@ -12,7 +12,7 @@ use gitlab_jobs_exporter::metrics::Metrics;
 use gitlab_jobs_exporter::poll::CycleStats;
 use gitlab_jobs_exporter::scheduler::Scheduler;
 use gitlab_jobs_exporter::server::{self, AppState};
-use gitlab_jobs_exporter::simulator::{GroundTruth, Ms, SimClock, SimHandle, Simulator, World};
+use gitlab_sim::{GroundTruth, Ms, SimClock, SimHandle, Simulator, World};
 use tokio_util::sync::CancellationToken;
 
 pub const TOKEN: &str = "glpat-TEST-SECRET-0123456789";
@@ -37,12 +37,62 @@ pub fn by_id(id: u64) -> ProjectRef {
     ProjectRef::Id(id)
 }
 
-/// A free loopback port for a process started by a test: bound, read, released.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+/// A listener on a loopback port the kernel chose, for an exporter started as a process (see
+/// [`hand_over`]): the port is the test's from the start, no other test can take it meanwhile.
+pub fn loopback_listener() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let port = listener.local_addr().expect("bound address").port();
+    (listener, port)
+}
+
+/// Starts `cmd`'s process with `listener` as its fd 3 and `LISTEN_FDS=1`: systemd socket
+/// activation, which the exporter serves on instead of `server.listen`.
+///
+/// `LISTEN_PID` cannot be known before the fork and setting it between fork and exec
+/// (`setenv`) is not async-signal-safe, so it is left unset: listenfd accepts an unset
+/// `LISTEN_PID` (as systemfd's protocol does). Between fork and exec only `dup2`/`fcntl` run.
+pub fn hand_over(cmd: &mut std::process::Command, listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    // The command owns its copy, so the descriptor stays valid until the command is dropped;
+    // in this process it is close-on-exec, so no other child inherits it.
+    let owned = listener.try_clone().expect("clone the listener");
+    cmd.env("LISTEN_FDS", "1")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES");
+    // SAFETY: the closure runs in the forked child before exec and only calls dup2 and fcntl,
+    // both async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = owned.as_raw_fd();
+            // dup2 clears close-on-exec on the copy; a descriptor already at 3 needs it cleared.
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+}
+
+/// A loopback port where nothing answers: bound, so the kernel gives it to no one else while
+/// the returned socket lives, but never listening, so every connection is refused.
+pub fn refused_port() -> (socket2::Socket, u16) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    socket.bind(&any.into()).expect("bind a loopback port");
+    let port = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound address")
+        .port();
+    (socket, port)
 }
 
 /// Fast retries: the simulator answers instantly, so tests need not wait long.
