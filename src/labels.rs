@@ -5,7 +5,7 @@
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::gitlab::JobRunner;
+use crate::model::JobRunner;
 use crate::tracker::Event;
 
 /// How the `ref` label is written.

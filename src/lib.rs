@@ -10,7 +10,10 @@
 //! - [`pacing`]: each project's next delay from its activity, within the shared request budget.
 //! - [`discovery`]: projects named by `[[groups]]` and `discovery.membership`.
 //! - [`poll`]: one poll cycle of one project: which requests to send, fed to the tracker.
-//! - [`gitlab`]: the GitLab API client, its wire types and the `Link` header handling.
+//! - [`model`]: GitLab's jobs and projects as the exporter reads them (plain data, the bottom of
+//!   the module graph).
+//! - [`gitlab`]: the GitLab API client, its pager (`Link`, `X-Next-Page`) and the observer it
+//!   reports requests to (implemented by [`metrics::Metrics`]).
 //! - [`tracker`]: what has been counted and which jobs are still followed (pure, no I/O).
 //! - [`labels`]: cardinality controls for the `ref` and `job` labels.
 //! - [`metrics`]: the Prometheus registry and how tracker events become samples.
@@ -26,6 +29,8 @@ pub mod discovery;
 pub mod gitlab;
 pub mod labels;
 pub mod metrics;
+pub mod model;
+mod observe;
 pub mod pacing;
 pub mod poll;
 pub mod scheduler;

@@ -1,9 +1,10 @@
 //! The GitLab API client: one shared `reqwest` client with timeouts, the token in a header that is
-//! marked sensitive, bounded retries with backoff, capped bodies, and per-request metrics.
+//! marked sensitive, bounded retries with backoff, capped bodies, and every request reported to a
+//! [`ClientObserver`] (the exporter's metrics).
 
 pub mod link;
-pub mod model;
-pub mod text;
+pub mod observer;
+pub mod pager;
 pub mod throttle;
 
 use std::sync::Arc;
@@ -19,8 +20,11 @@ use thiserror::Error;
 use tracing::{debug, warn};
 
 use crate::config::GitlabConfig;
-use crate::metrics::Metrics;
-pub use model::{Job, JobRunner, JobStatus, Project};
+use crate::model::{self, text};
+use pager::NextHeaders;
+// The model's types, where callers long found them.
+pub use crate::model::{Job, JobRunner, JobStatus, Project};
+pub use observer::ClientObserver;
 
 /// Largest response body accepted; a jobs page of 100 is ~200 KiB, so this only stops runaways.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -143,7 +147,7 @@ pub struct JobsPage {
     /// The next page, relative to `/api/v4/`, from the `Link` header. A full page whose
     /// `Link` cannot be used holds the error instead: only a caller that needs the next page
     /// fails on it (an idle project's cycle reads one page and must not fail for the rest).
-    next: Result<Option<String>, (&'static str, link::LinkError)>,
+    next: NextLink,
     /// GitLab's clock (`Date` header), so time comparisons never mix two clocks.
     pub server_time: Option<DateTime<Utc>>,
 }
@@ -162,13 +166,7 @@ impl JobsPage {
     /// The next page: `Ok(None)` on the last one, an error when it exists but its `Link`
     /// could not be used.
     pub fn next(&self) -> Result<Option<&str>, ApiError> {
-        match &self.next {
-            Ok(next) => Ok(next.as_deref()),
-            Err((endpoint, source)) => Err(ApiError::Link {
-                endpoint,
-                source: source.clone(),
-            }),
-        }
+        next_of(&self.next)
     }
 
     /// [`Self::next`], taken out of the page.
@@ -194,8 +192,30 @@ pub struct ProjectsPage {
     pub projects: Vec<Project>,
     /// Items that were not decodable projects (counted and skipped).
     pub bad_items: usize,
-    /// The next page, relative to `/api/v4/`, from the `Link` header.
-    pub next: Option<String>,
+    /// The next page, relative to `/api/v4/` (`Link`, else `X-Next-Page`); the error when
+    /// it exists but its `Link` cannot be used, as in [`JobsPage`].
+    next: NextLink,
+}
+
+impl ProjectsPage {
+    /// The next page: `Ok(None)` on the last one, an error when it exists but its `Link`
+    /// could not be used.
+    pub fn next(&self) -> Result<Option<&str>, ApiError> {
+        next_of(&self.next)
+    }
+}
+
+/// Where a page says its listing goes on: the link, or why it cannot be used.
+type NextLink = Result<Option<String>, (&'static str, link::LinkError)>;
+
+fn next_of(next: &NextLink) -> Result<Option<&str>, ApiError> {
+    match next {
+        Ok(next) => Ok(next.as_deref()),
+        Err((endpoint, source)) => Err(ApiError::Link {
+            endpoint,
+            source: source.clone(),
+        }),
+    }
 }
 
 /// Which page of a project listing to read.
@@ -231,7 +251,7 @@ pub struct GitlabClient {
     api_base: url::Url,
     token: SecretString,
     retry: RetryPolicy,
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn ClientObserver>,
     throttle: throttle::Throttle,
     /// `gitlab.max_clock_skew`.
     max_clock_skew: Duration,
@@ -266,7 +286,7 @@ impl GitlabClient {
         cfg: &GitlabConfig,
         token: SecretString,
         retry: RetryPolicy,
-        metrics: Arc<Metrics>,
+        observer: Arc<dyn ClientObserver>,
     ) -> Result<Self, ClientBuildError> {
         install_tls_provider();
         let mut base = cfg.url.trim_end_matches('/').to_string();
@@ -286,7 +306,7 @@ impl GitlabClient {
             token,
             throttle: throttle::Throttle::new(cfg.max_requests_per_minute, retry.rate_limit_pause),
             retry,
-            metrics,
+            observer,
             max_clock_skew: cfg.max_clock_skew,
             clock_off: AtomicBool::new(false),
         })
@@ -356,8 +376,10 @@ impl GitlabClient {
             }
             PageRequest::Next(rel) => rel.to_string(),
         };
-        self.get("jobs", &rel, |resp| self.parse_jobs_page("jobs", resp))
-            .await
+        self.get("jobs", &rel, |resp| {
+            self.parse_jobs_page("jobs", NextHeaders::Link, &rel, resp)
+        })
+        .await
     }
 
     /// One page of `GET /projects/:id/pipelines/:pipeline_id/jobs?include_retried=true`: the
@@ -384,12 +406,7 @@ impl GitlabClient {
         };
         self.get(ENDPOINT, &rel, |resp| {
             // Offset pages: X-Next-Page stands in for a dropped `Link`.
-            let fallback = x_next_page(&rel, &resp.headers);
-            let mut page = self.parse_jobs_page(ENDPOINT, resp)?;
-            if let Ok(next @ None) = &mut page.next {
-                *next = fallback;
-            }
-            Ok(page)
+            self.parse_jobs_page(ENDPOINT, NextHeaders::LinkOrXNextPage, &rel, resp)
         })
         .await
     }
@@ -451,13 +468,8 @@ impl GitlabClient {
                 })?;
             // GitLab sends both; a proxy or look-alike that drops `Link` still says X-Next-Page.
             let full = projects.len() + bad_items >= PER_PAGE as usize;
-            let next = match self
-                .next_link(endpoint, &resp.headers, full)
-                .map_err(|source| ApiError::Link { endpoint, source })?
-            {
-                Some(next) => Some(next),
-                None => x_next_page(&rel, &resp.headers),
-            };
+            let how = NextHeaders::LinkOrXNextPage;
+            let next = self.next_link(endpoint, how, &rel, &resp.headers, full);
             Ok(ProjectsPage {
                 projects,
                 bad_items,
@@ -477,7 +489,7 @@ impl GitlabClient {
     ) -> Result<T, ApiError> {
         let url = self
             .url(endpoint, rel)
-            .inspect_err(|e| self.metrics.api_error(e.kind()))?;
+            .inspect_err(|e| self.observer.api_error(e.kind()))?;
         let policy = self.retry.clone();
         let backoff = ExponentialBuilder::default()
             .with_min_delay(policy.min_delay)
@@ -520,18 +532,16 @@ impl GitlabClient {
     ) -> Result<T, ApiError> {
         let started = Instant::now();
         let result = self.send(endpoint, url).await;
-        let code = match &result {
-            Ok(r) => r.status.as_u16().to_string(),
-            Err(e) => e
-                .status()
-                .map_or_else(|| "error".to_string(), |s| s.to_string()),
+        let status = match &result {
+            Ok(r) => Some(r.status.as_u16()),
+            Err(e) => e.status(),
         };
-        self.metrics
-            .observe_request(endpoint, &code, started.elapsed().as_secs_f64());
+        self.observer
+            .request(endpoint, status, started.elapsed().as_secs_f64());
         // A body that does not decode counts as a failed request too (and is retried).
         let result = result.and_then(parse);
         if let Err(e) = &result {
-            self.metrics.api_error(e.kind());
+            self.observer.api_error(e.kind());
         }
         result
     }
@@ -558,7 +568,7 @@ impl GitlabClient {
         self.check_clock(&mut headers);
         let remaining = header_f64(&headers, "ratelimit-remaining");
         if let Some(remaining) = remaining {
-            self.metrics.rate_limit_remaining(remaining);
+            self.observer.rate_limit_remaining(remaining);
         }
         let body = read_capped(resp)
             .await
@@ -572,7 +582,7 @@ impl GitlabClient {
                     "GitLab asked for a longer pause than allowed; pausing for the maximum");
             }
             let paused = self.throttle.rate_limited(retry_after);
-            self.metrics.rate_limited(paused.as_secs_f64());
+            self.observer.rate_limited(paused);
             warn!(
                 endpoint,
                 pause_s = paused.as_secs_f64(),
@@ -611,25 +621,6 @@ impl GitlabClient {
     }
 }
 
-/// The next offset page from `X-Next-Page` (empty on the last page): `rel` with its `page`
-/// parameter set to it.
-fn x_next_page(rel: &str, headers: &HeaderMap) -> Option<String> {
-    let page: u64 = headers
-        .get("x-next-page")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let (path, query) = rel.split_once('?').unwrap_or((rel, ""));
-    let mut q = url::form_urlencoded::Serializer::new(String::new());
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "page") {
-        q.append_pair(&k, &v);
-    }
-    q.append_pair("page", &page.to_string());
-    Some(format!("{path}?{}", q.finish()))
-}
-
 impl GitlabClient {
     /// A `Date` header more than `gitlab.max_clock_skew` off the local clock (a server in year
     /// 9999 would make every job look too old to count) is dropped, so the local clock is used
@@ -643,7 +634,7 @@ impl GitlabClient {
             .to_std()
             .map_or(true, |d| d > self.max_clock_skew);
         if off {
-            self.metrics.api_error("clock_skew");
+            self.observer.api_error("clock_skew");
             if !self.clock_off.swap(true, Ordering::Relaxed) {
                 warn!(date = %raw_header(headers, "date"), max_clock_skew = %humantime::format_duration(self.max_clock_skew),
                     "GitLab's clock (Date header) is off the local clock by more than gitlab.max_clock_skew; using the local clock");
@@ -654,38 +645,39 @@ impl GitlabClient {
         }
     }
 
-    /// The `Link: rel="next"` target, relative to `/api/v4/`. A `Link` that cannot be read
-    /// (empty, garbage, not ASCII) on a page that is not full means no next page (GitLab gives
-    /// none after a partial page): logged, counted (`link`) and ignored, so the cycle goes on.
-    /// On a full page it is an error: stopping there could skip jobs.
+    /// Where the listing answered by `headers` for `rel` goes on ([`pager::next_page`]). A
+    /// `Link` that cannot be read after a partial page is taken as the last page: logged,
+    /// counted (`link`) and ignored, so the cycle goes on. One that cannot be used on a full
+    /// page (or leaves the API) is counted here, once per page; only a caller that needs the
+    /// next page fails on it.
     fn next_link(
         &self,
         endpoint: &'static str,
+        how: NextHeaders,
+        rel: &str,
         headers: &HeaderMap,
         full: bool,
-    ) -> Result<Option<String>, link::LinkError> {
-        let Some(v) = headers.get(reqwest::header::LINK) else {
-            return Ok(None);
-        };
-        let parsed = match v.to_str() {
-            Ok(text) => link::next_relative(text),
-            Err(e) => Err(link::LinkError::Syntax(e.to_string())),
-        };
-        match parsed {
-            Ok(next) => Ok(next),
-            Err(source @ link::LinkError::Syntax(_)) if !full => {
-                warn!(endpoint, error = %source, link = %text::bounded_bytes(v.as_bytes()),
-                    "unreadable Link header after a partial page; taken as the last page");
-                self.metrics.api_error("link");
-                Ok(None)
-            }
-            Err(source) => Err(source),
+    ) -> NextLink {
+        let found = pager::next_page(how, rel, headers, full);
+        if let Some(error) = found.ignored {
+            let link = headers
+                .get(reqwest::header::LINK)
+                .map_or_else(String::new, |v| text::bounded_bytes(v.as_bytes()));
+            warn!(endpoint, %error, %link,
+                "unreadable Link header after a partial page; taken as the last page");
+            self.observer.api_error("link");
         }
+        found.next.map_err(|source| {
+            self.observer.api_error("link");
+            (endpoint, source)
+        })
     }
 
     fn parse_jobs_page(
         &self,
         endpoint: &'static str,
+        how: NextHeaders,
+        rel: &str,
         resp: Response,
     ) -> Result<JobsPage, ApiError> {
         let (jobs, bad_items) =
@@ -694,13 +686,7 @@ impl GitlabClient {
                 model::DecodeError::TooManyItems(max) => ApiError::TooLong { endpoint, max },
             })?;
         let full = jobs.len() + bad_items >= PER_PAGE as usize;
-        let next = self
-            .next_link(endpoint, &resp.headers, full)
-            .map_err(|source| {
-                // Counted here, once per page; the caller that needs the page fails on it.
-                self.metrics.api_error("link");
-                (endpoint, source)
-            });
+        let next = self.next_link(endpoint, how, rel, &resp.headers, full);
         Ok(JobsPage {
             jobs,
             bad_items,
@@ -854,30 +840,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn x_next_page_stands_in_for_a_missing_link() {
-        let mut h = HeaderMap::new();
-        assert_eq!(
-            x_next_page("groups/7/projects?page=1&per_page=100", &h),
-            None
-        );
-        h.insert("x-next-page", HeaderValue::from_static(""));
-        assert_eq!(
-            x_next_page("groups/7/projects?page=1", &h),
-            None,
-            "last page"
-        );
-        h.insert("x-next-page", HeaderValue::from_static("3"));
-        assert_eq!(
-            x_next_page("groups/a%2Fb/projects?page=2&per_page=100", &h).as_deref(),
-            Some("groups/a%2Fb/projects?per_page=100&page=3")
-        );
-        assert_eq!(
-            x_next_page("groups/7/projects", &h).as_deref(),
-            Some("groups/7/projects?page=3")
-        );
-    }
-
-    #[test]
     fn error_messages_from_gitlab_bodies() {
         assert_eq!(
             error_message(br#"{"message":"401 Unauthorized"}"#),
@@ -949,6 +911,7 @@ mod tests {
 #[cfg(test)]
 mod hostile_tests {
     use super::*;
+    use crate::metrics::Metrics;
     use crate::simulator::{
         Fault, Hostile, ProjectSpec, SimClock, SimHandle, Simulator, World, WorldSpec,
     };
