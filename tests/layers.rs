@@ -129,18 +129,11 @@ fn module_graph() -> Graph {
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     files.sort();
-    // Test-only files (`#[cfg(test)] mod tests;`), known once their parent was read: parents
-    // (`x.rs`, `x/mod.rs`) sort before their children (`x/tests.rs`).
+    // Test-only files (`#[cfg(test)] mod tests;`): first the declarations, from every file
+    // (`x/mod.rs` sorts after its children), then the scan.
+    let mut sources = BTreeMap::new();
     let mut test_only: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut graph = Graph::new();
     for file in &files {
-        let Some(module) = module_of(&src, file) else {
-            continue;
-        };
-        graph.entry(module.clone()).or_default();
-        if test_only.iter().any(|t| file.starts_with(t) || file == t) {
-            continue;
-        }
         let code = std::fs::read_to_string(file).expect("source readable");
         let (code, test_files) = non_test_code(&code);
         let dir = match file.file_name().and_then(|n| n.to_str()) {
@@ -151,7 +144,18 @@ fn module_graph() -> Graph {
             test_only.insert(dir.join(format!("{name}.rs")));
             test_only.insert(dir.join(name));
         }
-        for target in references(&code) {
+        sources.insert(file.clone(), code);
+    }
+    let mut graph = Graph::new();
+    for (file, code) in &sources {
+        let Some(module) = module_of(&src, file) else {
+            continue;
+        };
+        graph.entry(module.clone()).or_default();
+        if test_only.iter().any(|t| file.starts_with(t)) {
+            continue;
+        }
+        for target in references(code) {
             if target != module && !matches!(target.as_str(), "self" | "super") {
                 graph.get_mut(&module).expect("inserted").insert(target);
             }
