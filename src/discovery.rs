@@ -5,13 +5,14 @@
 //! then adds what is new but keeps every project a failed source listed before, so a GitLab
 //! hiccup (or one broken `[[groups]]` entry) never drops a project.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 use tracing::warn;
 
 use crate::config::{DiscoverySettings, Group, PathFilter};
-use crate::gitlab::{ApiError, GitlabClient, ProjectsPage, ProjectsRequest};
+use crate::gitlab::pager::{PageError, Pager, ProjectList};
+use crate::gitlab::{GitlabClient, ProjectsRequest};
 use crate::metrics::Metrics;
 
 /// Pages per source and pass, at most (100,000 projects): only a safety net against a Link loop
@@ -28,18 +29,13 @@ pub struct Found {
     pub sources: BTreeSet<usize>,
 }
 
+/// A source that could not be listed to its end.
 #[derive(Debug, Error)]
-pub enum DiscoveryError {
-    #[error("{source_name}: {error}")]
-    Api {
-        source_name: String,
-        #[source]
-        error: ApiError,
-    },
-    #[error("{0}: pagination loop (the Link header pointed back to a page already read)")]
-    Loop(String),
-    #[error("{0}: more than {MAX_PAGES} pages; the rest is left out")]
-    TooManyPages(String),
+#[error("{source_name}: {error}")]
+pub struct DiscoveryError {
+    pub source_name: String,
+    #[source]
+    pub error: PageError,
 }
 
 /// What one pass found.
@@ -102,10 +98,8 @@ pub async fn discover(
         }
         if let Err(e) = list(client, metrics, index, &name, first, &limit, &mut pass).await {
             warn!(error = %e, "project discovery incomplete; the projects this source listed before are kept");
-            match &e {
-                DiscoveryError::Api { .. } => {}
-                DiscoveryError::Loop(_) => metrics.api_error("pagination_loop"),
-                DiscoveryError::TooManyPages(_) => metrics.api_error("page_limit"),
+            if let Some(kind) = e.error.uncounted_kind() {
+                metrics.api_error(kind);
             }
             metrics.api_error("discovery");
             pass.complete = false;
@@ -138,21 +132,12 @@ async fn list(
     limit: &Limit<'_>,
     pass: &mut Pass,
 ) -> Result<(), DiscoveryError> {
-    let mut visited = HashSet::new();
-    let mut next: Option<String> = None;
-    for _ in 0..MAX_PAGES {
-        let req = match &next {
-            None => first.clone(),
-            Some(rel) => ProjectsRequest::Next(rel),
-        };
-        let page: ProjectsPage =
-            client
-                .projects_page(req)
-                .await
-                .map_err(|error| DiscoveryError::Api {
-                    source_name: name.to_string(),
-                    error,
-                })?;
+    let fail = |error| DiscoveryError {
+        source_name: name.to_string(),
+        error,
+    };
+    let mut pages = Pager::new(ProjectList { client, first }, MAX_PAGES);
+    while let Some(page) = pages.next().await.map_err(fail)? {
         pass.requests += 1;
         if page.bad_items > 0 {
             warn!(
@@ -185,15 +170,6 @@ async fn list(
                 .sources
                 .insert(index);
         }
-        match page.next {
-            None => return Ok(()),
-            Some(n) => {
-                if !visited.insert(n.clone()) {
-                    return Err(DiscoveryError::Loop(name.to_string()));
-                }
-                next = Some(n);
-            }
-        }
     }
-    Err(DiscoveryError::TooManyPages(name.to_string()))
+    Ok(())
 }

@@ -6,7 +6,7 @@ pub use crate::config::labels::{
     Droppable, JobMode, JobRewrite, LabelsConfig, LabelsError, Pattern, RefMode, RunnerMode,
     default_fingerprint,
 };
-use crate::gitlab::JobRunner;
+use crate::model::JobRunner;
 use crate::tracker::Event;
 
 impl RunnerMode {

@@ -12,7 +12,10 @@
 //! - [`poll`]: one poll cycle of one project: which requests to send, fed to the tracker.
 //! - [`project_state`]: a project's state apart from the network, locked only for short steps.
 //! - [`health`]: what `/healthz` answers (the published page's age, GitLab's pause).
-//! - [`gitlab`]: the GitLab API client, its wire types and the `Link` header handling.
+//! - [`model`]: GitLab's jobs and projects as the exporter reads them (plain data, the bottom of
+//!   the module graph).
+//! - [`gitlab`]: the GitLab API client, its pager (`Link`, `X-Next-Page`) and the observer it
+//!   reports requests to (implemented by [`metrics::Metrics`]).
 //! - [`tracker`]: what has been counted and which jobs are still followed (pure, no I/O).
 //! - [`labels`]: cardinality controls for the `ref` and `job` labels.
 //! - [`metrics`]: the Prometheus registry and how tracker events become samples.
@@ -30,6 +33,8 @@ pub mod gitlab;
 pub mod health;
 pub mod labels;
 pub mod metrics;
+pub mod model;
+mod observe;
 pub mod pacing;
 pub mod poll;
 pub mod project_state;

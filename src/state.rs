@@ -263,7 +263,7 @@ mod tests {
                 },
                 crate::tracker::Event::Completed {
                     labels,
-                    status: crate::gitlab::JobStatus::Failed,
+                    status: crate::model::JobStatus::Failed,
                     failure_reason: "script_failure".into(),
                     duration: Some(4.0),
                     finished_at: None,
@@ -279,7 +279,7 @@ mod tests {
         );
         let mut tracker = Tracker::new();
         let mut events = Vec::new();
-        let job: crate::gitlab::Job = serde_json::from_value(serde_json::json!({
+        let job: crate::model::Job = serde_json::from_value(serde_json::json!({
             "id": 7, "status": "running", "pipeline": {"id": 3}
         }))
         .unwrap();

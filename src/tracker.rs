@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::gitlab::{Job, JobRunner, JobStatus};
+use crate::model::{Job, JobRunner, JobStatus};
 
 /// How many handled ids above the floor are remembered (to recognise late-committed jobs that
 /// appear below the high-water mark). Older ones are folded into `floor`.
@@ -543,7 +543,7 @@ mod tests {
         let mut ev = Vec::new();
         t.observe(&job(11, "pending"), 0.0, &mut ev);
         let mut running = started(job(11, "running"), 2.0, 1.0);
-        let runner = crate::gitlab::JobRunner {
+        let runner = crate::model::JobRunner {
             description: "docker-3".into(),
             runner_type: "project_type".into(),
         };
@@ -792,7 +792,7 @@ mod tests {
     }
 
     fn parse(s: &str) -> DateTime<Utc> {
-        crate::gitlab::model::parse_time(s).unwrap()
+        crate::model::parse_time(s).unwrap()
     }
 
     mod properties {

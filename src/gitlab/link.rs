@@ -7,7 +7,7 @@
 
 use thiserror::Error;
 
-use crate::gitlab::text::{Bounded, bounded};
+use crate::model::text::{Bounded, bounded};
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum LinkError {
@@ -21,7 +21,7 @@ pub enum LinkError {
 /// (e.g. `projects/42/jobs?cursor=…&pagination=keyset`). `Ok(None)` when there is no next page.
 pub fn next_relative(header: &str) -> Result<Option<String>, LinkError> {
     let rels = parse_link_header::parse_with_rel(header)
-        .map_err(|e| LinkError::Syntax(crate::gitlab::text::bounded(&format!("{e:?}"))))?;
+        .map_err(|e| LinkError::Syntax(crate::model::text::bounded(&format!("{e:?}"))))?;
     let Some(next) = rels.get("next") else {
         return Ok(None);
     };

@@ -1,9 +1,15 @@
 //! The GitLab API client: one shared `reqwest` client with timeouts, the token in a header that is
-//! marked sensitive, bounded retries with backoff, capped bodies, and per-request metrics.
+//! marked sensitive, bounded retries with backoff, capped bodies, and every request reported to a
+//! [`ClientObserver`] (the exporter's metrics).
+//!
+//! Longer than 600 lines on purpose: the request path (URL check, token, throttle, retries,
+//! rate-limit answers, clock check, page decoding) reads best in one place; what stands apart
+//! lives beside it (`pager`, `link`, `headers`, `throttle`, `observer`).
 
+mod headers;
 pub mod link;
-pub mod model;
-pub mod text;
+pub mod observer;
+pub mod pager;
 pub mod throttle;
 
 use std::sync::Arc;
@@ -19,8 +25,12 @@ use thiserror::Error;
 use tracing::{debug, warn};
 
 use crate::config::GitlabSettings;
-use crate::metrics::Metrics;
-pub use model::{Job, JobRunner, JobStatus, Project};
+use crate::model::{self, text};
+use headers::{header_f64, raw_header, reset_in, retry_after, server_time};
+use pager::NextHeaders;
+// The model's types, where callers long found them.
+pub use crate::model::{Job, JobRunner, JobStatus, Project};
+pub use observer::ClientObserver;
 
 /// Largest response body accepted; a jobs page of 100 is ~200 KiB, so this only stops runaways.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -143,7 +153,7 @@ pub struct JobsPage {
     /// The next page, relative to `/api/v4/`, from the `Link` header. A full page whose
     /// `Link` cannot be used holds the error instead: only a caller that needs the next page
     /// fails on it (an idle project's cycle reads one page and must not fail for the rest).
-    next: Result<Option<String>, (&'static str, link::LinkError)>,
+    next: NextLink,
     /// GitLab's clock (`Date` header), so time comparisons never mix two clocks.
     pub server_time: Option<DateTime<Utc>>,
 }
@@ -162,13 +172,7 @@ impl JobsPage {
     /// The next page: `Ok(None)` on the last one, an error when it exists but its `Link`
     /// could not be used.
     pub fn next(&self) -> Result<Option<&str>, ApiError> {
-        match &self.next {
-            Ok(next) => Ok(next.as_deref()),
-            Err((endpoint, source)) => Err(ApiError::Link {
-                endpoint,
-                source: source.clone(),
-            }),
-        }
+        next_of(&self.next)
     }
 
     /// [`Self::next`], taken out of the page.
@@ -194,8 +198,30 @@ pub struct ProjectsPage {
     pub projects: Vec<Project>,
     /// Items that were not decodable projects (counted and skipped).
     pub bad_items: usize,
-    /// The next page, relative to `/api/v4/`, from the `Link` header.
-    pub next: Option<String>,
+    /// The next page, relative to `/api/v4/` (`Link`, else `X-Next-Page`); the error when
+    /// it exists but its `Link` cannot be used, as in [`JobsPage`].
+    next: NextLink,
+}
+
+impl ProjectsPage {
+    /// The next page: `Ok(None)` on the last one, an error when it exists but its `Link`
+    /// could not be used.
+    pub fn next(&self) -> Result<Option<&str>, ApiError> {
+        next_of(&self.next)
+    }
+}
+
+/// Where a page says its listing goes on: the link, or why it cannot be used.
+type NextLink = Result<Option<String>, (&'static str, link::LinkError)>;
+
+fn next_of(next: &NextLink) -> Result<Option<&str>, ApiError> {
+    match next {
+        Ok(next) => Ok(next.as_deref()),
+        Err((endpoint, source)) => Err(ApiError::Link {
+            endpoint,
+            source: source.clone(),
+        }),
+    }
 }
 
 /// Which page of a project listing to read.
@@ -231,7 +257,7 @@ pub struct GitlabClient {
     api_base: url::Url,
     token: SecretString,
     retry: RetryPolicy,
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn ClientObserver>,
     throttle: throttle::Throttle,
     /// `gitlab.max_clock_skew`.
     max_clock_skew: Duration,
@@ -264,7 +290,7 @@ impl GitlabClient {
         cfg: &GitlabSettings,
         token: SecretString,
         retry: RetryPolicy,
-        metrics: Arc<Metrics>,
+        observer: Arc<dyn ClientObserver>,
     ) -> Result<Self, ClientBuildError> {
         install_tls_provider();
         let http = reqwest::Client::builder()
@@ -281,7 +307,7 @@ impl GitlabClient {
             token,
             throttle: throttle::Throttle::new(cfg.max_requests_per_minute, retry.rate_limit_pause),
             retry,
-            metrics,
+            observer,
             max_clock_skew: cfg.max_clock_skew,
             clock_off: AtomicBool::new(false),
         })
@@ -293,7 +319,7 @@ impl GitlabClient {
     pub fn count_rate_limited(&self) -> (Duration, Option<tokio::time::Instant>) {
         let served = self.throttle.take_served();
         if !served.is_zero() {
-            self.metrics.rate_limited(served.as_secs_f64());
+            self.observer.rate_limited(served);
         }
         (served, self.throttle.rate_limited_until())
     }
@@ -362,8 +388,10 @@ impl GitlabClient {
             }
             PageRequest::Next(rel) => rel.to_string(),
         };
-        self.get("jobs", &rel, |resp| self.parse_jobs_page("jobs", resp))
-            .await
+        self.get("jobs", &rel, |resp| {
+            self.parse_jobs_page("jobs", NextHeaders::Link, &rel, resp)
+        })
+        .await
     }
 
     /// One page of `GET /projects/:id/pipelines/:pipeline_id/jobs?include_retried=true`: the
@@ -390,12 +418,7 @@ impl GitlabClient {
         };
         self.get(ENDPOINT, &rel, |resp| {
             // Offset pages: X-Next-Page stands in for a dropped `Link`.
-            let fallback = x_next_page(&rel, &resp.headers);
-            let mut page = self.parse_jobs_page(ENDPOINT, resp)?;
-            if let Ok(next @ None) = &mut page.next {
-                *next = fallback;
-            }
-            Ok(page)
+            self.parse_jobs_page(ENDPOINT, NextHeaders::LinkOrXNextPage, &rel, resp)
         })
         .await
     }
@@ -457,13 +480,8 @@ impl GitlabClient {
                 })?;
             // GitLab sends both; a proxy or look-alike that drops `Link` still says X-Next-Page.
             let full = projects.len() + bad_items >= PER_PAGE as usize;
-            let next = match self
-                .next_link(endpoint, &resp.headers, full)
-                .map_err(|source| ApiError::Link { endpoint, source })?
-            {
-                Some(next) => Some(next),
-                None => x_next_page(&rel, &resp.headers),
-            };
+            let how = NextHeaders::LinkOrXNextPage;
+            let next = self.next_link(endpoint, how, &rel, &resp.headers, full);
             Ok(ProjectsPage {
                 projects,
                 bad_items,
@@ -483,7 +501,7 @@ impl GitlabClient {
     ) -> Result<T, ApiError> {
         let url = self
             .url(endpoint, rel)
-            .inspect_err(|e| self.metrics.api_error(e.kind()))?;
+            .inspect_err(|e| self.observer.api_error(e.kind()))?;
         let policy = self.retry.clone();
         let backoff = ExponentialBuilder::default()
             .with_min_delay(policy.min_delay)
@@ -526,18 +544,16 @@ impl GitlabClient {
     ) -> Result<T, ApiError> {
         let started = Instant::now();
         let result = self.send(endpoint, url).await;
-        let code = match &result {
-            Ok(r) => r.status.as_u16().to_string(),
-            Err(e) => e
-                .status()
-                .map_or_else(|| "error".to_string(), |s| s.to_string()),
+        let status = match &result {
+            Ok(r) => Some(r.status.as_u16()),
+            Err(e) => e.status(),
         };
-        self.metrics
-            .observe_request(endpoint, &code, started.elapsed().as_secs_f64());
+        self.observer
+            .request(endpoint, status, started.elapsed().as_secs_f64());
         // A body that does not decode counts as a failed request too (and is retried).
         let result = result.and_then(parse);
         if let Err(e) = &result {
-            self.metrics.api_error(e.kind());
+            self.observer.api_error(e.kind());
         }
         result
     }
@@ -568,7 +584,7 @@ impl GitlabClient {
         self.check_clock(&mut headers);
         let remaining = header_f64(&headers, "ratelimit-remaining");
         if let Some(remaining) = remaining {
-            self.metrics.rate_limit_remaining(remaining);
+            self.observer.rate_limit_remaining(remaining);
         }
         let body = read_capped(resp)
             .await
@@ -621,25 +637,6 @@ impl GitlabClient {
     }
 }
 
-/// The next offset page from `X-Next-Page` (empty on the last page): `rel` with its `page`
-/// parameter set to it.
-fn x_next_page(rel: &str, headers: &HeaderMap) -> Option<String> {
-    let page: u64 = headers
-        .get("x-next-page")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let (path, query) = rel.split_once('?').unwrap_or((rel, ""));
-    let mut q = url::form_urlencoded::Serializer::new(String::new());
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "page") {
-        q.append_pair(&k, &v);
-    }
-    q.append_pair("page", &page.to_string());
-    Some(format!("{path}?{}", q.finish()))
-}
-
 impl GitlabClient {
     /// A `Date` header more than `gitlab.max_clock_skew` off the local clock (a server in year
     /// 9999 would make every job look too old to count) is dropped, so the local clock is used
@@ -653,7 +650,7 @@ impl GitlabClient {
             .to_std()
             .map_or(true, |d| d > self.max_clock_skew);
         if off {
-            self.metrics.api_error("clock_skew");
+            self.observer.api_error("clock_skew");
             if !self.clock_off.swap(true, Ordering::Relaxed) {
                 warn!(date = %raw_header(headers, "date"), max_clock_skew = %humantime::format_duration(self.max_clock_skew),
                     "GitLab's clock (Date header) is off the local clock by more than gitlab.max_clock_skew; using the local clock");
@@ -664,38 +661,39 @@ impl GitlabClient {
         }
     }
 
-    /// The `Link: rel="next"` target, relative to `/api/v4/`. A `Link` that cannot be read
-    /// (empty, garbage, not ASCII) on a page that is not full means no next page (GitLab gives
-    /// none after a partial page): logged, counted (`link`) and ignored, so the cycle goes on.
-    /// On a full page it is an error: stopping there could skip jobs.
+    /// Where the listing answered by `headers` for `rel` goes on ([`pager::next_page`]). A
+    /// `Link` that cannot be read after a partial page is taken as the last page: logged,
+    /// counted (`link`) and ignored, so the cycle goes on. One that cannot be used on a full
+    /// page (or leaves the API) is counted here, once per page; only a caller that needs the
+    /// next page fails on it.
     fn next_link(
         &self,
         endpoint: &'static str,
+        how: NextHeaders,
+        rel: &str,
         headers: &HeaderMap,
         full: bool,
-    ) -> Result<Option<String>, link::LinkError> {
-        let Some(v) = headers.get(reqwest::header::LINK) else {
-            return Ok(None);
-        };
-        let parsed = match v.to_str() {
-            Ok(text) => link::next_relative(text),
-            Err(e) => Err(link::LinkError::Syntax(e.to_string())),
-        };
-        match parsed {
-            Ok(next) => Ok(next),
-            Err(source @ link::LinkError::Syntax(_)) if !full => {
-                warn!(endpoint, error = %source, link = %text::bounded_bytes(v.as_bytes()),
-                    "unreadable Link header after a partial page; taken as the last page");
-                self.metrics.api_error("link");
-                Ok(None)
-            }
-            Err(source) => Err(source),
+    ) -> NextLink {
+        let found = pager::next_page(how, rel, headers, full);
+        if let Some(error) = found.ignored {
+            let link = headers
+                .get(reqwest::header::LINK)
+                .map_or_else(String::new, |v| text::bounded_bytes(v.as_bytes()));
+            warn!(endpoint, %error, %link,
+                "unreadable Link header after a partial page; taken as the last page");
+            self.observer.api_error("link");
         }
+        found.next.map_err(|source| {
+            self.observer.api_error("link");
+            (endpoint, source)
+        })
     }
 
     fn parse_jobs_page(
         &self,
         endpoint: &'static str,
+        how: NextHeaders,
+        rel: &str,
         resp: Response,
     ) -> Result<JobsPage, ApiError> {
         let (jobs, bad_items) =
@@ -704,13 +702,7 @@ impl GitlabClient {
                 model::DecodeError::TooManyItems(max) => ApiError::TooLong { endpoint, max },
             })?;
         let full = jobs.len() + bad_items >= PER_PAGE as usize;
-        let next = self
-            .next_link(endpoint, &resp.headers, full)
-            .map_err(|source| {
-                // Counted here, once per page; the caller that needs the page fails on it.
-                self.metrics.api_error("link");
-                (endpoint, source)
-            });
+        let next = self.next_link(endpoint, how, rel, &resp.headers, full);
         Ok(JobsPage {
             jobs,
             bad_items,
@@ -799,93 +791,9 @@ fn error_message(body: &[u8]) -> String {
     text::bounded_bytes(body)
 }
 
-fn header_f64(headers: &HeaderMap, name: &str) -> Option<f64> {
-    headers
-        .get(name)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite())
-}
-
-/// `RateLimit-Reset` (unix time) as a wait from GitLab's now.
-fn reset_in(headers: &HeaderMap) -> Option<Duration> {
-    let reset = header_f64(headers, "ratelimit-reset")?;
-    let now = server_time(headers).unwrap_or_else(Utc::now).timestamp() as f64;
-    (reset > now).then(|| Duration::from_secs_f64((reset - now).min(24.0 * 3600.0)))
-}
-
-/// A header's raw value for a log line (bounded, escaped).
-fn raw_header(headers: &HeaderMap, name: &str) -> String {
-    headers
-        .get(name)
-        .map_or_else(String::new, |v| text::bounded_bytes(v.as_bytes()))
-}
-
-/// `Retry-After` in seconds from GitLab's now: delay-seconds or an HTTP date.
-fn retry_after_secs(headers: &HeaderMap) -> Option<f64> {
-    let text = headers.get("retry-after")?.to_str().ok()?.trim();
-    if let Ok(secs) = text.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then_some(secs);
-    }
-    let at: DateTime<Utc> = httpdate::parse_http_date(text).ok()?.into();
-    let now = server_time(headers).unwrap_or_else(Utc::now);
-    Some(((at - now).num_milliseconds() as f64 / 1000.0).max(0.0))
-}
-
-/// The later of `Retry-After` and `RateLimit-Reset` (unix time), as a wait from now, at most
-/// [`throttle::MAX_PAUSE`] (a wait of a day would stop the exporter for a day); `true` when
-/// GitLab asked for more.
-fn retry_after(headers: &HeaderMap) -> (Option<Duration>, bool) {
-    let after = retry_after_secs(headers);
-    let reset = reset_in(headers).map(|d| d.as_secs_f64());
-    let wait = match (after, reset) {
-        (Some(a), Some(r)) => Some(a.max(r)),
-        (a, r) => a.or(r),
-    };
-    let max = throttle::MAX_PAUSE.as_secs_f64();
-    (
-        wait.map(|s| Duration::from_secs_f64(s.min(max))),
-        wait.is_some_and(|s| s > max),
-    )
-}
-
-fn server_time(headers: &HeaderMap) -> Option<DateTime<Utc>> {
-    let text = headers.get(reqwest::header::DATE)?.to_str().ok()?;
-    DateTime::parse_from_rfc2822(text)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn x_next_page_stands_in_for_a_missing_link() {
-        let mut h = HeaderMap::new();
-        assert_eq!(
-            x_next_page("groups/7/projects?page=1&per_page=100", &h),
-            None
-        );
-        h.insert("x-next-page", HeaderValue::from_static(""));
-        assert_eq!(
-            x_next_page("groups/7/projects?page=1", &h),
-            None,
-            "last page"
-        );
-        h.insert("x-next-page", HeaderValue::from_static("3"));
-        assert_eq!(
-            x_next_page("groups/a%2Fb/projects?page=2&per_page=100", &h).as_deref(),
-            Some("groups/a%2Fb/projects?per_page=100&page=3")
-        );
-        assert_eq!(
-            x_next_page("groups/7/projects", &h).as_deref(),
-            Some("groups/7/projects?page=3")
-        );
-    }
 
     #[test]
     fn error_messages_from_gitlab_bodies() {
@@ -904,29 +812,6 @@ mod tests {
             r#"{"error":"This endpoint has been requested too many times."}"#
         );
         assert_eq!(error_message(b"<html>502</html>"), "<html>502</html>");
-    }
-
-    #[test]
-    fn retry_after_takes_the_later_of_both_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "date",
-            HeaderValue::from_static("Wed, 25 Nov 2026 08:50:00 GMT"),
-        );
-        h.insert("retry-after", HeaderValue::from_static("5"));
-        // 08:50:30 GMT
-        let reset = DateTime::parse_from_rfc2822("Wed, 25 Nov 2026 08:50:30 GMT")
-            .unwrap()
-            .timestamp();
-        h.insert(
-            "ratelimit-reset",
-            HeaderValue::from_str(&reset.to_string()).unwrap(),
-        );
-        assert_eq!(retry_after(&h).0, Some(Duration::from_secs(30)));
-        h.remove("ratelimit-reset");
-        assert_eq!(retry_after(&h).0, Some(Duration::from_secs(5)));
-        h.insert("retry-after", HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&h).0, None);
     }
 
     /// A cause as long as a certificate's list of names: the transport error text is bounded.
@@ -957,397 +842,4 @@ mod tests {
 
 /// The client against a hostile GitLab (the simulator's raw faults and hostile modes).
 #[cfg(test)]
-mod hostile_tests {
-    use super::*;
-    use gitlab_sim::{
-        Fault, Hostile, ProjectSpec, SimClock, SimHandle, Simulator, World, WorldSpec,
-    };
-
-    const TOKEN: &str = "glpat-hostile-test";
-
-    #[derive(Clone, Default)]
-    struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl Logs {
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-        }
-    }
-
-    impl std::io::Write for Logs {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-        type Writer = Logs;
-        fn make_writer(&'a self) -> Logs {
-            self.clone()
-        }
-    }
-
-    /// Captures this thread's log lines (the tests run on a current-thread runtime).
-    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
-        let logs = Logs::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(logs.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
-    }
-
-    struct Setup {
-        sim: Simulator,
-        client: GitlabClient,
-        metrics: Arc<Metrics>,
-        _handle: SimHandle,
-    }
-
-    /// A simulator (clock at the real now) with project 1 holding a few jobs, and a client
-    /// retrying `retries` times without real waits.
-    async fn setup(retries: usize) -> Setup {
-        let now = Utc::now().timestamp_millis();
-        let spec = WorldSpec::new(
-            vec![ProjectSpec {
-                id: 1,
-                path: "g/p".into(),
-                pipelines_per_hour: 2.0,
-            }],
-            now - 3_600_000,
-            now,
-        );
-        let sim = Simulator::new(
-            World::generate(&spec, 7),
-            SimClock::manual(now),
-            TOKEN.into(),
-        );
-        let handle = sim.spawn().await.unwrap();
-        let mut cfg =
-            crate::config::Config::new(&handle.base_url, TOKEN.to_string().into(), vec![]);
-        cfg.gitlab.max_requests_per_minute = 1e9;
-        cfg.gitlab.timeout = Duration::from_secs(5);
-        let gitlab = cfg.gitlab.validate().unwrap();
-        let metrics =
-            Arc::new(Metrics::new(&Default::default(), usize::MAX, &Default::default()).unwrap());
-        let retry = RetryPolicy {
-            retries,
-            min_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(2),
-            rate_limit_pause: Duration::from_millis(1),
-        };
-        let client =
-            GitlabClient::new(&gitlab, TOKEN.to_string().into(), retry, metrics.clone()).unwrap();
-        Setup {
-            sim,
-            client,
-            metrics,
-            _handle: handle,
-        }
-    }
-
-    /// `gitlab_jobs_exporter_<family>` with these labels, from the rendered page.
-    fn value(metrics: &Metrics, series: &str) -> f64 {
-        let page = metrics.render().unwrap();
-        page.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    fn errors(metrics: &Metrics, kind: &str) -> f64 {
-        value(
-            metrics,
-            &format!("gitlab_jobs_exporter_api_errors_total{{kind=\"{kind}\"}}"),
-        )
-    }
-
-    fn raw(status: u16, headers: &[(&str, &[u8])], body: &[u8]) -> Fault {
-        Fault::Raw {
-            status,
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_string(), v.to_vec()))
-                .collect(),
-            body: body.to_vec(),
-        }
-    }
-
-    #[tokio::test]
-    async fn error_bodies_reach_logs_and_errors_bounded_escaped_and_once() {
-        let s = setup(2).await;
-        let (logs, _guard) = capture();
-        let huge =
-            serde_json::to_vec(&serde_json::json!({"message": "A".repeat(8 << 20)})).unwrap();
-        for _ in 0..3 {
-            s.sim
-                .push_fault(raw(500, &[("content-type", b"application/json")], &huge));
-        }
-        let e = s.client.project("1").await.expect_err("500 three times");
-        assert!(e.to_string().len() < 400, "{} bytes", e.to_string().len());
-        let forged = b"bad gateway\n2026-12-02T00:00:00.000Z ERROR forged line\x1b[2J";
-        for _ in 0..3 {
-            s.sim
-                .push_fault(raw(502, &[("content-type", b"text/plain")], forged));
-        }
-        let e = s.client.project("1").await.expect_err("502 three times");
-        let shown = e.to_string();
-        assert!(
-            !shown.contains('\n') && !shown.contains('\x1b'),
-            "{shown:?}"
-        );
-        assert!(shown.contains(r"bad gateway\n2026-12-02"), "{shown:?}");
-        // The retries log the kind only: the message is the caller's to log, once.
-        let text = logs.text();
-        assert!(text.len() < 2048, "{} bytes of log", text.len());
-        assert!(!text.contains("forged") && !text.contains("AAAA"), "{text}");
-        assert_eq!(text.matches("retrying").count(), 4, "{text}");
-    }
-
-    #[tokio::test]
-    async fn a_single_job_that_does_not_decode_is_a_bad_job_not_retried() {
-        let s = setup(3).await;
-        s.sim.push_fault(raw(
-            200,
-            &[("content-type", b"application/json")],
-            br#"{"id": 5, "status": "success", "name": "\ud800"}"#,
-        ));
-        let e = s.client.job("1", 5).await.expect_err("bad job");
-        assert!(matches!(e, ApiError::BadItem { .. }), "{e}");
-        assert_eq!(
-            errors(&s.metrics, "bad_job"),
-            1.0,
-            "counted once, not retried"
-        );
-        // A truncated body is still a transient decode error (retried, and then it answers).
-        s.sim.push_fault(Fault::MalformedJson);
-        assert!(s.client.job("1", 5).await.is_ok());
-        assert_eq!(errors(&s.metrics, "decode"), 1.0);
-    }
-
-    #[tokio::test]
-    async fn a_project_path_that_would_forge_log_lines_is_refused() {
-        let s = setup(0).await;
-        s.sim.push_fault(raw(
-            200,
-            &[("content-type", b"application/json")],
-            br#"{"id": 1, "path_with_namespace": "g/p\n2026-12-02T00:00:00Z  INFO forged"}"#,
-        ));
-        let e = s.client.project("1").await.expect_err("refused");
-        assert!(matches!(e, ApiError::Decode { .. }), "{e}");
-        assert!(!e.to_string().contains('\n'), "{e}");
-        assert_eq!(errors(&s.metrics, "decode"), 1.0);
-    }
-
-    #[tokio::test]
-    async fn an_unreadable_link_after_a_partial_page_is_the_last_page() {
-        let s = setup(0).await;
-        let first = || PageRequest::First {
-            project: "1",
-            scopes: &[],
-        };
-        let links: [&[u8]; 3] = [b"garbage", b"", b"\xff\xfe"];
-        for link in links {
-            s.sim.clear_hostile();
-            s.sim.add_hostile(Hostile::ListLink(Some(link.to_vec())));
-            let before = errors(&s.metrics, "link");
-            let page = s.client.jobs_page(first()).await;
-            let page = page.unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(link)));
-            assert!(matches!(page.next(), Ok(None)) && !page.jobs.is_empty());
-            // An empty Link is no Link at all; the others are counted.
-            let counted = errors(&s.metrics, "link") - before;
-            assert!(counted <= 1.0);
-            assert!(link.is_empty() || counted == 1.0, "{link:?}");
-        }
-        // A full page with an unreadable Link: the next page exists, so needing it is an
-        // error; the page itself is kept (a cycle that needs no more pages goes on).
-        s.sim
-            .add_hostile(Hostile::JobsExtraItems(vec![b"{}".to_vec(); 100]));
-        let before = errors(&s.metrics, "link");
-        let mut page = s.client.jobs_page(first()).await.expect("full page kept");
-        assert!(!page.jobs.is_empty());
-        let e = page
-            .take_next()
-            .expect_err("the next page is needed but unknown");
-        assert!(matches!(e, ApiError::Link { .. }), "{e}");
-        assert_eq!(errors(&s.metrics, "link") - before, 1.0);
-        // Far longer than asked: refused whole, not retried.
-        s.sim.clear_hostile();
-        s.sim.add_hostile(Hostile::JobsExtraItems(vec![
-            b"{}".to_vec();
-            MAX_JOB_PAGE_ITEMS
-        ]));
-        let e = s.client.jobs_page(first()).await.expect_err("too long");
-        assert!(matches!(e, ApiError::TooLong { .. }), "{e}");
-        assert_eq!(errors(&s.metrics, "page_too_long"), 1.0);
-    }
-
-    #[tokio::test]
-    async fn a_link_outside_the_api_is_counted() {
-        let s = setup(0).await;
-        s.sim.add_hostile(Hostile::ListLink(Some(
-            b"<https://evil.example/steal?x=1>; rel=\"next\"".to_vec(),
-        )));
-        // The page is kept; following its Link is refused.
-        let mut page = s
-            .client
-            .jobs_page(PageRequest::First {
-                project: "1",
-                scopes: &[],
-            })
-            .await
-            .expect("the page itself is fine");
-        let e = page.take_next().expect_err("outside the API");
-        assert!(matches!(e, ApiError::Link { .. }), "{e}");
-        assert_eq!(errors(&s.metrics, "link"), 1.0);
-        // A crafted relative target that resolves outside the API base is refused and counted.
-        let e = s
-            .client
-            .jobs_page(PageRequest::Next("../../../admin?x=1"))
-            .await
-            .expect_err("escapes the base");
-        assert!(matches!(e, ApiError::Link { .. }), "{e}");
-        assert_eq!(errors(&s.metrics, "link"), 2.0);
-    }
-
-    #[tokio::test]
-    async fn bad_items_are_skipped_and_counted_not_fatal() {
-        let s = setup(0).await;
-        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        s.sim.add_hostile(Hostile::JobsExtraItems(vec![
-            b"{\"name\": \"\xff\xfe\"}".to_vec(),
-            br#"{"id": 1, "status": "success", "name": "\ud800"}"#.to_vec(),
-            br#"{"id": 2, "status": "success", "duration": 1e400}"#.to_vec(),
-            format!(r#"{{"id": 3, "status": "success", "runner": {deep}}}"#).into_bytes(),
-        ]));
-        let page = s
-            .client
-            .jobs_page(PageRequest::First {
-                project: "1",
-                scopes: &[],
-            })
-            .await
-            .expect("page decodes");
-        assert_eq!(page.bad_items, 4);
-        assert!(!page.jobs.is_empty());
-        assert!(page.jobs.iter().all(|j| j.id > 3));
-    }
-
-    #[tokio::test]
-    async fn no_rate_limit_pauses_longer_than_ten_minutes() {
-        let s = setup(0).await;
-        let (logs, _guard) = capture();
-        s.sim.push_fault(raw(
-            429,
-            &[
-                ("retry-after", b"1000000000"),
-                ("ratelimit-reset", b"1e300"),
-            ],
-            b"Retry later\n",
-        ));
-        let e = s.client.project("1").await.expect_err("429");
-        match e {
-            ApiError::RateLimited { retry_after, .. } => {
-                assert_eq!(retry_after, Some(throttle::MAX_PAUSE));
-            }
-            other => panic!("{other}"),
-        }
-        let text = logs.text();
-        // The pause decided (`rate_limited_seconds_total` counts it as it is served).
-        assert!(text.contains("pause_s=600.0"), "{text}");
-        assert!(
-            text.contains("1000000000") && text.contains("1e300"),
-            "raw headers logged: {text}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_used_up_window_with_a_far_reset_logs_its_pause() {
-        let s = setup(0).await;
-        let (logs, _guard) = capture();
-        let reset = (Utc::now().timestamp() + 1_000_000).to_string();
-        s.sim.push_fault(raw(
-            200,
-            &[
-                ("content-type", b"application/json"),
-                ("ratelimit-remaining", b"0"),
-                ("ratelimit-limit", b"600"),
-                ("ratelimit-reset", reset.as_bytes()),
-            ],
-            br#"{"id": 1, "path_with_namespace": "g/p"}"#,
-        ));
-        s.client.project("1").await.expect("answered");
-        let text = logs.text();
-        assert!(
-            text.contains("used up") && text.contains("pause_s=600"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn retry_after_as_an_http_date_and_capped_resets() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "date",
-            HeaderValue::from_static("Wed, 25 Nov 2026 08:50:00 GMT"),
-        );
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Wed, 25 Nov 2026 08:52:00 GMT"),
-        );
-        assert_eq!(retry_after(&h), (Some(Duration::from_secs(120)), false));
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Tue, 24 Nov 2026 08:52:00 GMT"),
-        );
-        assert_eq!(retry_after(&h), (Some(Duration::ZERO), false));
-        h.remove("retry-after");
-        h.insert("ratelimit-reset", HeaderValue::from_static("1e300"));
-        assert_eq!(retry_after(&h), (Some(throttle::MAX_PAUSE), true));
-        h.insert("retry-after", HeaderValue::from_static("1000000000"));
-        assert_eq!(retry_after(&h), (Some(throttle::MAX_PAUSE), true));
-    }
-
-    #[tokio::test]
-    async fn a_server_clock_far_off_is_ignored_counted_and_logged_once() {
-        let s = setup(0).await;
-        let (logs, _guard) = capture();
-        for _ in 0..2 {
-            s.sim.push_fault(raw(
-                200,
-                &[
-                    ("content-type", b"application/json"),
-                    ("date", b"Fri, 31 Dec 9999 23:59:59 GMT"),
-                ],
-                b"[]",
-            ));
-        }
-        let first = || PageRequest::First {
-            project: "1",
-            scopes: &[],
-        };
-        for _ in 0..2 {
-            let page = s.client.jobs_page(first()).await.unwrap();
-            assert_eq!(page.server_time, None, "the local clock is used instead");
-        }
-        assert_eq!(errors(&s.metrics, "clock_skew"), 2.0);
-        // The simulator's own clock is the real one: believed again, and said so.
-        let page = s.client.jobs_page(first()).await.unwrap();
-        assert!(page.server_time.is_some());
-        let text = logs.text();
-        assert_eq!(
-            text.matches("off the local clock by more than").count(),
-            1,
-            "{text}"
-        );
-        assert_eq!(
-            text.matches("agrees with the local clock again").count(),
-            1,
-            "{text}"
-        );
-    }
-}
+mod hostile_tests;

@@ -368,8 +368,8 @@ mod tests {
         assert_eq!(cumulative, vec![2, 4]);
     }
 
-    use crate::gitlab::{JobRunner, JobStatus};
     use crate::labels::{Droppable, RunnerMode};
+    use crate::model::{JobRunner, JobStatus};
 
     fn completed(ref_: &str, name: &str, runner: Option<&str>, status: JobStatus) -> Event {
         Event::Completed {

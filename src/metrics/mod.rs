@@ -20,7 +20,7 @@ use prometheus::{
 use tracing::error;
 
 use crate::config::MetricsSettings;
-use crate::gitlab::JobStatus;
+use crate::model::JobStatus;
 use crate::tracker::Event;
 
 const POLLS_HELP: &str = "Poll cycles started, per project.";
@@ -413,7 +413,7 @@ impl Metrics {
                 tracing::info!(failure_reason = %failure_reason, "a failure reason not in GitLab's documented list; kept as a label");
                 admitted.insert(failure_reason.clone());
             } else {
-                tracing::warn!(failure_reason = %crate::gitlab::text::Bounded(failure_reason),
+                tracing::warn!(failure_reason = %crate::model::text::Bounded(failure_reason),
                     "an unusual failure reason (or too many new ones); counted as failure_reason=\"other\"");
                 *failure_reason = OTHER_FAILURE_REASON.to_string();
             }
@@ -491,7 +491,7 @@ impl Metrics {
     fn log_unknown_status(&self, raw: &str) {
         let mut logged = lock(&self.logged_statuses);
         if logged.len() < MAX_LOGGED_STATUSES && logged.insert(raw.to_string()) {
-            tracing::warn!(status = %crate::gitlab::text::Bounded(raw),
+            tracing::warn!(status = %crate::model::text::Bounded(raw),
                 "a job status outside GitLab's 13 known ones; shown as status=\"unknown\"");
         }
     }
