@@ -108,21 +108,13 @@ pub async fn serve_with(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let service = TowerToHyperService::new(router(state));
-    let mut http = hyper::server::conn::http1::Builder::new();
-    // The timer is what makes header_read_timeout work (hyper panics without one). The
-    // timeout also runs while a keep-alive connection waits for its next request, so idle
-    // connections are closed after it too.
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+    let mut connections = Connections::new(router(state), &limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections.get()));
-    let drain = CancellationToken::new();
-    let mut connections = JoinSet::new();
     let mut accept_failing = false;
     tokio::pin!(shutdown);
     loop {
         // Reap finished connections so the set holds only live ones.
-        while connections.try_join_next().is_some() {}
+        while connections.set.try_join_next().is_some() {}
         // At the cap, wait for a connection to end before accepting another: the kernel's
         // backlog queues the rest, and file descriptors stay bounded.
         let permit = tokio::select! {
@@ -137,37 +129,84 @@ pub async fn serve_with(
         let stream = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    if accept_failing {
-                        accept_failing = false;
-                        info!("accepting connections again");
-                    }
-                    stream
-                }
-                Err(e) => {
-                    // Per-connection errors (reset before accept) are routine; others (out
-                    // of file descriptors) are logged once per episode, then retried gently.
-                    if !is_connection_error(&e) {
-                        if !accept_failing {
-                            accept_failing = true;
-                            error!(error = %e, "cannot accept connections; retrying");
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    continue;
-                }
-            },
+            stream = accept(&listener, &mut accept_failing) => stream,
         };
+        if let Some(stream) = stream {
+            connections.spawn(stream, permit);
+        }
+    }
+    // No new connections from here on; ask the open ones to finish their request and close.
+    drop(listener);
+    connections.drain(limits.drain_timeout).await;
+    Ok(())
+}
+
+/// Accepts one connection; `None`: none this time (a per-connection error, or a pause after
+/// another error, logged once per episode).
+async fn accept(listener: &TcpListener, failing: &mut bool) -> Option<tokio::net::TcpStream> {
+    match listener.accept().await {
+        Ok((stream, _)) => {
+            if *failing {
+                *failing = false;
+                info!("accepting connections again");
+            }
+            Some(stream)
+        }
+        Err(e) => {
+            // Per-connection errors (reset before accept) are routine; others (out of file
+            // descriptors) are logged once per episode, then retried gently.
+            if !is_connection_error(&e) {
+                if !*failing {
+                    *failing = true;
+                    error!(error = %e, "cannot accept connections; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None
+        }
+    }
+}
+
+/// The connections being served, each on its own task.
+struct Connections {
+    set: JoinSet<()>,
+    http: hyper::server::conn::http1::Builder,
+    service: TowerToHyperService<Router>,
+    write_timeout: Duration,
+    /// Asks every open connection to finish its request and close.
+    drain: CancellationToken,
+}
+
+impl Connections {
+    fn new(router: Router, limits: &Limits) -> Self {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        // The timer is what makes header_read_timeout work (hyper panics without one). The
+        // timeout also runs while a keep-alive connection waits for its next request, so idle
+        // connections are closed after it too.
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        Self {
+            set: JoinSet::new(),
+            http,
+            service: TowerToHyperService::new(router),
+            write_timeout: limits.write_timeout,
+            drain: CancellationToken::new(),
+        }
+    }
+
+    /// Serves `stream` until it ends or the drain asks it to finish; `permit` is its slot.
+    fn spawn(&mut self, stream: tokio::net::TcpStream, permit: tokio::sync::OwnedSemaphorePermit) {
         let _ = stream.set_nodelay(true);
         // header_read_timeout only guards the request head; a client that never reads its
         // replies would otherwise hold its slot for as long as it likes. Pinned on the heap
         // because TimeoutStream holds its timers in place.
         let mut stream = TimeoutStream::new(stream);
-        stream.set_write_timeout(Some(limits.write_timeout));
-        let conn = http.serve_connection(TokioIo::new(Box::pin(stream)), service.clone());
-        let drain = drain.clone();
-        connections.spawn(async move {
+        stream.set_write_timeout(Some(self.write_timeout));
+        let conn = self
+            .http
+            .serve_connection(TokioIo::new(Box::pin(stream)), self.service.clone());
+        let drain = self.drain.clone();
+        self.set.spawn(async move {
             let _permit = permit;
             let mut conn = std::pin::pin!(conn);
             let result = tokio::select! {
@@ -182,24 +221,25 @@ pub async fn serve_with(
             }
         });
     }
-    // No new connections from here on; ask the open ones to finish their request and close.
-    drop(listener);
-    drain.cancel();
-    let open = connections.len();
-    let drained = tokio::time::timeout(limits.drain_timeout, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        warn!(
-            connections = connections.len(),
-            of = open,
-            timeout = %humantime::format_duration(limits.drain_timeout),
-            "connections still open at the end of the shutdown drain; closing them"
-        );
-        connections.shutdown().await;
+
+    /// Lets the open connections finish for at most `timeout`, then drops the rest.
+    async fn drain(mut self, timeout: Duration) {
+        self.drain.cancel();
+        let open = self.set.len();
+        let drained = tokio::time::timeout(timeout, async {
+            while self.set.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                connections = self.set.len(),
+                of = open,
+                timeout = %humantime::format_duration(timeout),
+                "connections still open at the end of the shutdown drain; closing them"
+            );
+            self.set.shutdown().await;
+        }
     }
-    Ok(())
 }
 
 /// Errors that concern one connection only (as hyper-util and axum classify them).

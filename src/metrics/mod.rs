@@ -5,6 +5,7 @@
 
 pub mod carry;
 pub mod jobs;
+mod own;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,18 +14,14 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use prometheus::core::{Collector, Metric};
-use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
-};
+use prometheus::{Encoder, Registry, TextEncoder};
 use tracing::error;
 
 use crate::config::MetricsSettings;
 use crate::model::JobStatus;
 use crate::tracker::Event;
 
-const POLLS_HELP: &str = "Poll cycles started, per project.";
-const POLL_ERRORS_HELP: &str = "Poll cycles that failed, per project.";
+use own::{POLL_ERRORS_HELP, POLLS_HELP};
 
 /// One live render, awaited by every scrape that arrived while it ran.
 type SharedRender = tokio::sync::OnceCell<Result<Bytes, String>>;
@@ -95,28 +92,10 @@ pub struct Metrics {
     max_series: usize,
     /// The cap was reached (logged once).
     capped: AtomicBool,
-    series: IntGaugeVec,
-    jobs_active: IntGaugeVec,
-    oldest_pending: GaugeVec,
-    api_requests: IntCounterVec,
-    api_duration: HistogramVec,
-    api_errors: IntCounterVec,
-    polls: IntCounterVec,
-    poll_errors: IntCounterVec,
-    last_success: GaugeVec,
-    tracked_jobs: IntGauge,
-    project_state: IntGaugeVec,
-    poll_lag: prometheus::Histogram,
-    rate_limit_remaining: prometheus::Gauge,
-    rate_limited_seconds: prometheus::Counter,
-    watched: IntGauge,
-    never_polled: IntGauge,
-    paced: IntGaugeVec,
-    stretch: GaugeVec,
-    demand: prometheus::Gauge,
-    discovery_runs: IntCounterVec,
-    project_limit: IntGauge,
     /// Not every GitLab sends `RateLimit-*`; the gauge is shown only once one arrived.
+    api: own::Api,
+    cycles: own::Polls,
+    fleet: own::Fleet,
     rate_limit_seen: AtomicBool,
     /// Unknown statuses shown per project last time, so they can be removed when gone.
     shown_unknown: Mutex<BTreeMap<String, BTreeSet<String>>>,
@@ -151,164 +130,9 @@ impl Metrics {
         labels: &crate::labels::LabelsConfig,
     ) -> Result<Self, MetricsError> {
         let registry = Registry::new();
-        let series = IntGaugeVec::new(
-            Opts::new(
-                "gitlab_jobs_exporter_series",
-                "Series of each job metric family (capped by limits.max_series).",
-            ),
-            &["metric"],
-        )?;
-        let jobs_active = IntGaugeVec::new(
-            Opts::new(
-                "gitlab_ci_jobs_active",
-                "GitLab CI jobs now in each non-final status.",
-            ),
-            &["project", "status"],
-        )?;
-        let oldest_pending = GaugeVec::new(
-            Opts::new(
-                "gitlab_ci_jobs_oldest_pending_timestamp_seconds",
-                "Unix time at which the oldest job now pending started waiting.",
-            ),
-            &["project"],
-        )?;
-        let api_requests = IntCounterVec::new(
-            Opts::new(
-                "gitlab_jobs_exporter_api_requests_total",
-                "HTTP requests sent to the GitLab API, by endpoint and status code (`error` when no response).",
-            ),
-            &["endpoint", "code"],
-        )?;
-        let api_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "gitlab_jobs_exporter_api_request_duration_seconds",
-                "Latency of GitLab API requests.",
-            )
-            .buckets(vec![0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
-            &["endpoint"],
-        )?;
-        let api_errors = IntCounterVec::new(
-            Opts::new(
-                "gitlab_jobs_exporter_api_errors_total",
-                "Failed GitLab API requests and bad responses, by kind.",
-            ),
-            &["kind"],
-        )?;
-        let polls = IntCounterVec::new(
-            Opts::new("gitlab_jobs_exporter_polls_total", POLLS_HELP),
-            &["project"],
-        )?;
-        let poll_errors = IntCounterVec::new(
-            Opts::new("gitlab_jobs_exporter_poll_errors_total", POLL_ERRORS_HELP),
-            &["project"],
-        )?;
-        let last_success = GaugeVec::new(
-            Opts::new(
-                "gitlab_jobs_exporter_last_successful_poll_timestamp_seconds",
-                "Unix time of the last poll cycle that completed, per project.",
-            ),
-            &["project"],
-        )?;
-        let tracked_jobs = IntGauge::new(
-            "gitlab_jobs_exporter_tracked_jobs",
-            "Non-final jobs being followed, over all projects.",
-        )?;
-        let rate_limit_remaining = prometheus::Gauge::new(
-            "gitlab_jobs_exporter_rate_limit_remaining",
-            "Last RateLimit-Remaining header seen from GitLab.",
-        )?;
-        let project_state = IntGaugeVec::new(
-            Opts::new(
-                "gitlab_jobs_exporter_project_state",
-                "1 for the state the last poll of the project ended in (ok, failing, unauthorized, forbidden, not_found), 0 for the others.",
-            ),
-            &["project", "state"],
-        )?;
-        let poll_lag = prometheus::Histogram::with_opts(
-            HistogramOpts::new(
-                "gitlab_jobs_exporter_poll_lag_seconds",
-                "Freshness: from a job's finished_at in GitLab to the exporter counting it (jobs seen completing after the first poll).",
-            )
-            .buckets(vec![1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]),
-        )?;
-        let rate_limited_seconds = prometheus::Counter::new(
-            "gitlab_jobs_exporter_rate_limited_seconds_total",
-            "Time all requests to GitLab were paused because GitLab answered 429.",
-        )?;
-        let watched = IntGauge::new(
-            "gitlab_jobs_exporter_watched_projects",
-            "Projects this replica polls (configured and discovered).",
-        )?;
-        let never_polled = IntGauge::new(
-            "gitlab_jobs_exporter_projects_never_polled",
-            "Watched projects without a successful poll cycle since the exporter started, including those configured by id whose path (their project label) is not known yet.",
-        )?;
-        let paced = IntGaugeVec::new(
-            Opts::new(
-                "gitlab_jobs_exporter_paced_projects",
-                "Projects by activity in their last cycle: busy ones are polled at poll.interval, idle ones back off to poll.max_interval.",
-            ),
-            &["activity"],
-        )?;
-        let stretch = GaugeVec::new(
-            Opts::new(
-                "gitlab_jobs_exporter_poll_interval_stretch_ratio",
-                "How much the request budget stretches poll intervals, by activity (1: every project at its target interval).",
-            ),
-            &["activity"],
-        )?;
-        let demand = prometheus::Gauge::new(
-            "gitlab_jobs_exporter_request_demand_ratio",
-            "Requests all projects need at their target intervals over gitlab.max_requests_per_minute (above 0.9: intervals are stretched).",
-        )?;
-        let discovery_runs = IntCounterVec::new(
-            Opts::new(
-                "gitlab_jobs_exporter_discovery_runs_total",
-                "Project discovery passes, by result (complete, or incomplete: nothing was removed).",
-            ),
-            &["result"],
-        )?;
-        let project_limit = IntGauge::new(
-            "gitlab_jobs_exporter_project_limit_reached",
-            "1 when the last discovery pass found more projects than limits.max_projects (the rest are not watched), else 0.",
-        )?;
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "gitlab_jobs_exporter_build_info",
-                "Build information; the value is always 1.",
-            ),
-            &["version"],
-        )?;
-        if let Some(g) = with(&build_info, &[env!("CARGO_PKG_VERSION")]) {
-            g.set(1);
-        }
-        let collectors: Vec<Box<dyn Collector>> = vec![
-            Box::new(jobs_active.clone()),
-            Box::new(oldest_pending.clone()),
-            Box::new(api_requests.clone()),
-            Box::new(api_duration.clone()),
-            Box::new(api_errors.clone()),
-            Box::new(polls.clone()),
-            Box::new(poll_errors.clone()),
-            Box::new(last_success.clone()),
-            Box::new(tracked_jobs.clone()),
-            Box::new(rate_limited_seconds.clone()),
-            Box::new(project_state.clone()),
-            Box::new(poll_lag.clone()),
-            Box::new(series.clone()),
-            Box::new(watched.clone()),
-            Box::new(never_polled.clone()),
-            Box::new(paced.clone()),
-            Box::new(stretch.clone()),
-            Box::new(demand.clone()),
-            Box::new(discovery_runs.clone()),
-            Box::new(project_limit.clone()),
-            Box::new(build_info),
-            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
-        ];
-        for c in collectors {
-            registry.register(c)?;
-        }
+        let api = own::Api::new(&registry)?;
+        let cycles = own::Polls::new(&registry)?;
+        let fleet = own::Fleet::new(&registry)?;
         let checkpoint_failures = prometheus::IntCounter::new(
             "gitlab_jobs_exporter_checkpoint_failures_total",
             "Checkpoint writes to state.dir that failed; meanwhile /metrics keeps showing the values of the last checkpoint written.",
@@ -327,32 +151,14 @@ impl Metrics {
             last_checkpoint,
             max_series,
             capped: AtomicBool::new(false),
-            series,
             bounds: jobs::Bounds {
                 duration: cfg.duration_buckets.as_slice().to_vec(),
                 queued: cfg.queued_buckets.as_slice().to_vec(),
             },
             layout: jobs::Layout::new(labels),
-            jobs_active,
-            oldest_pending,
-            api_requests,
-            api_duration,
-            api_errors,
-            polls,
-            poll_errors,
-            last_success,
-            tracked_jobs,
-            rate_limit_remaining,
-            rate_limited_seconds,
-            project_state,
-            poll_lag,
-            watched,
-            never_polled,
-            paced,
-            stretch,
-            demand,
-            discovery_runs,
-            project_limit,
+            api,
+            cycles,
+            fleet,
             rate_limit_seen: AtomicBool::new(false),
             shown_unknown: Mutex::new(BTreeMap::new()),
             new_reasons: Mutex::new(BTreeSet::new()),
@@ -448,7 +254,7 @@ impl Metrics {
         oldest_pending: Option<f64>,
     ) {
         for s in JobStatus::NON_FINAL {
-            if let Some(g) = with(&self.jobs_active, &[project, s.as_str()]) {
+            if let Some(g) = with(&self.cycles.jobs_active, &[project, s.as_str()]) {
                 g.set(counts.get(&s).copied().unwrap_or(0) as i64);
             }
         }
@@ -464,7 +270,7 @@ impl Metrics {
             .into_iter()
             .collect();
         for s in &unknown {
-            if let Some(g) = with(&self.jobs_active, &[project, s]) {
+            if let Some(g) = with(&self.cycles.jobs_active, &[project, s]) {
                 g.set(unknown_jobs as i64);
             }
         }
@@ -474,16 +280,19 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = shown.insert(project.to_string(), unknown.clone());
         for gone in before.unwrap_or_default().difference(&unknown) {
-            let _ = self.jobs_active.remove_label_values(&[project, gone]);
+            let _ = self
+                .cycles
+                .jobs_active
+                .remove_label_values(&[project, gone]);
         }
         match oldest_pending {
             Some(t) => {
-                if let Some(g) = with(&self.oldest_pending, &[project]) {
+                if let Some(g) = with(&self.cycles.oldest_pending, &[project]) {
                     g.set(t);
                 }
             }
             None => {
-                let _ = self.oldest_pending.remove_label_values(&[project]);
+                let _ = self.cycles.oldest_pending.remove_label_values(&[project]);
             }
         }
     }
@@ -497,99 +306,99 @@ impl Metrics {
     }
 
     pub fn observe_request(&self, endpoint: &str, code: &str, seconds: f64) {
-        if let Some(c) = with(&self.api_requests, &[endpoint, code]) {
+        if let Some(c) = with(&self.api.api_requests, &[endpoint, code]) {
             c.inc();
         }
-        if let Some(h) = with(&self.api_duration, &[endpoint]) {
+        if let Some(h) = with(&self.api.api_duration, &[endpoint]) {
             h.observe(seconds);
         }
     }
 
     pub fn api_error(&self, kind: &str) {
-        if let Some(c) = with(&self.api_errors, &[kind]) {
+        if let Some(c) = with(&self.api.api_errors, &[kind]) {
             c.inc();
         }
     }
 
     pub fn rate_limit_remaining(&self, remaining: f64) {
-        self.rate_limit_remaining.set(remaining);
+        self.api.rate_limit_remaining.set(remaining);
         self.rate_limit_seen.store(true, Ordering::Relaxed);
     }
 
     pub fn observe_lag(&self, seconds: f64) {
         if seconds.is_finite() {
-            self.poll_lag.observe(seconds.max(0.0));
+            self.cycles.poll_lag.observe(seconds.max(0.0));
         }
     }
 
     pub fn set_project_state(&self, project: &str, state: &str, all: &[&str]) {
         for s in all {
-            if let Some(g) = with(&self.project_state, &[project, s]) {
+            if let Some(g) = with(&self.cycles.project_state, &[project, s]) {
                 g.set(i64::from(*s == state));
             }
         }
     }
 
     pub fn rate_limited(&self, seconds: f64) {
-        self.rate_limited_seconds.inc_by(seconds.max(0.0));
+        self.api.rate_limited_seconds.inc_by(seconds.max(0.0));
     }
 
     pub fn poll_started(&self, project: &str) {
-        if let Some(c) = with(&self.polls, &[project]) {
+        if let Some(c) = with(&self.cycles.polls, &[project]) {
             c.inc();
         }
         // Make the error series exist from the start, so rate() sees the first error.
-        let _ = with(&self.poll_errors, &[project]);
+        let _ = with(&self.cycles.poll_errors, &[project]);
     }
 
     pub fn poll_finished(&self, project: &str, ok: bool, now_unix: f64) {
         if ok {
-            if let Some(g) = with(&self.last_success, &[project]) {
+            if let Some(g) = with(&self.cycles.last_success, &[project]) {
                 g.set(now_unix);
             }
-        } else if let Some(c) = with(&self.poll_errors, &[project]) {
+        } else if let Some(c) = with(&self.cycles.poll_errors, &[project]) {
             c.inc();
         }
     }
 
     pub fn set_watched(&self, projects: usize) {
-        self.watched.set(projects as i64);
+        self.fleet.watched.set(projects as i64);
     }
 
     pub fn set_never_polled(&self, projects: usize) {
-        self.never_polled.set(projects as i64);
+        self.fleet.never_polled.set(projects as i64);
     }
 
     /// Removes a project's poll counters and state (shown under its configured path before
     /// its lookup showed it to be another shard's).
     pub fn forget_polls(&self, project: &str, states: &[&str]) {
-        let _ = self.polls.remove_label_values(&[project]);
-        let _ = self.poll_errors.remove_label_values(&[project]);
+        let _ = self.cycles.polls.remove_label_values(&[project]);
+        let _ = self.cycles.poll_errors.remove_label_values(&[project]);
         self.remove_project_gauges(project, states);
     }
 
     /// `(activity, projects, stretch)` per activity, and demand over budget.
     pub fn set_pace(&self, by_activity: &[(&str, usize, f64)], demand_ratio: f64) {
         for (activity, projects, stretch) in by_activity {
-            if let Some(g) = with(&self.paced, &[activity]) {
+            if let Some(g) = with(&self.fleet.paced, &[activity]) {
                 g.set(*projects as i64);
             }
-            if let Some(g) = with(&self.stretch, &[activity]) {
+            if let Some(g) = with(&self.fleet.stretch, &[activity]) {
                 g.set(*stretch);
             }
         }
-        self.demand.set(demand_ratio);
+        self.fleet.demand.set(demand_ratio);
     }
 
     pub fn discovery_ran(&self, complete: bool) {
         let result = if complete { "complete" } else { "incomplete" };
-        if let Some(c) = with(&self.discovery_runs, &[result]) {
+        if let Some(c) = with(&self.fleet.discovery_runs, &[result]) {
             c.inc();
         }
     }
 
     pub fn set_project_limit_reached(&self, reached: bool) {
-        self.project_limit.set(i64::from(reached));
+        self.fleet.project_limit.set(i64::from(reached));
     }
 
     /// Moves a project's series to its new path (renamed or transferred in GitLab): the job
@@ -629,9 +438,13 @@ impl Metrics {
         // The live own counters restart under the new label; their totals so far become its
         // carried base, so nothing goes down.
         for (vec, name, help) in [
-            (&self.polls, "gitlab_jobs_exporter_polls_total", POLLS_HELP),
             (
-                &self.poll_errors,
+                &self.cycles.polls,
+                "gitlab_jobs_exporter_polls_total",
+                POLLS_HELP,
+            ),
+            (
+                &self.cycles.poll_errors,
                 "gitlab_jobs_exporter_poll_errors_total",
                 POLL_ERRORS_HELP,
             ),
@@ -649,8 +462,8 @@ impl Metrics {
             }
         }
         self.remove_project_gauges(old, states);
-        let _ = self.polls.remove_label_values(&[old]);
-        let _ = self.poll_errors.remove_label_values(&[old]);
+        let _ = self.cycles.polls.remove_label_values(&[old]);
+        let _ = self.cycles.poll_errors.remove_label_values(&[old]);
         true
     }
 
@@ -663,12 +476,12 @@ impl Metrics {
             statuses.extend(unknown);
         }
         for s in &statuses {
-            let _ = self.jobs_active.remove_label_values(&[project, s]);
+            let _ = self.cycles.jobs_active.remove_label_values(&[project, s]);
         }
-        let _ = self.oldest_pending.remove_label_values(&[project]);
-        let _ = self.last_success.remove_label_values(&[project]);
+        let _ = self.cycles.oldest_pending.remove_label_values(&[project]);
+        let _ = self.cycles.last_success.remove_label_values(&[project]);
         for s in states {
-            let _ = self.project_state.remove_label_values(&[project, s]);
+            let _ = self.cycles.project_state.remove_label_values(&[project, s]);
         }
     }
 
@@ -677,8 +490,8 @@ impl Metrics {
     pub fn remove_project(&self, project: &str, states: &[&str]) {
         self.lock_jobs().remove(project);
         self.remove_project_gauges(project, states);
-        let _ = self.polls.remove_label_values(&[project]);
-        let _ = self.poll_errors.remove_label_values(&[project]);
+        let _ = self.cycles.polls.remove_label_values(&[project]);
+        let _ = self.cycles.poll_errors.remove_label_values(&[project]);
         for family in lock(&self.base).values_mut() {
             family
                 .series
@@ -687,7 +500,7 @@ impl Metrics {
     }
 
     pub fn add_tracked_jobs(&self, delta: i64) {
-        self.tracked_jobs.add(delta);
+        self.cycles.tracked_jobs.add(delta);
     }
 
     /// The exporter's own families, live values plus the carried base.
@@ -697,14 +510,14 @@ impl Metrics {
             .iter()
             .zip(used)
         {
-            if let Some(g) = with(&self.series, &[name]) {
+            if let Some(g) = with(&self.fleet.series, &[name]) {
                 g.set(n as i64);
             }
         }
         let mut families = self.registry.gather();
         // Registered lazily: the gauge appears once GitLab has sent the header at least once.
         if self.rate_limit_seen.load(Ordering::Relaxed) {
-            families.extend(self.rate_limit_remaining.collect());
+            families.extend(self.api.rate_limit_remaining.collect());
         }
         carry::add_base(&mut families, &lock(&self.base));
         families
