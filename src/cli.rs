@@ -3,7 +3,6 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
@@ -11,11 +10,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::app::App;
 use crate::config::{Config, ConfigError, Settings};
 use crate::gitlab::RetryPolicy;
-use crate::metrics::Metrics;
-use crate::scheduler::Scheduler;
-use crate::server::{self, AppState};
+use crate::server;
 
 /// Where `--demo` listens unless told otherwise: loopback only, the simulator is no real GitLab.
 pub const DEMO_LISTEN: &str = "127.0.0.1:39129";
@@ -222,42 +220,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new(
-        &cfg.metrics,
-        cfg.limits.max_series,
-        &cfg.labels,
-    )?);
-    let scheduler = Scheduler::new(&cfg, metrics.clone(), RetryPolicy::default())?;
-    if let Some(dir) = &cfg.state_dir {
-        // Restore before serving: /metrics never shows a counter lower than before the restart.
-        crate::state::prepare(dir)?;
-        if let Some(cp) = crate::state::load(dir, cfg.gitlab.url.as_str()) {
-            scheduler.restore(cp).await;
-        }
-        scheduler
-            .write_checkpoint()
-            .await
-            .context("cannot write the first checkpoint")?;
-    }
-    let state = AppState {
-        metrics,
-        readiness: scheduler.readiness(),
-        health: scheduler.health(),
-    };
+    let app = App::new(&cfg, RetryPolicy::default())?;
+    app.restore(&cfg).await?;
     info!(listen = %listener.local_addr()?, gitlab = %cfg.gitlab.url, "serving /metrics");
-    let stop = shutdown.clone();
-    let http = tokio::spawn(server::serve_with(
-        listener,
-        state,
-        server::Limits::from_config(&cfg.server),
-        async move { stop.cancelled().await },
-    ));
-    scheduler.run(shutdown.clone()).await;
-    match http.await {
-        Ok(r) => r.context("HTTP server failed")?,
-        Err(e) => anyhow::bail!("HTTP server task failed: {e}"),
-    }
-    info!("stopped");
+    app.run(listener, shutdown).await?;
     Ok(())
 }
 

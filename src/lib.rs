@@ -26,6 +26,7 @@
 //!
 //! The in-process GitLab used by tests, benchmarks and `--demo` is its own crate, `gitlab-sim`.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod discovery;
@@ -34,7 +35,6 @@ pub mod health;
 pub mod labels;
 pub mod metrics;
 pub mod model;
-mod observe;
 pub mod pacing;
 pub mod poll;
 pub mod project_state;

@@ -6,12 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gitlab_jobs_exporter::app::App;
 use gitlab_jobs_exporter::config::{Config, ProjectRef, Settings};
 use gitlab_jobs_exporter::gitlab::RetryPolicy;
-use gitlab_jobs_exporter::metrics::Metrics;
 use gitlab_jobs_exporter::poll::CycleStats;
 use gitlab_jobs_exporter::scheduler::Scheduler;
-use gitlab_jobs_exporter::server::{self, AppState};
 use gitlab_sim::{GroundTruth, Ms, SimClock, SimHandle, Simulator, World};
 use tokio_util::sync::CancellationToken;
 
@@ -163,24 +162,15 @@ impl Harness {
     }
 
     pub async fn start_exporter(sim: Simulator, sim_handle: SimHandle, cfg: Settings) -> Self {
-        let metrics = Arc::new(
-            Metrics::new(&cfg.metrics, cfg.limits.max_series, &cfg.labels).expect("metrics"),
-        );
-        let scheduler = Scheduler::new(&cfg, metrics.clone(), fast_retry()).expect("scheduler");
+        let app = App::new(&cfg, fast_retry()).expect("exporter parts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
-        let state = AppState {
-            metrics,
-            readiness: scheduler.readiness(),
-            health: scheduler.health(),
-        };
         let s = stop.clone();
-        tokio::spawn(server::serve(listener, state, async move {
-            s.cancelled().await
-        }));
+        app.spawn_http(listener, async move { s.cancelled().await });
+        let scheduler = app.scheduler;
         Self {
             base_url: sim_handle.base_url.clone(),
             sim,
