@@ -120,6 +120,11 @@ impl Registry {
         self.configured_ids.contains(&id) || self.configured_paths.contains(&path.to_lowercase())
     }
 
+    /// Configured projects' paths, lower-cased.
+    pub fn configured_paths(&self) -> &HashSet<String> {
+        &self.configured_paths
+    }
+
     /// Its task stopped (404, another shard's): a later pass listing it tries again.
     pub fn mark_ended(&mut self, id: ProjectId) {
         if let Some(Entry {
