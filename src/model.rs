@@ -11,6 +11,11 @@ pub mod text;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 
+/// A project's numeric id: the one key of a project once known (its path is data, it changes
+/// on a rename or transfer). An alias for now, not a newtype: discovery, shards, the
+/// checkpoint and the client all carry it as `u64`, and a newtype would ripple through them.
+pub type ProjectId = u64;
+
 /// A job status. GitLab grows this list over versions, so unknown values are kept verbatim and
 /// treated as non-final (followed until they turn into a known final status).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

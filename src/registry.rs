@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::discovery::{Found, Pass};
+use crate::model::ProjectId;
 
 /// A discovered project as the registry knows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,9 +34,9 @@ pub enum EntryState {
 /// The discovered projects, by id, and what discovery must leave alone.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
-    entries: BTreeMap<u64, Entry>,
+    entries: BTreeMap<ProjectId, Entry>,
     /// Configured projects' ids and lower-cased paths: left to their configuration entries.
-    configured_ids: HashSet<u64>,
+    configured_ids: HashSet<ProjectId>,
     configured_paths: HashSet<String>,
     /// (this replica's shard, shard count).
     shard: (u32, u32),
@@ -49,17 +50,20 @@ pub struct Changes {
     /// Never seen before: watched from the backfill window.
     pub added: Vec<Found>,
     /// Retired, listed again: polling resumes where it stopped (see `renamed` for its path).
-    pub revived: Vec<u64>,
+    pub revived: Vec<ProjectId>,
     /// Live but ended (its jobs answered 404), listed again: tried again.
-    pub restarted: Vec<u64>,
+    pub restarted: Vec<ProjectId>,
     /// Listed under another path than before (renamed or transferred; revived ones included).
-    pub renamed: Vec<(u64, String)>,
+    pub renamed: Vec<(ProjectId, String)>,
     /// Live, no longer listed by a source that answered: stopped, series kept.
-    pub retired: Vec<u64>,
+    pub retired: Vec<ProjectId>,
     /// Retired for the grace period: forgotten.
-    pub expired: Vec<u64>,
+    pub expired: Vec<ProjectId>,
     /// The sources that listed each listed, watched project this pass.
-    pub sources: Vec<(u64, BTreeSet<usize>)>,
+    pub sources: Vec<(ProjectId, BTreeSet<usize>)>,
+    /// How many listed projects are this replica's to watch (configured ones and other
+    /// shards' left out).
+    pub listed: usize,
 }
 
 impl Changes {
@@ -75,7 +79,7 @@ impl Changes {
 
 impl Registry {
     pub fn new(
-        configured_ids: HashSet<u64>,
+        configured_ids: HashSet<ProjectId>,
         configured_paths: impl IntoIterator<Item = String>,
         shard: (u32, u32),
         grace: f64,
@@ -92,21 +96,37 @@ impl Registry {
         }
     }
 
-    pub fn get(&self, id: u64) -> Option<&Entry> {
+    pub fn get(&self, id: ProjectId) -> Option<&Entry> {
         self.entries.get(&id)
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = (u64, &Entry)> {
+    pub fn entries(&self) -> impl Iterator<Item = (ProjectId, &Entry)> {
         self.entries.iter().map(|(id, e)| (*id, e))
     }
 
     /// A project restored from a checkpoint (or known otherwise) enters as it was.
-    pub fn insert(&mut self, id: u64, entry: Entry) {
+    pub fn insert(&mut self, id: ProjectId, entry: Entry) {
         self.entries.insert(id, entry);
     }
 
+    /// A configured project's id, learnt at its first lookup: discovery leaves it alone from
+    /// now on (a discovered entry under that id is retired by the next complete pass).
+    pub fn add_configured_id(&mut self, id: ProjectId) {
+        self.configured_ids.insert(id);
+    }
+
+    /// Whether a project (id and path) is a configured one's, which discovery leaves alone.
+    pub fn is_configured(&self, id: ProjectId, path: &str) -> bool {
+        self.configured_ids.contains(&id) || self.configured_paths.contains(&path.to_lowercase())
+    }
+
+    /// Configured projects' paths, lower-cased.
+    pub fn configured_paths(&self) -> &HashSet<String> {
+        &self.configured_paths
+    }
+
     /// Its task stopped (404, another shard's): a later pass listing it tries again.
-    pub fn mark_ended(&mut self, id: u64) {
+    pub fn mark_ended(&mut self, id: ProjectId) {
         if let Some(Entry {
             state: EntryState::Live { ended },
             ..
@@ -155,8 +175,7 @@ impl Registry {
 
     /// Whether discovery watches this listed project here (not configured, this shard's).
     fn mine(&self, found: &Found) -> bool {
-        !self.configured_ids.contains(&found.id)
-            && !self.configured_paths.contains(&found.path.to_lowercase())
+        !self.is_configured(found.id, &found.path)
             && crate::shard::owner(found.id, self.shard.1) == self.shard.0
     }
 }
@@ -165,15 +184,19 @@ impl Registry {
 ///
 /// A project no longer listed is retired only when every source that listed it answered (all
 /// of them, when that is not known): a GitLab hiccup or one broken `[[groups]]` entry never
-/// drops a project. A retired project is forgotten after the grace period.
+/// drops a project. A retired project is forgotten after the grace period (in the same pass,
+/// when there is none: its series go at once).
 pub fn reconcile(current: &Registry, pass: &Pass, now: f64) -> Changes {
-    let listed: BTreeMap<u64, &Found> = pass
+    let listed: BTreeMap<ProjectId, &Found> = pass
         .projects
         .iter()
         .filter(|(_, f)| current.mine(f))
         .map(|(id, f)| (*id, f))
         .collect();
-    let mut changes = Changes::default();
+    let mut changes = Changes {
+        listed: listed.len(),
+        ..Changes::default()
+    };
     for (id, found) in &listed {
         match current.entries.get(id) {
             None => changes.added.push((*found).clone()),
@@ -200,6 +223,10 @@ pub fn reconcile(current: &Registry, pass: &Pass, now: f64) -> Changes {
                         && entry.sources.iter().all(|s| !pass.failed.contains(s)));
                 if answered {
                     changes.retired.push(*id);
+                    // `now - now`: no grace period at all.
+                    if current.grace <= 0.0 {
+                        changes.expired.push(*id);
+                    }
                 }
             }
             EntryState::Retired { since }
@@ -292,6 +319,36 @@ mod tests {
         assert!(step(&mut r, &pass(&[], &[]), 100.0 + GRACE - 1.0).is_empty());
         assert_eq!(step(&mut r, &pass(&[], &[]), 100.0 + GRACE).expired, [1]);
         assert!(r.get(1).is_none());
+    }
+
+    #[test]
+    fn without_a_grace_period_a_retired_project_is_forgotten_in_the_same_pass() {
+        let mut r = Registry::new(HashSet::new(), [], (0, 1), 0.0);
+        step(&mut r, &pass(&[found(1, "g/a", &[0])], &[]), 0.0);
+        let c = step(&mut r, &pass(&[], &[]), 10.0);
+        assert_eq!(
+            (c.retired.as_slice(), c.expired.as_slice()),
+            (&[1][..], &[1][..])
+        );
+        assert!(r.get(1).is_none());
+    }
+
+    #[test]
+    fn listed_counts_only_this_replicas_projects() {
+        let mut r = registry();
+        let p = pass(
+            &[
+                found(1, "g/a", &[0]),
+                found(7, "g/b", &[0]),
+                found(8, "conf/igured", &[0]),
+            ],
+            &[],
+        );
+        assert_eq!(step(&mut r, &p, 0.0).listed, 1);
+        // A configured project's id learnt later: its discovered entry retires.
+        r.add_configured_id(1);
+        let c = step(&mut r, &p, 10.0);
+        assert_eq!((c.listed, c.retired.as_slice()), (0, &[1][..]));
     }
 
     #[test]
