@@ -576,11 +576,7 @@ impl<'a> Cycle<'a> {
         };
         let mut server_now = None;
         let api_id = self.api_id.clone();
-        let list = JobList {
-            client: self.client,
-            project: &api_id,
-            scopes: &[],
-        };
+        let list = JobList::all(self.client, &api_id);
         let mut pager = Pager::new(list, max_pages);
         loop {
             let page = match next_page(&mut pager, self.metrics).await? {
@@ -825,11 +821,7 @@ impl<'a> Cycle<'a> {
     /// Reads one gap on with the pages of `budget` left.
     async fn read_gap(&mut self, gap: &mut Gap, budget: &mut usize) -> Result<GapEnd, PollError> {
         let api_id = self.api_id.clone();
-        let list = JobList {
-            client: self.client,
-            project: &api_id,
-            scopes: &[],
-        };
+        let list = JobList::all(self.client, &api_id);
         let mut pager = Pager::resume(list, gap.next.clone(), *budget);
         let end = self.read_gap_pages(gap, &mut pager).await;
         *budget = budget.saturating_sub(pager.pages());
@@ -1095,11 +1087,7 @@ impl<'a> Cycle<'a> {
         reread: &mut Reread,
     ) -> Result<(), PollError> {
         let api_id = self.api_id.clone();
-        let list = JobList {
-            client: self.client,
-            project: &api_id,
-            scopes: &[],
-        };
+        let list = JobList::all(self.client, &api_id);
         let mut pager = Pager::resume(list, reread.next.clone(), max_pages);
         while reread.reached.is_none_or(|r| r > down_to) && reread.next.is_some() {
             let mut page = match pager.next().await {
@@ -1107,7 +1095,8 @@ impl<'a> Cycle<'a> {
                 // The cap: the next call goes on from `reread.next`. An unusable `Link` has
                 // left `reread.next` empty: the other ways serve the rest.
                 Ok(None) | Err(PageError::Capped { .. } | PageError::Link(_)) => break,
-                // Counted as a page that does not go down is (see below).
+                // A link back to a page read on this call: counted as a page that does not
+                // go down is (below), and reading on ends, without asking for it again.
                 Err(PageError::Loop) => {
                     self.metrics.api_error("pagination_loop");
                     reread.next = None;
