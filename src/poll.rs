@@ -25,9 +25,8 @@ use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
 use crate::config::ProjectRef;
-use crate::gitlab::{
-    ApiError, GitlabClient, JobStatus, JobsPage, PageRequest, PipelineJobsRequest,
-};
+use crate::gitlab::pager::{JobList, PageError, PageSource, Pager, PipelineJobList};
+use crate::gitlab::{ApiError, GitlabClient, JobStatus, JobsPage};
 use crate::labels::LabelsConfig;
 use crate::metrics::Metrics;
 use crate::project_state::{Fed, Project, is_waiting};
@@ -575,18 +574,25 @@ impl<'a> Cycle<'a> {
             capped: None,
             below: None,
         };
-        let mut visited = HashSet::new();
-        let mut next: Option<String> = None;
         let mut server_now = None;
+        let api_id = self.api_id.clone();
+        let list = JobList::all(self.client, &api_id);
+        let mut pager = Pager::new(list, max_pages);
         loop {
-            let req = match &next {
-                None => PageRequest::First {
-                    project: &self.api_id,
-                    scopes: &[],
-                },
-                Some(rel) => PageRequest::Next(rel),
+            let page = match next_page(&mut pager, self.metrics).await? {
+                Step::Page(page) => page,
+                Step::End => break,
+                Step::Capped(resume) => {
+                    if first_cycle {
+                        // The backfill window is a best effort by design: older is history.
+                        warn!(project = %self.label, pages = self.stats.pages, "page limit reached on the first cycle; older jobs are left out");
+                        self.metrics.api_error("page_limit");
+                    } else {
+                        top.capped = resume;
+                    }
+                    break;
+                }
             };
-            let mut page = self.client.jobs_page(req).await?;
             self.stats.requests += 1;
             self.stats.pages += 1;
             check_page(&page, self.lowest, &self.label, self.metrics)?;
@@ -606,23 +612,11 @@ impl<'a> Cycle<'a> {
                 self.highest = Some(self.highest.map_or(j.id, |h| h.max(j.id)));
             }
             top.below = page.next().ok().flatten().map(str::to_string);
-            // An unusable `Link` fails the cycle only when the page after is needed.
-            let wanted = if wants_more { page.take_next()? } else { None };
-            let Some(n) = wanted else { break };
-            if self.stats.pages >= max_pages {
-                if first_cycle {
-                    // The backfill window is a best effort by design: older is history.
-                    warn!(project = %self.label, pages = self.stats.pages, "page limit reached on the first cycle; older jobs are left out");
-                    self.metrics.api_error("page_limit");
-                } else {
-                    top.capped = Some(n);
-                }
+            // Going on checks the `Link` (an unusable one fails the cycle only when the page
+            // after is needed), the page cap, and links that lead back.
+            if !wants_more {
                 break;
             }
-            if !visited.insert(n.clone()) {
-                return Err(link_loop(self.metrics));
-            }
-            next = Some(n);
         }
         self.server_now = server_now.unwrap_or_else(Project::local_now);
         Ok(top)
@@ -826,41 +820,55 @@ impl<'a> Cycle<'a> {
 
     /// Reads one gap on with the pages of `budget` left.
     async fn read_gap(&mut self, gap: &mut Gap, budget: &mut usize) -> Result<GapEnd, PollError> {
-        let mut visited = HashSet::new();
+        let api_id = self.api_id.clone();
+        let list = JobList::all(self.client, &api_id);
+        let mut pager = Pager::resume(list, gap.next.clone(), *budget);
+        let end = self.read_gap_pages(gap, &mut pager).await;
+        *budget = budget.saturating_sub(pager.pages());
+        end
+    }
+
+    /// [`Cycle::read_gap`]'s pages, from `pager` (which starts at the gap's cursor).
+    async fn read_gap_pages<S: PageSource<Page = JobsPage>>(
+        &mut self,
+        gap: &mut Gap,
+        pager: &mut Pager<S>,
+    ) -> Result<GapEnd, PollError> {
         let mut prev_min: Option<u64> = None;
         loop {
-            if *budget == 0 {
-                return Ok(GapEnd::Open);
-            }
-            let req = match &gap.next {
-                Some(rel) => PageRequest::Next(rel),
-                None => PageRequest::First {
-                    project: &self.api_id,
-                    scopes: &[],
-                },
-            };
-            let mut page = match self.client.jobs_page(req).await {
-                Ok(page) => page,
+            let mut page = match pager.next().await {
+                Ok(Some(page)) => page,
+                Ok(None) => return Ok(GapEnd::Closed),
+                Err(PageError::Capped { resume, .. }) => {
+                    gap.next = resume;
+                    return Ok(GapEnd::Open);
+                }
+                Err(PageError::Loop) => return Ok(GapEnd::Abandoned),
+                // An unusable `Link` on a page inside the gap: like a refused cursor.
+                Err(PageError::Link(e)) => {
+                    warn!(project = %self.label, error = %e, "unusable link while catching up; reading down from the top instead");
+                    self.metrics.api_error("catch_up_cursor");
+                    pager.restart();
+                    prev_min = None;
+                    continue;
+                }
                 // A cursor this GitLab no longer takes (an upgrade since the checkpoint, a
                 // proxy, a tampered file): read from the top instead, pages above the gap
                 // cost but stay harmless.
-                Err(e) if gap.next.is_some() && cursor_refused(&e) => {
+                Err(PageError::Api(e)) if pager.cursor().is_some() && cursor_refused(&e) => {
                     self.stats.requests += 1;
                     warn!(project = %self.label, error = %e, "GitLab refused the catch-up cursor; reading down from the top instead");
                     self.metrics.api_error("catch_up_cursor");
-                    gap.next = None;
                     // The top page is above the ones read so far: no loop.
+                    pager.restart();
                     prev_min = None;
-                    visited.clear();
-                    *budget -= 1;
                     continue;
                 }
-                Err(e) => return Err(PollError::CatchUp(e)),
+                Err(PageError::Api(e)) => return Err(PollError::CatchUp(e)),
             };
             self.stats.requests += 1;
             self.stats.pages += 1;
             self.stats.catch_up_pages += 1;
-            *budget -= 1;
             gap.pages += 1;
             if check_page(&page, prev_min, &self.label, self.metrics).is_err() {
                 return Ok(GapEnd::Abandoned);
@@ -877,23 +885,6 @@ impl<'a> Cycle<'a> {
             if min <= gap.bottom.saturating_add(1) {
                 return Ok(GapEnd::Closed);
             }
-            // An unusable `Link` on a page inside the gap: like a refused cursor.
-            match page.take_next() {
-                Ok(None) => return Ok(GapEnd::Closed),
-                Ok(Some(n)) => {
-                    if !visited.insert(n.clone()) {
-                        return Ok(GapEnd::Abandoned);
-                    }
-                    gap.next = Some(n);
-                }
-                Err(e) => {
-                    warn!(project = %self.label, error = %e, "unusable link while catching up; reading down from the top instead");
-                    self.metrics.api_error("catch_up_cursor");
-                    gap.next = None;
-                    prev_min = None;
-                    visited.clear();
-                }
-            }
         }
     }
 
@@ -901,27 +892,51 @@ impl<'a> Cycle<'a> {
     /// read) and at most `highest` (newer ones are next cycle's). Returns the ids listed.
     async fn list(&mut self, listing: Listing) -> Result<HashSet<u64>, PollError> {
         let mut seen = HashSet::new();
-        let mut visited = HashSet::new();
-        let mut next: Option<String> = None;
         let mut listed_min: Option<u64> = None;
+        let api_id = self.api_id.clone();
+        // The cap counts every scoped page of the cycle; the first page is always read.
+        let budget = MAX_LISTING_PAGES
+            .saturating_sub(self.stats.scoped_pages)
+            .max(1);
+        let mut legacy = self.lock().legacy_scopes;
+        let mut scopes = listing.scopes(legacy);
+        let mut pager = Pager::new(
+            JobList {
+                client: self.client,
+                project: &api_id,
+                scopes: &scopes,
+            },
+            budget,
+        );
         loop {
-            let legacy = self.lock().legacy_scopes;
-            let scopes = listing.scopes(legacy);
-            let req = match &next {
-                None => PageRequest::First {
-                    project: &self.api_id,
-                    scopes: &scopes,
-                },
-                Some(rel) => PageRequest::Next(rel),
-            };
-            let mut page = match self.client.jobs_page(req).await {
-                Err(ApiError::Status { status: 400, .. }) if next.is_none() && !legacy => {
+            let mut page = match next_page(&mut pager, self.metrics).await {
+                Ok(Step::Page(page)) => page,
+                Ok(Step::End) => return Ok(seen),
+                Ok(Step::Capped(_)) => {
+                    warn!(project = %self.label, pages = self.stats.scoped_pages, "listing too long; the rest waits for the next cycle");
+                    self.metrics.api_error("page_limit");
+                    return Ok(seen);
+                }
+                Err(PollError::Api(ApiError::Status { status: 400, .. }))
+                    if pager.cursor().is_none() && !legacy =>
+                {
                     self.stats.requests += 1;
                     warn!(project = %self.label, "GitLab rejected the newer statuses in scope[]; using the older list");
                     self.lock().legacy_scopes = true;
+                    legacy = true;
+                    // A new listing: the refused request does not count against its cap.
+                    scopes = listing.scopes(legacy);
+                    pager = Pager::new(
+                        JobList {
+                            client: self.client,
+                            project: &api_id,
+                            scopes: &scopes,
+                        },
+                        budget,
+                    );
                     continue;
                 }
-                r => r?,
+                Err(e) => return Err(e),
             };
             self.stats.requests += 1;
             self.stats.scoped_pages += 1;
@@ -929,20 +944,6 @@ impl<'a> Cycle<'a> {
             listed_min = page.jobs.iter().map(|j| j.id).min().or(listed_min);
             seen.extend(page.jobs.iter().map(|j| j.id));
             self.feed_window(&mut page);
-            match page.take_next()? {
-                Some(_) if self.stats.scoped_pages >= MAX_LISTING_PAGES => {
-                    warn!(project = %self.label, pages = self.stats.scoped_pages, "listing too long; the rest waits for the next cycle");
-                    self.metrics.api_error("page_limit");
-                    return Ok(seen);
-                }
-                Some(n) => {
-                    if !visited.insert(n.clone()) {
-                        return Err(link_loop(self.metrics));
-                    }
-                    next = Some(n);
-                }
-                None => return Ok(seen),
-            }
         }
     }
 
@@ -1085,14 +1086,25 @@ impl<'a> Cycle<'a> {
         seen: &mut HashSet<u64>,
         reread: &mut Reread,
     ) -> Result<(), PollError> {
-        for _ in 0..max_pages {
-            if reread.reached.is_some_and(|r| r <= down_to) {
-                break;
-            }
-            let Some(next) = reread.next.take() else {
-                break;
+        let api_id = self.api_id.clone();
+        let list = JobList::all(self.client, &api_id);
+        let mut pager = Pager::resume(list, reread.next.clone(), max_pages);
+        while reread.reached.is_none_or(|r| r > down_to) && reread.next.is_some() {
+            let mut page = match pager.next().await {
+                Ok(Some(page)) => page,
+                // The cap: the next call goes on from `reread.next`. An unusable `Link` has
+                // left `reread.next` empty: the other ways serve the rest.
+                Ok(None) | Err(PageError::Capped { .. } | PageError::Link(_)) => break,
+                // A link back to a page read on this call: counted as a page that does not
+                // go down is (below), and reading on ends, without asking for it again.
+                Err(PageError::Loop) => {
+                    self.metrics.api_error("pagination_loop");
+                    reread.next = None;
+                    break;
+                }
+                Err(PageError::Api(e)) => return Err(e.into()),
             };
-            let mut page = self.client.jobs_page(PageRequest::Next(&next)).await?;
+            reread.next = None;
             self.stats.requests += 1;
             self.stats.reread_pages += 1;
             if check_page(&page, reread.reached, &self.label, self.metrics).is_err() {
@@ -1105,7 +1117,7 @@ impl<'a> Cycle<'a> {
             };
             reread.reached = Some(min);
             // An unusable `Link` ends reading on: the other ways serve the rest.
-            reread.next = page.take_next().ok().flatten();
+            reread.next = page.next().ok().flatten().map(str::to_string);
             seen.extend(page.jobs.iter().map(|j| j.id));
             self.feed_window(&mut page);
         }
@@ -1124,40 +1136,36 @@ impl<'a> Cycle<'a> {
         seen: &mut HashSet<u64>,
     ) -> Result<Vec<u64>, PollError> {
         let mut missing: BTreeSet<u64> = wanted.iter().copied().collect();
-        let mut visited = HashSet::new();
-        let mut next: Option<String> = None;
-        let mut pages = 0;
+        let api_id = self.api_id.clone();
+        let list = PipelineJobList {
+            client: self.client,
+            project: &api_id,
+            pipeline,
+        };
+        // Never more pages than jobs wanted: at worst about twice the single fetches.
+        let mut pager = Pager::new(list, wanted.len());
         loop {
-            let req = match &next {
-                None => PipelineJobsRequest::First {
-                    project: &self.api_id,
-                    pipeline,
-                },
-                Some(rel) => PipelineJobsRequest::Next(rel),
+            let mut page = match next_page(&mut pager, self.metrics).await? {
+                Step::Page(page) => page,
+                Step::End | Step::Capped(_) => break,
             };
-            let mut page = self.client.pipeline_jobs_page(req).await?;
             self.stats.requests += 1;
             self.stats.pipeline_pages += 1;
             // Offset pages may overlap (a job created between two requests shifts the rest down
             // by one): harmless, as observing a job twice is, so only the page itself is checked.
             check_page(&page, None, &self.label, self.metrics)?;
-            pages += 1;
             self.feed_window(&mut page);
             for j in &page.jobs {
                 missing.remove(&j.id);
                 seen.insert(j.id);
             }
-            match page.take_next()? {
-                // Never more pages than jobs wanted: at worst about twice the single fetches.
-                Some(n) if missing.len() >= 2 && pages < wanted.len() => {
-                    if !visited.insert(n.clone()) {
-                        return Err(link_loop(self.metrics));
-                    }
-                    next = Some(n);
-                }
-                _ => return Ok(missing.into_iter().collect()),
+            // An unusable `Link` fails the read even when no more pages are wanted.
+            page.next()?;
+            if missing.len() < 2 {
+                break;
             }
         }
+        Ok(missing.into_iter().collect())
     }
 
     /// Fetches followed jobs one by one (at most `MAX_SINGLE_FETCHES`, oldest first). Returns
@@ -1293,6 +1301,31 @@ fn check_page(
         return Err(PollError::PaginationLoop);
     }
     Ok(())
+}
+
+/// Where a listing stands after asking its pager for a page (see [`next_page`]).
+enum Step<P> {
+    Page(P),
+    /// The last page was read.
+    End,
+    /// The page cap was reached with more to read: where to resume.
+    Capped(Option<String>),
+}
+
+/// The next page from `pager`, for a caller that stops at the last page or at the cap and
+/// fails on anything else: a failed request or an unusable `Link` as it is, a `Link` leading
+/// back to a page already read counted as a pagination loop.
+async fn next_page<S: PageSource>(
+    pager: &mut Pager<S>,
+    metrics: &Metrics,
+) -> Result<Step<S::Page>, PollError> {
+    match pager.next().await {
+        Ok(Some(page)) => Ok(Step::Page(page)),
+        Ok(None) => Ok(Step::End),
+        Err(PageError::Capped { resume, .. }) => Ok(Step::Capped(resume)),
+        Err(PageError::Api(e) | PageError::Link(e)) => Err(PollError::Api(e)),
+        Err(PageError::Loop) => Err(link_loop(metrics)),
+    }
 }
 
 /// A `Link` that leads back to a page already read this listing: counted, and the cycle ends.

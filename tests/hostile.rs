@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{Harness, assert_matches_truth, by_path};
 use gitlab_jobs_exporter::config::{Config, GroupRef};
-use gitlab_sim::{Hostile, Ms, ProjectSpec, World, WorldSpec};
+use gitlab_sim::{Endpoint, Hostile, Ms, ProjectSpec, World, WorldSpec};
 
 const T0: Ms = 1_790_000_000_000;
 const HOUR: Ms = 3_600_000;
@@ -175,6 +175,47 @@ async fn an_unusable_link_on_a_full_page_fails_only_a_cycle_that_needs_the_next_
         errors(&scrape, "link")
     );
     assert_eq!(failed(&scrape), failed_before, "no cycle failed");
+    assert_matches_truth(&scrape, &h.truth());
+    h.stop().await;
+}
+
+/// A GitLab older than 17.0 answers 400 to the newer statuses in `scope[]`: the first listing
+/// asks again with the older list (within the same cycle, the refusal not counted against the
+/// listing's pages), and the project keeps to it from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gitlab_before_17_is_listed_with_the_older_statuses() {
+    let mut h = Harness::start(
+        world(),
+        T0 + 2 * HOUR,
+        vec![by_path("acme/platform/api")],
+        Duration::from_secs(3600),
+    )
+    .await;
+    h.sim.add_hostile(Hostile::ScopesBefore17);
+    for _ in 0..4 {
+        h.sim.advance(Duration::from_secs(60));
+        h.poll().await;
+    }
+    let scoped: Vec<_> = (h.sim.request_log().into_iter())
+        .filter(|r| r.endpoint == Endpoint::JobsScoped)
+        .collect();
+    let refused = scoped.iter().filter(|r| r.status == 400).count();
+    assert_eq!(refused, 1, "one refusal, then the older list: {scoped:#?}");
+    let served: Vec<_> = scoped.iter().filter(|r| r.status == 200).collect();
+    assert!(!served.is_empty(), "{scoped:#?}");
+    for r in served {
+        let q = &r.path_and_query;
+        assert!(
+            !q.contains("waiting_for_callback") && !q.contains("canceling"),
+            "{q}"
+        );
+    }
+    let scrape = h.scrape().await;
+    let failed: f64 = scrape
+        .values("gitlab_jobs_exporter_poll_errors_total")
+        .values()
+        .sum();
+    assert_eq!(failed, 0.0, "no cycle failed");
     assert_matches_truth(&scrape, &h.truth());
     h.stop().await;
 }

@@ -268,6 +268,17 @@ pub struct JobList<'a> {
     pub scopes: &'a [JobStatus],
 }
 
+impl<'a> JobList<'a> {
+    /// Every job of `project`, whatever its status.
+    pub fn all(client: &'a GitlabClient, project: &'a str) -> Self {
+        Self {
+            client,
+            project,
+            scopes: &[],
+        }
+    }
+}
+
 impl PageSource for JobList<'_> {
     type Page = JobsPage;
     async fn fetch(&self, cursor: Option<&str>) -> Result<JobsPage, ApiError> {

@@ -219,6 +219,9 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
         _ if listing && token_ok && flood.is_some() => {
             flood_page(&sim, uri.path(), &params, flood.unwrap_or(0))
         }
+        _ if endpoint == Endpoint::JobsScoped && rejects_scope(&hostile, &params) => {
+            err(400, "error", "scope does not have a valid value")
+        }
         _ if unserved == Some(404) => err(404, "error", "404 Not Found"),
         _ if unserved.is_some() => {
             let code = unserved.unwrap_or(500);
@@ -285,6 +288,19 @@ fn flood_page(sim: &Simulator, path: &str, params: &Params, per_page: usize) -> 
     resp
 }
 
+/// Whether [`Hostile::ScopesBefore17`] refuses the `scope` asked for.
+fn rejects_scope(hostile: &[Hostile], params: &Params) -> bool {
+    let scope: &[String] = match params.get("scope") {
+        Some(Param::One(s)) => std::slice::from_ref(s),
+        Some(Param::Many(list)) => list,
+        None => &[],
+    };
+    hostile.contains(&Hostile::ScopesBefore17)
+        && scope
+            .iter()
+            .any(|s| s == "waiting_for_callback" || s == "canceling")
+}
+
 /// Rewrites a normal answer as `hostile` says.
 async fn apply_hostile(hostile: &Hostile, endpoint: Endpoint, resp: Response) -> Response {
     let jobs = matches!(endpoint, Endpoint::Jobs | Endpoint::JobsScoped);
@@ -294,7 +310,7 @@ async fn apply_hostile(hostile: &Hostile, endpoint: Endpoint, resp: Response) ->
             Endpoint::PipelineJobs | Endpoint::GroupProjects | Endpoint::ProjectsList
         );
     match hostile {
-        Hostile::ProjectFlood { .. } => resp,
+        Hostile::ProjectFlood { .. } | Hostile::ScopesBefore17 => resp,
         Hostile::ListLink(_) if !listing => resp,
         Hostile::JobsExtraItems(_) if !jobs => resp,
         Hostile::ListLink(link) => {

@@ -122,6 +122,9 @@ pub enum Hostile {
     /// Job listings get these raw items (any bytes: invalid UTF-8, lone surrogates, deep
     /// nesting) appended to their JSON array.
     JobsExtraItems(Vec<Vec<u8>>),
+    /// Job listings validate `scope[]` as a GitLab that predates `waiting_for_callback` and
+    /// `canceling` does: either status answers 400.
+    ScopesBefore17,
 }
 
 /// The first id of [`Hostile::ProjectFlood`]'s made-up projects.
