@@ -11,11 +11,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::Settings;
+use crate::fleet::runner::{CheckpointError, Scheduler};
 use crate::gitlab::{ClientBuildError, ClientObserver, RetryPolicy};
 use crate::metrics::{Metrics, MetricsError};
-use crate::scheduler::{CheckpointError, Scheduler};
+use crate::persist::StateError;
 use crate::server::{self, AppState};
-use crate::state::StateError;
 
 #[derive(Debug, Error)]
 pub enum AppError {
@@ -62,8 +62,8 @@ impl App {
         let Some(dir) = &cfg.state_dir else {
             return Ok(());
         };
-        crate::state::prepare(dir)?;
-        if let Some(cp) = crate::state::load(dir, cfg.gitlab.url.as_str()) {
+        crate::persist::prepare(dir)?;
+        if let Some(cp) = crate::persist::load(dir, cfg.gitlab.url.as_str()) {
             self.scheduler.restore(cp).await;
         }
         self.scheduler.write_checkpoint().await?;

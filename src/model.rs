@@ -392,6 +392,23 @@ pub fn decode_jobs(body: &[u8], max_items: usize) -> Result<(Vec<Job>, usize), D
     decode_lenient(body, Some(max_items))
 }
 
+/// Whether a project showed activity in its last cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Jobs in flight, or jobs created or completed since the previous cycle.
+    Busy,
+    Idle,
+}
+
+impl Activity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Busy => "busy",
+            Self::Idle => "idle",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

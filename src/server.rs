@@ -31,9 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::ServerSettings;
+use crate::fleet::runner::Readiness;
 use crate::health::Health;
 use crate::metrics::{CONTENT_TYPE, Metrics};
-use crate::scheduler::Readiness;
 
 #[derive(Clone)]
 pub struct AppState {

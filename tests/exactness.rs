@@ -800,8 +800,8 @@ async fn idle_projects_are_polled_less_and_the_budget_stretches_them_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovered_and_retired_projects_survive_a_restart() {
+    use gitlab_jobs_exporter::fleet::runner::Scheduler;
     use gitlab_jobs_exporter::metrics::Metrics;
-    use gitlab_jobs_exporter::scheduler::Scheduler;
     use std::sync::Arc;
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -830,8 +830,8 @@ async fn discovered_and_retired_projects_survive_a_restart() {
     let metrics =
         Arc::new(Metrics::new(&cfg.metrics, cfg.limits.max_series, &cfg.labels).expect("metrics"));
     let again = Scheduler::new(&cfg, metrics.clone(), common::fast_retry()).expect("scheduler");
-    let cp =
-        gitlab_jobs_exporter::state::load(&state_dir, cfg.gitlab.url.as_str()).expect("checkpoint");
+    let cp = gitlab_jobs_exporter::persist::load(&state_dir, cfg.gitlab.url.as_str())
+        .expect("checkpoint");
     again.restore(cp).await;
     assert_eq!(
         again.watched(),
@@ -853,7 +853,7 @@ async fn discovered_and_retired_projects_survive_a_restart() {
     assert_eq!((stats.revived, stats.added), (1, 0), "{stats:?}");
     assert_eq!(again.watched(), 3, "nothing twice");
     h.sim.advance(Duration::from_secs(120));
-    for _ in 0..gitlab_jobs_exporter::poll::COLD_SWEEP_CYCLES + 1 {
+    for _ in 0..gitlab_jobs_exporter::project::cycle::COLD_SWEEP_CYCLES + 1 {
         for r in again.poll_all_once().await {
             r.expect("poll cycle succeeds");
         }
@@ -1050,7 +1050,7 @@ fn downtime_world() -> World {
 
 /// A poller of one project on its own (as the scheduler would run it).
 struct LonePoller {
-    poller: gitlab_jobs_exporter::poll::ProjectPoller,
+    poller: gitlab_jobs_exporter::project::cycle::ProjectPoller,
     client: gitlab_jobs_exporter::gitlab::GitlabClient,
     metrics: std::sync::Arc<gitlab_jobs_exporter::metrics::Metrics>,
 }
@@ -1066,7 +1066,7 @@ impl LonePoller {
     /// Project `id`, with the default page cap.
     fn of(base_url: &str, id: u64, checkpoint: Option<&str>) -> Self {
         use gitlab_jobs_exporter::metrics::Metrics;
-        use gitlab_jobs_exporter::poll::ProjectPoller;
+        use gitlab_jobs_exporter::project::cycle::ProjectPoller;
         let cfg = common::config(base_url, vec![by_id(id)], Duration::from_secs(3600))
             .validate()
             .expect("valid configuration");
@@ -1091,7 +1091,7 @@ impl LonePoller {
         }
     }
 
-    async fn poll(&mut self) -> gitlab_jobs_exporter::poll::CycleStats {
+    async fn poll(&mut self) -> gitlab_jobs_exporter::project::cycle::CycleStats {
         (self.poller.poll(&self.client, &self.metrics).await).expect("poll cycle succeeds")
     }
 
@@ -1153,7 +1153,7 @@ async fn a_capped_cycle_after_downtime_catches_up_below_its_last_page() {
     assert_matches_truth(&p.scrape(), &sim.ground_truth_since(cutoff, first_poll));
     // The last running jobs finish; nothing is counted twice.
     sim.advance(Duration::from_secs(15 * 60));
-    for _ in 0..=gitlab_jobs_exporter::poll::COLD_SWEEP_CYCLES {
+    for _ in 0..=gitlab_jobs_exporter::project::cycle::COLD_SWEEP_CYCLES {
         p.poll().await;
     }
     assert_matches_truth(&p.scrape(), &sim.ground_truth_since(cutoff, first_poll));
@@ -1363,7 +1363,7 @@ async fn one_refused_cursor_mid_catch_up_still_reads_the_rest_of_the_gap() {
 /// the catch-up reads down from the top instead; the project is never taken for deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_404_on_a_catch_up_cursor_never_stops_polling_the_project() {
-    use gitlab_jobs_exporter::poll::{NextPoll, ProjectState};
+    use gitlab_jobs_exporter::project::cycle::{NextPoll, ProjectState};
     use gitlab_sim::{SimClock, Simulator};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};

@@ -225,7 +225,7 @@ fn deep_waves_world(waves: u64) -> World {
 }
 
 /// Polls every 30 s from T0+16m to T0+26m; returns the stats of the cycle at T0+20m.
-async fn run_deep_waves(h: &mut Harness) -> gitlab_jobs_exporter::poll::CycleStats {
+async fn run_deep_waves(h: &mut Harness) -> gitlab_jobs_exporter::project::cycle::CycleStats {
     h.poll().await;
     let mut at_20 = None;
     while h.sim.now_ms() < T0 + 26 * MIN {

@@ -65,7 +65,7 @@ async fn metrics_and_checkpoints_move_on_during_a_long_rate_limit_pause() {
         },
     )
     .await;
-    let file = state_dir.join(gitlab_jobs_exporter::state::FILE_NAME);
+    let file = state_dir.join(gitlab_jobs_exporter::persist::FILE_NAME);
     h.scheduler
         .write_checkpoint()
         .await

@@ -227,7 +227,7 @@ async fn failing_checkpoint_writes_are_counted_on_the_frozen_page() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let state_dir = dir.path().to_path_buf();
-    gitlab_jobs_exporter::state::prepare(&state_dir).expect("state dir");
+    gitlab_jobs_exporter::persist::prepare(&state_dir).expect("state dir");
     let mut h = Harness::start_with(
         World::generate(&spec, 5),
         T0 + HOUR,
@@ -268,7 +268,7 @@ async fn failing_checkpoint_writes_are_counted_on_the_frozen_page() {
     );
 
     // A directory where the temp file goes: every write fails (even as root).
-    let blocker = state_dir.join(format!("{}.tmp", gitlab_jobs_exporter::state::FILE_NAME));
+    let blocker = state_dir.join(format!("{}.tmp", gitlab_jobs_exporter::persist::FILE_NAME));
     std::fs::create_dir(&blocker).expect("blocker");
     h.sim.advance(Duration::from_secs(60));
     h.poll().await;

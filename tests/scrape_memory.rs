@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use gitlab_jobs_exporter::fleet::runner::Readiness;
 use gitlab_jobs_exporter::gitlab::JobStatus;
 use gitlab_jobs_exporter::metrics::Metrics;
-use gitlab_jobs_exporter::scheduler::Readiness;
 use gitlab_jobs_exporter::server::{self, AppState};
 use gitlab_jobs_exporter::tracker::{Event, JobLabels};
 

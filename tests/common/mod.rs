@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use gitlab_jobs_exporter::app::App;
 use gitlab_jobs_exporter::config::{Config, ProjectRef, Settings};
+use gitlab_jobs_exporter::fleet::runner::Scheduler;
 use gitlab_jobs_exporter::gitlab::RetryPolicy;
-use gitlab_jobs_exporter::poll::CycleStats;
-use gitlab_jobs_exporter::scheduler::Scheduler;
+use gitlab_jobs_exporter::project::cycle::CycleStats;
 use gitlab_sim::{GroundTruth, Ms, SimClock, SimHandle, Simulator, World};
 use tokio_util::sync::CancellationToken;
 
@@ -204,7 +204,7 @@ impl Harness {
     /// Polls without moving the clock until every project has swept its deep manual jobs, so
     /// the exporter has caught up with everything that happened.
     pub async fn settle(&mut self) {
-        for _ in 0..gitlab_jobs_exporter::poll::COLD_SWEEP_CYCLES {
+        for _ in 0..gitlab_jobs_exporter::project::cycle::COLD_SWEEP_CYCLES {
             self.poll().await;
         }
     }

@@ -1,4 +1,4 @@
-//! Discovery passes carried out: [`crate::registry::reconcile`] decides what a pass changes;
+//! Discovery passes carried out: [`crate::fleet::registry::reconcile`] decides what a pass changes;
 //! this spawns and stops the tasks, moves series, pauses and forgets pollers accordingly, and
 //! records the changes in the registry.
 
@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Scheduler, SharedPoller, Slot, Slots, TaskKey};
-use crate::discovery::{self, Pass};
+use crate::fleet::discovery::{self, Pass};
+use crate::fleet::registry::{self, Changes};
 use crate::model::ProjectId;
-use crate::poll::ProjectPoller;
-use crate::registry::{self, Changes};
+use crate::project::cycle::ProjectPoller;
 use crate::tracker::secs;
 
 /// What one discovery pass changed.

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::{Scheduler, TaskKey};
-use crate::poll::{CycleStats, PollError};
+use crate::project::cycle::{CycleStats, PollError};
 
 impl Scheduler {
     /// Polls every watched project once, concurrently within the limit; results in key order.

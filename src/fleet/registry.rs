@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use crate::discovery::{Found, Pass};
+use crate::fleet::discovery::{Found, Pass};
 use crate::model::ProjectId;
 
 /// A discovered project as the registry knows it.

@@ -29,9 +29,9 @@ use crate::gitlab::pager::{JobList, PageError, PageSource, Pager, PipelineJobLis
 use crate::gitlab::{ApiError, GitlabClient, JobStatus, JobsPage};
 use crate::labels::LabelsConfig;
 use crate::metrics::Metrics;
-use crate::project_state::{Fed, Project, is_waiting};
-pub use crate::project_state::{NextPoll, ProjectState};
-use crate::state::ProjectCheckpoint;
+use crate::persist::ProjectCheckpoint;
+use crate::project::state::{Fed, Project, is_waiting};
+pub use crate::project::state::{NextPoll, ProjectState};
 use crate::tracker::{Gap, Settling, Tracker};
 
 /// Pages read in one go on a first start, at most (10,000 jobs).

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use crate::model::Activity;
+
 /// Share of the budget planned for polling; the rest absorbs retries, lookups and discovery.
 const USABLE_SHARE: f64 = 0.9;
 /// Idle projects alone are slowed down by up to this factor before busy ones slow down too.
@@ -26,23 +28,6 @@ const IDLE_FLOOR_SHARE: f64 = 0.2;
 const MAX_STRETCH: f64 = 1_000.0;
 /// Weight of the newest cycle in a project's average rate of extra requests.
 const COST_WEIGHT: f64 = 0.3;
-
-/// Whether a project showed activity in its last cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activity {
-    /// Jobs in flight, or jobs created or completed since the previous cycle.
-    Busy,
-    Idle,
-}
-
-impl Activity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Busy => "busy",
-            Self::Idle => "idle",
-        }
-    }
-}
 
 /// A project's demand is modelled as one request per cycle (the top page: all an idle project
 /// costs) plus extra requests at a rate set by its activity (more pages, listings, single

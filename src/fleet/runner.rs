@@ -9,7 +9,7 @@
 //! series (and its tracker, should it come back) for `discovery.grace_period`.
 //!
 //! Which discovered projects are watched is the [`Registry`]'s to say (a pure reconciliation,
-//! see [`crate::registry`]); this module runs the tasks it asks for. Parts: [`discover`]
+//! see [`crate::fleet::registry`]); this module runs the tasks it asks for. Parts: [`discover`]
 //! (carrying out a discovery pass), [`checkpoint`] (checkpoints and restore), `drivers` (the
 //! polling loop without its waits, for tests and benchmarks), [`readiness`].
 
@@ -34,14 +34,15 @@ pub use discover::DiscoveryStats;
 pub use readiness::Readiness;
 
 use crate::config::{DiscoverySettings, Settings};
+use crate::fleet::pacing::Pacer;
+use crate::fleet::registry::Registry;
 use crate::gitlab::{ClientBuildError, GitlabClient, RetryPolicy};
 use crate::health::Health;
 use crate::labels::LabelsConfig;
 use crate::metrics::Metrics;
+use crate::model::Activity;
 use crate::model::ProjectId;
-use crate::pacing::{Activity, Pacer};
-use crate::poll::{CycleStats, NextPoll, PollError, ProjectPoller, ProjectState};
-use crate::registry::Registry;
+use crate::project::cycle::{CycleStats, NextPoll, PollError, ProjectPoller, ProjectState};
 
 /// A project's task key in the runner: pacing, the drivers' schedules and the never-polled
 /// counts go by it. Not the project id: a configured project is polled before its id is known

@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::{Scheduler, SharedPoller, Slot};
+use crate::fleet::registry::{Entry, EntryState};
 use crate::metrics::carry::capture;
 use crate::model::ProjectId;
-use crate::poll::{ProjectPoller, ProjectState};
-use crate::registry::{Entry, EntryState};
-use crate::state::{self, Checkpoint, ProjectCheckpoint, StateError};
+use crate::persist::{self, Checkpoint, ProjectCheckpoint, StateError};
+use crate::project::cycle::{ProjectPoller, ProjectState};
 use crate::tracker::secs;
 
 /// How often, at most, a checkpoint is written.
@@ -195,7 +195,7 @@ impl Scheduler {
         let carried = capture(&own);
         let page = self.metrics.render_with(own, &series)?;
         let cp = Checkpoint {
-            version: state::VERSION,
+            version: persist::VERSION,
             gitlab_url: self.gitlab_url.clone(),
             projects,
             own: carried,
@@ -214,7 +214,7 @@ impl Scheduler {
         let me = self.clone();
         let result = tokio::task::spawn_blocking(move || {
             let (cp, page) = me.checkpoint()?;
-            state::save(&dir, &cp)?;
+            persist::save(&dir, &cp)?;
             Ok::<_, CheckpointError>(page)
         })
         .await

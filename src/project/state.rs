@@ -1,7 +1,7 @@
 //! A watched project's state: everything a poll cycle reads and writes (tracker, health, activity,
 //! resolved id and path, endpoint fallbacks, the gauges it reported), apart from the network.
 //!
-//! It lives behind a `std::sync::Mutex` in [`crate::poll::ProjectPoller`] and is locked only for
+//! It lives behind a `std::sync::Mutex` in [`crate::project::cycle::ProjectPoller`] and is locked only for
 //! short, synchronous steps: a cycle plans a request under the lock, sends it without, and
 //! applies the answer under the lock again. Tracker and job series change together in one lock
 //! scope ([`Project::feed`]), so whoever takes the lock (the checkpoint, later webhooks) sees a
@@ -16,8 +16,8 @@ use crate::config::ProjectRef;
 use crate::gitlab::{JobStatus, JobsPage};
 use crate::labels::LabelsConfig;
 use crate::metrics::Metrics;
-use crate::pacing::Activity;
-use crate::state::ProjectCheckpoint;
+use crate::model::Activity;
+use crate::persist::ProjectCheckpoint;
 use crate::tracker::{Event, Tracker, secs};
 
 /// When a project is polled next.
@@ -75,7 +75,7 @@ pub(crate) struct Fed {
     pub completed: usize,
 }
 
-/// One project's state (see the module documentation). The cycle logic in [`crate::poll`]
+/// One project's state (see the module documentation). The cycle logic in [`crate::project::cycle`]
 /// reads and writes its fields under the lock; everything else goes through its methods.
 #[derive(Debug)]
 pub struct Project {
