@@ -2,7 +2,7 @@
 //! from the simulator's own tests: the simulator crate does not depend on the exporter).
 
 use gitlab_jobs_exporter::gitlab::link::next_relative;
-use gitlab_sim::{JobPlan, Ms, ProjectDef, SimClock, SimHandle, Simulator, World};
+use gitlab_sim::{Ms, SimClock, SimHandle, Simulator, World, fixtures};
 
 const TOKEN: &str = "sim-secret-token";
 /// 2025-11-24T16:00:00Z
@@ -56,65 +56,9 @@ async fn get(h: &SimHandle, path: &str) -> Got {
     }
 }
 
-/// Project 42: pipeline 900 (build failed then retried, a manual test), pipeline 902 (105
-/// jobs), pipeline 903 (not created yet); project 7: pipeline 901.
-fn pipelines_world() -> World {
-    let t = |s: i64| T0 + s * S;
-    let mut jobs = vec![
-        JobPlan::new(
-            2001,
-            42,
-            900,
-            "build",
-            "build",
-            &[
-                (t(0), "created"),
-                (t(1), "pending"),
-                (t(2), "running"),
-                (t(30), "failed"),
-            ],
-        ),
-        JobPlan::new(
-            2002,
-            42,
-            900,
-            "test",
-            "test",
-            &[(t(0), "created"), (t(1), "manual")],
-        ),
-        JobPlan::new(
-            2003,
-            42,
-            900,
-            "build",
-            "build",
-            &[(t(40), "created"), (t(41), "running"), (t(60), "success")],
-        ),
-        JobPlan::new(2004, 7, 901, "build", "build", &[(t(50), "created")]),
-    ];
-    for i in 0..105u64 {
-        let timeline = [(t(60), "created"), (t(61), "running"), (t(100), "success")];
-        let name = format!("job-{i}");
-        jobs.push(JobPlan::new(2005 + i, 42, 902, &name, "test", &timeline));
-    }
-    jobs.push(JobPlan::new(
-        2110,
-        42,
-        903,
-        "late",
-        "test",
-        &[(t(10_000), "created")],
-    ));
-    let projects = vec![
-        ProjectDef::new(42, "group/sub/project"),
-        ProjectDef::new(7, "o/p"),
-    ];
-    World::new(projects, jobs).expect("valid pipelines world")
-}
-
 #[tokio::test]
 async fn pipeline_jobs_offset_pagination_is_counted_with_links() {
-    let (_sim, h) = start(pipelines_world(), T0 + 200 * S).await;
+    let (_sim, h) = start(fixtures::pipelines_world(T0), T0 + 200 * S).await;
     let first = get(&h, &format!("{P42}/pipelines/902/jobs?per_page=100")).await;
     assert_eq!(first.status, 200);
     let ids = first.ids();

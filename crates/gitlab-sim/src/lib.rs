@@ -13,6 +13,7 @@
 //! archive, remove and add projects, or change membership, while it runs.
 
 mod discovery;
+pub mod fixtures;
 mod generate;
 mod http;
 mod render;

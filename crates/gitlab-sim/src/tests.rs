@@ -1120,65 +1120,9 @@ async fn projects_change_at_runtime() {
     h.shutdown().await;
 }
 
-/// Project 42: pipeline 900 (build failed then retried, a manual test), pipeline 902 (105
-/// jobs), pipeline 903 (not created yet); project 7: pipeline 901.
-fn pipelines_world() -> World {
-    let t = |s: i64| T0 + s * S;
-    let mut jobs = vec![
-        JobPlan::new(
-            2001,
-            42,
-            900,
-            "build",
-            "build",
-            &[
-                (t(0), "created"),
-                (t(1), "pending"),
-                (t(2), "running"),
-                (t(30), "failed"),
-            ],
-        ),
-        JobPlan::new(
-            2002,
-            42,
-            900,
-            "test",
-            "test",
-            &[(t(0), "created"), (t(1), "manual")],
-        ),
-        JobPlan::new(
-            2003,
-            42,
-            900,
-            "build",
-            "build",
-            &[(t(40), "created"), (t(41), "running"), (t(60), "success")],
-        ),
-        JobPlan::new(2004, 7, 901, "build", "build", &[(t(50), "created")]),
-    ];
-    for i in 0..105u64 {
-        let timeline = [(t(60), "created"), (t(61), "running"), (t(100), "success")];
-        let name = format!("job-{i}");
-        jobs.push(JobPlan::new(2005 + i, 42, 902, &name, "test", &timeline));
-    }
-    jobs.push(JobPlan::new(
-        2110,
-        42,
-        903,
-        "late",
-        "test",
-        &[(t(10_000), "created")],
-    ));
-    let projects = vec![
-        ProjectDef::new(42, "group/sub/project"),
-        ProjectDef::new(7, "o/p"),
-    ];
-    World::new(projects, jobs).expect("valid pipelines world")
-}
-
 #[tokio::test]
 async fn pipeline_jobs_hide_retried_unless_asked_and_filter_by_scope() {
-    let (sim, h) = start(pipelines_world(), T0 + 200 * S).await;
+    let (sim, h) = start(fixtures::pipelines_world(T0), T0 + 200 * S).await;
     let got = get(&h, &format!("{P42}/pipelines/900/jobs")).await;
     assert_eq!(got.status, 200, "{}", got.body);
     assert_eq!(
@@ -1222,7 +1166,7 @@ async fn pipeline_jobs_hide_retried_unless_asked_and_filter_by_scope() {
 
 #[tokio::test]
 async fn pipeline_jobs_errors_and_an_unserved_endpoint() {
-    let (sim, h) = start(pipelines_world(), T0 + 200 * S).await;
+    let (sim, h) = start(fixtures::pipelines_world(T0), T0 + 200 * S).await;
     let not_found = r#"{"message":"404 Not found"}"#;
     let cases = [
         ("42/pipelines/901/jobs", 404, not_found), // another project's pipeline
