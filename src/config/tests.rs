@@ -133,6 +133,15 @@ fn errors_name_the_key() {
             ),
             "poll.max_interval",
         ),
+    ];
+    assert_keys(cases);
+    let no_projects = GOOD.split("[[projects]]").next().unwrap_or_default();
+    assert_eq!(key_of(parse(no_projects).unwrap_err()), "projects");
+}
+
+#[test]
+fn discovery_and_label_errors_name_the_key() {
+    let cases = [
         (
             format!("{GOOD}\n[discovery]\nexclude = [\"ok\", \"(unclosed\"]"),
             "discovery.exclude[1]",
@@ -180,13 +189,16 @@ fn errors_name_the_key() {
             "labels.drop[0]",
         ),
     ];
+    assert_keys(cases);
+}
+
+/// Each text fails to parse with an error naming its key.
+fn assert_keys<const N: usize>(cases: [(String, &str); N]) {
     for (text, key) in cases {
         let err = parse(&text).expect_err(key);
         let msg = err.to_string();
         assert_eq!(key_of(err), key, "{msg}");
     }
-    let no_projects = GOOD.split("[[projects]]").next().unwrap_or_default();
-    assert_eq!(key_of(parse(no_projects).unwrap_err()), "projects");
 }
 
 #[test]

@@ -2,6 +2,10 @@
 //!
 //! Label values are written through [`with`] so that a label-count mistake is logged, never a
 //! panic (`with_label_values` panics). The job metrics live in [`jobs`], restorable.
+//!
+//! Over 600 lines on purpose: [`Metrics`] is the one handle every layer reports through, and
+//! renaming or removing a project touches its job series and its own series together; the
+//! metric families themselves live beside it (`jobs`, `own`, `carry`).
 
 pub mod carry;
 pub mod jobs;
@@ -639,147 +643,4 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A burst of scrapes costs one render and one page in memory, not one per scrape.
-    #[tokio::test]
-    async fn concurrent_scrapes_share_one_page() {
-        let m =
-            Arc::new(Metrics::new(&MetricsSettings::default(), 100, &Default::default()).unwrap());
-        let (a, b, c) = tokio::join!(m.scrape(), m.scrape(), m.scrape());
-        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
-        assert!(a[0].len() > 100);
-        assert_eq!(a[0].as_ptr(), b[0].as_ptr());
-        assert_eq!(a[0].as_ptr(), c[0].as_ptr());
-        // The burst is over: the next scrape renders afresh.
-        let d = m.scrape().await.unwrap();
-        assert_ne!(a[0].as_ptr(), d[0].as_ptr());
-        // A published page is shared as it is.
-        m.publish("# published\n".into(), 1_790_000_000.0);
-        let (e, f) = tokio::join!(m.scrape(), m.scrape());
-        let (e, f) = (e.unwrap(), f.unwrap());
-        assert_eq!(&e[0][..], b"# published\n");
-        assert_eq!(e[0].as_ptr(), f[0].as_ptr());
-        let tail = String::from_utf8_lossy(&e[1]).into_owned();
-        assert!(
-            tail.contains("gitlab_jobs_exporter_checkpoint_failures_total 0"),
-            "{tail}"
-        );
-        assert!(
-            tail.contains("gitlab_jobs_exporter_last_checkpoint_timestamp_seconds 1790000000"),
-            "{tail}"
-        );
-    }
-
-    #[test]
-    fn unknown_statuses_and_failure_reasons_stay_bounded() {
-        let m = Metrics::new(&MetricsSettings::default(), usize::MAX, &Default::default()).unwrap();
-        let mut counts: BTreeMap<JobStatus, u64> = (0..500)
-            .map(|i| (JobStatus::from(format!("invented_{i}")), 1))
-            .collect();
-        counts.insert(JobStatus::Running, 2);
-        m.set_active("g/p", &counts, None);
-        let page = m.render().unwrap();
-        let active: Vec<&str> = page
-            .lines()
-            .filter(|l| l.starts_with("gitlab_ci_jobs_active{"))
-            .collect();
-        assert_eq!(active.len(), JobStatus::NON_FINAL.len() + 1, "{active:?}");
-        assert!(page.contains(r#"gitlab_ci_jobs_active{project="g/p",status="unknown"} 500"#));
-        assert!(page.contains(r#"gitlab_ci_jobs_active{project="g/p",status="running"} 2"#));
-        // Gone again: the series goes.
-        m.set_active("g/p", &BTreeMap::new(), None);
-        assert!(!m.render().unwrap().contains(r#"status="unknown""#));
-
-        let failed = |reason: String| Event::Completed {
-            labels: crate::tracker::JobLabels {
-                ref_: "main".into(),
-                stage: "test".into(),
-                name: "rspec".into(),
-                tag: false,
-                runner: None,
-            },
-            status: JobStatus::Failed,
-            failure_reason: reason,
-            duration: None,
-            finished_at: None,
-        };
-        let mut events: Vec<Event> = (0..500).map(|i| failed(format!("invented_{i}"))).collect();
-        events.push(failed("script_failure".into()));
-        events.push(failed("Forged\nline".into()));
-        m.apply("g/p", &events);
-        let page = m.render().unwrap();
-        let reasons: BTreeSet<&str> = page
-            .lines()
-            .filter(|l| l.starts_with("gitlab_ci_jobs_total{"))
-            .filter_map(|l| l.split("failure_reason=\"").nth(1)?.split('"').next())
-            .collect();
-        assert_eq!(reasons.len(), MAX_NEW_FAILURE_REASONS + 2, "{reasons:?}");
-        assert!(reasons.contains("script_failure") && reasons.contains("other"));
-        assert!(reasons.contains("invented_0") && !reasons.contains("invented_499"));
-        let total: f64 = page
-            .lines()
-            .filter(|l| l.starts_with("gitlab_ci_jobs_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        assert_eq!(total, 502.0, "every job still counted");
-    }
-
-    #[test]
-    fn renders_before_any_job_and_after_some() {
-        let m = Metrics::new(&MetricsSettings::default(), 2, &Default::default()).unwrap();
-        let page = m.render().unwrap();
-        assert!(page.contains("gitlab_jobs_exporter_build_info"));
-        assert!(!page.contains("gitlab_ci_jobs_total{"));
-        let labels = crate::tracker::JobLabels {
-            ref_: "main".into(),
-            stage: "test".into(),
-            name: "rspec".into(),
-            tag: false,
-            runner: None,
-        };
-        m.apply(
-            "g/p",
-            &[Event::Completed {
-                labels,
-                status: JobStatus::Success,
-                failure_reason: String::new(),
-                duration: Some(3.0),
-                finished_at: None,
-            }],
-        );
-        let page = m.render().unwrap();
-        assert!(page.contains(r#"gitlab_ci_jobs_total{failure_reason="",job="rspec",project="g/p",ref="main",stage="test",status="success"} 1"#), "{page}");
-        assert!(page.contains("gitlab_ci_job_duration_seconds_count"));
-        // The cap (2 series here): a third job name folds into job="__other__".
-        for name in ["lint", "build", "deploy"] {
-            m.apply(
-                "g/p",
-                &[Event::Completed {
-                    labels: crate::tracker::JobLabels {
-                        ref_: "main".into(),
-                        stage: "test".into(),
-                        name: name.into(),
-                        tag: false,
-                        runner: None,
-                    },
-                    status: JobStatus::Success,
-                    failure_reason: String::new(),
-                    duration: None,
-                    finished_at: None,
-                }],
-            );
-        }
-        let page = m.render().unwrap();
-        assert!(
-            page.contains(r#"job="lint""#) && !page.contains(r#"job="build""#),
-            "{page}"
-        );
-        assert!(page.contains(r#"job="__other__""#), "{page}");
-        assert!(
-            page.contains(r#"gitlab_jobs_exporter_series{metric="gitlab_ci_jobs_total"} 3"#),
-            "{page}"
-        );
-    }
-}
+mod tests;

@@ -1,0 +1,385 @@
+use super::*;
+
+fn job(id: u64, status: &str) -> Job {
+    let mut j: Job = serde_json::from_value(serde_json::json!({
+        "id": 1, "status": status, "stage": "test", "name": "rspec", "ref": "main",
+        "created_at": "2026-01-01T10:00:00.000Z",
+    }))
+    .unwrap();
+    // Set afterwards: the tracker must hold for any id, even those decoding refuses.
+    j.id = id;
+    j
+}
+
+fn started(mut j: Job, queued: f64, duration: f64) -> Job {
+    j.started_at = j.created_at;
+    j.queued_duration = Some(queued);
+    j.duration = Some(duration);
+    j
+}
+
+fn finished(mut j: Job) -> Job {
+    j.finished_at = j.created_at;
+    j
+}
+
+fn count_completed(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::Completed { .. }))
+        .count()
+}
+
+#[test]
+fn counts_once_across_repeats_and_transitions() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    t.observe(&job(10, "pending"), 0.0, &mut ev);
+    t.observe(&started(job(10, "running"), 4.0, 1.0), 0.0, &mut ev);
+    t.observe(&started(job(10, "running"), 4.0, 2.0), 0.0, &mut ev);
+    let done = finished(started(job(10, "success"), 4.0, 9.0));
+    t.observe(&done, 0.0, &mut ev);
+    t.observe(&done, 0.0, &mut ev);
+    t.complete_cycle(Some(10), Some(10));
+    t.observe(&done, 0.0, &mut ev);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(
+        ev[0],
+        Event::Started {
+            labels: JobLabels::of(&done),
+            queued_duration: 4.0
+        }
+    );
+    assert!(
+        matches!(&ev[1], Event::Completed { duration: Some(d), status: JobStatus::Success, .. } if *d == 9.0)
+    );
+    assert_eq!(t.followed_len(), 0);
+}
+
+#[test]
+fn runner_seen_after_the_job_was_first_followed_labels_its_events() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    t.observe(&job(11, "pending"), 0.0, &mut ev);
+    let mut running = started(job(11, "running"), 2.0, 1.0);
+    let runner = crate::model::JobRunner {
+        description: "docker-3".into(),
+        runner_type: "project_type".into(),
+    };
+    running.runner = Some(runner.clone());
+    t.observe(&running, 0.0, &mut ev);
+    // A later snapshot without the runner (a mangled one) does not erase it.
+    let mut done = finished(started(job(11, "success"), 2.0, 5.0));
+    done.runner = None;
+    t.observe(&done, 0.0, &mut ev);
+    assert_eq!(ev.len(), 2);
+    for e in &ev {
+        let (Event::Started { labels, .. } | Event::Completed { labels, .. }) = e;
+        assert_eq!(labels.runner.as_ref(), Some(&runner), "{e:?}");
+    }
+}
+
+#[test]
+fn canceled_while_pending_observes_no_duration() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    let mut j = finished(job(5, "canceled"));
+    j.queued_duration = Some(1000.0); // keeps growing in GitLab: meaningless
+    t.observe(&j, 0.0, &mut ev);
+    assert_eq!(
+        ev,
+        vec![Event::Completed {
+            labels: JobLabels::of(&j),
+            status: JobStatus::Canceled,
+            failure_reason: String::new(),
+            duration: None,
+            finished_at: j.finished_at.map(secs),
+        }]
+    );
+}
+
+#[test]
+fn failure_reason_defaults_and_unknown_status_is_followed() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    t.observe(&job(7, "waiting_for_approval"), 0.0, &mut ev);
+    assert!(ev.is_empty());
+    assert_eq!(
+        t.active_counts()
+            .get(&JobStatus::Unknown("waiting_for_approval".into())),
+        Some(&1)
+    );
+    t.observe(&finished(job(7, "failed")), 0.0, &mut ev);
+    assert!(
+        matches!(&ev[0], Event::Completed { failure_reason, .. } if failure_reason == "unknown_failure")
+    );
+}
+
+#[test]
+fn backfill_ignores_jobs_finished_before_cutoff() {
+    let mut t = Tracker::new();
+    let now = secs(parse("2026-01-01T12:00:00Z"));
+    let cutoff = t.begin_first_cycle(now, 3600.0);
+    assert_eq!(cutoff, now - 3600.0);
+    // A retried first cycle keeps its cutoff.
+    assert_eq!(t.begin_first_cycle(now + 50.0, 3600.0), cutoff);
+    let mut ev = Vec::new();
+    let mut old = finished(started(job(1, "success"), 1.0, 1.0));
+    old.finished_at = Some(parse("2026-01-01T10:30:00Z"));
+    let mut recent = finished(started(job(2, "success"), 1.0, 1.0));
+    recent.finished_at = Some(parse("2026-01-01T11:30:00Z"));
+    t.observe(&old, now, &mut ev);
+    t.observe(&recent, now, &mut ev);
+    assert_eq!(count_completed(&ev), 1);
+    assert!(t.wants_page_after(&[recent.clone(), old.clone()]));
+    t.complete_cycle(Some(1), Some(2));
+    // After the first cycle there is no cutoff: a late job finished long ago still counts.
+    let mut late = old.clone();
+    late.id = 3;
+    t.observe(&late, now, &mut ev);
+    assert_eq!(count_completed(&ev), 2);
+}
+
+#[test]
+fn paging_stops_at_high_water() {
+    let mut t = Tracker::new();
+    t.complete_cycle(Some(90), Some(100));
+    assert!(t.wants_page_after(&[job(150, "success"), job(101, "success")]));
+    assert!(!t.wants_page_after(&[job(150, "success"), job(100, "success")]));
+    assert!(!t.wants_page_after(&[]));
+}
+
+#[test]
+fn ids_below_floor_are_history_and_reset_jobs_are_not_recounted() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    t.observe(&finished(job(50, "skipped")), 0.0, &mut ev);
+    t.complete_cycle(Some(50), Some(50));
+    t.observe(&finished(job(40, "success")), 0.0, &mut ev);
+    assert_eq!(count_completed(&ev), 1, "below the floor: history");
+    // Skipped job 50 reset to created, then succeeds: shown active, not counted again.
+    t.observe(&job(50, "created"), 0.0, &mut ev);
+    assert_eq!(t.active_counts().get(&JobStatus::Created), Some(&1));
+    t.observe(&finished(job(50, "success")), 0.0, &mut ev);
+    assert_eq!(count_completed(&ev), 1);
+    assert_eq!(t.followed_len(), 0);
+}
+
+#[test]
+fn late_committed_job_below_high_water_is_counted() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    t.observe(&finished(job(100, "success")), 0.0, &mut ev);
+    t.observe(&finished(job(90, "success")), 0.0, &mut ev);
+    t.complete_cycle(Some(90), Some(100));
+    t.observe(&finished(job(95, "success")), 0.0, &mut ev);
+    t.observe(&finished(job(95, "success")), 0.0, &mut ev);
+    assert_eq!(count_completed(&ev), 3);
+}
+
+#[test]
+fn done_set_is_bounded() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    t.complete_cycle(Some(1), Some(1));
+    for id in 2..(DONE_KEEP as u64 + 500) {
+        t.observe(&finished(job(id, "success")), 0.0, &mut ev);
+    }
+    t.complete_cycle(Some(2), Some(DONE_KEEP as u64 + 499));
+    assert_eq!(t.done.len(), DONE_KEEP);
+    let before = ev.len();
+    t.observe(&finished(job(3, "success")), 0.0, &mut ev);
+    assert_eq!(ev.len(), before);
+}
+
+#[test]
+fn folding_the_highest_possible_id_into_floor_does_not_overflow() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    t.complete_cycle(Some(1), Some(1));
+    // Every done id but u64::MAX is inside an unread gap: that one would be folded first.
+    t.set_gaps(vec![Gap {
+        top: DONE_KEEP as u64 + 10,
+        bottom: 1,
+        next: None,
+        pages: 0,
+    }]);
+    for id in (2..DONE_KEEP as u64 + 3).chain([u64::MAX]) {
+        t.observe(&finished(job(id, "success")), 0.0, &mut ev);
+    }
+    t.complete_cycle(None, Some(u64::MAX));
+    let before = ev.len();
+    t.observe(&finished(job(u64::MAX, "success")), 0.0, &mut ev);
+    assert_eq!(ev.len(), before, "still handled");
+}
+
+#[test]
+fn ids_in_an_unread_gap_count_once_whatever_floor_does() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    t.complete_cycle(Some(10), Some(10));
+    // A capped cycle read 20_000..=26_000 and left 11..20_000 unread.
+    for id in 20_000..=26_000 {
+        t.observe(&finished(job(id, "success")), 0.0, &mut ev);
+    }
+    // A deep listing showed one job inside the gap, which then completed.
+    t.observe(&job(15_001, "running"), 0.0, &mut ev);
+    t.observe(&finished(job(15_001, "success")), 0.0, &mut ev);
+    t.set_gaps(vec![Gap {
+        top: 20_000,
+        bottom: 10,
+        next: Some("projects/1/jobs?cursor=x".into()),
+        pages: 0,
+    }]);
+    t.complete_cycle(Some(20_000), Some(26_000));
+    assert!(t.floor > 20_000, "done folded into floor: {}", t.floor);
+    assert!(t.done.contains(&15_001), "a gap id is not folded");
+    let counted = count_completed(&ev);
+    // The catch-up reads the gap: unread ids count, the one seen before does not.
+    t.observe(&finished(job(15_000, "failed")), 0.0, &mut ev);
+    t.observe(&finished(job(15_001, "success")), 0.0, &mut ev);
+    t.observe(&finished(job(15_000, "failed")), 0.0, &mut ev);
+    assert_eq!(count_completed(&ev), counted + 1);
+    // Below the gap is history as before.
+    t.observe(&finished(job(9, "success")), 0.0, &mut ev);
+    assert_eq!(count_completed(&ev), counted + 1);
+    // Closed, the gap's ids fold like any other.
+    t.set_gaps(Vec::new());
+    t.complete_cycle(Some(20_000), Some(26_000));
+    assert_eq!(t.done.len(), DONE_KEEP);
+    t.observe(&finished(job(15_001, "success")), 0.0, &mut ev);
+    assert_eq!(count_completed(&ev), counted + 1);
+}
+
+#[test]
+fn trackers_saved_before_gaps_and_settling_load() {
+    let mut t = Tracker::new();
+    t.set_gaps(vec![Gap {
+        top: 50,
+        bottom: 10,
+        next: None,
+        pages: 2,
+    }]);
+    t.settling_mut().insert(
+        7,
+        Settling {
+            since: 1.0,
+            next_check: 2.0,
+            last_check: 1.0,
+        },
+    );
+    let mut json = serde_json::to_value(&t).unwrap();
+    let back: Tracker = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(back, t);
+    let obj = json.as_object_mut().unwrap();
+    obj.remove("gaps");
+    obj.remove("settling");
+    let old: Tracker = serde_json::from_value(json).unwrap();
+    assert_eq!(old, Tracker::new());
+    // Nothing to write when there is nothing: checkpoints stay as they were.
+    let empty = serde_json::to_value(Tracker::new()).unwrap();
+    assert!(empty.get("gaps").is_none() && empty.get("settling").is_none());
+}
+
+#[test]
+fn known_ids_between_two_ids() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    t.observe(&finished(job(100, "success")), 0.0, &mut ev);
+    t.observe(&job(105, "running"), 0.0, &mut ev);
+    t.observe(&finished(job(110, "success")), 0.0, &mut ev);
+    t.complete_cycle(Some(100), Some(110));
+    assert_eq!(t.known_between(100, 110), Some(2));
+    assert_eq!(t.known_between(101, 111), Some(2));
+    assert_eq!(t.known_between(110, 100), Some(0));
+    assert_eq!(t.known_between(50, 110), None, "below floor: unknown");
+}
+
+#[test]
+fn oldest_pending_uses_server_clock() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    let mut a = job(1, "pending");
+    a.queued_duration = Some(30.0);
+    let mut b = job(2, "pending");
+    b.queued_duration = Some(10.0);
+    t.observe(&a, 1000.0, &mut ev);
+    t.observe(&b, 1000.0, &mut ev);
+    assert_eq!(t.oldest_pending_since(), Some(970.0));
+    t.observe(&started(job(1, "running"), 31.0, 0.0), 1001.0, &mut ev);
+    assert_eq!(t.oldest_pending_since(), Some(990.0));
+}
+
+fn parse(s: &str) -> DateTime<Utc> {
+    crate::model::parse_time(s).unwrap()
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A job's life: statuses it passes through; the last may be final.
+    fn lifecycle() -> impl Strategy<Value = Vec<&'static str>> {
+        prop_oneof![
+            Just(vec!["created", "pending", "running", "success"]),
+            Just(vec!["pending", "running", "failed"]),
+            Just(vec!["pending", "canceled"]),
+            Just(vec!["created", "skipped"]),
+            Just(vec!["manual"]),
+            Just(vec!["manual", "pending", "running", "success"]),
+            Just(vec!["waiting_for_approval", "running", "success"]),
+            Just(vec!["pending", "running", "canceling", "canceled"]),
+            Just(vec!["running"]),
+        ]
+    }
+
+    fn snapshot(id: u64, status: &str) -> Job {
+        let mut j = job(id, status);
+        if matches!(status, "running" | "success" | "failed" | "canceling")
+            || (status == "canceled" && id.is_multiple_of(2))
+        {
+            j = started(j, 3.0, 7.0);
+        }
+        if JobStatus::from(status.to_string()).is_final() {
+            j = finished(j);
+        }
+        j
+    }
+
+    proptest! {
+        /// Whatever order, repetition and overlap the snapshots come in, each job completes
+        /// once (if it ever is seen final) and starts once (if it ever is seen started).
+        #[test]
+        fn each_job_counted_once(
+            lives in proptest::collection::vec(lifecycle(), 1..40),
+            schedule in proptest::collection::vec((any::<prop::sample::Index>(), 0usize..4, any::<bool>()), 1..300),
+        ) {
+            let mut t = Tracker::new();
+            let mut events = Vec::new();
+            let mut progress = vec![0usize; lives.len()];
+            let mut seen_final = vec![false; lives.len()];
+            let mut seen_started = vec![false; lives.len()];
+            let mut observed = vec![false; lives.len()];
+            for (pick, advance, end_cycle) in schedule {
+                let i = pick.index(lives.len());
+                progress[i] = (progress[i] + advance).min(lives[i].len() - 1);
+                let status = lives[i][progress[i]];
+                let snap = snapshot(1000 + i as u64, status);
+                seen_final[i] |= snap.status.is_final();
+                seen_started[i] |= snap.has_started();
+                observed[i] = true;
+                t.observe(&snap, 0.0, &mut events);
+                if end_cycle {
+                    t.complete_cycle(Some(1000), Some(1000 + lives.len() as u64));
+                }
+            }
+            let starts = events.iter().filter(|e| matches!(e, Event::Started { .. })).count();
+            let completed = events.iter().filter(|e| matches!(e, Event::Completed { .. })).count();
+            prop_assert_eq!(completed, seen_final.iter().filter(|f| **f).count());
+            prop_assert_eq!(starts, seen_started.iter().filter(|s| **s).count());
+            for (i, f) in seen_final.iter().enumerate() {
+                prop_assert_eq!(t.is_followed(1000 + i as u64), observed[i] && !f);
+            }
+        }
+    }
+}
