@@ -1493,3 +1493,46 @@ async fn a_delayed_job_deep_in_a_quiet_project_is_counted_within_minutes() {
     );
     h.stop().await;
 }
+
+/// A rename refused because the new path still holds a retired project's series (deleted,
+/// another project moved into its path) is tried again on a later pass: once those series
+/// are gone, the project's own follow it, rather than staying under its old path until a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_rename_is_tried_again_once_the_path_is_free() {
+    // Below poll.backfill, which validation refuses: here the series are to go at once.
+    let mut h =
+        start_discovering_with(|_| {}, |cfg| cfg.discovery.grace_period = Duration::ZERO).await;
+    assert_eq!(h.scheduler.discover().await.added, 3);
+    h.poll().await;
+    let series = |s: &common::Scrape, project: &str| {
+        s.values("gitlab_ci_jobs_total")
+            .keys()
+            .filter(|l| l["project"] == project)
+            .count()
+    };
+    let scrape = h.scrape().await;
+    assert!(series(&scrape, "acme/platform/api") > 0);
+    assert!(series(&scrape, "acme/web/frontend") > 0);
+
+    // acme/platform/api is deleted and acme/web/frontend moves into its path, in one pass:
+    // the rename comes before the old project's series are removed, so it is refused.
+    h.sim.remove_project(21).expect("project 21");
+    h.sim
+        .rename_project(22, "acme/platform/api")
+        .expect("rename");
+    let stats = h.scheduler.discover().await;
+    assert_eq!((stats.retired, stats.removed), (1, 1), "{stats:?}");
+    // The path is free now: the next pass moves the series there.
+    h.scheduler.discover().await;
+    h.sim.advance(Duration::from_secs(60));
+    h.poll().await;
+    let scrape = h.scrape().await;
+    assert_eq!(
+        series(&scrape, "acme/web/frontend"),
+        0,
+        "series left under the old path"
+    );
+    assert!(series(&scrape, "acme/platform/api") > 0);
+    h.stop().await;
+}
