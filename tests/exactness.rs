@@ -1536,3 +1536,32 @@ async fn a_refused_rename_is_tried_again_once_the_path_is_free() {
     assert!(series(&scrape, "acme/platform/api") > 0);
     h.stop().await;
 }
+
+/// `/healthz` on an idle exporter polling more often than the checkpoint loop ticks (once a
+/// second): a page one tick (and a slow write) old is the loop at work, not a stale page.
+#[tokio::test(start_paused = true)]
+async fn a_short_poll_interval_does_not_make_an_idle_exporter_unhealthy() {
+    let mut cfg = common::config(
+        "http://127.0.0.1:9",
+        vec![by_path("acme/platform/api")],
+        Duration::from_secs(3600),
+    );
+    cfg.poll.interval = Duration::from_millis(200);
+    let cfg = cfg.validate().expect("valid configuration");
+    let metrics = std::sync::Arc::new(
+        gitlab_jobs_exporter::metrics::Metrics::new(
+            &cfg.metrics,
+            cfg.limits.max_series,
+            &cfg.labels,
+        )
+        .expect("metrics"),
+    );
+    let scheduler =
+        gitlab_jobs_exporter::fleet::runner::Scheduler::new(&cfg, metrics, common::fast_retry())
+            .expect("scheduler");
+    let health = scheduler.health();
+    health.published();
+    // The loop's next page comes one tick later, plus the write.
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    assert_eq!(health.check(), Ok(()));
+}
