@@ -1493,3 +1493,75 @@ async fn a_delayed_job_deep_in_a_quiet_project_is_counted_within_minutes() {
     );
     h.stop().await;
 }
+
+/// A rename refused because the new path still holds a retired project's series (deleted,
+/// another project moved into its path) is tried again on a later pass: once those series
+/// are gone, the project's own follow it, rather than staying under its old path until a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_rename_is_tried_again_once_the_path_is_free() {
+    // Below poll.backfill, which validation refuses: here the series are to go at once.
+    let mut h =
+        start_discovering_with(|_| {}, |cfg| cfg.discovery.grace_period = Duration::ZERO).await;
+    assert_eq!(h.scheduler.discover().await.added, 3);
+    h.poll().await;
+    let series = |s: &common::Scrape, project: &str| {
+        s.values("gitlab_ci_jobs_total")
+            .keys()
+            .filter(|l| l["project"] == project)
+            .count()
+    };
+    let scrape = h.scrape().await;
+    assert!(series(&scrape, "acme/platform/api") > 0);
+    assert!(series(&scrape, "acme/web/frontend") > 0);
+
+    // acme/platform/api is deleted and acme/web/frontend moves into its path, in one pass:
+    // the rename comes before the old project's series are removed, so it is refused.
+    h.sim.remove_project(21).expect("project 21");
+    h.sim
+        .rename_project(22, "acme/platform/api")
+        .expect("rename");
+    let stats = h.scheduler.discover().await;
+    assert_eq!((stats.retired, stats.removed), (1, 1), "{stats:?}");
+    // The path is free now: the next pass moves the series there.
+    h.scheduler.discover().await;
+    h.sim.advance(Duration::from_secs(60));
+    h.poll().await;
+    let scrape = h.scrape().await;
+    assert_eq!(
+        series(&scrape, "acme/web/frontend"),
+        0,
+        "series left under the old path"
+    );
+    assert!(series(&scrape, "acme/platform/api") > 0);
+    h.stop().await;
+}
+
+/// `/healthz` on an idle exporter polling more often than the checkpoint loop ticks (once a
+/// second): a page one tick (and a slow write) old is the loop at work, not a stale page.
+#[tokio::test(start_paused = true)]
+async fn a_short_poll_interval_does_not_make_an_idle_exporter_unhealthy() {
+    let mut cfg = common::config(
+        "http://127.0.0.1:9",
+        vec![by_path("acme/platform/api")],
+        Duration::from_secs(3600),
+    );
+    cfg.poll.interval = Duration::from_millis(200);
+    let cfg = cfg.validate().expect("valid configuration");
+    let metrics = std::sync::Arc::new(
+        gitlab_jobs_exporter::metrics::Metrics::new(
+            &cfg.metrics,
+            cfg.limits.max_series,
+            &cfg.labels,
+        )
+        .expect("metrics"),
+    );
+    let scheduler =
+        gitlab_jobs_exporter::fleet::runner::Scheduler::new(&cfg, metrics, common::fast_retry())
+            .expect("scheduler");
+    let health = scheduler.health();
+    health.published();
+    // The loop's next page comes one tick later, plus the write.
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    assert_eq!(health.check(), Ok(()));
+}

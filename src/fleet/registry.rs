@@ -125,6 +125,14 @@ impl Registry {
         &self.configured_paths
     }
 
+    /// The poller kept `path` (a rename it refused): the entry says so again, so a later pass
+    /// that still lists the project under the new path tries the rename again.
+    pub fn keep_path(&mut self, id: ProjectId, path: &str) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            path.clone_into(&mut e.path);
+        }
+    }
+
     /// Its task stopped (404, another shard's): a later pass listing it tries again.
     pub fn mark_ended(&mut self, id: ProjectId) {
         if let Some(Entry {

@@ -194,7 +194,11 @@ impl Scheduler {
                 cfg.gitlab.max_requests_per_minute,
             ),
             readiness: Arc::new(readiness),
-            health: Arc::new(Health::new(cfg.poll.interval)),
+            // The loop publishes once per poll interval but at most once per tick: a poll
+            // interval under a tick must not make a page one tick old look stale.
+            health: Arc::new(Health::new(
+                cfg.poll.interval.max(checkpoint::CHECKPOINT_EVERY),
+            )),
             backfill: cfg.poll.backfill,
             labels: cfg.labels.clone(),
             shard,

@@ -163,13 +163,13 @@ impl Project {
     /// GitLab shows the project under another path now (renamed or transferred): its series
     /// move there, unless another project's series are there already (then it keeps the path
     /// it had, logged). Safe while a cycle runs: the cycle reads the label under the lock at
-    /// every step.
-    pub fn rename(&mut self, path: &str, metrics: &Metrics) {
+    /// every step. Returns false when the series could not move (tried again later).
+    pub fn rename(&mut self, path: &str, metrics: &Metrics) -> bool {
         let Some((_, old)) = self.resolved.clone() else {
-            return;
+            return true;
         };
         if old == path {
-            return;
+            return true;
         }
         if metrics.rename_project(&old, path, ProjectState::ALL) {
             info!(project = %path, was = %old, "project renamed or moved in GitLab; its series follow");
@@ -177,8 +177,10 @@ impl Project {
                 r.1 = path.to_string();
             }
             self.report_active(metrics);
+            true
         } else {
-            warn!(project = %old, new_path = %path, "project renamed in GitLab, but another project's series use the new path; keeping the old one");
+            warn!(project = %old, new_path = %path, "project renamed in GitLab, but another project's series use the new path; keeping the old one for now");
+            false
         }
     }
 

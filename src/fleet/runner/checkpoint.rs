@@ -20,7 +20,7 @@ use crate::project::cycle::{ProjectPoller, ProjectState};
 use crate::tracker::secs;
 
 /// How often, at most, a checkpoint is written.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {

@@ -183,9 +183,15 @@ impl Scheduler {
         for (poller, path) in fx.renamed {
             // The state lock only: a running cycle takes the label under it at every step.
             let mut p = poller.project();
-            if p.resolved().is_some_and(|(_, old)| *old != path) {
-                p.rename(&path, &self.metrics);
-                stats.renamed += 1;
+            let Some((id, old)) = p.resolved().cloned().filter(|(_, old)| *old != path) else {
+                continue;
+            };
+            stats.renamed += 1;
+            if !p.rename(&path, &self.metrics) {
+                // Refused (another project's series are there, e.g. a retired one's): the
+                // registry keeps the old path so a later pass tries again once they are gone.
+                drop(p);
+                self.slots().registry.keep_path(id, &old);
             }
         }
         for (key, poller) in fx.stopped {
