@@ -419,13 +419,16 @@ impl Scheduler {
         tracker.spawn(async move {
             let mut delay = first_delay;
             loop {
+                // Biased: a project stopped (retired) never starts one more cycle.
                 tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => return,
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
                 let started = tokio::time::Instant::now();
                 let next = tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => return,
                     _ = stop.cancelled() => return,
                     (_, next) = me.poll_one(key) => next,
