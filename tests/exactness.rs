@@ -638,6 +638,14 @@ async fn discovered_projects_are_counted_exactly_through_leaving_and_returning()
     h.stop().await;
 }
 
+/// The `gitlab_ci_jobs_total` series of `project` on a scrape.
+fn job_series(s: &common::Scrape, project: &str) -> usize {
+    s.values("gitlab_ci_jobs_total")
+        .keys()
+        .filter(|l| l["project"] == project)
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_removes_series_after_the_grace_period_and_never_after_a_failed_pass() {
     // Below poll.backfill, which validation refuses: here the series are to go at once.
@@ -645,13 +653,7 @@ async fn discovery_removes_series_after_the_grace_period_and_never_after_a_faile
         start_discovering_with(|_| {}, |cfg| cfg.discovery.grace_period = Duration::ZERO).await;
     assert_eq!(h.scheduler.discover().await.added, 3);
     h.poll().await;
-    let series = |s: &common::Scrape, project: &str| {
-        s.values("gitlab_ci_jobs_total")
-            .keys()
-            .filter(|l| l["project"] == project)
-            .count()
-    };
-    assert!(series(&h.scrape().await, "acme/web/frontend") > 0);
+    assert!(job_series(&h.scrape().await, "acme/web/frontend") > 0);
 
     // A pass that fails part-way (the group listing answers 500 every time) removes nothing,
     // even though the project is gone from the lists.
@@ -669,7 +671,7 @@ async fn discovery_removes_series_after_the_grace_period_and_never_after_a_faile
     let stats = h.scheduler.discover().await;
     assert_eq!((stats.retired, stats.removed), (1, 1), "{stats:?}");
     let scrape = h.scrape().await;
-    assert_eq!(series(&scrape, "acme/web/frontend"), 0);
+    assert_eq!(job_series(&scrape, "acme/web/frontend"), 0);
     assert!(
         !scrape
             .values("gitlab_jobs_exporter_project_state")
@@ -677,7 +679,10 @@ async fn discovery_removes_series_after_the_grace_period_and_never_after_a_faile
             .any(|l| l["project"] == "acme/web/frontend"),
         "its own series are removed too"
     );
-    assert!(series(&scrape, "acme/platform/api") > 0, "the others stay");
+    assert!(
+        job_series(&scrape, "acme/platform/api") > 0,
+        "the others stay"
+    );
 
     // One failing source holds back only the projects it listed: tools/cli, listed by the
     // membership alone, is retired while the group listing fails.
@@ -703,7 +708,7 @@ async fn discovery_removes_series_after_the_grace_period_and_never_after_a_faile
         "{stats:?}"
     );
     assert!(
-        series(&h.scrape().await, "acme/platform/api") > 0,
+        job_series(&h.scrape().await, "acme/platform/api") > 0,
         "the counters under the path stay"
     );
     h.poll().await;
@@ -1505,15 +1510,9 @@ async fn a_refused_rename_is_tried_again_once_the_path_is_free() {
         start_discovering_with(|_| {}, |cfg| cfg.discovery.grace_period = Duration::ZERO).await;
     assert_eq!(h.scheduler.discover().await.added, 3);
     h.poll().await;
-    let series = |s: &common::Scrape, project: &str| {
-        s.values("gitlab_ci_jobs_total")
-            .keys()
-            .filter(|l| l["project"] == project)
-            .count()
-    };
     let scrape = h.scrape().await;
-    assert!(series(&scrape, "acme/platform/api") > 0);
-    assert!(series(&scrape, "acme/web/frontend") > 0);
+    assert!(job_series(&scrape, "acme/platform/api") > 0);
+    assert!(job_series(&scrape, "acme/web/frontend") > 0);
 
     // acme/platform/api is deleted and acme/web/frontend moves into its path, in one pass:
     // the rename comes before the old project's series are removed, so it is refused.
@@ -1529,11 +1528,11 @@ async fn a_refused_rename_is_tried_again_once_the_path_is_free() {
     h.poll().await;
     let scrape = h.scrape().await;
     assert_eq!(
-        series(&scrape, "acme/web/frontend"),
+        job_series(&scrape, "acme/web/frontend"),
         0,
         "series left under the old path"
     );
-    assert!(series(&scrape, "acme/platform/api") > 0);
+    assert!(job_series(&scrape, "acme/platform/api") > 0);
     h.stop().await;
 }
 
