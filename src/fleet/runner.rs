@@ -9,9 +9,10 @@
 //! series (and its tracker, should it come back) for `discovery.grace_period`.
 //!
 //! Which discovered projects are watched is the [`Registry`]'s to say (a pure reconciliation,
-//! see [`crate::fleet::registry`]); this module runs the tasks it asks for. Parts: [`discover`]
-//! (carrying out a discovery pass), [`checkpoint`] (checkpoints and restore), `drivers` (the
-//! polling loop without its waits, for tests and benchmarks), [`readiness`].
+//! see [`crate::fleet::registry`]); this module runs the tasks it asks for. Parts (private
+//! children): `discover` (carrying out a discovery pass), `checkpoint` (checkpoints and
+//! restore), `drivers` (the polling loop without its waits, for tests and benchmarks),
+//! `readiness`.
 
 mod checkpoint;
 mod discover;

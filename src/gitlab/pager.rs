@@ -1,7 +1,7 @@
 //! One pager for every GitLab listing: the job list (keyset), `scope[]` listings, a pipeline's
 //! job list and the project listings (offset or keyset).
 //!
-//! Where the next page is comes from the answer's headers ([`next_page`]): `Link: rel="next"`
+//! Where the next page is comes from the answer's headers (`next_page`): `Link: rel="next"`
 //! (keyset and offset), else, for listings that may be offset-paginated, `X-Next-Page` (a proxy
 //! or look-alike that drops `Link` still says it). A `Link` keeps only its path under
 //! `/api/v4/` ([`super::link`]), so the token never travels to the host GitLab names in it.

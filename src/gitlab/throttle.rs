@@ -99,7 +99,7 @@ impl Throttle {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Waits until a request may be sent. While paused it wakes every [`PAUSE_STEP`] and calls
+    /// Waits until a request may be sent. While paused it wakes every `PAUSE_STEP` and calls
     /// `tick`, which counts the pause served so far ([`Throttle::take_served`]).
     pub async fn wait(&self, mut tick: impl FnMut()) {
         loop {

@@ -1,6 +1,6 @@
 //! The Prometheus registry: job metrics fed by tracker events, and the exporter's own metrics.
 //!
-//! Label values are written through [`with`] so that a label-count mistake is logged, never a
+//! Label values are written through `with` so that a label-count mistake is logged, never a
 //! panic (`with_label_values` panics). The job metrics live in [`jobs`], restorable.
 //!
 //! Over 600 lines on purpose: [`Metrics`] is the one handle every layer reports through, and

@@ -4,7 +4,7 @@
 //! It lives behind a `std::sync::Mutex` in [`crate::project::cycle::ProjectPoller`] and is locked only for
 //! short, synchronous steps: a cycle plans a request under the lock, sends it without, and
 //! applies the answer under the lock again. Tracker and job series change together in one lock
-//! scope ([`Project::feed`]), so whoever takes the lock (the checkpoint, later webhooks) sees a
+//! scope (`Project::feed`), so whoever takes the lock (the checkpoint, later webhooks) sees a
 //! job either counted in both or in neither, never waiting for a request to GitLab.
 
 use std::time::Duration;
