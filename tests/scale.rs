@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{Harness, assert_matches_truth, by_id};
 use gitlab_jobs_exporter::config::MetricsSettings;
-use gitlab_jobs_exporter::gitlab::JobStatus;
 use gitlab_jobs_exporter::metrics::Metrics;
+use gitlab_jobs_exporter::model::JobStatus;
 use gitlab_jobs_exporter::tracker::{Event, JobLabels};
 use gitlab_sim::{Ms, ProjectSpec, World, WorldSpec};
 

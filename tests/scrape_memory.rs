@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gitlab_jobs_exporter::fleet::runner::Readiness;
-use gitlab_jobs_exporter::gitlab::JobStatus;
 use gitlab_jobs_exporter::metrics::Metrics;
+use gitlab_jobs_exporter::model::JobStatus;
 use gitlab_jobs_exporter::server::{self, AppState};
 use gitlab_jobs_exporter::tracker::{Event, JobLabels};
 

@@ -26,11 +26,10 @@ use tracing::{debug, warn};
 
 use crate::config::GitlabSettings;
 use crate::model::{self, text};
+use crate::model::{Job, JobStatus, Project};
 use headers::{header_f64, raw_header, reset_in, retry_after, server_time};
-use pager::NextHeaders;
-// The model's types, where callers long found them.
-pub use crate::model::{Job, JobRunner, JobStatus, Project};
 pub use observer::ClientObserver;
+use pager::NextHeaders;
 
 /// Largest response body accepted; a jobs page of 100 is ~200 KiB, so this only stops runaways.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;

@@ -13,10 +13,11 @@ use chrono::Utc;
 use tracing::{info, warn};
 
 use crate::config::ProjectRef;
-use crate::gitlab::{JobStatus, JobsPage};
+use crate::gitlab::JobsPage;
 use crate::labels::LabelsConfig;
 use crate::metrics::Metrics;
 use crate::model::Activity;
+use crate::model::JobStatus;
 use crate::persist::ProjectCheckpoint;
 use crate::tracker::{Event, Tracker, secs};
 
@@ -396,7 +397,7 @@ mod tests {
         )
     }
 
-    fn job() -> crate::gitlab::Job {
+    fn job() -> crate::model::Job {
         serde_json::from_value(serde_json::json!({
             "id": 9, "status": "success", "stage": "test", "name": "rspec", "ref": "main",
             "started_at": "2026-01-01T10:00:00.000Z", "finished_at": "2026-01-01T10:01:00.000Z",

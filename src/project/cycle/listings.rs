@@ -9,8 +9,9 @@ use super::{
     COLD_SWEEP_CYCLES, Cycle, MAX_LISTING_PAGES, PollError, Reread, SCHEDULED_RECHECK_SECS,
     SETTLING_PURSUIT_SECS,
 };
+use crate::gitlab::ApiError;
 use crate::gitlab::pager::{JobList, Pager};
-use crate::gitlab::{ApiError, JobStatus};
+use crate::model::JobStatus;
 use crate::project::state::is_waiting;
 use crate::tracker::{Settling, Tracker};
 
