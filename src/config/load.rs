@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::error::{SourceLines, is_secret_key};
 use super::{
     API_SUFFIX, Config, ConfigError, ENV_PREFIX, MAX_CONFIG_BYTES, MAX_TOKEN_FILE_BYTES, Settings,
-    TOKEN_ENV,
+    TOKEN_ENV, WEBHOOK_SECRET_ENV,
 };
 
 impl Config {
@@ -92,6 +92,10 @@ impl Config {
         }
         cfg.strip_api_suffix();
         cfg.resolve_token(std::env::var(TOKEN_ENV).ok())?;
+        cfg.resolve_webhook_secret(std::env::var(WEBHOOK_SECRET_ENV).ok())?;
+        if let Some(s) = &cfg.webhook.secret {
+            secrets.push(s.expose_secret().to_string());
+        }
         Ok(cfg)
     }
 
@@ -147,13 +151,52 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The webhook secret: `GITLAB_WEBHOOK_SECRET`, then `webhook.secret_file` (read only when
+    /// webhooks are enabled; a broken path then fails start-up). Errors never show it.
+    pub(super) fn resolve_webhook_secret(
+        &mut self,
+        env_secret: Option<String>,
+    ) -> Result<(), ConfigError> {
+        if !self.webhook.enabled {
+            return Ok(());
+        }
+        let key = "webhook.secret_file";
+        let mut from_file = None;
+        if let Some(file) = &self.webhook.secret_file {
+            let bytes = read_token_file(file)
+                .map_err(|e| ConfigError::invalid(key, format!("cannot read the file: {e}")))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| ConfigError::invalid(key, "the file is not UTF-8 text"))?;
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(ConfigError::invalid(key, "the file is empty"));
+            }
+            check_token(key, text)?;
+            from_file = Some(text.to_string());
+        }
+        let env_secret = env_secret
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        if let Some(t) = &env_secret {
+            check_token(WEBHOOK_SECRET_ENV, t)?;
+        }
+        if let Some(t) = env_secret.or(from_file) {
+            self.webhook.secret = Some(SecretString::from(t));
+        }
+        Ok(())
+    }
+}
+
 /// Values of secret-keyed environment overrides, and `GITLAB_TOKEN`.
 fn env_secrets() -> Vec<String> {
     let prefix = format!("{ENV_PREFIX}__");
     std::env::vars_os()
         .filter_map(|(k, v)| {
             let k = k.to_string_lossy();
-            let secret = k == TOKEN_ENV || (k.starts_with(&prefix) && is_secret_key(&k));
+            let secret = k == TOKEN_ENV
+                || k == WEBHOOK_SECRET_ENV
+                || (k.starts_with(&prefix) && is_secret_key(&k));
             secret.then(|| v.to_string_lossy().into_owned())
         })
         .collect()
@@ -166,7 +209,14 @@ pub(super) fn check_token(source: &str, token: &str) -> Result<(), ConfigError> 
     if reqwest::header::HeaderValue::from_str(token).is_err() {
         return Err(ConfigError::invalid(
             source,
-            "the token holds a character not allowed in an HTTP header (a line break, a control or non-ASCII character); it is sent in the PRIVATE-TOKEN header",
+            format!(
+                "the value holds a character not allowed in an HTTP header (a line break, a control or non-ASCII character); it is sent in the {} header",
+                if source.contains("WEBHOOK") || source.starts_with("webhook") {
+                    "X-Gitlab-Token"
+                } else {
+                    "PRIVATE-TOKEN"
+                }
+            ),
         ));
     }
     Ok(())

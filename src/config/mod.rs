@@ -36,13 +36,16 @@ pub use error::ConfigError;
 pub use labels::LabelsConfig;
 pub use raw::{
     Config, DiscoveryConfig, GitlabConfig, GroupRef, LimitsConfig, MetricsConfig, PollConfig,
-    ProjectEntry, ServerConfig, StateConfig, default_duration_buckets, default_queued_buckets,
+    ProjectEntry, ServerConfig, StateConfig, WebhookConfig, default_duration_buckets,
+    default_queued_buckets,
 };
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "GITLAB_JOBS_EXPORTER";
 /// Environment variable holding the GitLab token (preferred over the file keys).
 pub const TOKEN_ENV: &str = "GITLAB_TOKEN";
+/// Environment variable holding the webhook secret (preferred over `webhook.secret_file`).
+pub const WEBHOOK_SECRET_ENV: &str = "GITLAB_WEBHOOK_SECRET";
 /// Default listen address. 39129 lies outside Prometheus' (exhausted) 9100–9999 allocation range.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:39129";
 /// Largest token file read: a token is ~50 bytes; this stops `/dev/zero`-like runaways.
@@ -67,6 +70,8 @@ pub struct Settings {
     pub limits: LimitsConfig,
     pub discovery: DiscoverySettings,
     pub projects: Vec<ProjectRef>,
+    /// `[webhook]` when enabled.
+    pub webhook: Option<WebhookSettings>,
     /// The configuration it was made from, for `--check-config` (printed as written, not as
     /// typed, so the output is a configuration file again).
     effective: Config,
@@ -153,6 +158,57 @@ impl Default for ServerSettings {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: raw.header_read_timeout,
         }
+    }
+}
+
+/// `[webhook]`, checked (present only when enabled).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Not blank, fits a header (it is compared with `X-Gitlab-Token` and sent to peers).
+    pub secret: SecretString,
+    /// Its own listener; `None`: served beside `/metrics`. Never `server.listen` itself.
+    pub listen: Option<SocketAddr>,
+    /// At least `poll.interval`.
+    pub reconcile_interval: Duration,
+    /// Where another shard's events go (only with `shard.count > 1`).
+    pub peer_url: Option<PeerUrl>,
+    pub queue: NonZeroUsize,
+}
+
+/// `webhook.peer_url`: an http(s) URL template holding `{shard}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerUrl(String);
+
+impl PeerUrl {
+    const PLACEHOLDER: &str = "{shard}";
+
+    pub fn new(template: &str) -> Result<Self, ConfigError> {
+        let key = "webhook.peer_url";
+        if !template.contains(Self::PLACEHOLDER) {
+            return Err(ConfigError::invalid(
+                key,
+                "must contain {shard} (e.g. http://gitlab-jobs-exporter-{shard}.gitlab-jobs-exporter:39130/webhook)",
+            ));
+        }
+        let sample = template.replace(Self::PLACEHOLDER, "0");
+        let url = url::Url::parse(&sample).map_err(|e| {
+            ConfigError::invalid(key, format!("not a URL once {{shard}} is filled in ({e})"))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(ConfigError::invalid(
+                key,
+                "must be an http:// or https:// URL with a host",
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ConfigError::invalid(key, "must not carry credentials"));
+        }
+        Ok(Self(template.to_string()))
+    }
+
+    /// The URL of shard `shard`'s webhook.
+    pub fn for_shard(&self, shard: u32) -> String {
+        self.0.replace(Self::PLACEHOLDER, &shard.to_string())
     }
 }
 

@@ -39,6 +39,50 @@ pub struct Config {
     /// Groups whose projects are all watched (found again every `discovery.interval`).
     #[serde(default)]
     pub groups: Vec<GroupRef>,
+    /// GitLab's job webhooks as data (polling stays the safety net).
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+}
+
+/// `[webhook]`: `POST /webhook` takes GitLab's Job Hooks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// A file holding the secret GitLab sends in `X-Gitlab-Token` (`GITLAB_WEBHOOK_SECRET` wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// Its own listener (so `/metrics` need not face GitLab); unset: `server.listen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// How often a project whose hooks arrive is still polled.
+    #[serde(default = "default_reconcile_interval", with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// Where another shard's events go: a URL template with `{shard}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_url: Option<String>,
+    /// Events waiting to be applied, at most; beyond it they are dropped (and reconciled by
+    /// polling), never refused.
+    #[serde(default = "default_webhook_queue")]
+    pub queue: usize,
+    /// The secret, resolved by [`Config::load`] (never written out).
+    #[serde(skip)]
+    pub secret: Option<SecretString>,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            secret_file: None,
+            listen: None,
+            reconcile_interval: default_reconcile_interval(),
+            peer_url: None,
+            queue: default_webhook_queue(),
+            secret: None,
+        }
+    }
 }
 
 /// A group whose projects are watched, by full path (`group/subgroup`) or numeric id.
@@ -297,6 +341,12 @@ fn default_grace_period() -> Duration {
 fn yes() -> bool {
     true
 }
+fn default_reconcile_interval() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_webhook_queue() -> usize {
+    10_000
+}
 fn default_backfill() -> Duration {
     Duration::from_secs(3600)
 }
@@ -347,6 +397,7 @@ impl Config {
             discovery: DiscoveryConfig::default(),
             projects: projects.into_iter().map(ProjectEntry::from).collect(),
             groups: Vec::new(),
+            webhook: WebhookConfig::default(),
         }
     }
 

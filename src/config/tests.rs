@@ -446,3 +446,91 @@ fn a_section_validates_alone() {
     cfg.gitlab.timeout = Duration::ZERO;
     assert_eq!(key_of(cfg.gitlab.validate().unwrap_err()), "gitlab.timeout");
 }
+
+/// `toml_text` with the webhook secret `secret` as if from `GITLAB_WEBHOOK_SECRET`.
+fn parse_with_hook_secret(toml_text: &str, secret: Option<&str>) -> Result<Settings, ConfigError> {
+    let mut cfg = parse_raw(toml_text)?;
+    cfg.resolve_webhook_secret(secret.map(str::to_string))?;
+    cfg.validate()
+}
+
+#[test]
+fn webhook_settings_are_checked_and_name_the_key() {
+    use secrecy::ExposeSecret;
+    // Off by default: no secret needed.
+    assert!(parse(GOOD).unwrap().webhook.is_none());
+    let on = format!("{GOOD}\n[webhook]\nenabled = true");
+    let err = parse_with_hook_secret(&on, None).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(key_of(err), "webhook.enabled", "{msg}");
+    assert!(msg.contains("GITLAB_WEBHOOK_SECRET"), "{msg}");
+    let hook = parse_with_hook_secret(&on, Some(" s3cret \n"))
+        .unwrap()
+        .webhook
+        .unwrap();
+    assert_eq!(hook.secret.expose_secret(), "s3cret");
+    assert_eq!(hook.reconcile_interval, Duration::from_secs(600));
+    assert_eq!(hook.listen, None);
+    assert_eq!(hook.queue.get(), 10_000);
+
+    // The file, and the environment winning over it.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("webhook-secret");
+    std::fs::write(&file, "from-file\n").unwrap();
+    let with_file = format!("{on}\nsecret_file = {:?}", file.display().to_string());
+    let hook = parse_with_hook_secret(&with_file, None)
+        .unwrap()
+        .webhook
+        .unwrap();
+    assert_eq!(hook.secret.expose_secret(), "from-file");
+    let hook = parse_with_hook_secret(&with_file, Some("from-env"))
+        .unwrap()
+        .webhook
+        .unwrap();
+    assert_eq!(hook.secret.expose_secret(), "from-env");
+    std::fs::write(&file, "\n").unwrap();
+    let err = parse_with_hook_secret(&with_file, None).unwrap_err();
+    assert_eq!(key_of(err), "webhook.secret_file");
+    let missing = format!("{on}\nsecret_file = \"/nonexistent/webhook-secret\"");
+    let err = parse_with_hook_secret(&missing, Some("env")).unwrap_err();
+    assert_eq!(key_of(err), "webhook.secret_file");
+
+    let cases = [
+        (
+            format!("{on}\nlisten = \"0.0.0.0:39129\""),
+            "webhook.listen",
+        ),
+        (format!("{on}\nlisten = \"localhost:1\""), "webhook.listen"),
+        (
+            format!("{on}\nreconcile_interval = \"10s\""),
+            "webhook.reconcile_interval",
+        ),
+        (
+            format!("{on}\npeer_url = \"http://peer:39130/webhook\""),
+            "webhook.peer_url",
+        ),
+        (
+            format!("{on}\npeer_url = \"ftp://peer-{{shard}}/webhook\""),
+            "webhook.peer_url",
+        ),
+        (format!("{on}\nqueue = 0"), "webhook.queue"),
+        (format!("{on}\nsecret = \"inline\""), "webhook.secret"),
+    ];
+    for (text, key) in cases {
+        let err = parse_with_hook_secret(&text, Some("s")).expect_err(key);
+        let msg = err.to_string();
+        assert_eq!(key_of(err), key, "{msg}");
+    }
+    let peer = format!(
+        "{on}\nlisten = \"0.0.0.0:39130\"\npeer_url = \"http://x-{{shard}}.x:39130/webhook\""
+    );
+    let hook = parse_with_hook_secret(&peer, Some("s"))
+        .unwrap()
+        .webhook
+        .unwrap();
+    assert_eq!(hook.listen, Some("0.0.0.0:39130".parse().unwrap()));
+    assert_eq!(
+        hook.peer_url.unwrap().for_shard(2),
+        "http://x-2.x:39130/webhook"
+    );
+}

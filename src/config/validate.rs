@@ -12,8 +12,9 @@ use super::load::check_token;
 use super::{
     API_SUFFIX, Buckets, Config, ConfigError, DiscoveryConfig, DiscoverySettings, GitlabConfig,
     GitlabSettings, GitlabUrl, Group, GroupKey, GroupRef, LabelsConfig, LimitsConfig,
-    MetricsConfig, MetricsSettings, PathFilter, PollConfig, ProjectEntry, ProjectRef, ServerConfig,
-    ServerSettings, Settings, Shard, TOKEN_ENV,
+    MetricsConfig, MetricsSettings, PathFilter, PeerUrl, PollConfig, ProjectEntry, ProjectRef,
+    ServerConfig, ServerSettings, Settings, Shard, TOKEN_ENV, WEBHOOK_SECRET_ENV, WebhookConfig,
+    WebhookSettings,
 };
 
 impl Config {
@@ -32,6 +33,7 @@ impl Config {
         check_labels(&self.labels)?;
         let metrics = self.metrics.validate()?;
         let discovery = self.discovery.validate(&self.groups, self.poll.backfill)?;
+        let webhook = self.webhook.validate(&server, &self.poll, shard)?;
         if self.projects.is_empty() && !discovery.enabled() {
             return Err(ConfigError::invalid(
                 "projects",
@@ -49,6 +51,7 @@ impl Config {
             limits: self.limits.clone(),
             discovery,
             projects: projects(&self.projects)?,
+            webhook,
             effective: self.clone(),
         })
     }
@@ -151,6 +154,82 @@ impl ServerConfig {
             max_connections,
             header_read_timeout: self.header_read_timeout,
         })
+    }
+}
+
+impl WebhookConfig {
+    /// `[webhook]` (the secret resolved already, see [`Config::load`]); `None` when disabled.
+    pub fn validate(
+        &self,
+        server: &ServerSettings,
+        poll: &PollConfig,
+        shard: Shard,
+    ) -> Result<Option<WebhookSettings>, ConfigError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let secret = match &self.secret {
+            Some(s) if !s.expose_secret().trim().is_empty() => s.clone(),
+            Some(_) => {
+                return Err(ConfigError::invalid(
+                    "webhook.secret_file",
+                    "the secret is empty",
+                ));
+            }
+            None => {
+                return Err(ConfigError::invalid(
+                    "webhook.enabled",
+                    format!(
+                        "webhooks need a secret (GitLab sends it in X-Gitlab-Token): set {WEBHOOK_SECRET_ENV} or webhook.secret_file"
+                    ),
+                ));
+            }
+        };
+        let listen = match &self.listen {
+            None => None,
+            Some(text) => {
+                let addr = text.parse::<SocketAddr>().map_err(|e| {
+                    ConfigError::invalid(
+                        "webhook.listen",
+                        format!("{e}; expected ADDRESS:PORT, e.g. 0.0.0.0:39130"),
+                    )
+                })?;
+                if addr == server.listen {
+                    return Err(ConfigError::invalid(
+                        "webhook.listen",
+                        "is server.listen: leave it unset to serve /webhook there",
+                    ));
+                }
+                Some(addr)
+            }
+        };
+        if self.reconcile_interval < poll.interval {
+            return Err(ConfigError::invalid(
+                "webhook.reconcile_interval",
+                format!(
+                    "must be at least poll.interval ({})",
+                    humantime::format_duration(poll.interval)
+                ),
+            ));
+        }
+        let peer_url = match &self.peer_url {
+            Some(t) => Some(PeerUrl::new(t)?),
+            None => None,
+        };
+        if shard.count() > 1 && peer_url.is_none() {
+            tracing::warn!(
+                "webhook.peer_url is not set while shard.count > 1: events for other shards' projects are dropped (their polls still count them)"
+            );
+        }
+        let queue = NonZeroUsize::new(self.queue)
+            .ok_or_else(|| ConfigError::invalid("webhook.queue", "must be at least 1"))?;
+        Ok(Some(WebhookSettings {
+            secret,
+            listen,
+            reconcile_interval: self.reconcile_interval,
+            peer_url,
+            queue,
+        }))
     }
 }
 
