@@ -459,10 +459,10 @@ mod properties {
             }
             // The reconciliation poll: everything as it is in the end.
             t.cycle_started();
-            for i in 0..lives.len() {
-                t.observe(&snap(i, lives[i].len() - 1), 0.0, &mut events);
-            }
             let last: Vec<Job> = (0..lives.len()).map(|i| snap(i, lives[i].len() - 1)).collect();
+            for j in &last {
+                t.observe(j, 0.0, &mut events);
+            }
             let completed = events.iter().filter(|e| matches!(e, Event::Completed { .. })).count();
             let starts = events.iter().filter(|e| matches!(e, Event::Started { .. })).count();
             prop_assert_eq!(completed, last.iter().filter(|j| j.status.is_final()).count());
