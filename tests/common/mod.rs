@@ -170,6 +170,7 @@ impl Harness {
         let stop = CancellationToken::new();
         let s = stop.clone();
         app.spawn_http(listener, async move { s.cancelled().await });
+        app.spawn_hooks(stop.clone());
         let scheduler = app.scheduler;
         Self {
             base_url: sim_handle.base_url.clone(),
