@@ -200,6 +200,19 @@ fn dashboards_are_provisionable_and_documented() {
             assert_regex_matches(query, &vars[1..], &format!("{file}: {}", v["name"]));
         }
 
+        // Panels and rows of the top level tile the grid without overlapping.
+        let mut cells: BTreeMap<(u64, u64), String> = BTreeMap::new();
+        for p in d["panels"].as_array().expect("panels") {
+            let pos = &p["gridPos"];
+            let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| pos[k].as_u64().expect("gridPos"));
+            for cell in (x..x + w).flat_map(|cx| (y..y + h).map(move |cy| (cx, cy))) {
+                let title = p["title"].as_str().unwrap_or_default().to_string();
+                if let Some(other) = cells.insert(cell, title.clone()) {
+                    panic!("{file}: {title} overlaps {other} at {cell:?}");
+                }
+            }
+        }
+
         let mut ids = BTreeSet::new();
         let mut titles = BTreeSet::new();
         for p in panels(&d) {
@@ -275,10 +288,22 @@ fn prometheus_rules_pass_promtool_and_every_alert_is_tested() {
         .arg(dir.join("recording-rules.yml"))
         .arg(dir.join("alerts.yml")));
     assert!(report.contains("SUCCESS"), "{report}");
+    // Every test file in tests/ (alerts.test.yml, webhooks.test.yml, …).
+    let mut test_files: Vec<PathBuf> = std::fs::read_dir(dir.join("tests"))
+        .expect("deploy/prometheus/tests")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.to_string_lossy().ends_with(".test.yml"))
+        .collect();
+    test_files.sort();
+    assert!(test_files.len() >= 2, "{test_files:?}");
     let report = ok(Command::new("promtool")
         .args(["test", "rules"])
-        .arg(dir.join("tests/alerts.test.yml")));
-    assert!(report.contains("SUCCESS"), "{report}");
+        .args(&test_files));
+    assert_eq!(
+        report.matches("SUCCESS").count(),
+        test_files.len(),
+        "{report}"
+    );
 
     let alerts: Vec<Value> = yaml_docs(&dir.join("alerts.yml"))[0]["groups"]
         .as_array()
@@ -287,10 +312,13 @@ fn prometheus_rules_pass_promtool_and_every_alert_is_tested() {
         .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
         .collect();
     assert!(alerts.len() >= 6, "{alerts:?}");
-    let tests = &yaml_docs(&dir.join("tests/alerts.test.yml"))[0]["tests"];
+    let tests: Vec<Value> = test_files
+        .iter()
+        .flat_map(|f| yaml_docs(f)[0]["tests"].as_array().cloned().expect("tests"))
+        .collect();
     // alert name -> (tested as not firing, tested as firing)
     let mut tested: BTreeMap<String, (bool, bool)> = BTreeMap::new();
-    for t in tests.as_array().expect("tests") {
+    for t in &tests {
         for case in t["alert_rule_test"].as_array().into_iter().flatten() {
             let name = case["alertname"].as_str().expect("alertname").to_string();
             let fires = case["exp_alerts"].as_array().is_some_and(|a| !a.is_empty());
