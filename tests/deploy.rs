@@ -215,6 +215,21 @@ fn panels(d: &Value) -> Vec<Value> {
     out
 }
 
+/// Panels and rows of the top level tile the grid without overlapping.
+fn assert_no_overlap(file: &str, d: &Value) {
+    let mut cells: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    for p in d["panels"].as_array().expect("panels") {
+        let pos = &p["gridPos"];
+        let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| pos[k].as_u64().expect("gridPos"));
+        for cell in (x..x + w).flat_map(|cx| (y..y + h).map(move |cy| (cx, cy))) {
+            let title = p["title"].as_str().unwrap_or_default().to_string();
+            if let Some(other) = cells.insert(cell, title.clone()) {
+                panic!("{file}: {title} overlaps {other} at {cell:?}");
+            }
+        }
+    }
+}
+
 /// Template variables are matched with `=~`, so that "All" (`.*`) and multi-values work.
 fn assert_regex_matches(expr: &str, vars: &[&str], what: &str) {
     for var in vars {
@@ -265,18 +280,7 @@ fn dashboards_are_provisionable_and_documented() {
             assert_regex_matches(query, &vars[1..], &format!("{file}: {}", v["name"]));
         }
 
-        // Panels and rows of the top level tile the grid without overlapping.
-        let mut cells: BTreeMap<(u64, u64), String> = BTreeMap::new();
-        for p in d["panels"].as_array().expect("panels") {
-            let pos = &p["gridPos"];
-            let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| pos[k].as_u64().expect("gridPos"));
-            for cell in (x..x + w).flat_map(|cx| (y..y + h).map(move |cy| (cx, cy))) {
-                let title = p["title"].as_str().unwrap_or_default().to_string();
-                if let Some(other) = cells.insert(cell, title.clone()) {
-                    panic!("{file}: {title} overlaps {other} at {cell:?}");
-                }
-            }
-        }
+        assert_no_overlap(file, &d);
 
         let mut ids = BTreeSet::new();
         let mut titles = BTreeSet::new();
@@ -653,12 +657,24 @@ fn systemd_webhook_dropin_hands_over_the_secret() {
     assert_eq!(webhook["secret_file"], format!("{run_dir}/{credential}"));
     assert_eq!(webhook["listen"], format!("0.0.0.0:{WEBHOOK_PORT}"));
 
-    // The configuration as the unit and the drop-in hand it over.
-    let creds = tmp.path().join("credentials");
+    check_example_with_webhook(&unit, settings, &config, &run_dir, tmp.path());
+}
+
+/// The example's configuration with its [webhook] block as the unit and the drop-in hand it
+/// over (`settings`: the drop-in's): the secret is read from the credential.
+fn check_example_with_webhook(
+    unit: &str,
+    settings: Vec<(String, String)>,
+    config: &str,
+    run_dir: &str,
+    tmp: &Path,
+) {
+    let credential = "webhook-secret";
+    let creds = tmp.join("credentials");
     std::fs::create_dir_all(&creds).expect("mkdir");
     std::fs::write(creds.join("gitlab-token"), "glpat-from-the-credential\n").expect("token");
     std::fs::write(creds.join(credential), format!("{WEBHOOK_SECRET}\n")).expect("secret");
-    let env: Vec<(String, String)> = service_settings(&unit)
+    let env: Vec<(String, String)> = service_settings(unit)
         .into_iter()
         .chain(settings)
         .filter(|(k, _)| k == "Environment")
@@ -666,13 +682,13 @@ fn systemd_webhook_dropin_hands_over_the_secret() {
             let (k, v) = e.split_once('=').expect("KEY=value");
             let v = v
                 .replace("%d", &creds.display().to_string())
-                .replace("%S", &tmp.path().display().to_string());
+                .replace("%S", &tmp.display().to_string());
             (k.to_string(), v)
         })
         .collect();
-    let config = config.replace(&run_dir, &creds.display().to_string());
+    let config = config.replace(run_dir, &creds.display().to_string());
     let check = |config: &str, env: &[(String, String)]| {
-        let path = temp_file(tmp.path(), "config.toml", config);
+        let path = temp_file(tmp, "config.toml", config);
         let mut cmd = Command::new(EXPORTER);
         cmd.arg("--config")
             .arg(&path)
@@ -812,24 +828,27 @@ fn assert_hardened(workload: &Value) -> Vec<(String, String)> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|e| {
-            let name = e["name"].as_str().unwrap().to_string();
-            // Plain values, but for the webhook secret: from a Secret, never in the manifest.
-            let value = match e["value"].as_str() {
-                Some(value) => value,
-                None => {
-                    assert_eq!(name, WEBHOOK_SECRET_ENV, "plain env values: {e}");
-                    let source = &e["valueFrom"]["secretKeyRef"];
-                    assert!(
-                        source["name"].is_string() && source["key"].is_string(),
-                        "{e}"
-                    );
-                    WEBHOOK_SECRET
-                }
-            };
-            (name, value.to_string())
-        })
+        .map(env_var)
         .collect()
+}
+
+/// A container's environment variable as (name, value): plain values, but for the webhook
+/// secret, which comes from a Secret (never in the manifest) and stands for WEBHOOK_SECRET.
+fn env_var(e: &Value) -> (String, String) {
+    let name = e["name"].as_str().unwrap().to_string();
+    let value = match e["value"].as_str() {
+        Some(value) => value,
+        None => {
+            assert_eq!(name, WEBHOOK_SECRET_ENV, "plain env values: {e}");
+            let source = &e["valueFrom"]["secretKeyRef"];
+            assert!(
+                source["name"].is_string() && source["key"].is_string(),
+                "{e}"
+            );
+            WEBHOOK_SECRET
+        }
+    };
+    (name, value.to_string())
 }
 
 /// The container's `GITLAB_WEBHOOK_SECRET` source: (Secret name, key).
