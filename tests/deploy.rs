@@ -99,60 +99,20 @@ fn temp_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// Runs the exporter's `--check-config` on a configuration as a deployment ships it: `env` and
 /// the configuration's paths under the token and state mounts are mapped into `tmp`. Returns
-/// the effective configuration. A configuration with webhooks goes through
-/// [`try_check_config`]'s fallback for a daemon without them.
+/// the effective configuration.
 fn check_config(config: &str, env: &[(String, String)], tmp: &Path) -> String {
-    match try_check_config(config, env, tmp) {
-        Ok(effective) => effective,
-        Err(e) if daemon_lacks_webhooks(&e) => {
-            let (config, env) = without_webhook(config, env);
-            try_check_config(&config, &env, tmp).unwrap_or_else(|e| panic!("{e}"))
-        }
-        Err(e) => panic!("{e}"),
-    }
+    try_check_config(config, env, tmp).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The effective `[webhook]` section of a configuration with webhooks on, or `None` from a
-/// daemon that does not know webhooks yet (then the rest of the configuration is checked).
-///
-/// TODO(issue 11): the daemon's `[webhook]` section is merged separately from these deploy
-/// files. Until then the exporter refuses it as an unknown field, and exactly that refusal is
-/// tolerated; once it knows the section, this returns `Some` and the callers' checks of the
-/// effective values apply. Remove the fallback after the merge.
-fn webhook_effective(config: &str, env: &[(String, String)], tmp: &Path) -> Option<Value> {
-    match try_check_config(config, env, tmp) {
-        Ok(effective) => {
-            let webhook = toml_json(&effective)["webhook"].clone();
-            assert_eq!(webhook["enabled"], true, "{effective}");
-            Some(webhook)
-        }
-        Err(e) if daemon_lacks_webhooks(&e) => {
-            check_config(config, env, tmp);
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
+/// The effective `[webhook]` section of a configuration with webhooks on.
+fn webhook_effective(config: &str, env: &[(String, String)], tmp: &Path) -> Value {
+    let effective = check_config(config, env, tmp);
+    let webhook = toml_json(&effective)["webhook"].clone();
+    assert_eq!(webhook["enabled"], true, "{effective}");
+    webhook
 }
 
-fn daemon_lacks_webhooks(error: &str) -> bool {
-    error.contains("unknown field `webhook`")
-}
-
-/// The configuration and environment without their webhook settings.
-fn without_webhook(config: &str, env: &[(String, String)]) -> (String, Vec<(String, String)>) {
-    let mut table: toml::Table = toml::from_str(config).expect("TOML");
-    table.remove("webhook");
-    let env = env
-        .iter()
-        .filter(|(k, _)| {
-            k != WEBHOOK_SECRET_ENV && !k.starts_with("GITLAB_JOBS_EXPORTER__WEBHOOK__")
-        })
-        .cloned()
-        .collect();
-    (toml::to_string(&table).expect("TOML"), env)
-}
-
-/// [`check_config`] without the fallback: `Err` with the exporter's output if it refuses.
+/// [`check_config`], `Err` with the exporter's output if it refuses.
 fn try_check_config(config: &str, env: &[(String, String)], tmp: &Path) -> Result<String, String> {
     let map = |s: &str| {
         s.replace(TOKEN_DIR, &tmp.join("token").display().to_string())
@@ -699,13 +659,6 @@ fn check_example_with_webhook(
         run(&mut cmd)
     };
     let out = check(&config, &env);
-    if !out.status.success() && daemon_lacks_webhooks(&text(&out)) {
-        // TODO(issue 11): see webhook_effective.
-        let (config, env) = without_webhook(&config, &env);
-        let out = check(&config, &env);
-        assert!(out.status.success(), "{}", text(&out));
-        return;
-    }
     assert!(out.status.success(), "{}", text(&out));
     let effective = String::from_utf8(out.stdout).expect("UTF-8");
     assert!(!effective.contains(WEBHOOK_SECRET), "{effective}");
@@ -1235,7 +1188,8 @@ fn kustomize_webhook_component_renders_and_validates() {
         let config = find(&docs, "ConfigMap")[0]["data"]["config.toml"]
             .as_str()
             .expect("config.toml");
-        if let Some(effective) = webhook_effective(config, &env, &tmp.path().join(dir)) {
+        {
+            let effective = webhook_effective(config, &env, &tmp.path().join(dir));
             assert_eq!(effective["listen"], format!("0.0.0.0:{WEBHOOK_PORT}"));
             assert_eq!(effective["peer_url"].as_str(), peer_url.copied());
         }
@@ -1501,7 +1455,8 @@ fn helm_chart_renders_sharded_webhooks() {
     assert_eq!(scraped.len(), 1, "each pod scraped once: {scraped:?}");
     assert_ne!(scraped[0]["metadata"]["name"], peers["metadata"]["name"]);
 
-    if let Some(effective) = webhook_effective(&config, &env, &tmp.path().join("full")) {
+    {
+        let effective = webhook_effective(&config, &env, &tmp.path().join("full"));
         assert_eq!(effective["listen"], rendered["listen"]);
         assert_eq!(effective["peer_url"], rendered["peer_url"]);
     }
@@ -1560,7 +1515,8 @@ fn helm_chart_renders_webhooks() {
         rendered.get("peer_url").is_none(),
         "one replica forwards nothing"
     );
-    if let Some(effective) = webhook_effective(config, &env, &tmp.path().join("webhook")) {
+    {
+        let effective = webhook_effective(config, &env, &tmp.path().join("webhook"));
         assert_eq!(effective["listen"], rendered["listen"]);
         assert_eq!(
             effective["reconcile_interval"],
