@@ -265,12 +265,12 @@ fn project_hook_attrs(world: &World, project_id: u64, ext: &str) -> Value {
 
 /// The timeline entries of every job in `(from_ms, to_ms]`, in change order; `known(job_id)`
 /// false means the job is new to the caller, whose entries up to `to_ms` all count.
-fn changes<'w>(
-    world: &'w World,
+fn changes(
+    world: &World,
     from_ms: Ms,
     to_ms: Ms,
     known: impl Fn(u64) -> bool,
-) -> Vec<(&'w JobPlan, usize)> {
+) -> Vec<(&JobPlan, usize)> {
     let jobs = world.jobs();
     // Ids grow with creation time, so the jobs that exist by `to_ms` are a prefix.
     let end = jobs.partition_point(|j| j.created_at_ms <= to_ms);
@@ -340,7 +340,7 @@ pub fn plan_job_hooks(
     for event in job_hook_events(world, from_ms, to_ms, ext, knobs) {
         plan_event(Arc::new(event), knobs, &mut plan);
     }
-    plan.deliveries.sort_by_key(|d| order_key(d));
+    plan.deliveries.sort_by_key(order_key);
     plan
 }
 

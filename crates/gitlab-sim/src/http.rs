@@ -186,7 +186,7 @@ pub(super) struct Outcome {
 
 pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Response {
     let (method, uri) = (req.method().clone(), req.uri().clone());
-    let params = parse_query(uri.query());
+    let mut params = parse_query(uri.query());
     let route = route(uri.path());
     let endpoint = match &route {
         Route::Project(_) => Endpoint::Project,
@@ -200,22 +200,7 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
         Route::Other => Endpoint::Other,
     };
     let creds = credentials(req.headers(), &params);
-    let content_type = req
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok());
-    let content_type = content_type.map(str::to_owned);
-    // Only the hooks API takes a body; Grape merges its params with the query's.
-    let body = if endpoint == Endpoint::Hooks {
-        axum::body::to_bytes(req.into_body(), BODY_LIMIT).await.ok()
-    } else {
-        Some(Default::default())
-    };
-    let mut params = params;
-    let body_error = match body {
-        None => Some(Reject(413, "error", "413 Request Entity Too Large".into())),
-        Some(b) => super::hooks_api::body_params(content_type.as_deref(), &b, &mut params).err(),
-    };
+    let body = body_params(req, endpoint, &mut params).await;
     let token_ok = creds.as_ref().is_some_and(|c| c.1 == sim.inner.token);
     let limited = matches!(endpoint, Endpoint::Jobs | Endpoint::JobsScoped)
         && token_ok
@@ -252,10 +237,9 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
             let code = unserved.unwrap_or(500);
             fault_response(&Fault::ServerError(code), now)
         }
-        _ => match body_error {
-            Some(reject) => reject.into_response(),
-            None => answer(&sim, &method, uri.path(), route, params, token_ok, now),
-        },
+        _ => body.map_or_else(Reject::into_response, |()| {
+            answer(&sim, &method, uri.path(), route, params, token_ok, now)
+        }),
     };
     if resp.status() == StatusCode::OK {
         for h in &hostile {
@@ -280,6 +264,32 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
     let status = resp.status().as_u16();
     sim.record(method.as_str(), path_and_query, status, now, outcome);
     resp
+}
+
+/// Merges the body's params into the query's, as Grape does; only the hooks API takes a body.
+async fn body_params(req: Request, endpoint: Endpoint, params: &mut Params) -> Result<(), Reject> {
+    if endpoint != Endpoint::Hooks {
+        return Ok(());
+    }
+    let content_type = req.headers().get("content-type");
+    let content_type = content_type
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT).await;
+    let body = body.map_err(|_| Reject(413, "error", "413 Request Entity Too Large".into()))?;
+    super::hooks_api::body_params(content_type.as_deref(), &body, params)
+}
+
+/// `/projects/:id/hooks[/:hook_id]`, any method.
+fn answer_hooks(
+    sim: &Simulator,
+    req: super::hooks_api::HooksRequest<'_>,
+    token_ok: bool,
+) -> Response {
+    if !token_ok {
+        return err(401, "message", "401 Unauthorized");
+    }
+    super::hooks_api::answer(sim, req).unwrap_or_else(Reject::into_response)
 }
 
 /// One page of [`Hostile::ProjectFlood`]: `per_page` made-up projects of page `page` (offset
@@ -468,10 +478,8 @@ fn answer(
         return err(404, "error", "404 Not Found");
     }
     if let Route::Hooks(id, hook_id) = route {
-        if !token_ok {
-            return err(401, "message", "401 Unauthorized");
-        }
         let ext = sim.external_url();
+        let (ext, path) = (&ext, path);
         let req = super::hooks_api::HooksRequest {
             method,
             path,
@@ -479,9 +487,9 @@ fn answer(
             hook_id,
             params,
             now,
-            ext: &ext,
+            ext,
         };
-        return super::hooks_api::answer(sim, req).unwrap_or_else(Reject::into_response);
+        return answer_hooks(sim, req, token_ok);
     }
     if method != Method::GET && method != Method::HEAD {
         return err(405, "error", "405 Not Allowed");

@@ -23,6 +23,8 @@ mod truth;
 mod world;
 
 #[cfg(test)]
+mod hooks_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
