@@ -148,7 +148,8 @@ pub fn job_hook_payload(
     // The job as of the change: later entries at the same millisecond must not show yet.
     let mut then = job.clone();
     then.timeline.truncate(index + 1);
-    let creation = index == 0;
+    // Jobs the world creates already skipped have no creation event of their own.
+    let creation = index == 0 && status == "created";
     let failure_reason = match status {
         _ if creation => None,
         "failed" => Some(job.failure_reason.as_deref().unwrap_or("unknown_failure")),
@@ -178,7 +179,7 @@ pub fn job_hook_payload(
         "build_allow_failure": job.allow_failure, "build_failure_reason": failure_reason,
         "pipeline_id": job.pipeline_id, "runner": runner,
         "project_id": project.id, "project_name": path.split('/').collect::<Vec<_>>().join(" / "),
-        "user": user_json(job.pipeline_id, ext),
+        "user": user_json(job.pipeline_id),
         "commit": commit_json(world, job, t, ext, iso_times),
         "repository": repository_json(path, ext),
         "project": project_hook_attrs(world, project.id, ext),
@@ -193,7 +194,7 @@ pub fn job_hook_payload(
 }
 
 /// `User#hook_attrs` of the pipeline's user (the same made-up user the jobs API shows).
-fn user_json(pipeline: u64, ext: &str) -> Value {
+fn user_json(pipeline: u64) -> Value {
     let user = mix(pipeline ^ 0x55) as usize % USERS.len();
     let (username, name) = USERS[user];
     let avatar = &sha(pipeline)[..32];
@@ -201,7 +202,6 @@ fn user_json(pipeline: u64, ext: &str) -> Value {
         "id": user + 1, "name": name, "username": username,
         "avatar_url": format!("https://www.gravatar.com/avatar/{avatar}?s=80&d=identicon"),
         "email": format!("{username}@example.com"),
-        "web_url": format!("{ext}/{username}"),
     })
 }
 

@@ -11,6 +11,14 @@
 //! For project discovery it serves `GET /groups/:id/projects` (offset pagination) and
 //! `GET /projects` (offset or keyset), with groups derived from project paths, and lets tests
 //! archive, remove and add projects, or change membership, while it runs.
+//!
+//! It sends Job Hooks ([`HookSender`]): one event per status change of every job, with
+//! `Gitlab::DataBuilder::Build`'s payload and GitLab's headers, through knobs that drop,
+//! duplicate, delay and reorder them, driven by a manual clock
+//! ([`HookSender::deliver_until`]) or in the background ([`HookSender::spawn`]);
+//! [`plan_job_hooks`] lists them without HTTP. It answers the project hooks API
+//! (`/projects/:id/hooks`), with knobs for access ([`Simulator::set_hooks_access`]) and
+//! disabled hooks ([`Simulator::set_hook_alert`]).
 
 mod discovery;
 pub mod fixtures;
