@@ -402,6 +402,8 @@ pub struct DeliveryRecord {
     pub status: String,
     pub at_ms: Ms,
     pub due_ms: Ms,
+    /// The simulator's clock when the answer came (or the attempt failed).
+    pub sent_at_ms: Ms,
     pub copy: u8,
     pub idempotency_key: String,
     /// `X-Gitlab-Event-UUID`: fresh for every delivery.
@@ -536,6 +538,8 @@ impl HookSender {
         }
         let prev = Arc::clone(&state.world);
         let same = Arc::ptr_eq(&world, &prev);
+        // Never behind the last scan: a job added meanwhile must not lose the changes between.
+        let now_ms = now_ms.max(state.last_ms);
         let found = changes(&world, state.last_ms, now_ms, |id| {
             same || prev.job(id).is_some()
         });
@@ -568,7 +572,7 @@ impl HookSender {
             );
         }
         state.world = world;
-        state.last_ms = state.last_ms.max(now_ms);
+        state.last_ms = now_ms;
         drop(state);
         let mut stats = lock(&self.inner.stats);
         stats.generated += plan.events.len() as u64;
@@ -615,6 +619,11 @@ impl HookSender {
         due.len()
     }
 
+    /// [`HookSender::deliver_until`] the simulator's current time.
+    pub async fn deliver_due(&self) -> usize {
+        self.deliver_until(self.inner.sim.now_ms()).await
+    }
+
     async fn send(&self, d: &Pending) {
         let n = self.inner.deliveries.fetch_add(1, Ordering::Relaxed);
         let k = self.inner.knobs.seed ^ 0x5eed;
@@ -653,6 +662,7 @@ impl HookSender {
             status: e.status.clone(),
             at_ms: e.at_ms,
             due_ms: d.due_ms,
+            sent_at_ms: self.inner.sim.now_ms(),
             copy: d.copy,
             idempotency_key: e.idempotency_key.clone(),
             event_uuid,
