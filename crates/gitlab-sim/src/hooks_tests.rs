@@ -451,6 +451,51 @@ async fn knobs_through_http_counts_add_up_and_duplicates_share_the_key() {
 }
 
 #[tokio::test]
+async fn stepping_the_clock_delivers_exactly_the_plan_in_its_order() {
+    let world = generated(1, 1, 11);
+    let start = T0 + 600 * S;
+    let knobs = HookKnobs {
+        drop: 0.15,
+        duplicate: 0.15,
+        max_delay: Duration::from_secs(20),
+        seed: 3,
+        ..HookKnobs::default()
+    };
+    let end = T0 + 3600 * S;
+    let plan = plan_job_hooks(&world, start, end, EXT, &knobs);
+    assert!(plan.deliveries.len() > 100, "{}", plan.deliveries.len());
+    let rx = Receiver::start().await;
+    let sim = Simulator::new(world, SimClock::manual(start), TOKEN.into());
+    let sender = HookSender::new(&sim, &rx.url, SECRET, knobs).expect("sender");
+    let mut rng = fastrand::Rng::with_seed(5);
+    while sim.now_ms() < end {
+        sim.advance(Duration::from_millis(rng.u64(1..20_000)));
+        sender.deliver_until(sim.now_ms().min(end)).await;
+    }
+    // Deliveries due after `end` wait for a later call; changes after `end` are not planned.
+    let late = plan.deliveries.iter().filter(|d| d.due_ms > end).count();
+    assert_eq!(sender.stats().pending, late as u64);
+    let got: Vec<(u64, String)> = (rx.got().iter())
+        .map(|(h, b)| {
+            (
+                b["build_id"].as_u64().unwrap_or(0),
+                header(h, "idempotency-key").to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, String)> = (plan.deliveries.iter())
+        .filter(|d| d.due_ms <= end)
+        .map(|d| (d.event.job_id, d.event.idempotency_key.clone()))
+        .collect();
+    assert_eq!(got, want);
+    let s = sender.stats();
+    assert_eq!(
+        (s.generated, s.dropped, s.duplicated),
+        (plan.events.len() as u64, plan.dropped, plan.duplicated)
+    );
+}
+
+#[tokio::test]
 async fn failed_deliveries_are_counted_never_retried() {
     let rx = Receiver::start().await;
     rx.status.store(500, Ordering::SeqCst);
