@@ -66,7 +66,12 @@ impl App {
         )?);
         let scheduler = Scheduler::new(cfg, metrics.clone(), retry)?;
         let hooks = match &cfg.webhook {
-            Some(w) => Some(Self::hooks(w, scheduler.shard(), &metrics)?),
+            Some(w) => Some(Self::hooks(
+                w,
+                scheduler.shard(),
+                &metrics,
+                cfg.gitlab.max_clock_skew,
+            )?),
             None => None,
         };
         Ok(Self {
@@ -81,6 +86,7 @@ impl App {
         w: &WebhookSettings,
         (shard, count): (u32, u32),
         metrics: &Arc<Metrics>,
+        max_clock_skew: Duration,
     ) -> Result<Hooks, AppError> {
         let (sender, receiver) = crate::webhook::queue(w.queue.get());
         let sharded = count > 1;
@@ -92,7 +98,13 @@ impl App {
             _ => None,
         };
         Ok(Hooks {
-            endpoint: WebhookState::new(w.secret.clone(), sender, metrics.clone(), sharded),
+            endpoint: WebhookState::new(
+                w.secret.clone(),
+                sender,
+                metrics.clone(),
+                sharded,
+                max_clock_skew,
+            ),
             listen: w.listen,
             applier: std::sync::Mutex::new(Some((receiver, forwarder))),
         })

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{HOOK_SECRET, Harness, assert_matches_truth, by_id, by_path, until, with_webhooks};
-use gitlab_sim::{Ms, ProjectSpec, World, WorldSpec};
+use gitlab_sim::{HookKnobs, HookSender, Ms, ProjectSpec, World, WorldSpec};
 
 const MIN: Ms = 60_000;
 const HOUR: Ms = 60 * MIN;
@@ -153,5 +153,159 @@ async fn forged_malformed_oversized_and_foreign_deliveries_change_nothing() {
             .map(|(_, v)| *v),
         Some(1.0)
     );
+    h.stop().await;
+}
+
+/// Job events the exporter has dealt with (applied or not), over all results but refusals.
+async fn hooks_handled(h: &Harness) -> f64 {
+    let mut n = 0.0;
+    for result in [
+        "applied",
+        "duplicate",
+        "stale",
+        "unwatched",
+        "dropped",
+        "forwarded",
+    ] {
+        n += h.hook_events("job", result).await;
+    }
+    n
+}
+
+/// Sends every hook due by now and waits until the exporter has dealt with all sent so far.
+async fn deliver(h: &Harness, hooks: &HookSender) {
+    hooks.deliver_due().await;
+    let sent = hooks.stats().sent as f64;
+    until("every hook delivered is applied", WAIT, || async {
+        (hooks_handled(h).await >= sent).then_some(())
+    })
+    .await;
+    let stats = hooks.stats();
+    assert_eq!(stats.failed, 0, "{stats:?}");
+    assert!(stats.by_status.keys().all(|s| *s == 200), "{stats:?}");
+}
+
+fn sender(h: &Harness, knobs: HookKnobs) -> HookSender {
+    HookSender::new(
+        &h.sim,
+        &format!("{}/webhook", h.metrics_url),
+        HOOK_SECRET,
+        knobs,
+    )
+    .expect("hook sender")
+}
+
+/// Hooks alone (polls every 2 simulated minutes) keep every counter, histogram and active
+/// gauge equal to the truth at every moment, not just after a poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_alone_keep_every_number_exact_between_polls() {
+    let mut h = start().await;
+    let hooks = sender(&h, HookKnobs::default());
+    let mut checked = 0;
+    for step in 1..=240 {
+        h.sim.advance(Duration::from_secs(5));
+        deliver(&h, &hooks).await;
+        if step % 24 == 0 {
+            h.poll().await;
+        }
+        if step % 6 == 0 {
+            assert_matches_truth(&h.scrape().await, &h.truth());
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 40);
+    let stats = hooks.stats();
+    assert!(stats.generated > 100, "{stats:?}");
+    assert!(h.hook_events("job", "applied").await > 100.0);
+    // Hooks counted the jobs: the polls found nothing they had missed.
+    let missed: f64 = h
+        .scrape()
+        .await
+        .values("gitlab_jobs_exporter_webhook_missed_total")
+        .values()
+        .sum();
+    assert_eq!(missed, 0.0);
+    h.stop().await;
+}
+
+/// 30% of hooks dropped, 15% sent twice, each up to 1 s late (so reordered): after a
+/// reconciliation poll every number equals the truth, and the polls counted what was missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_repeated_and_late_hooks_are_reconciled_by_polls() {
+    let mut h = start().await;
+    let knobs = HookKnobs {
+        drop: 0.3,
+        duplicate: 0.15,
+        max_delay: Duration::from_secs(1),
+        seed: 11,
+        ..HookKnobs::default()
+    };
+    let hooks = sender(&h, knobs);
+    for step in 1..=360 {
+        h.sim.advance(Duration::from_millis(2500));
+        deliver(&h, &hooks).await;
+        if step % 48 == 0 {
+            h.poll().await;
+        }
+    }
+    h.sim.advance(Duration::from_secs(2));
+    deliver(&h, &hooks).await;
+    h.settle().await;
+    assert_matches_truth(&h.scrape().await, &h.truth());
+    let stats = hooks.stats();
+    assert!(stats.dropped >= 20 && stats.duplicated >= 5, "{stats:?}");
+    assert!(h.hook_events("job", "duplicate").await >= stats.duplicated as f64);
+    let missed: f64 = h
+        .scrape()
+        .await
+        .values("gitlab_jobs_exporter_webhook_missed_total")
+        .values()
+        .sum();
+    assert!(missed > 0.0, "polls found what hooks missed");
+    h.stop().await;
+}
+
+/// Hooks that arrive before the first poll, while its backfill runs, and after: each job is
+/// counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_before_during_and_after_the_first_backfill_count_each_job_once() {
+    let mut h = Harness::start_with(
+        world(),
+        T0 + HOUR,
+        vec![by_path("acme/platform/api"), by_id(12)],
+        Duration::from_secs(3600),
+        with_webhooks,
+    )
+    .await;
+    let hooks = sender(&h, HookKnobs::default());
+    // Before: ten minutes of hooks, no poll yet (project 11 is configured by path and not
+    // looked up: its hooks find it by path).
+    for _ in 0..120 {
+        h.sim.advance(Duration::from_secs(5));
+        deliver(&h, &hooks).await;
+    }
+    assert!(h.hook_events("job", "applied").await > 0.0);
+    // During: the backfill's requests are slowed down while more hooks arrive.
+    h.sim.advance(Duration::from_secs(60));
+    for _ in 0..4 {
+        h.sim
+            .push_fault(gitlab_sim::Fault::Delay(Duration::from_millis(200)));
+    }
+    let (_, ()) = tokio::join!(h.poll(), async {
+        hooks.deliver_due().await;
+    });
+    deliver(&h, &hooks).await;
+    assert_matches_truth(&h.scrape().await, &h.truth());
+    // After.
+    for step in 1..=120 {
+        h.sim.advance(Duration::from_secs(5));
+        deliver(&h, &hooks).await;
+        if step % 24 == 0 {
+            h.poll().await;
+        }
+    }
+    assert_matches_truth(&h.scrape().await, &h.truth());
+    h.settle().await;
+    assert_matches_truth(&h.scrape().await, &h.truth());
     h.stop().await;
 }

@@ -101,7 +101,7 @@ pub fn decode_job_hook(body: &[u8]) -> Result<JobHook, HookError> {
         name: raw.build_name,
         ref_: raw.ref_,
         tag: raw.tag,
-        // The ISO twins keep the milliseconds the old format drops.
+        // The ISO twins, when sent (GitLab 16+; whole seconds too, but with the zone explicit).
         created_at: raw.build_created_at_iso.or(raw.build_created_at),
         started_at: raw.build_started_at_iso.or(raw.build_started_at),
         finished_at: raw.build_finished_at_iso.or(raw.build_finished_at),

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::rejection::BytesRejection;
@@ -33,6 +34,8 @@ pub struct WebhookState {
     sharded: bool,
     /// When a refused delivery was last logged (unix seconds).
     rejected_logged: Arc<AtomicI64>,
+    /// `gitlab.max_clock_skew`: a sender's `Date` further off is not believed.
+    max_clock_skew: Duration,
 }
 
 impl WebhookState {
@@ -41,6 +44,7 @@ impl WebhookState {
         queue: HookSender,
         metrics: Arc<Metrics>,
         sharded: bool,
+        max_clock_skew: Duration,
     ) -> Self {
         Self {
             secret,
@@ -48,6 +52,7 @@ impl WebhookState {
             metrics,
             sharded,
             rejected_logged: Arc::new(AtomicI64::new(i64::MIN)),
+            max_clock_skew,
         }
     }
 }
@@ -129,7 +134,7 @@ async fn receive(
             .and_then(|v| v.to_str().ok())
             .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_BYTES)
             .map(str::to_string),
-        received_at: crate::tracker::secs(chrono::Utc::now()),
+        received_at: sender_clock(&headers, state.max_clock_skew),
         body: (state.sharded && !forwarded).then_some(body),
     };
     if state.queue.send(delivery) == Queued::Dropped {
@@ -138,6 +143,25 @@ async fn receive(
         state.metrics.webhook_event(event, "dropped");
     }
     (StatusCode::OK, "ok\n").into_response()
+}
+
+/// When the event was sent, on the sender's clock (unix seconds): its `Date` header when it
+/// sends one within `max_clock_skew` of ours (GitLab's does not; then our clock, which a
+/// hook reaches within moments of the change).
+fn sender_clock(headers: &HeaderMap, max_clock_skew: Duration) -> f64 {
+    let now = SystemTime::now();
+    let local = crate::tracker::secs(chrono::DateTime::<chrono::Utc>::from(now));
+    headers
+        .get("date")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .filter(|t| {
+            let skew = t.duration_since(now).or_else(|_| now.duration_since(*t));
+            skew.is_ok_and(|d| d <= max_clock_skew)
+        })
+        .map_or(local, |t| {
+            crate::tracker::secs(chrono::DateTime::<chrono::Utc>::from(t))
+        })
 }
 
 /// Logs a refused delivery, at most once a minute; never what was sent.

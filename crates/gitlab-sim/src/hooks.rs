@@ -642,6 +642,9 @@ impl HookSender {
             .header("x-gitlab-webhook-uuid", &self.inner.webhook_uuid)
             .header("x-gitlab-event-uuid", &event_uuid)
             .header("idempotency-key", &d.event.idempotency_key)
+            // GitLab's hook client sends no `Date`; the simulator does (its own clock, as on
+            // API answers), so an exporter can tell simulated time. Whole seconds.
+            .header("date", crate::render::http_date(d.due_ms))
             .body(body)
             .send()
             .await;
