@@ -54,7 +54,8 @@ impl Forwarder {
     }
 
     /// Sends `body` to shard `to` in the background; counts `forwarded` or `dropped`.
-    pub fn forward(&self, to: u32, body: Bytes, idempotency_key: Option<String>) {
+    /// `sent_at`: when the event was sent to us (unix seconds), passed on as `Date`.
+    pub fn forward(&self, to: u32, body: Bytes, idempotency_key: Option<String>, sent_at: f64) {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             self.metrics.webhook_event("job", "dropped");
             return;
@@ -70,6 +71,7 @@ impl Forwarder {
                 .header("x-gitlab-event", "Job Hook")
                 .header("x-gitlab-token", me.secret.expose_secret())
                 .header(FORWARDED_HEADER, me.from.to_string())
+                .header("date", http_date(sent_at))
                 .body(body);
             if let Some(k) = idempotency_key {
                 req = req.header("idempotency-key", k);
@@ -93,4 +95,9 @@ impl Forwarder {
             }
         });
     }
+}
+
+fn http_date(unix: f64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::try_from_secs_f64(unix).unwrap_or_default();
+    httpdate::fmt_http_date(at)
 }

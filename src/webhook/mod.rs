@@ -131,3 +131,41 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A set of ids: still consistent if a holder panicked.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(project: u64) -> Delivery {
+        let body = include_str!("../../tests/fixtures/webhook_job.json")
+            .replace("31537070", &project.to_string());
+        Delivery {
+            hook: crate::model::hook::decode_job_hook(body.as_bytes()).expect("fixture"),
+            idempotency_key: None,
+            received_at: 0.0,
+            body: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_asks_for_a_reconciliation_first() {
+        let (tx, mut rx) = queue(1);
+        assert_eq!(tx.send(delivery(1)), Queued::Yes);
+        assert_eq!(tx.send(delivery(2)), Queued::Dropped);
+        assert_eq!(tx.send(delivery(2)), Queued::Dropped);
+        assert_eq!(tx.send(delivery(3)), Queued::Dropped);
+        // The reconciliation comes before the queued event: it is what the drop cost.
+        match rx.next().await {
+            Some(Incoming::Reconcile(ids)) => assert_eq!(ids, [2, 3]),
+            other => panic!("{other:?}"),
+        }
+        match rx.next().await {
+            Some(Incoming::Hook(d)) => assert_eq!(d.hook.project_id, 1),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(tx.send(delivery(4)), Queued::Yes);
+        drop(tx);
+        assert!(matches!(rx.next().await, Some(Incoming::Hook(_))));
+        assert!(rx.next().await.is_none());
+    }
+}

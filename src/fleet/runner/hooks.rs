@@ -93,7 +93,7 @@ impl Scheduler {
             Route::Shard(owner) => match (forwarder, d.body) {
                 (Some(f), Some(body)) => {
                     // Counted `forwarded` or `dropped` once the peer answered.
-                    f.forward(owner, body, d.idempotency_key);
+                    f.forward(owner, body, d.idempotency_key, d.received_at);
                     return;
                 }
                 _ => "unwatched",
