@@ -289,7 +289,30 @@ async fn run_demo(
     cfg.server.listen = listen.unwrap_or_else(|| DEMO_LISTEN.to_string());
     cfg.poll.interval = Duration::from_secs(5);
     cfg.poll.max_interval = Duration::from_secs(60);
+    // Job Hooks as a GitLab with webhooks set up sends them; polls reconcile every minute.
+    let secret: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(32)
+        .collect();
+    cfg.webhook.enabled = true;
+    cfg.webhook.secret = Some(secret.clone().into());
+    cfg.webhook.reconcile_interval = Duration::from_secs(60);
     let settings = cfg.validate().context("demo configuration")?;
     info!(gitlab = %handle.base_url, "demo: simulated GitLab started");
+    let mut exporter = match &inherited {
+        Some(l) => l.local_addr().context("the inherited socket")?,
+        None => settings.server.listen,
+    };
+    if exporter.ip().is_unspecified() {
+        exporter.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let hooks = gitlab_sim::HookSender::new(
+        &sim,
+        &format!("http://{exporter}/webhook"),
+        &secret,
+        gitlab_sim::HookKnobs::default(),
+    )
+    .context("cannot start the simulator's webhooks")?;
+    let _sending = hooks.spawn();
+    info!(to = %format!("http://{exporter}/webhook"), "demo: the simulated GitLab sends Job Hooks");
     run(settings, inherited).await
 }

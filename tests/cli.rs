@@ -411,13 +411,29 @@ async fn demo_runs_without_gitlab_and_discovers_its_projects() {
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let ready = wait_ok(&client, &format!("{base}/readyz"), Duration::from_secs(60)).await;
-    let metrics = match client.get(format!("{base}/metrics")).send().await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
+    // The simulated GitLab sends Job Hooks as its jobs change: some are applied.
+    let hooked = |page: &str| {
+        page.lines().any(|l| {
+            l.starts_with("gitlab_jobs_exporter_webhook_events_total{")
+                && l.contains("result=\"applied\"")
+        })
     };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut metrics = String::new();
+    while tokio::time::Instant::now() < deadline {
+        metrics = match client.get(format!("{base}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if hooked(&metrics) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let _ = child.kill();
     let _ = child.wait();
     assert!(ready, "the demo became ready");
+    assert!(hooked(&metrics), "the demo's hooks are applied: {metrics}");
     assert!(
         metrics.contains("gitlab_jobs_exporter_watched_projects 5"),
         "the demo group's five projects are discovered: {metrics}"
