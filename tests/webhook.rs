@@ -285,6 +285,8 @@ async fn hooks_before_during_and_after_the_first_backfill_count_each_job_once() 
         deliver(&h, &hooks).await;
     }
     assert!(h.hook_events("job", "applied").await > 0.0);
+    // Both found: by path (11) and by id (12), neither looked up yet.
+    assert_eq!(h.hook_events("job", "unwatched").await, 0.0);
     // During: the backfill's requests are slowed down while more hooks arrive.
     h.sim.advance(Duration::from_secs(60));
     for _ in 0..4 {

@@ -174,7 +174,7 @@ impl Scheduler {
         );
         let mut slots = Slots::new(registry);
         for p in &cfg.projects {
-            slots.insert(Slot {
+            let key = slots.insert(Slot {
                 poller: Arc::new(ProjectPoller::new(
                     p.clone(),
                     cfg.poll.backfill,
@@ -186,6 +186,10 @@ impl Scheduler {
                 ended: false,
                 poke: Default::default(),
             });
+            // Known by id from the start: its hooks count before the first lookup.
+            if let Some(id) = p.id() {
+                slots.configured_by_id.insert(id, key);
+            }
         }
         let discovering = cfg.discovery.enabled();
         // The first discovery pass holds readiness like a project does.

@@ -440,7 +440,12 @@ impl<'a> Cycle<'a> {
                 self.metrics.rename_project(path, &label, ProjectState::ALL);
             }
             Some(_) => {}
-            None if !elsewhere => self.metrics.poll_started(&label),
+            None if !elsewhere => {
+                // Hooks may have counted jobs under its id before the lookup: they move.
+                self.metrics
+                    .rename_project(&reference.to_string(), &label, ProjectState::ALL);
+                self.metrics.poll_started(&label);
+            }
             None => {}
         }
         Ok(!elsewhere)
