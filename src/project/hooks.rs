@@ -107,3 +107,68 @@ impl Project {
         self.hooks = state;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::ProjectRef;
+    use crate::project::state::NextPoll;
+
+    fn job(id: u64, status: &str) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "status": status, "stage": "test", "name": "rspec", "ref": "main",
+            "created_at": "2026-01-01T10:00:00.000Z", "finished_at": "2026-01-01T10:01:00.000Z",
+        }))
+        .expect("job")
+    }
+
+    fn gauge(metrics: &Metrics, state: &str) -> bool {
+        let page = metrics.render().expect("render");
+        page.contains(&format!(
+            "gitlab_jobs_exporter_webhook_projects{{state=\"{state}\"}} 1"
+        ))
+    }
+
+    #[test]
+    fn hooks_set_the_pace_until_a_poll_finds_what_they_missed() {
+        let metrics =
+            Metrics::new(&Default::default(), usize::MAX, &Default::default()).expect("metrics");
+        let mut p = Project::new(
+            ProjectRef::Id(5),
+            Duration::from_secs(3600),
+            Default::default(),
+            (0, 1),
+        );
+        p.resolved = Some((5, "g/p".into()));
+        let interval = Duration::from_secs(30);
+        assert_eq!(p.hook_state(), HookState::None);
+        assert_eq!(
+            p.feed_hook(&job(1, "success"), 0.0, &metrics),
+            Seen::Changed
+        );
+        assert_eq!(p.hook_state(), HookState::Receiving);
+        assert!(gauge(&metrics, "receiving"));
+        // Not before the backfill is done: it must read the history first.
+        assert!(matches!(p.next_poll(interval), NextPoll::Paced(_)));
+        p.tracker.complete_cycle(Some(1), Some(1));
+        assert_eq!(p.next_poll(interval), NextPoll::Reconcile);
+        // A poll found completions no hook reported.
+        p.polled_completions(2, &metrics);
+        assert_eq!(p.hook_state(), HookState::Silent);
+        assert!(gauge(&metrics, "silent") && !gauge(&metrics, "receiving"));
+        assert!(matches!(p.next_poll(interval), NextPoll::Paced(_)));
+        let page = metrics.render().expect("render");
+        assert!(
+            page.contains("gitlab_jobs_exporter_webhook_missed_total{project=\"g/p\"} 2"),
+            "{page}"
+        );
+        // The next hook: receiving again.
+        assert_eq!(p.feed_hook(&job(2, "failed"), 0.0, &metrics), Seen::Changed);
+        assert_eq!(p.next_poll(interval), NextPoll::Reconcile);
+        // A project retired by discovery leaves the gauge.
+        p.pause(&metrics);
+        assert!(!gauge(&metrics, "receiving") && !gauge(&metrics, "silent"));
+    }
+}
