@@ -170,7 +170,7 @@ fn install_webhooks(cli: &Cli, url: &str, runtime: &tokio::runtime::Runtime) -> 
     let url = match install::HookUrl::parse(url) {
         Ok(url) => url,
         Err(e) => {
-            say(format_args!("error: --install-webhooks: the URL {e}"));
+            say(format_args!("error: --install-webhooks URL: {e}"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -181,7 +181,11 @@ fn install_webhooks(cli: &Cli, url: &str, runtime: &tokio::runtime::Runtime) -> 
         cfg.webhook.enabled = true;
     });
     let secret = match loaded {
-        Ok(cfg) => cfg.webhook.as_ref().map(|w| w.secret.clone()).map(|s| (cfg, s)),
+        Ok(cfg) => cfg
+            .webhook
+            .as_ref()
+            .map(|w| w.secret.clone())
+            .map(|s| (cfg, s)),
         Err(ConfigError::Invalid { key, .. }) if key == "webhook.enabled" => None,
         Err(e) => {
             say(format_args!("configuration error: {e}"));

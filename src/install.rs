@@ -100,8 +100,13 @@ pub struct InstallOptions {
 pub enum Action {
     Create,
     /// PUT this hook; `why` says what differed (for the report).
-    Update { hook_id: u64, why: Vec<&'static str> },
-    Keep { hook_id: u64 },
+    Update {
+        hook_id: u64,
+        why: Vec<&'static str>,
+    },
+    Keep {
+        hook_id: u64,
+    },
 }
 
 /// [`decide`]'s answer: the action, the hook at the URL it acts on, and how many more hooks
@@ -240,7 +245,9 @@ pub fn disabled_note(hook: &ProjectHook) -> Option<String> {
                 "GitLab has disabled this hook after failed deliveries until {}: it tries again then, or {REENABLE}",
                 text::Bounded(until)
             ),
-            None => format!("GitLab has disabled this hook for a while after failed deliveries: {REENABLE}"),
+            None => format!(
+                "GitLab has disabled this hook for a while after failed deliveries: {REENABLE}"
+            ),
         }),
         AlertStatus::Disabled => Some(format!(
             "GitLab has disabled this hook for good after repeated failed deliveries: {REENABLE}"
@@ -451,7 +458,9 @@ async fn install_one(client: &GitlabClient, target: &Target, opts: &InstallOptio
         // GitLab's default for push_events is true: a new hook says false.
         Action::Create => client.create_hook(&api_id, &params(Some(false))).await,
         // Only our fields: the events the hook already has stay as they are.
-        Action::Update { hook_id, .. } => client.update_hook(&api_id, *hook_id, &params(None)).await,
+        Action::Update { hook_id, .. } => {
+            client.update_hook(&api_id, *hook_id, &params(None)).await
+        }
         Action::Keep { .. } => Ok(decision.hook.cloned()),
     };
     match state {
@@ -535,7 +544,12 @@ mod tests {
 
     #[test]
     fn no_hook_at_the_url_means_create() {
-        let others = [hook(1, "https://elsewhere.example/hook", Some(true), Some(true))];
+        let others = [hook(
+            1,
+            "https://elsewhere.example/hook",
+            Some(true),
+            Some(true),
+        )];
         let d = decide(&others, &url(), false);
         assert_eq!(d.action, Action::Create);
         assert_eq!((d.hook, d.duplicates), (None, 0));
@@ -580,9 +594,19 @@ mod tests {
     #[test]
     fn the_url_matches_up_to_normalisation_and_the_lowest_id_wins() {
         let hooks = [
-            hook(9, "https://EXPORTER.example.com:443/webhook", Some(true), Some(true)),
+            hook(
+                9,
+                "https://EXPORTER.example.com:443/webhook",
+                Some(true),
+                Some(true),
+            ),
             hook(4, URL, Some(false), Some(true)),
-            hook(5, "https://exporter.example.com/webhook/", Some(false), Some(true)),
+            hook(
+                5,
+                "https://exporter.example.com/webhook/",
+                Some(false),
+                Some(true),
+            ),
         ];
         let d = decide(&hooks, &url(), false);
         assert_eq!(d.duplicates, 1, "the trailing slash is another URL");
@@ -598,7 +622,11 @@ mod tests {
     #[test]
     fn hook_urls_are_checked_without_quoting_them() {
         assert!(HookUrl::parse(URL).is_ok());
-        assert!(HookUrl::parse(" http://10.0.0.1:39130/webhook ").unwrap().is_plain_http());
+        assert!(
+            HookUrl::parse(" http://10.0.0.1:39130/webhook ")
+                .unwrap()
+                .is_plain_http()
+        );
         for bad in [
             "exporter.example.com/webhook",
             "ftp://exporter.example.com/webhook",
@@ -642,13 +670,22 @@ mod tests {
             status,
             message: message.into(),
         };
-        assert_eq!(Outcome::of_error(&status(403, "403 Forbidden"), &secret), Outcome::Denied);
-        assert_eq!(Outcome::of_error(&status(404, "x"), &secret), Outcome::NotFound);
+        assert_eq!(
+            Outcome::of_error(&status(403, "403 Forbidden"), &secret),
+            Outcome::Denied
+        );
+        assert_eq!(
+            Outcome::of_error(&status(404, "x"), &secret),
+            Outcome::NotFound
+        );
         let Outcome::Failed(reason) =
             Outcome::of_error(&status(422, "token whsec-XYZ is bad"), &secret)
         else {
             panic!("a 422 is a failure");
         };
-        assert!(reason.contains("HTTP 422") && !reason.contains("whsec-XYZ"), "{reason}");
+        assert!(
+            reason.contains("HTTP 422") && !reason.contains("whsec-XYZ"),
+            "{reason}"
+        );
     }
 }
