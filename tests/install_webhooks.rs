@@ -34,6 +34,8 @@ struct Mock {
     tokens: HashMap<u64, String>,
     /// Projects whose hooks answer 403 (the token's user is no Maintainer there).
     denied: BTreeSet<u64>,
+    /// Projects where creating a hook answers 500.
+    failing_create: BTreeSet<u64>,
     next_hook: u64,
     /// Every request's method and URI (path and query).
     requests: Vec<String>,
@@ -148,6 +150,9 @@ async fn create_hook(
         Ok(id) => id,
         Err(r) => return r.into_response(),
     };
+    if m.failing_create.contains(&id) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, r#"{"message":"boom"}"#).into_response();
+    }
     let f = form(&body);
     m.next_hook += 1;
     let hook_id = m.next_hook;
@@ -436,9 +441,11 @@ async fn hooks_are_created_updated_and_left_alone_and_a_denial_fails_the_run() {
     }
 }
 
+/// Also: a create that failed (it may have been done) is not sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_secret_never_shows_even_at_debug_level() {
     let mock = start_mock().await;
+    lock(&mock).failing_create.insert(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), &lock(&mock).base.clone());
     let mut cmd = Command::new(BIN);
@@ -455,6 +462,16 @@ async fn the_secret_never_shows_even_at_debug_level() {
     eprintln!("DEBUG-OUT\n{stdout}\n{stderr}");
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stdout.contains("acme/web (id 3): denied"), "{stdout}");
+    assert!(
+        stdout.contains("solo/app (id 1): failed: hook_create: HTTP 500: boom"),
+        "{stdout}"
+    );
+    let posts = lock(&mock)
+        .requests
+        .iter()
+        .filter(|r| r.starts_with("POST /api/v4/projects/1/hooks"))
+        .count();
+    assert_eq!(posts, 1, "a failed create is not sent again");
     for shown in [&stdout, &stderr] {
         assert!(!shown.contains(SECRET) && !shown.contains(TOKEN), "{shown}");
     }

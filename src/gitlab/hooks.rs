@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::pager::{NextHeaders, PageSource, Paged};
 use super::{ApiError, GitlabClient, Method, NextLink, PER_PAGE, Response, decode_error, next_of};
-use crate::model::{self, text};
+use crate::model;
 
 /// Items in one hook page beyond which it is refused (GitLab sends at most `per_page`; a
 /// project holds at most 100 hooks under GitLab's default plan limit).
@@ -192,8 +192,9 @@ impl GitlabClient {
 fn written_hook(resp: Response) -> Result<Option<ProjectHook>, ApiError> {
     let hook = serde_json::from_slice(&resp.body).ok();
     if hook.is_none() {
+        // Not the body: an answer echoing the request would show the token.
         tracing::debug!(
-            body = %text::bounded_bytes(&resp.body),
+            bytes = resp.body.len(),
             "GitLab answered a hook write with no readable hook"
         );
     }
@@ -234,6 +235,32 @@ mod tests {
             Some("2026-12-02T13:00:00.000Z")
         );
         assert_eq!(hooks[3].alert_status, Some(AlertStatus::Other));
+    }
+
+    /// A create that may have been done is never sent again (it would make a duplicate); a
+    /// 429 was refused before GitLab looked at it. An update is idempotent.
+    #[test]
+    fn a_create_is_sent_again_only_after_a_429() {
+        let body = || SecretString::from("token=x".to_string());
+        let server_error = ApiError::Status {
+            endpoint: CREATE,
+            status: 502,
+            message: String::new(),
+        };
+        let timeout = ApiError::Transport {
+            endpoint: CREATE,
+            message: "timed out".into(),
+        };
+        let limited = ApiError::RateLimited {
+            endpoint: CREATE,
+            retry_after: None,
+        };
+        for e in [&server_error, &timeout] {
+            assert!(!Method::Post(body()).may_retry(e), "{e}");
+            assert!(Method::Put(body()).may_retry(e), "{e}");
+            assert!(Method::Get.may_retry(e), "{e}");
+        }
+        assert!(Method::Post(body()).may_retry(&limited));
     }
 
     #[test]
