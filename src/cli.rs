@@ -296,9 +296,21 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = App::new(&cfg, RetryPolicy::default())?;
+    let hook_listener = match app.webhook_listen() {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (webhook.listen)"))?,
+        ),
+        None => None,
+    };
     app.restore(&cfg).await?;
     info!(listen = %listener.local_addr()?, gitlab = %cfg.gitlab.url, "serving /metrics");
-    app.run(listener, shutdown).await?;
+    if cfg.webhook.is_some() {
+        let at = app.webhook_listen().unwrap_or(cfg.server.listen);
+        info!(listen = %at, "accepting GitLab webhooks on POST /webhook");
+    }
+    app.run(listener, hook_listener, shutdown).await?;
     Ok(())
 }
 

@@ -14,6 +14,8 @@
 //! - [`persist`]: the checkpoint file (`state.dir`): load, atomic save, corruption handling.
 //! - [`project`]: one watched project: its state (short locks only) and its poll cycle.
 //! - [`health`]: what `/healthz` answers (the published page's age, GitLab's pause).
+//! - [`webhook`]: `POST /webhook` (GitLab's Job Hooks): secret, bounded queue, forwarding
+//!   to another shard.
 //! - [`fleet`]: every watched project: discovery, the pure registry, pacing, the runner
 //!   (tasks, checkpoints, readiness).
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz` and the index page.
@@ -40,3 +42,4 @@ pub mod project;
 pub mod server;
 pub mod shard;
 pub mod tracker;
+pub mod webhook;

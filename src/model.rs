@@ -6,6 +6,7 @@
 //! client, the tracker, labels and metrics can all depend on it without depending on each
 //! other (`tests/layers.rs` keeps it that way).
 
+pub mod hook;
 pub mod text;
 
 use chrono::{DateTime, Utc};
@@ -371,6 +372,14 @@ fn capped_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
             s
         }
     }))
+}
+
+/// Like [`capped_option`], but a value of another type reads as absent.
+fn capped_option_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(v.as_ref()
+        .and_then(serde_json::Value::as_str)
+        .map(cap_label))
 }
 
 /// RFC 3339 with any offset (GitLab renders in the instance's time zone). Unparsable → `None`.

@@ -34,12 +34,15 @@ use crate::config::ServerSettings;
 use crate::fleet::runner::Readiness;
 use crate::health::Health;
 use crate::metrics::{CONTENT_TYPE, Metrics};
+use crate::webhook::endpoint::WebhookState;
 
 #[derive(Clone)]
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub health: Arc<Health>,
+    /// `POST /webhook` beside `/metrics` (webhooks on, without a listener of their own).
+    pub webhook: Option<WebhookState>,
 }
 
 /// What one client, or many, may take of the server.
@@ -83,12 +86,17 @@ impl Default for Limits {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let hooks = state.webhook.clone().map(crate::webhook::endpoint::router);
+    let main = Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(state)
+        .with_state(state);
+    match hooks {
+        Some(hooks) => main.merge(hooks),
+        None => main,
+    }
 }
 
 /// Serves with the default [`Limits`] until `shutdown` completes; see [`serve_with`].
@@ -108,7 +116,17 @@ pub async fn serve_with(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut connections = Connections::new(router(state), &limits);
+    serve_router(listener, router(state), limits, shutdown).await
+}
+
+/// [`serve_with`] for any router (the webhook listener serves only `/webhook`).
+pub async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut connections = Connections::new(router, &limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections.get()));
     let mut accept_failing = false;
     tokio::pin!(shutdown);
@@ -353,6 +371,7 @@ mod tests {
             metrics,
             readiness: Arc::new(Readiness::new(0)),
             health,
+            webhook: None,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");

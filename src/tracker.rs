@@ -111,6 +111,10 @@ pub struct Tracker {
     /// unread, highest first: read downwards in the next cycles (see [`Gap`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     gaps: Vec<Gap>,
+    /// Jobs a hook moved on since the current poll cycle started: that cycle's pages may
+    /// have been read before, so they must not move these back (see [`Tracker::observe`]).
+    #[serde(skip)]
+    hooked: BTreeSet<u64>,
 }
 
 /// Ids a cycle that stopped at its page cap did not read: those between `bottom` and `top`
@@ -215,12 +219,49 @@ impl Tracker {
     /// Feeds one job snapshot; pushes the events it causes. `server_now` is GitLab's clock at the
     /// response (unix seconds).
     pub fn observe(&mut self, job: &Job, server_now: f64, events: &mut Vec<Event>) {
+        self.observe_with(job, server_now, events, true);
+    }
+
+    /// Feeds one job snapshot from a Job Hook. Unlike a poll (a fresh read of the whole
+    /// state), an event may be late, repeated or overtaken by a later one, so it never moves a
+    /// job backwards: a followed job keeps its further status, and a job already final stays
+    /// final. GitLab's one real way back (a skipped job reset to `created` when its pipeline
+    /// is retried) looks exactly like a late `created` event; that is [`Seen::Stale`] too,
+    /// and the caller has a poll settle it.
+    pub fn observe_hook(&mut self, job: &Job, now: f64, events: &mut Vec<Event>) -> Seen {
+        if self.behind(job) {
+            return Seen::Stale;
+        }
+        if !self.followed.contains_key(&job.id) && self.is_handled(job.id) {
+            return Seen::Known;
+        }
+        let before = (
+            events.len(),
+            self.followed.get(&job.id).map(|f| f.status.clone()),
+        );
+        // Hook changes do not ask the poller to re-read their pipelines: the hooks of the
+        // pipeline's other jobs report those.
+        self.observe_with(job, now, events, false);
+        let status_changed = before.1.as_ref() != Some(&job.status);
+        if events.len() > before.0 || status_changed {
+            self.hooked.insert(job.id);
+            Seen::Changed
+        } else {
+            Seen::Known
+        }
+    }
+
+    fn observe_with(&mut self, job: &Job, server_now: f64, events: &mut Vec<Event>, touch: bool) {
         let id = job.id;
+        if touch && self.hooked.contains(&id) && self.behind(job) {
+            return;
+        }
         let changed = self
             .followed
             .get(&id)
             .is_none_or(|f| f.status != job.status);
-        if changed
+        if touch
+            && changed
             && !(job.status.is_final() && self.is_handled(id))
             && let Some(p) = job.pipeline_id
         {
@@ -284,6 +325,20 @@ impl Tracker {
                 });
             }
             self.follow(job, server_now, false);
+        }
+    }
+
+    /// A poll cycle starts: from now on its pages are newer than every hook applied so far.
+    pub fn cycle_started(&mut self) {
+        self.hooked.clear();
+    }
+
+    /// `job` is further back than what is known of it: an older status of a followed job,
+    /// or not final any more.
+    fn behind(&self, job: &Job) -> bool {
+        match self.followed.get(&job.id) {
+            Some(f) => !job.status.is_final() && progress(&job.status) < progress(&f.status),
+            None => self.is_handled(job.id) && !job.status.is_final(),
         }
     }
 
@@ -440,6 +495,34 @@ impl Tracker {
 
     pub fn followed_len(&self) -> usize {
         self.followed.len()
+    }
+}
+
+/// What a hook's observation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// New to the tracker (a new job, a new status, its start or its completion).
+    Changed,
+    /// Already known: nothing changed (a duplicate, or a poll saw it first).
+    Known,
+    /// Older than what is known: ignored.
+    Stale,
+}
+
+/// How far along a non-final job is, for ordering hook events: waiting, then queued, then
+/// running. GitLab moves a job forwards only (a retry is a new job), so a lower value after a
+/// higher one is an event that arrived late.
+fn progress(status: &JobStatus) -> u8 {
+    match status {
+        JobStatus::Created | JobStatus::Manual | JobStatus::Scheduled => 0,
+        // A status newer than this exporter: most new ones are ways of waiting.
+        JobStatus::WaitingForResource
+        | JobStatus::Preparing
+        | JobStatus::Pending
+        | JobStatus::Unknown(_) => 1,
+        JobStatus::Running | JobStatus::WaitingForCallback => 2,
+        JobStatus::Canceling => 3,
+        JobStatus::Success | JobStatus::Failed | JobStatus::Canceled | JobStatus::Skipped => 4,
     }
 }
 

@@ -19,6 +19,11 @@ const KUBERNETES: [&str; 2] = ["1.29.0", "1.37.0"];
 const CONFIG_DIR: &str = "/etc/gitlab-jobs-exporter";
 const TOKEN_DIR: &str = "/var/run/secrets/gitlab-jobs-exporter";
 const STATE_DIR: &str = "/var/lib/gitlab-jobs-exporter";
+/// Webhooks (issue 11): the environment variable with the secret GitLab sends, what the
+/// manifests' Secret references stand for when their configuration is checked, and the port.
+const WEBHOOK_SECRET_ENV: &str = "GITLAB_WEBHOOK_SECRET";
+const WEBHOOK_SECRET: &str = "whsec-from-the-secret";
+const WEBHOOK_PORT: u64 = 39130;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -96,6 +101,19 @@ fn temp_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 /// the configuration's paths under the token and state mounts are mapped into `tmp`. Returns
 /// the effective configuration.
 fn check_config(config: &str, env: &[(String, String)], tmp: &Path) -> String {
+    try_check_config(config, env, tmp).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The effective `[webhook]` section of a configuration with webhooks on.
+fn webhook_effective(config: &str, env: &[(String, String)], tmp: &Path) -> Value {
+    let effective = check_config(config, env, tmp);
+    let webhook = toml_json(&effective)["webhook"].clone();
+    assert_eq!(webhook["enabled"], true, "{effective}");
+    webhook
+}
+
+/// [`check_config`], `Err` with the exporter's output if it refuses.
+fn try_check_config(config: &str, env: &[(String, String)], tmp: &Path) -> Result<String, String> {
     let map = |s: &str| {
         s.replace(TOKEN_DIR, &tmp.join("token").display().to_string())
             .replace(STATE_DIR, &tmp.join("state").display().to_string())
@@ -106,7 +124,8 @@ fn check_config(config: &str, env: &[(String, String)], tmp: &Path) -> String {
     let path = temp_file(tmp, "config.toml", &map(config));
     let mut cmd = Command::new(EXPORTER);
     cmd.arg("--config").arg(&path).arg("--check-config");
-    cmd.env_remove("GITLAB_TOKEN");
+    cmd.env_remove("GITLAB_TOKEN")
+        .env_remove(WEBHOOK_SECRET_ENV);
     for (k, _) in std::env::vars() {
         if k.starts_with("GITLAB_JOBS_EXPORTER__") {
             cmd.env_remove(k);
@@ -115,8 +134,14 @@ fn check_config(config: &str, env: &[(String, String)], tmp: &Path) -> String {
     for (k, v) in env {
         cmd.env(k, map(v));
     }
-    let effective = ok(&mut cmd);
-    assert!(!effective.contains("glpat-from-the-secret"), "{effective}");
+    let out = run(&mut cmd);
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed:\n{}", text(&out)));
+    }
+    let effective = String::from_utf8(out.stdout).expect("UTF-8");
+    for secret in ["glpat-from-the-secret", WEBHOOK_SECRET] {
+        assert!(!effective.contains(secret), "{effective}");
+    }
     assert!(
         effective.contains(&format!(
             "token_file = \"{}\"",
@@ -128,7 +153,7 @@ fn check_config(config: &str, env: &[(String, String)], tmp: &Path) -> String {
         effective.contains(&format!("dir = \"{}\"", tmp.join("state").display())),
         "the checkpoint is not written to the state volume:\n{effective}"
     );
-    effective
+    Ok(effective)
 }
 
 /// A TOML document as JSON (panics with the text if it is not valid TOML).
@@ -148,6 +173,21 @@ fn panels(d: &Value) -> Vec<Value> {
         out.extend(p["panels"].as_array().into_iter().flatten().cloned());
     }
     out
+}
+
+/// Panels and rows of the top level tile the grid without overlapping.
+fn assert_no_overlap(file: &str, d: &Value) {
+    let mut cells: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    for p in d["panels"].as_array().expect("panels") {
+        let pos = &p["gridPos"];
+        let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| pos[k].as_u64().expect("gridPos"));
+        for cell in (x..x + w).flat_map(|cx| (y..y + h).map(move |cy| (cx, cy))) {
+            let title = p["title"].as_str().unwrap_or_default().to_string();
+            if let Some(other) = cells.insert(cell, title.clone()) {
+                panic!("{file}: {title} overlaps {other} at {cell:?}");
+            }
+        }
+    }
 }
 
 /// Template variables are matched with `=~`, so that "All" (`.*`) and multi-values work.
@@ -199,6 +239,8 @@ fn dashboards_are_provisionable_and_documented() {
             assert_eq!(v["query"]["query"], query, "{file}: {v}");
             assert_regex_matches(query, &vars[1..], &format!("{file}: {}", v["name"]));
         }
+
+        assert_no_overlap(file, &d);
 
         let mut ids = BTreeSet::new();
         let mut titles = BTreeSet::new();
@@ -275,10 +317,22 @@ fn prometheus_rules_pass_promtool_and_every_alert_is_tested() {
         .arg(dir.join("recording-rules.yml"))
         .arg(dir.join("alerts.yml")));
     assert!(report.contains("SUCCESS"), "{report}");
+    // Every test file in tests/ (alerts.test.yml, webhooks.test.yml, …).
+    let mut test_files: Vec<PathBuf> = std::fs::read_dir(dir.join("tests"))
+        .expect("deploy/prometheus/tests")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.to_string_lossy().ends_with(".test.yml"))
+        .collect();
+    test_files.sort();
+    assert!(test_files.len() >= 2, "{test_files:?}");
     let report = ok(Command::new("promtool")
         .args(["test", "rules"])
-        .arg(dir.join("tests/alerts.test.yml")));
-    assert!(report.contains("SUCCESS"), "{report}");
+        .args(&test_files));
+    assert_eq!(
+        report.matches("SUCCESS").count(),
+        test_files.len(),
+        "{report}"
+    );
 
     let alerts: Vec<Value> = yaml_docs(&dir.join("alerts.yml"))[0]["groups"]
         .as_array()
@@ -287,10 +341,13 @@ fn prometheus_rules_pass_promtool_and_every_alert_is_tested() {
         .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
         .collect();
     assert!(alerts.len() >= 6, "{alerts:?}");
-    let tests = &yaml_docs(&dir.join("tests/alerts.test.yml"))[0]["tests"];
+    let tests: Vec<Value> = test_files
+        .iter()
+        .flat_map(|f| yaml_docs(f)[0]["tests"].as_array().cloned().expect("tests"))
+        .collect();
     // alert name -> (tested as not firing, tested as firing)
     let mut tested: BTreeMap<String, (bool, bool)> = BTreeMap::new();
-    for t in tests.as_array().expect("tests") {
+    for t in &tests {
         for case in t["alert_rule_test"].as_array().into_iter().flatten() {
             let name = case["alertname"].as_str().expect("alertname").to_string();
             let fires = case["exp_alerts"].as_array().is_some_and(|a| !a.is_empty());
@@ -458,6 +515,162 @@ fn systemd_unit_verifies_and_is_hardened() {
     );
 }
 
+/// The `[Service]` settings of a unit file or drop-in, in order.
+fn service_settings(unit: &str) -> Vec<(String, String)> {
+    unit.lines()
+        .skip_while(|l| l.trim() != "[Service]")
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("key=value");
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// config/example.toml with its commented `[webhook]` block switched on.
+fn example_with_webhook() -> String {
+    let example = read("config/example.toml");
+    let lines: Vec<&str> = example.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| *l == "# [webhook]")
+        .expect("# [webhook]");
+    let end = start
+        + lines[start..]
+            .iter()
+            .take_while(|l| l.starts_with('#'))
+            .count();
+    let mut out: Vec<String> = lines[..start].iter().map(|l| l.to_string()).collect();
+    out.extend(lines[start..end].iter().map(|l| l[2..].to_string()));
+    out.extend(lines[end..].iter().map(|l| l.to_string()));
+    out.join("\n") + "\n"
+}
+
+/// The webhook drop-in hands the secret over like the token (a credential, `%d`), verifies
+/// with the unit, keeps it as tightly sandboxed, and the example's `[webhook]` block works
+/// with it. The credential is not in the unit itself: systemd refuses to start a unit whose
+/// LoadCredential= file is missing, and the file exists only where webhooks are used.
+#[test]
+fn systemd_webhook_dropin_hands_over_the_secret() {
+    const UNIT: &str = "gitlab-jobs-exporter.service";
+    let unit = read(format!("deploy/systemd/{UNIT}"));
+    let dropin = read(format!("deploy/systemd/{UNIT}.d/webhook.conf"));
+    assert!(
+        !unit.contains("webhook"),
+        "the unit needs no webhook secret"
+    );
+    let settings = service_settings(&dropin);
+    let credential = "webhook-secret";
+    assert_eq!(
+        settings,
+        [
+            (
+                "LoadCredential".to_string(),
+                format!("{credential}:{CONFIG_DIR}/webhook-secret")
+            ),
+            (
+                "Environment".to_string(),
+                format!("GITLAB_JOBS_EXPORTER__WEBHOOK__SECRET_FILE=%d/{credential}")
+            ),
+        ]
+    );
+
+    // systemd-analyze verify reads no drop-ins: verify the unit with the drop-in's settings in
+    // it; `security` reads the drop-in directory beside the unit.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let unit = unit.replace("/usr/local/bin/gitlab-jobs-exporter", EXPORTER);
+    let body: String = dropin
+        .lines()
+        .skip_while(|l| l.trim() != "[Service]")
+        .skip(1)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let merged = unit.replacen("[Service]\n", &format!("[Service]\n{body}"), 1);
+    let merged_dir = tmp.path().join("merged");
+    std::fs::create_dir_all(&merged_dir).expect("mkdir");
+    let path = temp_file(&merged_dir, UNIT, &merged);
+    let out = run(Command::new("systemd-analyze").arg("verify").arg(&path));
+    assert!(
+        out.status.success() && text(&out).trim().is_empty(),
+        "systemd-analyze verify:\n{}",
+        text(&out)
+    );
+    let path = temp_file(tmp.path(), UNIT, &unit);
+    std::fs::create_dir_all(tmp.path().join(format!("{UNIT}.d"))).expect("mkdir");
+    temp_file(
+        &tmp.path().join(format!("{UNIT}.d")),
+        "webhook.conf",
+        &dropin,
+    );
+    let out = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=20", "--no-pager"])
+        .arg(&path));
+    assert!(out.status.success(), "exposure above 2.0:\n{}", text(&out));
+
+    // The example's [webhook] block names the credential where systemd puts it:
+    // /run/credentials/<unit name>/<id> ($CREDENTIALS_DIRECTORY, %d).
+    let config = example_with_webhook();
+    let webhook = &toml_json(&config)["webhook"];
+    let run_dir = format!("/run/credentials/{UNIT}");
+    assert_eq!(webhook["secret_file"], format!("{run_dir}/{credential}"));
+    assert_eq!(webhook["listen"], format!("0.0.0.0:{WEBHOOK_PORT}"));
+
+    check_example_with_webhook(&unit, settings, &config, &run_dir, tmp.path());
+}
+
+/// The example's configuration with its [webhook] block as the unit and the drop-in hand it
+/// over (`settings`: the drop-in's): the secret is read from the credential.
+fn check_example_with_webhook(
+    unit: &str,
+    settings: Vec<(String, String)>,
+    config: &str,
+    run_dir: &str,
+    tmp: &Path,
+) {
+    let credential = "webhook-secret";
+    let creds = tmp.join("credentials");
+    std::fs::create_dir_all(&creds).expect("mkdir");
+    std::fs::write(creds.join("gitlab-token"), "glpat-from-the-credential\n").expect("token");
+    std::fs::write(creds.join(credential), format!("{WEBHOOK_SECRET}\n")).expect("secret");
+    let env: Vec<(String, String)> = service_settings(unit)
+        .into_iter()
+        .chain(settings)
+        .filter(|(k, _)| k == "Environment")
+        .map(|(_, e)| {
+            let (k, v) = e.split_once('=').expect("KEY=value");
+            let v = v
+                .replace("%d", &creds.display().to_string())
+                .replace("%S", &tmp.display().to_string());
+            (k.to_string(), v)
+        })
+        .collect();
+    let config = config.replace(run_dir, &creds.display().to_string());
+    let check = |config: &str, env: &[(String, String)]| {
+        let path = temp_file(tmp, "config.toml", config);
+        let mut cmd = Command::new(EXPORTER);
+        cmd.arg("--config")
+            .arg(&path)
+            .arg("--check-config")
+            .env_remove("GITLAB_TOKEN")
+            .env_remove(WEBHOOK_SECRET_ENV)
+            .envs(env.iter().cloned());
+        run(&mut cmd)
+    };
+    let out = check(&config, &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let effective = String::from_utf8(out.stdout).expect("UTF-8");
+    assert!(!effective.contains(WEBHOOK_SECRET), "{effective}");
+    let webhook = &toml_json(&effective)["webhook"];
+    assert_eq!(webhook["enabled"], true, "{effective}");
+    assert_eq!(
+        webhook["secret_file"],
+        creds.join(credential).display().to_string(),
+        "{effective}"
+    );
+}
+
 #[test]
 fn example_configurations_pass_check_config() {
     // config/example.toml is checked above as the systemd unit hands it over; every example
@@ -568,11 +781,145 @@ fn assert_hardened(workload: &Value) -> Vec<(String, String)> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|e| {
-            let value = e["value"].as_str().expect("plain env values");
-            (e["name"].as_str().unwrap().to_string(), value.to_string())
-        })
+        .map(env_var)
         .collect()
+}
+
+/// A container's environment variable as (name, value): plain values, but for the webhook
+/// secret, which comes from a Secret (never in the manifest) and stands for WEBHOOK_SECRET.
+fn env_var(e: &Value) -> (String, String) {
+    let name = e["name"].as_str().unwrap().to_string();
+    let value = match e["value"].as_str() {
+        Some(value) => value,
+        None => {
+            assert_eq!(name, WEBHOOK_SECRET_ENV, "plain env values: {e}");
+            let source = &e["valueFrom"]["secretKeyRef"];
+            assert!(
+                source["name"].is_string() && source["key"].is_string(),
+                "{e}"
+            );
+            WEBHOOK_SECRET
+        }
+    };
+    (name, value.to_string())
+}
+
+/// The container's `GITLAB_WEBHOOK_SECRET` source: (Secret name, key).
+fn webhook_secret_ref(workload: &Value) -> (String, String) {
+    let env = workload["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env");
+    let e = env
+        .iter()
+        .find(|e| e["name"] == WEBHOOK_SECRET_ENV)
+        .expect("GITLAB_WEBHOOK_SECRET");
+    let source = &e["valueFrom"]["secretKeyRef"];
+    let part = |k: &str| source[k].as_str().expect("secretKeyRef").to_string();
+    (part("name"), part("key"))
+}
+
+/// GitLab's way in when webhooks are on: the container's port `webhook` (WEBHOOK_PORT unless
+/// `port` says otherwise) behind a Service port `webhook`, and one Ingress that routes the
+/// exact path /webhook, and nothing else, to it. Returns the Ingress.
+fn assert_webhook_exposed<'a>(docs: &'a [Value], workload: &Value, port: u64) -> &'a Value {
+    let name = &workload["metadata"]["name"];
+    let container = &workload["spec"]["template"]["spec"]["containers"][0];
+    let ports = container["ports"].as_array().expect("ports");
+    let webhook = ports
+        .iter()
+        .find(|p| p["name"] == "webhook")
+        .unwrap_or_else(|| panic!("{name}: no container port webhook"));
+    assert_eq!(webhook["containerPort"], port, "{name}");
+    assert_eq!(ports.len(), 2, "{name}: {ports:?}");
+
+    let ingresses = find(docs, "Ingress");
+    assert_eq!(ingresses.len(), 1, "one Ingress");
+    let ingress = ingresses[0];
+    let rules = ingress["spec"]["rules"].as_array().expect("rules");
+    assert_eq!(rules.len(), 1, "{ingress}");
+    let paths = rules[0]["http"]["paths"].as_array().expect("paths");
+    assert_eq!(paths.len(), 1, "only /webhook: {ingress}");
+    assert_eq!(paths[0]["path"], "/webhook");
+    assert_eq!(paths[0]["pathType"], "Exact");
+    let backend = &paths[0]["backend"]["service"];
+    assert_eq!(backend["port"]["name"], "webhook", "{ingress}");
+    let service = find(docs, "Service")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == backend["name"])
+        .unwrap_or_else(|| panic!("no Service {}", backend["name"]));
+    let pods = &workload["spec"]["template"]["metadata"]["labels"];
+    assert!(selects(&service["spec"]["selector"], pods), "{service}");
+    let service_port = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "webhook")
+        .unwrap_or_else(|| panic!("Service {}: no port webhook", backend["name"]));
+    assert_eq!(service_port["targetPort"], "webhook");
+    assert_eq!(service_port["port"], port);
+    ingress
+}
+
+/// The NetworkPolicy example: it selects the exporter's pods, restricts only inbound traffic,
+/// and each rule admits someone in particular (a rule without `from` admits everyone) to the
+/// metrics or the webhook port. Returns the rules' port names.
+fn assert_network_policy(docs: &[Value], workload: &Value) -> Vec<String> {
+    let policies = find(docs, "NetworkPolicy");
+    assert_eq!(policies.len(), 1);
+    let spec = &policies[0]["spec"];
+    let pods = &workload["spec"]["template"]["metadata"]["labels"];
+    assert!(selects(&spec["podSelector"]["matchLabels"], pods), "{spec}");
+    assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress"]));
+    let mut ports = Vec::new();
+    for rule in spec["ingress"].as_array().expect("ingress rules") {
+        assert!(
+            rule["from"].as_array().is_some_and(|f| !f.is_empty()),
+            "a rule without `from` admits everyone: {rule}"
+        );
+        for p in rule["ports"].as_array().expect("ports") {
+            let port = p["port"].as_str().expect("a named port").to_string();
+            assert!(["metrics", "webhook"].contains(&port.as_str()), "{rule}");
+            ports.push(port);
+        }
+    }
+    ports
+}
+
+/// `peer_url` reaches shard N's pod: `http://<StatefulSet>-{shard}.<serviceName>[.<ns>.svc]:
+/// <port>/webhook`, where serviceName is a headless Service selecting the StatefulSet's pods
+/// with that port as `webhook`.
+fn assert_peer_url(docs: &[Value], set: &Value, url: &str) {
+    let re = regex::Regex::new(
+        r"^http://(?P<pod>[a-z0-9-]+)-\{shard\}\.(?P<svc>[a-z0-9-]+)(\.(?P<ns>[a-z0-9-]+)\.svc)?:(?P<port>[0-9]+)/webhook$",
+    )
+    .unwrap();
+    let caps = re.captures(url).unwrap_or_else(|| panic!("peer_url {url}"));
+    let spec = &set["spec"];
+    assert_eq!(set["kind"], "StatefulSet");
+    assert_eq!(set["metadata"]["name"], &caps["pod"], "{url}");
+    assert_eq!(spec["serviceName"], &caps["svc"], "{url}");
+    if let Some(ns) = caps.name("ns") {
+        assert_eq!(set["metadata"]["namespace"], ns.as_str(), "{url}");
+    }
+    let service = find(docs, "Service")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == spec["serviceName"])
+        .expect("the StatefulSet's Service");
+    assert_eq!(
+        service["spec"]["clusterIP"], "None",
+        "pod DNS names need it headless"
+    );
+    let pods = &spec["template"]["metadata"]["labels"];
+    assert!(selects(&service["spec"]["selector"], pods));
+    let port: u64 = caps["port"].parse().unwrap();
+    assert!(
+        service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["port"] == port && p["targetPort"] == "webhook"),
+        "{service}"
+    );
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -783,6 +1130,72 @@ fn kustomize_sharded_overlays_render_and_validate() {
     }
 }
 
+/// The webhook Component on the base and on the sharded StatefulSet: webhooks on through the
+/// environment, the secret from the Secret, the port, the Ingress and the NetworkPolicy; the
+/// shards forward to each other by pod name.
+#[test]
+fn kustomize_webhook_component_renders_and_validates() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (dir, kind) in [
+        ("base-webhook", "Deployment"),
+        ("sharded-webhook", "StatefulSet"),
+    ] {
+        let path = temp_file(tmp.path(), &format!("{dir}.yaml"), &kustomize(dir));
+        validate(&path);
+        let docs = yaml_docs(&path);
+        let kinds: BTreeSet<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            BTreeSet::from([
+                "ConfigMap",
+                "Ingress",
+                "NetworkPolicy",
+                "Service",
+                "ServiceMonitor",
+                kind
+            ]),
+            "{dir}"
+        );
+        let workload = find(&docs, kind)[0];
+        if kind == "StatefulSet" {
+            // Everything the sharded overlay promises still holds.
+            assert_sharded(&docs, &tmp.path().join(dir));
+        } else {
+            assert_scraped_with_honored_labels(&docs);
+        }
+        let env = assert_hardened(workload);
+        assert_webhook_exposed(&docs, workload, WEBHOOK_PORT);
+        let mut ports = assert_network_policy(&docs, workload);
+        ports.sort();
+        assert_eq!(ports, ["metrics", "webhook", "webhook"], "{dir}");
+        assert_eq!(
+            webhook_secret_ref(workload),
+            ("gitlab-jobs-exporter-webhook".into(), "secret".into())
+        );
+        let vars: BTreeMap<&str, &str> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(vars["GITLAB_JOBS_EXPORTER__WEBHOOK__ENABLED"], "true");
+        assert_eq!(
+            vars["GITLAB_JOBS_EXPORTER__WEBHOOK__LISTEN"],
+            format!("0.0.0.0:{WEBHOOK_PORT}")
+        );
+        let peer_url = vars.get("GITLAB_JOBS_EXPORTER__WEBHOOK__PEER_URL");
+        assert_eq!(peer_url.is_some(), kind == "StatefulSet", "{dir}");
+        if let Some(url) = peer_url {
+            assert_peer_url(&docs, workload, url);
+        }
+
+        let config = find(&docs, "ConfigMap")[0]["data"]["config.toml"]
+            .as_str()
+            .expect("config.toml");
+        {
+            let effective = webhook_effective(config, &env, &tmp.path().join(dir));
+            assert_eq!(effective["listen"], format!("0.0.0.0:{WEBHOOK_PORT}"));
+            assert_eq!(effective["peer_url"].as_str(), peer_url.copied());
+        }
+    }
+}
+
 /// Renders the chart with a values file (relative to the chart, or absolute).
 fn helm_template(values: &str, tmp: &Path) -> Result<PathBuf, String> {
     helm_template_with(values, &[], tmp)
@@ -822,6 +1235,7 @@ fn helm_chart_lints_renders_and_validates() {
         "ci/minimal-values.yaml",
         "ci/full-values.yaml",
         "ci/discovery-values.yaml",
+        "ci/webhook-values.yaml",
     ] {
         let report = ok(Command::new(tool("bin/helm"))
             .args(["lint", "--strict"])
@@ -856,6 +1270,9 @@ fn helm_chart_lints_renders_and_validates() {
     let deployment = find(&docs, "Deployment")[0];
     assert_eq!(deployment["spec"]["replicas"], 1);
     let env = assert_hardened(deployment);
+    // Webhooks are off by default: no port for them.
+    let ports = &deployment["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert_eq!(ports.as_array().map(Vec::len), Some(1), "{ports}");
     let secret = &deployment["spec"]["template"]["spec"]["volumes"]
         .as_array()
         .unwrap()
@@ -889,6 +1306,8 @@ fn helm_chart_lints_renders_and_validates() {
         kinds,
         BTreeSet::from([
             "ConfigMap",
+            "Ingress",
+            "NetworkPolicy",
             "PrometheusRule",
             "Secret",
             "Service",
@@ -946,6 +1365,182 @@ fn helm_chart_lints_renders_and_validates() {
             "{name}"
         );
     }
+}
+
+/// Whether a LabelSelector (matchLabels and matchExpressions) selects an object with these
+/// labels.
+fn selects_with_expressions(selector: &Value, labels: &Value) -> bool {
+    let expressions = selector["matchExpressions"].as_array().cloned();
+    selects(&selector["matchLabels"], labels)
+        && expressions.into_iter().flatten().all(|e| {
+            let value = &labels[e["key"].as_str().expect("key")];
+            let values = e["values"].as_array().cloned().unwrap_or_default();
+            match e["operator"].as_str() {
+                Some("In") => values.contains(value),
+                Some("NotIn") => !values.contains(value),
+                Some("Exists") => !value.is_null(),
+                Some("DoesNotExist") => value.is_null(),
+                other => panic!("operator {other:?}"),
+            }
+        })
+}
+
+/// ci/full-values.yaml: webhooks on 3 shards, the secret as a value. Each shard forwards events
+/// for the others' projects through a headless Service of its own, which the ServiceMonitor
+/// leaves alone.
+#[test]
+fn helm_chart_renders_sharded_webhooks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let chart = repo().join("deploy/helm/gitlab-jobs-exporter");
+    let values = &yaml_docs(&chart.join("ci/full-values.yaml"))[0]["webhook"];
+    let port = values["port"].as_u64().expect("a port of its own");
+    assert_ne!(
+        port, WEBHOOK_PORT,
+        "not the default, so that the value is seen to be used"
+    );
+    let path = helm_template("ci/full-values.yaml", tmp.path()).expect("renders");
+    let docs = yaml_docs(&path);
+    let set = find(&docs, "StatefulSet")[0];
+    let env = assert_hardened(set);
+    let ingress = assert_webhook_exposed(&docs, set, port);
+    assert_eq!(
+        ingress["spec"]["rules"][0]["host"],
+        values["ingress"]["host"]
+    );
+    let mut ports = assert_network_policy(&docs, set);
+    ports.sort();
+    assert_eq!(ports, ["metrics", "webhook", "webhook"], "peers too");
+
+    // The secret: a Secret made from the value, into the environment.
+    let (name, key) = webhook_secret_ref(set);
+    let secret = find(&docs, "Secret")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == name.as_str())
+        .expect("the webhook Secret");
+    // base64 of ci/full-values.yaml's webhook.secret
+    assert_eq!(values["secret"], "whsec-EXAMPLE-not-a-real-secret");
+    assert_eq!(
+        secret["data"][key.as_str()],
+        "d2hzZWMtRVhBTVBMRS1ub3QtYS1yZWFsLXNlY3JldA=="
+    );
+
+    let config = find(&docs, "ConfigMap")
+        .iter()
+        .find_map(|c| c["data"]["config.toml"].as_str())
+        .unwrap()
+        .to_string();
+    let rendered = toml_json(&config)["webhook"].clone();
+    assert_eq!(rendered["enabled"], true);
+    assert_eq!(rendered["listen"], format!("0.0.0.0:{port}"));
+    assert_eq!(rendered["reconcile_interval"], "10m");
+    assert!(
+        rendered.get("secret_file").is_none(),
+        "the secret is in the environment"
+    );
+    let peer_url = rendered["peer_url"].as_str().expect("peer_url");
+    assert_peer_url(&docs, set, peer_url);
+    let peers = find(&docs, "Service")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == set["spec"]["serviceName"])
+        .unwrap();
+    // A shard still backfilling (not ready) takes its forwarded events already.
+    assert_eq!(peers["spec"]["publishNotReadyAddresses"], true);
+    let monitor = find(&docs, "ServiceMonitor")[0];
+    let scraped: Vec<&Value> = find(&docs, "Service")
+        .into_iter()
+        .filter(|s| {
+            selects_with_expressions(&monitor["spec"]["selector"], &s["metadata"]["labels"])
+        })
+        .collect();
+    assert_eq!(scraped.len(), 1, "each pod scraped once: {scraped:?}");
+    assert_ne!(scraped[0]["metadata"]["name"], peers["metadata"]["name"]);
+
+    {
+        let effective = webhook_effective(&config, &env, &tmp.path().join("full"));
+        assert_eq!(effective["listen"], rendered["listen"]);
+        assert_eq!(effective["peer_url"], rendered["peer_url"]);
+    }
+}
+
+/// ci/webhook-values.yaml: webhooks on one replica, the secret from an existing Secret, the
+/// Ingress with TLS, the example NetworkPolicy.
+#[test]
+fn helm_chart_renders_webhooks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let chart = repo().join("deploy/helm/gitlab-jobs-exporter");
+    let values = &yaml_docs(&chart.join("ci/webhook-values.yaml"))[0]["webhook"];
+    let path = helm_template("ci/webhook-values.yaml", tmp.path()).expect("renders");
+    validate(&path);
+    let docs = yaml_docs(&path);
+    let kinds: BTreeSet<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "ConfigMap",
+            "Deployment",
+            "Ingress",
+            "NetworkPolicy",
+            "Service"
+        ])
+    );
+    let deployment = find(&docs, "Deployment")[0];
+    let env = assert_hardened(deployment);
+    let ingress = assert_webhook_exposed(&docs, deployment, WEBHOOK_PORT);
+    let want = &values["ingress"];
+    assert_eq!(ingress["spec"]["ingressClassName"], want["className"]);
+    assert_eq!(ingress["spec"]["tls"], want["tls"]);
+    assert_eq!(ingress["spec"]["rules"][0]["host"], want["host"]);
+    assert_eq!(
+        ingress["metadata"]["annotations"], want["annotations"],
+        "annotations"
+    );
+    assert_eq!(
+        assert_network_policy(&docs, deployment),
+        ["metrics", "webhook"]
+    );
+    assert_eq!(
+        webhook_secret_ref(deployment),
+        (
+            values["existingSecret"].as_str().unwrap().to_string(),
+            values["existingSecretKey"].as_str().unwrap().to_string()
+        )
+    );
+    let config = find(&docs, "ConfigMap")[0]["data"]["config.toml"]
+        .as_str()
+        .unwrap();
+    let rendered = toml_json(config)["webhook"].clone();
+    assert_eq!(rendered["listen"], format!("0.0.0.0:{WEBHOOK_PORT}"));
+    assert_eq!(rendered["reconcile_interval"], values["reconcileInterval"]);
+    assert!(
+        rendered.get("peer_url").is_none(),
+        "one replica forwards nothing"
+    );
+    {
+        let effective = webhook_effective(config, &env, &tmp.path().join("webhook"));
+        assert_eq!(effective["listen"], rendered["listen"]);
+        assert_eq!(
+            effective["reconcile_interval"],
+            rendered["reconcile_interval"]
+        );
+    }
+
+    // Enabled without a secret: the schema says so, and so does the template.
+    let minimal = chart.join("ci/minimal-values.yaml");
+    let args = [
+        "--values",
+        minimal.to_str().unwrap(),
+        "--set",
+        "webhook.enabled=true",
+    ];
+    let err = helm_template_with("", &args, tmp.path()).expect_err("no secret");
+    assert!(err.contains("/webhook"), "{err}");
+    let mut args = args.to_vec();
+    args.push("--skip-schema-validation");
+    let err = helm_template_with("", &args, tmp.path()).expect_err("no secret");
+    assert!(
+        err.contains("webhook.enabled: set webhook.existingSecret (recommended) or webhook.secret"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -1115,6 +1710,10 @@ fn dockerfile_lints_and_matches_the_exporter() {
     assert!(last[0].contains("distroless"), "{}", last[0]);
     assert!(last.contains(&"USER 65532:65532"), "non-root");
     assert!(last.contains(&"EXPOSE 39129"), "the default port");
+    assert!(
+        last.contains(&format!("EXPOSE {WEBHOOK_PORT}").as_str()),
+        "the webhook port"
+    );
     assert!(
         last.iter()
             .any(|l| l.starts_with("ENTRYPOINT [\"/usr/local/bin/gitlab-jobs-exporter\"]")),

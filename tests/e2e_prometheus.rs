@@ -23,6 +23,15 @@ const HOUR: Ms = 60 * MIN;
 const T0: Ms = 1_790_000_000_000;
 /// How long Prometheus may take to show what the exporter serves (it scrapes every second).
 const DEADLINE: Duration = Duration::from_secs(90);
+/// Series only webhook deliveries create (issue 11); this run polls only, so an expression
+/// that reads one of them must parse but need not return data. TODO(issue 11): once the run
+/// also posts Job Hooks, require data from these too and remove this list.
+const WEBHOOK_ONLY: [&str; 4] = [
+    "gitlab_jobs_exporter_webhook_events_total",
+    "gitlab_jobs_exporter_webhook_missed_total",
+    "gitlab_jobs_exporter_webhook_projects",
+    "gitlab_jobs_exporter_webhook_last_received_timestamp_seconds",
+];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -467,6 +476,7 @@ async fn dashboards_and_rules_work_against_a_real_prometheus() {
             match prom.query(&expr).await {
                 Err(e) => panic!("{what}: {expr}\nis rejected by Prometheus: {e}"),
                 Ok(a) if a.series > 0 && a.any_number => {}
+                Ok(_) if WEBHOOK_ONLY.iter().any(|m| expr.contains(m)) => {}
                 Ok(a) => failing.push((what, expr, a.series)),
             }
         }

@@ -67,6 +67,7 @@ async fn memory_under_200_parallel_scrapes_of_a_16_mb_page() {
         health: Arc::new(gitlab_jobs_exporter::health::Health::new(
             Duration::from_secs(30),
         )),
+        webhook: None,
     };
     tokio::spawn(server::serve(listener, state, std::future::pending()));
     gitlab_jobs_exporter::gitlab::install_tls_provider();

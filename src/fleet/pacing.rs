@@ -118,6 +118,22 @@ impl Pacer {
     /// Records a completed (or failed) cycle of project `key` that cost `requests`, and returns
     /// the delay until its next cycle.
     pub fn after_cycle(&self, key: u64, requests: usize, activity: Activity) -> Duration {
+        self.plan_next(key, requests, activity, None)
+    }
+
+    /// Like [`Pacer::after_cycle`] for a project whose hooks arrive: polled only to reconcile,
+    /// every `reconcile` (planned with the idle projects: it gives way first).
+    pub fn after_reconcile(&self, key: u64, requests: usize, reconcile: Duration) -> Duration {
+        self.plan_next(key, requests, Activity::Idle, Some(reconcile))
+    }
+
+    fn plan_next(
+        &self,
+        key: u64,
+        requests: usize,
+        activity: Activity,
+        reconcile: Option<Duration>,
+    ) -> Duration {
         let mut inner = self.lock();
         let entry = inner.entries.entry(key).or_insert(Entry {
             extra_rate: 0.0,
@@ -139,7 +155,10 @@ impl Pacer {
         };
         // Wait about as long as the project has been quiet: the delay doubles cycle by cycle
         // (30 s, 30 s, 60 s, 120 s, …), and a stretched cycle counts for what it really lasted.
-        entry.target = entry.idle_for.clamp(self.interval, self.max_interval);
+        entry.target = match reconcile {
+            Some(r) => r,
+            None => entry.idle_for.clamp(self.interval, self.max_interval),
+        };
         let target = entry.target;
         let snapshot = self.plan(&inner);
         inner.last = Some(snapshot);
@@ -367,5 +386,17 @@ mod tests {
             assert!(planned <= 1.0 + 1e-9, "{busy} {idle} {s:?}");
             assert!(s.busy >= 1.0 && s.idle >= 1.0);
         }
+    }
+
+    #[test]
+    fn projects_with_hooks_are_polled_at_the_reconcile_interval_and_counted_in_demand() {
+        let p = Pacer::new(30 * S, 600 * S, 300.0);
+        assert_eq!(p.after_reconcile(1, 1, 3600 * S), 3600 * S);
+        assert_eq!(p.after_reconcile(1, 1, 3600 * S), 3600 * S);
+        let s = p.snapshot();
+        assert_eq!(s.idle_projects, 1);
+        assert!((s.demand_per_second * 3600.0 - 1.0).abs() < 1e-9, "{s:?}");
+        // Hooks go silent: back to the normal pace at once.
+        assert_eq!(p.after_cycle(1, 1, Activity::Busy), 30 * S);
     }
 }

@@ -17,6 +17,7 @@
 mod checkpoint;
 mod discover;
 mod drivers;
+mod hooks;
 mod readiness;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -62,6 +63,9 @@ struct Slot {
     stop: CancellationToken,
     /// No longer polled: not found, or another shard's.
     ended: bool,
+    /// Asks its task for a poll soon (a reconciliation: its hooks were dropped, or one may
+    /// hide a reset only a poll can see).
+    poke: Arc<tokio::sync::Notify>,
 }
 
 /// A project's poller: its state behind a short lock, its cycles behind a gate.
@@ -73,6 +77,8 @@ struct Slots {
     live: BTreeMap<TaskKey, Slot>,
     /// The task keys of the live discovered projects.
     by_id: HashMap<ProjectId, TaskKey>,
+    /// The task keys of configured projects, once their id is known (for webhooks).
+    configured_by_id: HashMap<ProjectId, TaskKey>,
     /// Discovered projects no longer found, kept for the grace period (since when: registry).
     retired: BTreeMap<ProjectId, SharedPoller>,
     /// The discovered projects and the rules of their coming and going.
@@ -90,6 +96,7 @@ impl Slots {
             next_key: 0,
             live: BTreeMap::new(),
             by_id: HashMap::new(),
+            configured_by_id: HashMap::new(),
             retired: BTreeMap::new(),
             registry,
             polled_ok: HashSet::new(),
@@ -127,6 +134,8 @@ pub struct Scheduler {
     slots: std::sync::Mutex<Slots>,
     permits: Arc<Semaphore>,
     interval: Duration,
+    /// `webhook.reconcile_interval` (unused without webhooks: no project receives hooks).
+    reconcile_interval: Duration,
     pacer: Pacer,
     readiness: Arc<Readiness>,
     health: Arc<Health>,
@@ -175,6 +184,7 @@ impl Scheduler {
                 discovered: None,
                 stop: CancellationToken::new(),
                 ended: false,
+                poke: Default::default(),
             });
         }
         let discovering = cfg.discovery.enabled();
@@ -189,6 +199,10 @@ impl Scheduler {
             slots: std::sync::Mutex::new(slots),
             permits: Arc::new(Semaphore::new(cfg.poll.concurrency)),
             interval: cfg.poll.interval,
+            reconcile_interval: cfg
+                .webhook
+                .as_ref()
+                .map_or(cfg.poll.max_interval, |w| w.reconcile_interval),
             pacer: Pacer::new(
                 cfg.poll.interval,
                 cfg.poll.max_interval,
@@ -210,6 +224,11 @@ impl Scheduler {
         // From the start: every project is one not polled yet.
         scheduler.export_watched();
         Ok(scheduler)
+    }
+
+    /// This replica's `(shard, shard count)`.
+    pub fn shard(&self) -> (u32, u32) {
+        self.shard
     }
 
     pub fn readiness(&self) -> Arc<Readiness> {
@@ -328,7 +347,9 @@ impl Scheduler {
         if slot.discovered.is_none()
             && let Some(id) = resolved_id
         {
-            self.slots().registry.add_configured_id(id);
+            let mut slots = self.slots();
+            slots.registry.add_configured_id(id);
+            slots.configured_by_id.insert(id, key);
         }
         self.dirty.store(true, Ordering::Release);
         let changed = {
@@ -381,6 +402,11 @@ impl Scheduler {
                 Some(d)
             }
             NextPoll::Paced(activity) => Some(self.pacer.after_cycle(key, requests, activity)),
+            NextPoll::Reconcile => Some(self.pacer.after_reconcile(
+                key,
+                requests,
+                self.reconcile_interval,
+            )),
         }
     }
 
@@ -412,22 +438,36 @@ impl Scheduler {
         key: TaskKey,
         first_delay: Duration,
     ) {
-        let Some(stop) = self.slots().live.get(&key).map(|s| s.stop.clone()) else {
+        let Some((stop, poke)) = self
+            .slots()
+            .live
+            .get(&key)
+            .map(|s| (s.stop.clone(), s.poke.clone()))
+        else {
             return;
         };
         let me = self.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let mut delay = first_delay;
+            let mut wake = tokio::time::Instant::now() + first_delay;
+            let mut last_start: Option<tokio::time::Instant> = None;
             loop {
                 // Biased: a project stopped (retired) never starts one more cycle.
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return,
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = tokio::time::sleep_until(wake) => {}
+                    _ = poke.notified() => {
+                        // A reconciliation soon, but never sooner than `poll.interval` after
+                        // the last cycle began: pokes cannot make a project poll in a loop.
+                        let soon = last_start.map_or_else(tokio::time::Instant::now, |s| s + me.interval);
+                        wake = wake.min(soon);
+                        continue;
+                    }
                 }
                 let started = tokio::time::Instant::now();
+                last_start = Some(started);
                 let next = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return,
@@ -439,7 +479,7 @@ impl Scheduler {
                 };
                 // ±10% jitter keeps projects from falling into lock-step.
                 let period = next.mul_f64(0.9 + fastrand::f64() * 0.2);
-                delay = period.saturating_sub(started.elapsed());
+                wake = started + period;
             }
         });
     }

@@ -100,6 +100,7 @@ pub struct Metrics {
     api: own::Api,
     cycles: own::Polls,
     fleet: own::Fleet,
+    hooks: own::Hooks,
     rate_limit_seen: AtomicBool,
     /// Unknown statuses shown per project last time, so they can be removed when gone.
     shown_unknown: Mutex<BTreeMap<String, BTreeSet<String>>>,
@@ -137,6 +138,7 @@ impl Metrics {
         let api = own::Api::new(&registry)?;
         let cycles = own::Polls::new(&registry)?;
         let fleet = own::Fleet::new(&registry)?;
+        let hooks = own::Hooks::new(&registry)?;
         let checkpoint_failures = prometheus::IntCounter::new(
             "gitlab_jobs_exporter_checkpoint_failures_total",
             "Checkpoint writes to state.dir that failed; meanwhile /metrics keeps showing the values of the last checkpoint written.",
@@ -163,6 +165,7 @@ impl Metrics {
             api,
             cycles,
             fleet,
+            hooks,
             rate_limit_seen: AtomicBool::new(false),
             shown_unknown: Mutex::new(BTreeMap::new()),
             new_reasons: Mutex::new(BTreeSet::new()),
@@ -329,9 +332,47 @@ impl Metrics {
         self.rate_limit_seen.store(true, Ordering::Relaxed);
     }
 
-    pub fn observe_lag(&self, seconds: f64) {
-        if seconds.is_finite() {
-            self.cycles.poll_lag.observe(seconds.max(0.0));
+    /// Freshness of a job counted; `source`: `webhook` or `poll`.
+    pub fn observe_lag(&self, source: &str, seconds: f64) {
+        if seconds.is_finite()
+            && let Some(h) = with(&self.cycles.poll_lag, &[source])
+        {
+            h.observe(seconds.max(0.0));
+        }
+    }
+
+    /// A webhook delivery and what became of it.
+    pub fn webhook_event(&self, event: &str, result: &str) {
+        if let Some(c) = with(&self.hooks.events, &[event, result]) {
+            c.inc();
+        }
+    }
+
+    pub fn webhook_missed(&self, project: &str, completions: u64) {
+        if let Some(c) = with(&self.hooks.missed, &[project]) {
+            c.inc_by(completions);
+        }
+    }
+
+    /// A hook came for `project` at `now_unix`.
+    pub fn webhook_received(&self, project: &str, now_unix: f64) {
+        if let Some(g) = with(&self.hooks.last_received, &[project]) {
+            g.set(now_unix);
+        }
+        // Shown from the first hook on, so increase() sees the first miss.
+        let _ = with(&self.hooks.missed, &[project]);
+    }
+
+    /// A project moved between webhook states (`receiving`, `silent`; `None`: none).
+    pub fn webhook_project_state(&self, from: Option<&str>, to: Option<&str>) {
+        if from == to {
+            return;
+        }
+        if let Some(g) = from.and_then(|s| with(&self.hooks.projects, &[s])) {
+            g.dec();
+        }
+        if let Some(g) = to.and_then(|s| with(&self.hooks.projects, &[s])) {
+            g.inc();
         }
     }
 
@@ -484,6 +525,7 @@ impl Metrics {
         }
         let _ = self.cycles.oldest_pending.remove_label_values(&[project]);
         let _ = self.cycles.last_success.remove_label_values(&[project]);
+        let _ = self.hooks.last_received.remove_label_values(&[project]);
         for s in states {
             let _ = self.cycles.project_state.remove_label_values(&[project, s]);
         }
@@ -496,6 +538,7 @@ impl Metrics {
         self.remove_project_gauges(project, states);
         let _ = self.cycles.polls.remove_label_values(&[project]);
         let _ = self.cycles.poll_errors.remove_label_values(&[project]);
+        let _ = self.hooks.missed.remove_label_values(&[project]);
         for family in lock(&self.base).values_mut() {
             family
                 .series
@@ -528,7 +571,13 @@ impl Metrics {
     }
 
     /// Sets the base of the own counters and histograms (from a checkpoint).
-    pub fn set_base(&self, base: carry::Carry) {
+    pub fn set_base(&self, mut base: carry::Carry) {
+        // Before webhooks, the freshness histogram had no `source` label (and fewer buckets):
+        // those series restart rather than mix two label sets in one family.
+        if let Some(lag) = base.get_mut("gitlab_jobs_exporter_poll_lag_seconds") {
+            lag.series
+                .retain(|labels, _| labels.iter().any(|(k, _)| k == "source"));
+        }
         *lock(&self.base) = base;
     }
 

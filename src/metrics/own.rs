@@ -90,7 +90,7 @@ pub(super) struct Polls {
     pub last_success: GaugeVec,
     pub tracked_jobs: IntGauge,
     pub project_state: IntGaugeVec,
-    pub poll_lag: prometheus::Histogram,
+    pub poll_lag: HistogramVec,
 }
 
 impl Polls {
@@ -135,12 +135,13 @@ impl Polls {
             ),
             &["project", "state"],
         )?;
-        let poll_lag = prometheus::Histogram::with_opts(
+        let poll_lag = HistogramVec::new(
             HistogramOpts::new(
                 "gitlab_jobs_exporter_poll_lag_seconds",
-                "Freshness: from a job's finished_at in GitLab to the exporter counting it (jobs seen completing after the first poll).",
+                "Freshness: from a job's finished_at in GitLab to the exporter counting it, by what told it (webhook or poll; polls count jobs seen completing after the first poll).",
             )
-            .buckets(vec![1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]),
+            .buckets(vec![0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]),
+            &["source"],
         )?;
         register(
             registry,
@@ -164,6 +165,65 @@ impl Polls {
             tracked_jobs,
             project_state,
             poll_lag,
+        })
+    }
+}
+
+/// GitLab's webhooks.
+pub(super) struct Hooks {
+    pub events: IntCounterVec,
+    pub missed: IntCounterVec,
+    pub projects: IntGaugeVec,
+    pub last_received: GaugeVec,
+}
+
+impl Hooks {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let events = IntCounterVec::new(
+            Opts::new(
+                "gitlab_jobs_exporter_webhook_events_total",
+                "Webhook deliveries received, by event (job, pipeline, other) and what became of them (applied, duplicate, stale, unwatched, forwarded, dropped, rejected, malformed, ignored).",
+            ),
+            &["event", "result"],
+        )?;
+        let missed = IntCounterVec::new(
+            Opts::new(
+                "gitlab_jobs_exporter_webhook_missed_total",
+                "Job completions a poll found that no hook had reported, per project that has received hooks.",
+            ),
+            &["project"],
+        )?;
+        let projects = IntGaugeVec::new(
+            Opts::new(
+                "gitlab_jobs_exporter_webhook_projects",
+                "Projects that have received hooks: receiving (polled every webhook.reconcile_interval) or silent (a poll found what hooks missed: polled normally until hooks come again).",
+            ),
+            &["state"],
+        )?;
+        let last_received = GaugeVec::new(
+            Opts::new(
+                "gitlab_jobs_exporter_webhook_last_received_timestamp_seconds",
+                "Unix time of the last hook received for the project.",
+            ),
+            &["project"],
+        )?;
+        register(
+            registry,
+            vec![
+                Box::new(events.clone()),
+                Box::new(missed.clone()),
+                Box::new(projects.clone()),
+                Box::new(last_received.clone()),
+            ],
+        )?;
+        for state in ["receiving", "silent"] {
+            projects.with_label_values(&[state]).set(0);
+        }
+        Ok(Self {
+            events,
+            missed,
+            projects,
+            last_received,
         })
     }
 }

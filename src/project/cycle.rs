@@ -448,7 +448,8 @@ impl<'a> Cycle<'a> {
 
     async fn cycle(&mut self) -> Result<(), PollError> {
         let (first_cycle, max_pages) = {
-            let p = self.lock();
+            let mut p = self.lock();
+            p.tracker.cycle_started();
             // run() resolves the project before calling this.
             let Some((id, label)) = p.resolved.clone() else {
                 return Ok(());

@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::model::Activity;
 use crate::model::JobStatus;
 use crate::persist::ProjectCheckpoint;
+use crate::project::hooks::{HookState, MISSED_AFTER_SECS};
 use crate::tracker::{Event, Tracker, secs};
 
 /// When a project is polled next.
@@ -30,6 +31,8 @@ pub enum NextPoll {
     After(Duration),
     /// As the shared budget allows, at the pace this activity asks for.
     Paced(Activity),
+    /// Its hooks arrive: only to reconcile, every `webhook.reconcile_interval`.
+    Reconcile,
 }
 
 /// How polling a project went last time, for logs, back-off and metrics.
@@ -96,7 +99,7 @@ pub struct Project {
     /// Already counted towards `/readyz`.
     pub counted_ready: bool,
     pub(crate) default_branch: Option<String>,
-    labels: LabelsConfig,
+    pub(crate) labels: LabelsConfig,
     /// (this replica's shard, shard count).
     shard: (u32, u32),
     /// Whether the last completed cycle saw activity (kept through failed cycles).
@@ -113,6 +116,8 @@ pub struct Project {
     /// GitLab's clock when the deep `scheduled` jobs were last re-checked (not checkpointed:
     /// after a restart the first re-check comes a full interval later).
     pub(crate) scheduled_checked: Option<f64>,
+    /// Whether its hooks arrive (see [`crate::project::hooks`]).
+    pub(crate) hooks: HookState,
 }
 
 impl Project {
@@ -142,6 +147,7 @@ impl Project {
             pipeline_jobs_off: false,
             max_pages_per_cycle: None,
             scheduled_checked: None,
+            hooks: HookState::None,
         }
     }
 
@@ -258,6 +264,7 @@ impl Project {
     /// its gauges would only go stale (a pending job would look stuck), so they are cleared;
     /// its counters stay. A later cycle sets everything again.
     pub fn pause(&mut self, metrics: &Metrics) {
+        self.set_hook_state(HookState::None, metrics);
         metrics.add_tracked_jobs(-self.reported_tracked);
         self.reported_tracked = 0;
         metrics.set_active(&self.label(), &Default::default(), None);
@@ -266,6 +273,7 @@ impl Project {
     /// Takes this project out of the metrics for good (discovery's grace period is over);
     /// its series stay when another project now shows under the same path.
     pub fn forget(&mut self, metrics: &Metrics, remove_series: bool) {
+        self.set_hook_state(HookState::None, metrics);
         metrics.add_tracked_jobs(-self.reported_tracked);
         self.reported_tracked = 0;
         if remove_series {
@@ -296,6 +304,7 @@ impl Project {
             ProjectState::NotFound if self.resolved.is_none() => self.backoff(interval),
             ProjectState::NotFound | ProjectState::Elsewhere => NextPoll::Never,
             ProjectState::Unauthorized | ProjectState::Forbidden => self.backoff(interval),
+            ProjectState::Ok if self.hooks_suffice() => NextPoll::Reconcile,
             ProjectState::Ok | ProjectState::Failing => NextPoll::Paced(self.activity),
         }
     }
@@ -358,14 +367,17 @@ impl Project {
         };
         // Freshness, once past the backfill (whose jobs finished long before by design).
         let fresh = !self.tracker.is_first_cycle();
+        let mut missed = 0;
         for e in &events {
             if let Event::Completed { finished_at, .. } = e {
                 fed.completed += 1;
                 if fresh && let Some(t) = finished_at {
-                    metrics.observe_lag(server_now - t);
+                    metrics.observe_lag("poll", server_now - t);
+                    missed += u64::from(server_now - t > MISSED_AFTER_SECS);
                 }
             }
         }
+        self.polled_completions(missed, metrics);
         self.labels
             .apply(&mut events, self.default_branch.as_deref());
         metrics.apply(&label, &events);

@@ -382,4 +382,148 @@ mod properties {
             }
         }
     }
+
+    /// One step of a hook/poll history: what happens at a moment.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A hook with job `i`'s status number `k` arrives.
+        Hook(usize, usize),
+        /// A poll cycle starts reading: it sees every job as of now.
+        Read,
+        /// The cycle's pages (read at its start) are applied, and the cycle ends.
+        Apply,
+    }
+
+    proptest! {
+        /// Hooks dropped, repeated and reordered, interleaved with poll cycles whose pages are
+        /// older than hooks applied during them: after one reconciliation poll, every job is
+        /// counted once and the active jobs are exactly the unfinished ones.
+        #[test]
+        fn hooks_in_any_order_give_the_truth_after_one_reconciliation(
+            lives in proptest::collection::vec(lifecycle(), 1..25),
+            fates in proptest::collection::vec((0u8..10, 0u64..2000), 100),
+            polls in proptest::collection::vec((0u64..4000, 0u64..300), 0..6),
+        ) {
+            // Job i's status k happens at time 100*k + 7*i; its hook arrives after a delay,
+            // or never (30%), or twice (15%).
+            let mut timeline: Vec<(u64, u32, Step)> = Vec::new();
+            let mut n = 0;
+            for (i, life) in lives.iter().enumerate() {
+                for k in 0..life.len() {
+                    let (fate, delay) = fates[n % fates.len()];
+                    n += 1;
+                    let at = 100 * k as u64 + 7 * i as u64;
+                    if fate >= 3 {
+                        timeline.push((at + delay, 1, Step::Hook(i, k)));
+                    }
+                    if fate >= 8 {
+                        timeline.push((at + delay / 2 + 1, 1, Step::Hook(i, k)));
+                    }
+                }
+            }
+            for (read, lag) in &polls {
+                timeline.push((*read, 0, Step::Read));
+                timeline.push((read + lag, 2, Step::Apply));
+            }
+            timeline.sort_by_key(|(t, order, _)| (*t, *order));
+            let truth = |i: usize, t: u64| -> Option<usize> {
+                (0..lives[i].len()).rev().find(|k| 100 * *k as u64 + 7 * i as u64 <= t)
+            };
+            // A job that ran shows its start in every later snapshot.
+            let snap = |i: usize, k: usize| {
+                let j = snapshot(1000 + i as u64, lives[i][k]);
+                let ran = lives[i][..=k].iter().any(|s| matches!(*s, "running" | "canceling"));
+                if ran && !j.has_started() { started(j, 3.0, 7.0) } else { j }
+            };
+            let mut t = Tracker::new();
+            let mut events = Vec::new();
+            let mut pages: Option<Vec<Job>> = None;
+            for (at, _, step) in timeline {
+                match step {
+                    Step::Hook(i, k) => {
+                        t.observe_hook(&snap(i, k), 0.0, &mut events);
+                    }
+                    // Overlapping cycles do not happen (a gate): a read during one is skipped.
+                    Step::Read if pages.is_none() => {
+                        t.cycle_started();
+                        pages = Some((0..lives.len()).filter_map(|i| truth(i, at).map(|k| snap(i, k))).collect());
+                    }
+                    Step::Read => {}
+                    Step::Apply => {
+                        for j in pages.take().unwrap_or_default() {
+                            t.observe(&j, 0.0, &mut events);
+                        }
+                        t.complete_cycle(Some(1000), Some(1000 + lives.len() as u64));
+                    }
+                }
+            }
+            // The reconciliation poll: everything as it is in the end.
+            t.cycle_started();
+            let last: Vec<Job> = (0..lives.len()).map(|i| snap(i, lives[i].len() - 1)).collect();
+            for j in &last {
+                t.observe(j, 0.0, &mut events);
+            }
+            let completed = events.iter().filter(|e| matches!(e, Event::Completed { .. })).count();
+            let starts = events.iter().filter(|e| matches!(e, Event::Started { .. })).count();
+            prop_assert_eq!(completed, last.iter().filter(|j| j.status.is_final()).count());
+            prop_assert_eq!(starts, last.iter().filter(|j| j.has_started()).count());
+            let mut active = BTreeMap::new();
+            for j in last.iter().filter(|j| !j.status.is_final()) {
+                *active.entry(j.status.clone()).or_insert(0u64) += 1;
+            }
+            prop_assert_eq!(t.active_counts(), active);
+        }
+    }
+
+    #[test]
+    fn hooks_never_move_a_job_back() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        let run = snapshot(5, "running");
+        assert_eq!(t.observe_hook(&run, 0.0, &mut ev), Seen::Changed);
+        assert_eq!(t.observe_hook(&run, 0.0, &mut ev), Seen::Known);
+        assert_eq!(
+            t.observe_hook(&snapshot(5, "pending"), 0.0, &mut ev),
+            Seen::Stale
+        );
+        let done = snapshot(5, "success");
+        assert_eq!(t.observe_hook(&done, 0.0, &mut ev), Seen::Changed);
+        assert_eq!(t.observe_hook(&done, 0.0, &mut ev), Seen::Known);
+        // Late, or GitLab's reset of a skipped job: a poll settles which.
+        assert_eq!(
+            t.observe_hook(&snapshot(5, "created"), 0.0, &mut ev),
+            Seen::Stale
+        );
+        assert!(!t.is_followed(5));
+        assert_eq!(count_completed(&ev), 1);
+        // A poll after the cycle started anew is the truth: a reset is followed again.
+        t.cycle_started();
+        t.observe(&snapshot(5, "created"), 0.0, &mut ev);
+        assert!(t.is_followed(5));
+        assert_eq!(count_completed(&ev), 1);
+    }
+
+    #[test]
+    fn a_page_read_before_a_hook_does_not_undo_it() {
+        let mut t = Tracker::new();
+        let mut ev = Vec::new();
+        t.observe(&snapshot(7, "pending"), 0.0, &mut ev);
+        t.complete_cycle(Some(7), Some(7));
+        // A cycle reads the job still running; meanwhile its hook says it succeeded.
+        t.cycle_started();
+        let page = snapshot(7, "running");
+        t.observe_hook(&snapshot(7, "success"), 0.0, &mut ev);
+        t.observe(&page, 0.0, &mut ev);
+        assert!(!t.is_followed(7), "the older page brought the job back");
+        assert_eq!(count_completed(&ev), 1);
+        // Followed jobs are not moved back either.
+        t.observe(&snapshot(8, "pending"), 0.0, &mut ev);
+        t.cycle_started();
+        t.observe_hook(&snapshot(8, "running"), 0.0, &mut ev);
+        t.observe(&snapshot(8, "pending"), 0.0, &mut ev);
+        assert_eq!(
+            t.followed(8).map(|f| f.status.clone()),
+            Some(JobStatus::Running)
+        );
+    }
 }

@@ -104,6 +104,34 @@ pub fn fast_retry() -> RetryPolicy {
     }
 }
 
+/// Awaits `check` returning `Some`, re-checking every 50 ms; fails after `limit`, naming `what`.
+pub async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The webhook secret of tests that turn webhooks on.
+pub const HOOK_SECRET: &str = "hook-SECRET-a1b2c3d4";
+
+/// Webhooks on (on the `/metrics` listener), with [`HOOK_SECRET`].
+pub fn with_webhooks(cfg: &mut Config) {
+    cfg.webhook.enabled = true;
+    cfg.webhook.secret = Some(HOOK_SECRET.to_string().into());
+}
+
 pub struct Harness {
     pub sim: Simulator,
     sim_handle: Option<SimHandle>,
@@ -170,6 +198,7 @@ impl Harness {
         let stop = CancellationToken::new();
         let s = stop.clone();
         app.spawn_http(listener, async move { s.cancelled().await });
+        app.spawn_hooks(stop.clone());
         let scheduler = app.scheduler;
         Self {
             base_url: sim_handle.base_url.clone(),
@@ -242,6 +271,37 @@ impl Harness {
             .map(|v| v.to_str().unwrap_or_default().to_string())
             .unwrap_or_default();
         (status, ct, resp.text().await.expect("body"))
+    }
+
+    /// POSTs `body` to `/webhook` with `headers`; the status and body of the answer.
+    pub async fn post_hook(
+        &self,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
+        let mut req = self
+            .http
+            .post(format!("{}/webhook", self.metrics_url))
+            .header("content-type", "application/json")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("exporter answers");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
+    /// The value of `gitlab_jobs_exporter_webhook_events_total{event, result}` (0 if absent).
+    pub async fn hook_events(&self, event: &str, result: &str) -> f64 {
+        self.scrape()
+            .await
+            .values("gitlab_jobs_exporter_webhook_events_total")
+            .iter()
+            .filter(|(l, _)| l.get("event").map(String::as_str) == Some(event))
+            .filter(|(l, _)| l.get("result").map(String::as_str) == Some(result))
+            .map(|(_, v)| *v)
+            .sum()
     }
 
     pub async fn scrape(&self) -> Scrape {

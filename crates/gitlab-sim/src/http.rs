@@ -23,6 +23,8 @@ const HTML_LOGIN: &str = "<!DOCTYPE html>\n<html><head><title>Sign in - Corporat
 const TOO_MANY: &str = "This endpoint has been requested too many times. Try again later.";
 const EXPIRED: &str = "Token is expired. You can either do re-authorization or token refresh.";
 const NO_KEYSET: &str = "Keyset pagination is not yet available for this type of request";
+/// The largest request body read (hooks API params).
+const BODY_LIMIT: usize = 1 << 20;
 
 /// A decoded query parameter, as Rack parses it: `k=v` or `k[]=v1&k[]=v2`.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,6 +127,8 @@ enum Route {
     PipelineJobs(String, String),
     GroupProjects(String),
     Projects,
+    /// `/projects/:id/hooks` (no hook id) or `/projects/:id/hooks/:hook_id`
+    Hooks(String, Option<String>),
     Other,
 }
 
@@ -148,6 +152,10 @@ fn route(path: &str) -> Route {
         [id, "jobs", job] if !id.is_empty() => Route::Job(percent_decode(id), job.to_owned()),
         [id, "pipelines", pipeline, "jobs"] if !id.is_empty() && !pipeline.is_empty() => {
             Route::PipelineJobs(percent_decode(id), pipeline.to_owned())
+        }
+        [id, "hooks"] if !id.is_empty() => Route::Hooks(percent_decode(id), None),
+        [id, "hooks", hook] if !id.is_empty() => {
+            Route::Hooks(percent_decode(id), Some(hook.to_owned()))
         }
         _ => Route::Other,
     }
@@ -178,7 +186,7 @@ pub(super) struct Outcome {
 
 pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Response {
     let (method, uri) = (req.method().clone(), req.uri().clone());
-    let params = parse_query(uri.query());
+    let mut params = parse_query(uri.query());
     let route = route(uri.path());
     let endpoint = match &route {
         Route::Project(_) => Endpoint::Project,
@@ -188,9 +196,11 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
         Route::PipelineJobs(..) => Endpoint::PipelineJobs,
         Route::GroupProjects(_) => Endpoint::GroupProjects,
         Route::Projects => Endpoint::ProjectsList,
+        Route::Hooks(..) => Endpoint::Hooks,
         Route::Other => Endpoint::Other,
     };
     let creds = credentials(req.headers(), &params);
+    let body = body_params(req, endpoint, &mut params).await;
     let token_ok = creds.as_ref().is_some_and(|c| c.1 == sim.inner.token);
     let limited = matches!(endpoint, Endpoint::Jobs | Endpoint::JobsScoped)
         && token_ok
@@ -227,7 +237,9 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
             let code = unserved.unwrap_or(500);
             fault_response(&Fault::ServerError(code), now)
         }
-        _ => answer(&sim, &method, uri.path(), route, params, token_ok, now),
+        _ => body.map_or_else(Reject::into_response, |()| {
+            answer(&sim, &method, uri.path(), route, params, token_ok, now)
+        }),
     };
     if resp.status() == StatusCode::OK {
         for h in &hostile {
@@ -252,6 +264,32 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
     let status = resp.status().as_u16();
     sim.record(method.as_str(), path_and_query, status, now, outcome);
     resp
+}
+
+/// Merges the body's params into the query's, as Grape does; only the hooks API takes a body.
+async fn body_params(req: Request, endpoint: Endpoint, params: &mut Params) -> Result<(), Reject> {
+    if endpoint != Endpoint::Hooks {
+        return Ok(());
+    }
+    let content_type = req.headers().get("content-type");
+    let content_type = content_type
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT).await;
+    let body = body.map_err(|_| Reject(413, "error", "413 Request Entity Too Large".into()))?;
+    super::hooks_api::body_params(content_type.as_deref(), &body, params)
+}
+
+/// `/projects/:id/hooks[/:hook_id]`, any method.
+fn answer_hooks(
+    sim: &Simulator,
+    req: super::hooks_api::HooksRequest<'_>,
+    token_ok: bool,
+) -> Response {
+    if !token_ok {
+        return err(401, "message", "401 Unauthorized");
+    }
+    super::hooks_api::answer(sim, req).unwrap_or_else(Reject::into_response)
 }
 
 /// One page of [`Hostile::ProjectFlood`]: `per_page` made-up projects of page `page` (offset
@@ -439,6 +477,20 @@ fn answer(
     if matches!(route, Route::Other) {
         return err(404, "error", "404 Not Found");
     }
+    if let Route::Hooks(id, hook_id) = route {
+        let ext = sim.external_url();
+        let (ext, path) = (&ext, path);
+        let req = super::hooks_api::HooksRequest {
+            method,
+            path,
+            id,
+            hook_id,
+            params,
+            now,
+            ext,
+        };
+        return answer_hooks(sim, req, token_ok);
+    }
     if method != Method::GET && method != Method::HEAD {
         return err(405, "error", "405 Not Allowed");
     }
@@ -486,7 +538,7 @@ fn answer(
         }
         Route::Projects => list_projects(world, path, Listing::All, params, now, &ext)
             .unwrap_or_else(Reject::into_response),
-        Route::Other => err(404, "error", "404 Not Found"),
+        Route::Hooks(..) | Route::Other => err(404, "error", "404 Not Found"),
     }
 }
 
@@ -661,7 +713,7 @@ fn list_pipeline_jobs(
 
 /// `page` and `per_page` (clamped to 1..=100) of an offset-paginated job list. The `Link`
 /// repeats every param, with Grape's defaults and the path's `id` filled in.
-fn offset_params(params: &mut Params, id: &str) -> Result<(i64, usize), Reject> {
+pub(super) fn offset_params(params: &mut Params, id: &str) -> Result<(i64, usize), Reject> {
     let page = int_param(params, "page", 1)?.max(1);
     let per_page = int_param(params, "per_page", 20)?;
     params.insert("page".into(), Param::One(page.to_string()));

@@ -11,15 +11,27 @@
 //! For project discovery it serves `GET /groups/:id/projects` (offset pagination) and
 //! `GET /projects` (offset or keyset), with groups derived from project paths, and lets tests
 //! archive, remove and add projects, or change membership, while it runs.
+//!
+//! It sends Job Hooks ([`HookSender`]): one event per status change of every job, with
+//! `Gitlab::DataBuilder::Build`'s payload and GitLab's headers, through knobs that drop,
+//! duplicate, delay and reorder them, driven by a manual clock
+//! ([`HookSender::deliver_until`]) or in the background ([`HookSender::spawn`]);
+//! [`plan_job_hooks`] lists them without HTTP. It answers the project hooks API
+//! (`/projects/:id/hooks`), with knobs for access ([`Simulator::set_hooks_access`]) and
+//! disabled hooks ([`Simulator::set_hook_alert`]).
 
 mod discovery;
 pub mod fixtures;
 mod generate;
+mod hooks;
+mod hooks_api;
 mod http;
 mod render;
 mod truth;
 mod world;
 
+#[cfg(test)]
+mod hooks_tests;
 #[cfg(test)]
 mod tests;
 
@@ -31,7 +43,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 pub use generate::{ProjectSpec, WorldSpec};
-pub use render::{http_date, iso};
+pub use hooks::{
+    DeliveryRecord, HOOK_GITLAB_VERSION, HOOK_TIMEOUT, HookError, HookKnobs, HookPlan,
+    HookProjects, HookSender, HookStats, HookTask, JobHookEvent, PlannedDelivery, job_hook_events,
+    job_hook_payload, plan_job_hooks,
+};
+pub use hooks_api::{HookAlertStatus, ProjectHook};
+pub use render::{hook_time, http_date, iso, iso_seconds};
 pub use truth::{DurationKey, GroundTruth, JobKey, QueuedKey, RunnerKey};
 pub use world::{
     FINAL_STATUSES, GROUP_ID_BASE, GroupDef, JobPlan, Ms, ProjectDef, RunnerDef, STATUSES, World,
@@ -148,6 +166,8 @@ pub enum Endpoint {
     GroupProjects,
     /// `GET /projects`
     ProjectsList,
+    /// `/projects/:id/hooks` and `/projects/:id/hooks/:hook_id`, any method
+    Hooks,
     Other,
 }
 
@@ -162,6 +182,7 @@ pub struct RequestStats {
     pub pipeline_jobs: u64,
     pub group_projects: u64,
     pub projects_list: u64,
+    pub hooks: u64,
     pub other: u64,
     pub by_status: BTreeMap<u16, u64>,
 }
@@ -200,6 +221,7 @@ struct Inner {
     /// When set, every `GET /projects/:id/pipelines/:pipeline_id/jobs` answers this status.
     pipeline_jobs_answer: Mutex<Option<u16>>,
     hostile: Mutex<Vec<Hostile>>,
+    hooks: Mutex<hooks_api::HookStore>,
 }
 
 /// The simulated GitLab; clones share everything.
@@ -227,6 +249,7 @@ impl Simulator {
                 jobs_limit: Mutex::default(),
                 pipeline_jobs_answer: Mutex::default(),
                 hostile: Mutex::default(),
+                hooks: Mutex::default(),
             }),
         }
     }
@@ -366,6 +389,7 @@ impl Simulator {
                 Endpoint::PipelineJobs => &mut s.pipeline_jobs,
                 Endpoint::GroupProjects => &mut s.group_projects,
                 Endpoint::ProjectsList => &mut s.projects_list,
+                Endpoint::Hooks => &mut s.hooks,
                 Endpoint::Other => &mut s.other,
             } += 1;
         }
@@ -422,6 +446,53 @@ impl Simulator {
 
     pub(crate) fn pipeline_jobs_answer(&self) -> Option<u16> {
         *lock(&self.inner.pipeline_jobs_answer)
+    }
+
+    /// The project's hooks, ascending id (tokens included, unlike the API).
+    pub fn project_hooks(&self, project_id: u64) -> Vec<ProjectHook> {
+        lock(&self.inner.hooks).of_project(project_id)
+    }
+
+    /// Whether the token may manage the project's hooks (Maintainer); without, the hooks API
+    /// answers 403. Allowed by default.
+    pub fn set_hooks_access(&self, project_id: u64, allowed: bool) {
+        lock(&self.inner.hooks).set_access(project_id, allowed);
+    }
+
+    pub(crate) fn hooks_allowed(&self, project_id: u64) -> bool {
+        lock(&self.inner.hooks).allowed(project_id)
+    }
+
+    /// Registers a hook as if made in the UI (job events on, push events off); returns its id.
+    pub fn add_project_hook(
+        &self,
+        project_id: u64,
+        url: &str,
+        token: Option<&str>,
+    ) -> Result<u64, WorldError> {
+        if self.world().project(project_id).is_none() {
+            return Err(WorldError::NoSuchProject(project_id));
+        }
+        let mut hook = ProjectHook::new(project_id, url, self.now_ms());
+        hook.token = token.map(str::to_owned);
+        hook.job_events = true;
+        hook.push_events = false;
+        Ok(lock(&self.inner.hooks).insert(hook))
+    }
+
+    /// Sets a hook's alert state, as GitLab's auto-disabling would: `TemporarilyDisabled`
+    /// until `disabled_until`, or `Disabled` for good. `false` for an unknown hook.
+    pub fn set_hook_alert(
+        &self,
+        hook_id: u64,
+        status: HookAlertStatus,
+        disabled_until: Option<Ms>,
+    ) -> bool {
+        lock(&self.inner.hooks).set_alert(hook_id, status, disabled_until)
+    }
+
+    pub(crate) fn hook_store(&self) -> MutexGuard<'_, hooks_api::HookStore> {
+        lock(&self.inner.hooks)
     }
 
     /// What a correct exporter reports now, if it ignores jobs completed before `cutoff_ms`.

@@ -11,6 +11,21 @@ pub fn iso(ms: Ms) -> String {
         .unwrap_or_default()
 }
 
+/// `2023-01-10 13:50:02 UTC`: how Sidekiq-serialised times reach webhook payloads (whole
+/// seconds).
+pub fn hook_time(ms: Ms) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+/// `2023-01-10T13:50:02Z`: Ruby's `Time#iso8601`, whole seconds (the `*_iso` twins of hooks).
+pub fn iso_seconds(ms: Ms) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}
+
 /// `Wed, 25 Nov 2026 08:50:24 GMT` (RFC 7231 IMF-fixdate).
 pub fn http_date(ms: Ms) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -23,27 +38,27 @@ fn secs(ms: Option<Ms>) -> Option<f64> {
 }
 
 /// A stable pseudo-random value, so commit shas and users need no storage.
-fn mix(mut x: u64) -> u64 {
+pub(crate) fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     x ^ (x >> 31)
 }
 
-const USERS: [(&str, &str); 4] = [
+pub(crate) const USERS: [(&str, &str); 4] = [
     ("root", "Administrator"),
     ("alice", "Alice Example"),
     ("bob", "Bob Builder"),
     ("carol", "Carol Ops"),
 ];
-const TITLES: [&str; 4] = [
+pub(crate) const TITLES: [&str; 4] = [
     "Fix flaky spec",
     "Add caching layer",
     "Bump dependencies",
     "Update docs",
 ];
 
-fn sha(seed: u64) -> String {
+pub(crate) fn sha(seed: u64) -> String {
     format!(
         "{:016x}{:016x}{:08x}",
         mix(seed),

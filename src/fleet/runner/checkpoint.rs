@@ -78,9 +78,14 @@ impl Scheduler {
     /// discovery (same id or path), so its tracker carries over and nothing is counted twice.
     /// Returns how many were restored.
     fn restore_configured(&self, cp: &mut Checkpoint, in_use: &mut HashSet<String>) -> usize {
-        let configured: Vec<Slot> = self.slots().live.values().cloned().collect();
+        let configured: Vec<(super::TaskKey, Slot)> = self
+            .slots()
+            .live
+            .iter()
+            .map(|(k, s)| (*k, s.clone()))
+            .collect();
         let mut restored = 0;
-        for slot in configured {
+        for (task, slot) in configured {
             let mut poller = slot.poller.project();
             let reference = poller.reference.clone();
             let key = if cp.projects.contains_key(&reference.to_string()) {
@@ -107,7 +112,10 @@ impl Scheduler {
             drop(poller);
             // Known before its first poll: discovery must leave it to its entry.
             if let Some((id, path)) = resolved {
-                self.slots().registry.add_configured_id(id);
+                let mut slots = self.slots();
+                slots.registry.add_configured_id(id);
+                slots.configured_by_id.insert(id, task);
+                drop(slots);
                 in_use.insert(path.to_lowercase());
             }
         }
@@ -151,6 +159,7 @@ impl Scheduler {
                     discovered: Some(id),
                     stop: CancellationToken::new(),
                     ended: false,
+                    poke: Default::default(),
                 });
                 slots
                     .registry

@@ -172,6 +172,7 @@ impl Scheduler {
                 discovered: Some(id),
                 stop: CancellationToken::new(),
                 ended: false,
+                poke: Default::default(),
             });
             fx.to_spawn.push(key);
         }

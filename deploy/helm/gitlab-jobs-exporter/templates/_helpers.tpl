@@ -43,6 +43,34 @@ token
 {{- end }}
 {{- end }}
 
+{{- define "gitlab-jobs-exporter.webhookSecretName" -}}
+{{- if .Values.webhook.existingSecret }}
+{{- .Values.webhook.existingSecret }}
+{{- else }}
+{{- include "gitlab-jobs-exporter.fullname" . }}-webhook
+{{- end }}
+{{- end }}
+
+{{- define "gitlab-jobs-exporter.webhookSecretKey" -}}
+{{- if .Values.webhook.existingSecret }}
+{{- .Values.webhook.existingSecretKey }}
+{{- else -}}
+secret
+{{- end }}
+{{- end }}
+
+{{/* "true" when shards forward webhook events to each other: they then need stable DNS names
+of their own, from a headless Service (the StatefulSet's serviceName). */}}
+{{- define "gitlab-jobs-exporter.peers" -}}
+{{- if and .Values.webhook.enabled (gt (int .Values.shards) 1) -}}
+true
+{{- end }}
+{{- end }}
+
+{{- define "gitlab-jobs-exporter.peersService" -}}
+{{- include "gitlab-jobs-exporter.fullname" . | trunc 57 | trimSuffix "-" }}-peers
+{{- end }}
+
 {{/* config.toml, from the values. Strings and numbers are written as JSON, which TOML reads
 (a JSON string is a TOML basic string: backslashes and quotes in regexes are escaped alike). */}}
 {{- define "gitlab-jobs-exporter.config" -}}
@@ -99,6 +127,18 @@ count = {{ .Values.shards | int64 }}
 
 [state]
 dir = "/var/lib/gitlab-jobs-exporter"
+{{- if .Values.webhook.enabled }}
+
+# POST /webhook on its own port; the secret is the environment's GITLAB_WEBHOOK_SECRET.
+[webhook]
+enabled = true
+listen = {{ printf "0.0.0.0:%d" (int .Values.webhook.port) | toJson }}
+reconcile_interval = {{ .Values.webhook.reconcileInterval | toJson }}
+{{- if include "gitlab-jobs-exporter.peers" . }}
+# An event for another shard's project goes to that shard's pod ({shard}: its ordinal).
+peer_url = {{ printf "http://%s-{shard}.%s.%s.svc:%d/webhook" (include "gitlab-jobs-exporter.fullname" .) (include "gitlab-jobs-exporter.peersService" .) .Release.Namespace (int .Values.webhook.port) | toJson }}
+{{- end }}
+{{- end }}
 
 [discovery]
 membership = {{ .Values.discovery.membership | toJson }}
