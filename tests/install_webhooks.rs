@@ -534,3 +534,96 @@ fn no_secret_or_a_bad_url_exits_2_before_any_request() {
         .expect("binary runs");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The same command against the simulator's hooks API (a second reading of GitLab's source):
+/// configured and discovered projects, a denial, a UI-made hook without the token, a disabled
+/// hook named, and nothing new on a second run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_the_simulator() {
+    use gitlab_sim::{HookAlertStatus, ProjectSpec, SimClock, Simulator, World, WorldSpec};
+    let now = chrono::Utc::now().timestamp_millis();
+    let spec = WorldSpec::new(
+        vec![
+            ProjectSpec {
+                id: 7,
+                path: "acme/platform/api".into(),
+                pipelines_per_hour: 1.0,
+            },
+            ProjectSpec {
+                id: 8,
+                path: "acme/web/frontend".into(),
+                pipelines_per_hour: 1.0,
+            },
+            ProjectSpec {
+                id: 9,
+                path: "acme/ops/infra".into(),
+                pipelines_per_hour: 1.0,
+            },
+        ],
+        now - 3_600_000,
+        now,
+    );
+    let sim = Simulator::new(World::generate(&spec, 5), SimClock::Live, TOKEN.to_string());
+    sim.set_hooks_access(8, false);
+    let ui_hook = sim.add_project_hook(9, HOOK_URL, None).expect("project 9");
+    assert!(sim.set_hook_alert(ui_hook, HookAlertStatus::Disabled, None));
+    let handle = sim.spawn().await.expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    let toml = format!(
+        "[gitlab]\nurl = {:?}\nmax_requests_per_minute = 1000000\nmax_clock_skew = \"876000h\"\n[[projects]]\nid = 7\n[[groups]]\npath = \"acme\"\n",
+        handle.base_url
+    );
+    std::fs::write(&config, toml).expect("write config");
+
+    let out = install(&config, Some(SECRET), &[]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "acme/platform/api (id 7): created", "{stdout}");
+    assert!(
+        lines[1].starts_with(
+            "acme/ops/infra (id 9): unchanged; GitLab has disabled this hook for good"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[2], "acme/web/frontend (id 8): denied (needs the Maintainer role)",
+        "{stdout}"
+    );
+    assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET));
+    let hooks = sim.project_hooks(7);
+    assert_eq!(hooks.len(), 1);
+    let h = &hooks[0];
+    assert_eq!(h.url, HOOK_URL);
+    assert_eq!(h.token.as_deref(), Some(SECRET));
+    assert!(
+        h.job_events && !h.push_events && h.enable_ssl_verification,
+        "{h:?}"
+    );
+    // The UI-made hook had no token: only --update-token sets it.
+    assert_eq!(sim.project_hooks(9)[0].token, None);
+
+    sim.set_hooks_access(8, true);
+    let out = install(&config, Some(SECRET), &["--update-token"]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("acme/platform/api (id 7): updated (token set)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("acme/web/frontend (id 8): created"),
+        "{stdout}"
+    );
+    for project in [7, 8, 9] {
+        let hooks = sim.project_hooks(project);
+        assert_eq!(hooks.len(), 1, "one hook per project: {hooks:?}");
+        assert_eq!(hooks[0].token.as_deref(), Some(SECRET));
+    }
+    // Still disabled: an update does not re-enable a hook (a successful delivery does).
+    assert_eq!(
+        sim.project_hooks(9)[0].alert_status_at(sim.now_ms()),
+        "disabled"
+    );
+}
