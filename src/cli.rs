@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::app::App;
-use crate::config::{Config, ConfigError, Settings};
+use crate::config::{Config, ConfigError, Settings, WEBHOOK_SECRET_ENV};
 use crate::gitlab::RetryPolicy;
-use crate::server;
+use crate::{install, server};
 
 /// Where `--demo` listens unless told otherwise: loopback only, the simulator is no real GitLab.
 pub const DEMO_LISTEN: &str = "127.0.0.1:39129";
@@ -44,6 +44,16 @@ pub struct Cli {
     /// Log format on stderr (the level comes from RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Create or update a project hook sending Job events to URL, with the webhook secret
+    /// (GITLAB_WEBHOOK_SECRET or webhook.secret_file) as its token, on every watched project
+    /// (configured and discovered, all shards); print one line per project and exit: 0 when
+    /// every project succeeded, 1 otherwise. Needs the Maintainer role on each project.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["check_config", "demo"])]
+    pub install_webhooks: Option<String>,
+    /// With --install-webhooks: also send the token to existing hooks that are otherwise right
+    /// (GitLab never shows a hook's token, so a changed secret is not detected).
+    #[arg(long, requires = "install_webhooks")]
+    pub update_token: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -83,7 +93,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     }
-    let cfg = match load_config(&cli) {
+    if let Some(url) = &cli.install_webhooks {
+        return install_webhooks(&cli, url, &runtime);
+    }
+    let cfg = match load_config(&cli, |_| {}) {
         Ok(cfg) => cfg,
         Err(e) => {
             say(format_args!("configuration error: {e}"));
@@ -135,7 +148,8 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn load_config(cli: &Cli) -> Result<Settings, ConfigError> {
+/// The configuration file, with the command line's overrides and `adjust` applied.
+fn load_config(cli: &Cli, adjust: impl FnOnce(&mut Config)) -> Result<Settings, ConfigError> {
     let Some(path) = &cli.config else {
         return Err(ConfigError::Invalid {
             key: "--config".into(),
@@ -146,7 +160,68 @@ fn load_config(cli: &Cli) -> Result<Settings, ConfigError> {
         if let Some(listen) = &cli.listen {
             cfg.server.listen = listen.clone();
         }
+        adjust(cfg);
     })
+}
+
+/// `--install-webhooks URL`: see [`crate::install`]. A bad URL or configuration, or no
+/// webhook secret, exits with [`EXIT_CONFIG`].
+fn install_webhooks(cli: &Cli, url: &str, runtime: &tokio::runtime::Runtime) -> ExitCode {
+    let url = match install::HookUrl::parse(url) {
+        Ok(url) => url,
+        Err(e) => {
+            say(format_args!("error: --install-webhooks URL: {e}"));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // The secret is resolved only for an enabled `[webhook]`; the hooks need it either way.
+    let mut was_enabled = false;
+    let loaded = load_config(cli, |cfg| {
+        was_enabled = cfg.webhook.enabled;
+        cfg.webhook.enabled = true;
+    });
+    let secret = match loaded {
+        Ok(cfg) => cfg
+            .webhook
+            .as_ref()
+            .map(|w| w.secret.clone())
+            .map(|s| (cfg, s)),
+        Err(ConfigError::Invalid { key, .. }) if key == "webhook.enabled" => None,
+        Err(e) => {
+            say(format_args!("configuration error: {e}"));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Some((cfg, secret)) = secret else {
+        say(format_args!(
+            "configuration error: --install-webhooks needs the webhook secret (GitLab sends it in X-Gitlab-Token): set {WEBHOOK_SECRET_ENV} or webhook.secret_file"
+        ));
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    if !was_enabled {
+        say(format_args!(
+            "note: webhook.enabled is not true in the configuration: until it is, the exporter does not serve /webhook and GitLab's deliveries fail"
+        ));
+    }
+    if url.is_plain_http() {
+        say(format_args!(
+            "warning: the URL is plain http: GitLab will send the webhook secret unencrypted"
+        ));
+    }
+    let opts = install::InstallOptions {
+        url,
+        secret,
+        update_token: cli.update_token,
+    };
+    let mut out = std::io::stdout();
+    match runtime.block_on(install::run(&cfg, &opts, &mut out)) {
+        Ok(summary) if summary.success() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            say(format_args!("error: {e}"));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Logs go to stderr through a background writer: a slow or stuck reader of stderr must never

@@ -21,6 +21,8 @@
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz` and the index page.
 //! - [`app`]: the parts wired (metrics observe the client), served and shut down; the binary
 //!   and the test harness start the exporter through it.
+//! - [`install`]: `--install-webhooks`: a project hook on every watched project, created or
+//!   brought in line (idempotent, matched by URL).
 //! - [`cli`]: the command line, logging, signals, exit codes; the only place using `anyhow`.
 //!
 //! The in-process GitLab used by tests, benchmarks and `--demo` is its own crate, `gitlab-sim`.
@@ -31,6 +33,7 @@ pub mod config;
 pub mod fleet;
 pub mod gitlab;
 pub mod health;
+pub mod install;
 pub mod labels;
 pub mod metrics;
 pub mod model;

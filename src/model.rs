@@ -242,6 +242,16 @@ pub fn decode_projects(
     Ok((projects, bad))
 }
 
+/// Decodes any GitLab list leniently, as the job and project lists are: the items that decode
+/// as `T` (unknown fields ignored), and how many did not. A page of more than `max_items`
+/// items is refused whole.
+pub fn decode_list<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    max_items: usize,
+) -> Result<(Vec<T>, usize), DecodeError> {
+    decode_lenient(body, Some(max_items))
+}
+
 /// Why a list body was refused whole.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {

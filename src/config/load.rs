@@ -28,14 +28,17 @@ impl Config {
     ) -> Result<Settings, ConfigError> {
         let mut secrets = env_secrets();
         let result = Self::read(path, &mut secrets).and_then(|mut cfg| {
+            // Before the secrets are resolved: an adjustment may enable what needs one
+            // (`--install-webhooks` needs the webhook secret whether or not `webhook.enabled`).
             adjust(&mut cfg);
+            cfg.resolve_secrets(&mut secrets)?;
             cfg.validate()
         });
         result.map_err(|e| e.scrubbed(&secrets))
     }
 
-    /// The file and the environment, deserialised, the token resolved; `secrets` collects
-    /// every secret value seen, to scrub from errors.
+    /// The file and the environment, deserialised; `secrets` collects every secret value
+    /// seen, to scrub from errors.
     fn read(path: Option<&Path>, secrets: &mut Vec<String>) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(path) = path {
@@ -91,12 +94,18 @@ impl Config {
             secrets.push(t.expose_secret().to_string());
         }
         cfg.strip_api_suffix();
-        cfg.resolve_token(std::env::var(TOKEN_ENV).ok())?;
-        cfg.resolve_webhook_secret(std::env::var(WEBHOOK_SECRET_ENV).ok())?;
-        if let Some(s) = &cfg.webhook.secret {
+        Ok(cfg)
+    }
+
+    /// The token and the webhook secret from the environment and their files; `secrets`
+    /// gains the webhook secret, to scrub from errors.
+    fn resolve_secrets(&mut self, secrets: &mut Vec<String>) -> Result<(), ConfigError> {
+        self.resolve_token(std::env::var(TOKEN_ENV).ok())?;
+        self.resolve_webhook_secret(std::env::var(WEBHOOK_SECRET_ENV).ok())?;
+        if let Some(s) = &self.webhook.secret {
             secrets.push(s.expose_secret().to_string());
         }
-        Ok(cfg)
+        Ok(())
     }
 
     /// `gitlab.url` given with GitLab's `/api/v4` (as copied from API docs): the client

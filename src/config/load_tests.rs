@@ -221,6 +221,33 @@ fn a_listen_override_applies_before_validation() {
     assert_eq!(key_of(err.unwrap_err()), "server.listen");
 }
 
+/// `--install-webhooks` enables webhooks through the adjustment: the secret file of a
+/// configuration with `webhook.enabled = false` is read then, and only then.
+#[test]
+fn an_adjustment_enabling_webhooks_resolves_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("webhook-secret");
+    std::fs::write(&secret, "whsec-from-file\n").unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{HEAD}token = \"glpat-x\"{TAIL}\n[webhook]\nsecret_file = \"{}\"\n",
+            secret.display()
+        ),
+    )
+    .unwrap();
+    assert!(Config::load(Some(&path)).unwrap().webhook.is_none());
+    let cfg = Config::load_with(Some(&path), |cfg| cfg.webhook.enabled = true).unwrap();
+    assert_eq!(
+        cfg.webhook.unwrap().secret.expose_secret(),
+        "whsec-from-file"
+    );
+    std::fs::remove_file(&secret).unwrap();
+    let err = Config::load_with(Some(&path), |cfg| cfg.webhook.enabled = true).unwrap_err();
+    assert_eq!(key_of(err), "webhook.secret_file");
+}
+
 #[test]
 fn token_file_is_read_and_trimmed() {
     let dir = tempfile::tempdir().unwrap();

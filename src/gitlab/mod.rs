@@ -7,6 +7,7 @@
 //! lives beside it (`pager`, `link`, `headers`, `throttle`, `observer`).
 
 mod headers;
+pub mod hooks;
 pub mod link;
 pub mod observer;
 pub mod pager;
@@ -284,6 +285,34 @@ struct Response {
     body: Vec<u8>,
 }
 
+/// A request's method, with the form body of a write. The body may hold a secret (a hook's
+/// token): it is never logged, and it travels in the body only, never in the URL.
+enum Method {
+    Get,
+    Post(SecretString),
+    Put(SecretString),
+}
+
+impl Method {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post(_) => "POST",
+            Self::Put(_) => "PUT",
+        }
+    }
+
+    /// Whether `e` is worth sending this request again for. A POST is not idempotent: after a
+    /// timeout or a 5xx it may have been done, and a second one would make a duplicate; only a
+    /// 429 (refused before it was looked at) is sent again.
+    fn may_retry(&self, e: &ApiError) -> bool {
+        match self {
+            Self::Get | Self::Put(_) => e.is_transient(),
+            Self::Post(_) => matches!(e, ApiError::RateLimited { .. }),
+        }
+    }
+}
+
 impl GitlabClient {
     pub fn new(
         cfg: &GitlabSettings,
@@ -498,6 +527,17 @@ impl GitlabClient {
         rel: &str,
         parse: impl Fn(Response) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
+        self.request(endpoint, rel, &Method::Get, parse).await
+    }
+
+    /// `method` and `parse`, retried as [`Method::may_retry`] allows (bounded, with backoff).
+    async fn request<T>(
+        &self,
+        endpoint: &'static str,
+        rel: &str,
+        method: &Method,
+        parse: impl Fn(Response) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         let url = self
             .url(endpoint, rel)
             .inspect_err(|e| self.observer.api_error(e.kind()))?;
@@ -508,9 +548,9 @@ impl GitlabClient {
             .with_max_times(policy.retries)
             .with_jitter();
         // A 429 is retried too: the throttle holds every request until GitLab's wait is over.
-        (|| self.get_once(endpoint, url.clone(), &parse))
+        (|| self.request_once(endpoint, url.clone(), method, &parse))
             .retry(backoff)
-            .when(ApiError::is_transient)
+            .when(|e| method.may_retry(e))
             // Only the kind: the error itself (with GitLab's message) is logged once, by the
             // caller, when the retries are used up.
             .notify(|e: &ApiError, wait: Duration| {
@@ -535,14 +575,15 @@ impl GitlabClient {
         Ok(url)
     }
 
-    async fn get_once<T>(
+    async fn request_once<T>(
         &self,
         endpoint: &'static str,
         url: url::Url,
+        method: &Method,
         parse: &impl Fn(Response) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let started = Instant::now();
-        let result = self.send(endpoint, url).await;
+        let result = self.send(endpoint, url, method).await;
         let status = match &result {
             Ok(r) => Some(r.status.as_u16()),
             Err(e) => e.status(),
@@ -557,7 +598,12 @@ impl GitlabClient {
         result
     }
 
-    async fn send(&self, endpoint: &'static str, url: url::Url) -> Result<Response, ApiError> {
+    async fn send(
+        &self,
+        endpoint: &'static str,
+        url: url::Url,
+        method: &Method,
+    ) -> Result<Response, ApiError> {
         let mut token =
             HeaderValue::from_str(self.token.expose_secret()).map_err(|_| ApiError::Transport {
                 endpoint,
@@ -569,10 +615,20 @@ impl GitlabClient {
                 self.count_rate_limited();
             })
             .await;
-        debug!(endpoint, path = url.path(), "GET");
-        let resp = self
-            .http
-            .get(url)
+        debug!(endpoint, path = url.path(), "{}", method.name());
+        let form = |req: reqwest::RequestBuilder, body: &SecretString| {
+            req.header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body.expose_secret().to_string())
+        };
+        let req = match method {
+            Method::Get => self.http.get(url),
+            Method::Post(body) => form(self.http.post(url), body),
+            Method::Put(body) => form(self.http.put(url), body),
+        };
+        let resp = req
             .header("PRIVATE-TOKEN", token)
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
