@@ -4,35 +4,14 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::Duration;
 
-use common::{Harness, Scrape, by_path};
+use common::{Harness, Scrape, by_path, until};
 use gitlab_sim::{Fault, Ms, ProjectSpec, World, WorldSpec};
 use tokio_util::sync::CancellationToken;
 
 const T0: Ms = 1_790_000_000_000;
 const HOUR: Ms = 3_600_000;
-
-/// Waits until `check` gives a value (asking again every 50 ms); panics after `limit`, which
-/// only keeps a regression from stalling the suite.
-async fn until<T, F: Future<Output = Option<T>>>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn paused_secs(s: &Scrape) -> f64 {
     s.values("gitlab_jobs_exporter_rate_limited_seconds_total")

@@ -156,28 +156,12 @@ async fn forged_malformed_oversized_and_foreign_deliveries_change_nothing() {
     h.stop().await;
 }
 
-/// Job events the exporter has dealt with (applied or not), over all results but refusals.
-async fn hooks_handled(h: &Harness) -> f64 {
-    let mut n = 0.0;
-    for result in [
-        "applied",
-        "duplicate",
-        "stale",
-        "unwatched",
-        "dropped",
-        "forwarded",
-    ] {
-        n += h.hook_events("job", result).await;
-    }
-    n
-}
-
 /// Sends every hook due by now and waits until the exporter has dealt with all sent so far.
 async fn deliver(h: &Harness, hooks: &HookSender) {
     hooks.deliver_due().await;
     let sent = hooks.stats().sent as f64;
     until("every hook delivered is applied", WAIT, || async {
-        (hooks_handled(h).await >= sent).then_some(())
+        (h.hooks_handled().await >= sent).then_some(())
     })
     .await;
     let stats = hooks.stats();

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    HOOK_SECRET, Scrape, TOKEN, assert_matches_truth, by_id, config, fast_retry, until,
-    with_webhooks,
+    HOOK_SECRET, Scrape, TOKEN, assert_matches_truth, by_id, config, fast_retry, hooks_handled,
+    until, with_webhooks,
 };
 use gitlab_jobs_exporter::app::App;
 use gitlab_jobs_exporter::fleet::runner::Scheduler;
@@ -92,20 +92,6 @@ fn events(page: &str, result: &str) -> f64 {
         .sum()
 }
 
-fn handled(page: &str) -> f64 {
-    [
-        "applied",
-        "duplicate",
-        "stale",
-        "unwatched",
-        "dropped",
-        "forwarded",
-    ]
-    .iter()
-    .map(|r| events(page, r))
-    .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_shards_with_forwarding_count_every_job_once() {
     let owners: Vec<u32> = IDS
@@ -178,7 +164,9 @@ async fn two_shards_with_forwarding_count_every_job_once() {
                     page(&http, &replicas[1]).await,
                 );
                 let forwarded = events(&p0, "forwarded");
-                (handled(&p0) >= sent && handled(&p1) >= forwarded).then_some(())
+                (hooks_handled(&Scrape::parse(&p0)) >= sent
+                    && hooks_handled(&Scrape::parse(&p1)) >= forwarded)
+                    .then_some(())
             },
         )
         .await;

@@ -123,6 +123,28 @@ pub async fn until<T, F: std::future::Future<Output = Option<T>>>(
     }
 }
 
+/// See [`Harness::hooks_handled`]; for a page scraped otherwise.
+pub fn hooks_handled(scrape: &Scrape) -> f64 {
+    const HANDLED: [&str; 6] = [
+        "applied",
+        "duplicate",
+        "stale",
+        "unwatched",
+        "dropped",
+        "forwarded",
+    ];
+    scrape
+        .values("gitlab_jobs_exporter_webhook_events_total")
+        .iter()
+        .filter(|(l, _)| l.get("event").map(String::as_str) == Some("job"))
+        .filter(|(l, _)| {
+            l.get("result")
+                .is_some_and(|r| HANDLED.contains(&r.as_str()))
+        })
+        .map(|(_, v)| *v)
+        .sum()
+}
+
 /// The webhook secret of tests that turn webhooks on.
 pub const HOOK_SECRET: &str = "hook-SECRET-a1b2c3d4";
 
@@ -302,6 +324,12 @@ impl Harness {
             .filter(|(l, _)| l.get("result").map(String::as_str) == Some(result))
             .map(|(_, v)| *v)
             .sum()
+    }
+
+    /// Job events the exporter has dealt with (applied or not), over every result but the
+    /// refusals: once it reaches the deliveries sent, every one of them was handled.
+    pub async fn hooks_handled(&self) -> f64 {
+        hooks_handled(&self.scrape().await)
     }
 
     pub async fn scrape(&self) -> Scrape {
