@@ -29,6 +29,10 @@ pub const MAX_FOLLOWED: usize = 50_000;
 /// On a first start, jobs created this long before the backfill cutoff are still read, because a
 /// long job created then may have finished inside the window (GitLab's default job timeout is 1h).
 pub const BACKFILL_LOOKBACK_SECS: f64 = 3600.0;
+/// Handled ids hooks may add between two completed cycles, at most: only a completed cycle
+/// folds `done` (and trims `followed`), so while none completes (GitLab's API failing, an
+/// expired token) hooks beyond this are left to the polls (see [`Seen::Deferred`]).
+pub const MAX_DONE_FROM_HOOKS: usize = 4 * DONE_KEEP;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobLabels {
@@ -234,6 +238,11 @@ impl Tracker {
         }
         if !self.followed.contains_key(&job.id) && self.is_handled(job.id) {
             return Seen::Known;
+        }
+        if !self.followed.contains_key(&job.id)
+            && (self.done.len() >= MAX_DONE_FROM_HOOKS || self.followed.len() >= MAX_FOLLOWED)
+        {
+            return Seen::Deferred;
         }
         let before = (
             events.len(),
@@ -507,6 +516,8 @@ pub enum Seen {
     Known,
     /// Older than what is known: ignored.
     Stale,
+    /// Not applied: the tracker is full until a cycle completes; a poll counts it.
+    Deferred,
 }
 
 /// How far along a non-final job is, for ordering hook events: waiting, then queued, then

@@ -527,3 +527,40 @@ mod properties {
         );
     }
 }
+
+/// Review: GitLab's API failing (an expired token: lookups refused, backing off for hours)
+/// while its hooks keep coming. No cycle completes, so nothing folds `done` or trims
+/// `followed`: before the cap, every hooked job stayed in memory (and in every checkpoint,
+/// written each second) for as long as the polls failed.
+#[test]
+fn hooks_without_a_completed_cycle_keep_the_tracker_bounded() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    let finals = MAX_DONE_FROM_HOOKS as u64 + 50;
+    for id in 1..=finals {
+        t.observe_hook(&finished(job(id, "success")), 0.0, &mut ev);
+    }
+    assert!(t.done.len() <= MAX_DONE_FROM_HOOKS, "{}", t.done.len());
+    assert!(t.hooked.len() <= MAX_DONE_FROM_HOOKS);
+    let counted = count_completed(&ev);
+    assert_eq!(counted, MAX_DONE_FROM_HOOKS);
+    // A refused event says so; a poll counts it, once.
+    let late = finished(job(finals, "success"));
+    assert_eq!(t.observe_hook(&late, 0.0, &mut ev), Seen::Deferred);
+    t.cycle_started();
+    t.observe(&late, 0.0, &mut ev);
+    t.observe(&late, 0.0, &mut ev);
+    assert_eq!(count_completed(&ev), counted + 1);
+
+    let mut t = Tracker::new();
+    let running = MAX_FOLLOWED as u64 + 50;
+    for id in 1..=running {
+        t.observe_hook(&job(id, "running"), 0.0, &mut ev);
+    }
+    assert!(t.followed_len() <= MAX_FOLLOWED, "{}", t.followed_len());
+    // A followed job still moves on.
+    assert_eq!(
+        t.observe_hook(&finished(job(1, "success")), 0.0, &mut ev),
+        Seen::Changed
+    );
+}
