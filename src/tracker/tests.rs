@@ -564,3 +564,26 @@ fn hooks_without_a_completed_cycle_keep_the_tracker_bounded() {
         Seen::Changed
     );
 }
+
+/// Review: GitLab serves API reads from database replicas, which may lag the primary by
+/// seconds, while its hooks are sent after the commit. A job hooked `success` just before a
+/// cycle starts, read `running` from a lagging replica in that cycle, is followed again
+/// (as counted): `jobs_active` shows it running until the next poll, which for a project
+/// whose hooks arrive is `webhook.reconcile_interval` (10 min) away, and no further hook
+/// comes for it. `hooked` is cleared at every cycle start, so it does not protect this.
+#[test]
+#[ignore = "review finding: a lagging API replica brings a hooked final job back into jobs_active until the next reconciliation (fix: only a skipped job can be reset; remember the final status of hooked jobs, or keep `hooked` until the cycle after the next)"]
+fn a_lagging_page_after_the_cycle_started_does_not_revive_a_hooked_job() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    t.observe(&job(7, "running"), 0.0, &mut ev);
+    t.complete_cycle(Some(7), Some(7));
+    assert_eq!(
+        t.observe_hook(&finished(job(7, "success")), 0.0, &mut ev),
+        Seen::Changed
+    );
+    t.cycle_started();
+    t.observe(&job(7, "running"), 0.0, &mut ev);
+    assert_eq!(count_completed(&ev), 1);
+    assert!(t.active_counts().is_empty(), "{:?}", t.active_counts());
+}
