@@ -520,20 +520,20 @@ pub enum Seen {
     Deferred,
 }
 
-/// How far along a non-final job is, for ordering hook events: waiting, then queued, then
-/// running. GitLab moves a job forwards only (a retry is a new job), so a lower value after a
-/// higher one is an event that arrived late.
+/// How far along a non-final job is, for ordering hook events: waiting, then queued
+/// (`waiting_for_resource` → `preparing` → `pending`, never back: `Ci::Build`'s state
+/// machine), then running. GitLab moves a job forwards only (a retry is a new job), so a
+/// lower value after a higher one is an event that arrived late.
 fn progress(status: &JobStatus) -> u8 {
     match status {
         JobStatus::Created | JobStatus::Manual | JobStatus::Scheduled => 0,
+        JobStatus::WaitingForResource => 1,
+        JobStatus::Preparing => 2,
         // A status newer than this exporter: most new ones are ways of waiting.
-        JobStatus::WaitingForResource
-        | JobStatus::Preparing
-        | JobStatus::Pending
-        | JobStatus::Unknown(_) => 1,
-        JobStatus::Running | JobStatus::WaitingForCallback => 2,
-        JobStatus::Canceling => 3,
-        JobStatus::Success | JobStatus::Failed | JobStatus::Canceled | JobStatus::Skipped => 4,
+        JobStatus::Pending | JobStatus::Unknown(_) => 3,
+        JobStatus::Running | JobStatus::WaitingForCallback => 4,
+        JobStatus::Canceling => 5,
+        JobStatus::Success | JobStatus::Failed | JobStatus::Canceled | JobStatus::Skipped => 6,
     }
 }
 

@@ -587,3 +587,42 @@ fn a_lagging_page_after_the_cycle_started_does_not_revive_a_hooked_job() {
     assert_eq!(count_completed(&ev), 1);
     assert!(t.active_counts().is_empty(), "{:?}", t.active_counts());
 }
+
+/// Review: GitLab moves a job waiting_for_resource → preparing → pending, never back
+/// (`Ci::Build`'s `enqueue_waiting_for_resource`, `enqueue_preparing`). Those were one step
+/// of `progress`, so a late `preparing` event moved a pending job back: `jobs_active`
+/// showed it preparing and `oldest_pending` lost it (a job stuck waiting for a runner went
+/// unseen) until the next event or reconciliation.
+#[test]
+fn a_late_waiting_event_does_not_move_a_pending_job_back() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    let mut pending = job(9, "pending");
+    pending.queued_duration = Some(30.0);
+    assert_eq!(t.observe_hook(&pending, 100.0, &mut ev), Seen::Changed);
+    for late in ["preparing", "waiting_for_resource"] {
+        assert_eq!(t.observe_hook(&job(9, late), 200.0, &mut ev), Seen::Stale);
+    }
+    assert_eq!(
+        t.observe_hook(&job(9, "waiting_for_resource"), 0.0, &mut Vec::new()),
+        Seen::Stale
+    );
+    assert_eq!(
+        t.followed(9).map(|f| f.status.clone()),
+        Some(JobStatus::Pending)
+    );
+    assert_eq!(t.oldest_pending_since(), Some(70.0));
+    // Forwards still goes: waiting_for_resource → preparing → pending.
+    assert_eq!(
+        t.observe_hook(&job(10, "waiting_for_resource"), 0.0, &mut ev),
+        Seen::Changed
+    );
+    assert_eq!(
+        t.observe_hook(&job(10, "preparing"), 0.0, &mut ev),
+        Seen::Changed
+    );
+    assert_eq!(
+        t.observe_hook(&job(10, "pending"), 0.0, &mut ev),
+        Seen::Changed
+    );
+}
