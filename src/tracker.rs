@@ -248,6 +248,21 @@ impl Tracker {
             events.len(),
             self.followed.get(&job.id).map(|f| f.status.clone()),
         );
+        // A hook reports a change as it happens: a job final without `finished_at` (skipped)
+        // became so now, inside the backfill window whatever its creation time.
+        let dated;
+        let job = match DateTime::from_timestamp_millis((now * 1000.0) as i64) {
+            Some(at)
+                if self.cutoff.is_some() && job.status.is_final() && job.finished_at.is_none() =>
+            {
+                dated = Job {
+                    created_at: Some(at),
+                    ..job.clone()
+                };
+                &dated
+            }
+            _ => job,
+        };
         // Hook changes do not ask the poller to re-read their pipelines: the hooks of the
         // pipeline's other jobs report those.
         self.observe_with(job, now, events, false);

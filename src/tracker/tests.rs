@@ -626,3 +626,32 @@ fn a_late_waiting_event_does_not_move_a_pending_job_back() {
         Seen::Changed
     );
 }
+
+/// Review: a fresh start's first cycle can take minutes. A job created before the backfill
+/// window and skipped meanwhile counts when polls see it (the first listing follows it
+/// `created`); its Job Hook, arriving before the listing read it, was judged by its
+/// creation time (skipped jobs have no `finished_at`) as history, and the listing then
+/// found it final: never counted. A hook reports a change as it happens.
+#[test]
+fn a_job_skipped_during_the_first_cycle_counts_from_its_hook() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    // The job was created 2026-01-01T10:00:00Z; the first cycle starts a day later.
+    let created = secs(job(3, "skipped").created_at.unwrap());
+    let now = created + 86_400.0;
+    t.begin_first_cycle(now, 3600.0);
+    assert_eq!(
+        t.observe_hook(&job(3, "skipped"), now, &mut ev),
+        Seen::Changed
+    );
+    assert_eq!(count_completed(&ev), 1);
+    // A page shows it too: still once.
+    t.observe(&job(3, "skipped"), now, &mut ev);
+    t.complete_cycle(Some(3), Some(3));
+    assert_eq!(count_completed(&ev), 1);
+    // A poll of the backfill still ignores such a job it finds skipped already.
+    let mut t = Tracker::new();
+    t.begin_first_cycle(now, 3600.0);
+    t.observe(&job(4, "skipped"), now, &mut ev);
+    assert_eq!(count_completed(&ev), 1);
+}
