@@ -29,10 +29,10 @@ pub const MAX_FOLLOWED: usize = 50_000;
 /// On a first start, jobs created this long before the backfill cutoff are still read, because a
 /// long job created then may have finished inside the window (GitLab's default job timeout is 1h).
 pub const BACKFILL_LOOKBACK_SECS: f64 = 3600.0;
-/// Handled ids hooks may add between two completed cycles, at most: only a completed cycle
+/// Jobs hooks may make known between two completed cycles, at most: only a completed cycle
 /// folds `done` (and trims `followed`), so while none completes (GitLab's API failing, an
 /// expired token) hooks beyond this are left to the polls (see [`Seen::Deferred`]).
-pub const MAX_DONE_FROM_HOOKS: usize = 4 * DONE_KEEP;
+pub const MAX_NEW_FROM_HOOKS: usize = 4 * DONE_KEEP;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobLabels {
@@ -119,6 +119,9 @@ pub struct Tracker {
     /// have been read before, so they must not move these back (see [`Tracker::observe`]).
     #[serde(skip)]
     hooked: BTreeSet<u64>,
+    /// Jobs hooks made known since the last completed cycle (see [`MAX_NEW_FROM_HOOKS`]).
+    #[serde(skip)]
+    new_from_hooks: usize,
 }
 
 /// Ids a cycle that stopped at its page cap did not read: those between `bottom` and `top`
@@ -239,10 +242,12 @@ impl Tracker {
         if !self.followed.contains_key(&job.id) && self.is_handled(job.id) {
             return Seen::Known;
         }
-        if !self.followed.contains_key(&job.id)
-            && (self.done.len() >= MAX_DONE_FROM_HOOKS || self.followed.len() >= MAX_FOLLOWED)
-        {
-            return Seen::Deferred;
+        let new = !self.followed.contains_key(&job.id);
+        if new {
+            if self.new_from_hooks >= MAX_NEW_FROM_HOOKS || self.followed.len() >= MAX_FOLLOWED {
+                return Seen::Deferred;
+            }
+            self.new_from_hooks += 1;
         }
         let before = (
             events.len(),
@@ -467,6 +472,7 @@ impl Tracker {
     /// Ends a cycle that read ids `lowest_read..=highest_read` from the top of the list.
     /// Returns how many followed jobs were given up to stay within `MAX_FOLLOWED`.
     pub fn complete_cycle(&mut self, lowest_read: Option<u64>, highest_read: Option<u64>) -> usize {
+        self.new_from_hooks = 0;
         let first = self.high_water.is_none();
         let hw = self.high_water.unwrap_or(0).max(highest_read.unwrap_or(0));
         self.high_water = Some(hw);

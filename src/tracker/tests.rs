@@ -536,14 +536,14 @@ mod properties {
 fn hooks_without_a_completed_cycle_keep_the_tracker_bounded() {
     let mut t = Tracker::new();
     let mut ev = Vec::new();
-    let finals = MAX_DONE_FROM_HOOKS as u64 + 50;
+    let finals = MAX_NEW_FROM_HOOKS as u64 + 50;
     for id in 1..=finals {
         t.observe_hook(&finished(job(id, "success")), 0.0, &mut ev);
     }
-    assert!(t.done.len() <= MAX_DONE_FROM_HOOKS, "{}", t.done.len());
-    assert!(t.hooked.len() <= MAX_DONE_FROM_HOOKS);
+    assert!(t.done.len() <= MAX_NEW_FROM_HOOKS, "{}", t.done.len());
+    assert!(t.hooked.len() <= MAX_NEW_FROM_HOOKS);
     let counted = count_completed(&ev);
-    assert_eq!(counted, MAX_DONE_FROM_HOOKS);
+    assert_eq!(counted, MAX_NEW_FROM_HOOKS);
     // A refused event says so; a poll counts it, once.
     let late = finished(job(finals, "success"));
     assert_eq!(t.observe_hook(&late, 0.0, &mut ev), Seen::Deferred);
@@ -551,6 +551,11 @@ fn hooks_without_a_completed_cycle_keep_the_tracker_bounded() {
     t.observe(&late, 0.0, &mut ev);
     t.observe(&late, 0.0, &mut ev);
     assert_eq!(count_completed(&ev), counted + 1);
+    // A completed cycle makes room again.
+    t.complete_cycle(Some(1), Some(finals));
+    let next = finished(job(finals + 1, "success"));
+    assert_eq!(t.observe_hook(&next, 0.0, &mut ev), Seen::Changed);
+    assert!(t.done.len() <= DONE_KEEP + 1, "{}", t.done.len());
 
     let mut t = Tracker::new();
     let running = MAX_FOLLOWED as u64 + 50;
