@@ -29,6 +29,10 @@ pub const MAX_FOLLOWED: usize = 50_000;
 /// On a first start, jobs created this long before the backfill cutoff are still read, because a
 /// long job created then may have finished inside the window (GitLab's default job timeout is 1h).
 pub const BACKFILL_LOOKBACK_SECS: f64 = 3600.0;
+/// Jobs hooks may make known between two completed cycles, at most: only a completed cycle
+/// folds `done` (and trims `followed`), so while none completes (GitLab's API failing, an
+/// expired token) hooks beyond this are left to the polls (see [`Seen::Deferred`]).
+pub const MAX_NEW_FROM_HOOKS: usize = 4 * DONE_KEEP;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobLabels {
@@ -115,6 +119,9 @@ pub struct Tracker {
     /// have been read before, so they must not move these back (see [`Tracker::observe`]).
     #[serde(skip)]
     hooked: BTreeSet<u64>,
+    /// Jobs hooks made known since the last completed cycle (see [`MAX_NEW_FROM_HOOKS`]).
+    #[serde(skip)]
+    new_from_hooks: usize,
 }
 
 /// Ids a cycle that stopped at its page cap did not read: those between `bottom` and `top`
@@ -235,10 +242,32 @@ impl Tracker {
         if !self.followed.contains_key(&job.id) && self.is_handled(job.id) {
             return Seen::Known;
         }
+        let new = !self.followed.contains_key(&job.id);
+        if new {
+            if self.new_from_hooks >= MAX_NEW_FROM_HOOKS || self.followed.len() >= MAX_FOLLOWED {
+                return Seen::Deferred;
+            }
+            self.new_from_hooks += 1;
+        }
         let before = (
             events.len(),
             self.followed.get(&job.id).map(|f| f.status.clone()),
         );
+        // A hook reports a change as it happens: a job final without `finished_at` (skipped)
+        // became so now, inside the backfill window whatever its creation time.
+        let dated;
+        let job = match DateTime::from_timestamp_millis((now * 1000.0) as i64) {
+            Some(at)
+                if self.cutoff.is_some() && job.status.is_final() && job.finished_at.is_none() =>
+            {
+                dated = Job {
+                    created_at: Some(at),
+                    ..job.clone()
+                };
+                &dated
+            }
+            _ => job,
+        };
         // Hook changes do not ask the poller to re-read their pipelines: the hooks of the
         // pipeline's other jobs report those.
         self.observe_with(job, now, events, false);
@@ -443,6 +472,7 @@ impl Tracker {
     /// Ends a cycle that read ids `lowest_read..=highest_read` from the top of the list.
     /// Returns how many followed jobs were given up to stay within `MAX_FOLLOWED`.
     pub fn complete_cycle(&mut self, lowest_read: Option<u64>, highest_read: Option<u64>) -> usize {
+        self.new_from_hooks = 0;
         let first = self.high_water.is_none();
         let hw = self.high_water.unwrap_or(0).max(highest_read.unwrap_or(0));
         self.high_water = Some(hw);
@@ -507,22 +537,24 @@ pub enum Seen {
     Known,
     /// Older than what is known: ignored.
     Stale,
+    /// Not applied: the tracker is full until a cycle completes; a poll counts it.
+    Deferred,
 }
 
-/// How far along a non-final job is, for ordering hook events: waiting, then queued, then
-/// running. GitLab moves a job forwards only (a retry is a new job), so a lower value after a
-/// higher one is an event that arrived late.
+/// How far along a non-final job is, for ordering hook events: waiting, then queued
+/// (`waiting_for_resource` → `preparing` → `pending`, never back: `Ci::Build`'s state
+/// machine), then running. GitLab moves a job forwards only (a retry is a new job), so a
+/// lower value after a higher one is an event that arrived late.
 fn progress(status: &JobStatus) -> u8 {
     match status {
         JobStatus::Created | JobStatus::Manual | JobStatus::Scheduled => 0,
+        JobStatus::WaitingForResource => 1,
+        JobStatus::Preparing => 2,
         // A status newer than this exporter: most new ones are ways of waiting.
-        JobStatus::WaitingForResource
-        | JobStatus::Preparing
-        | JobStatus::Pending
-        | JobStatus::Unknown(_) => 1,
-        JobStatus::Running | JobStatus::WaitingForCallback => 2,
-        JobStatus::Canceling => 3,
-        JobStatus::Success | JobStatus::Failed | JobStatus::Canceled | JobStatus::Skipped => 4,
+        JobStatus::Pending | JobStatus::Unknown(_) => 3,
+        JobStatus::Running | JobStatus::WaitingForCallback => 4,
+        JobStatus::Canceling => 5,
+        JobStatus::Success | JobStatus::Failed | JobStatus::Canceled | JobStatus::Skipped => 6,
     }
 }
 

@@ -171,4 +171,36 @@ mod tests {
         p.pause(&metrics);
         assert!(!gauge(&metrics, "receiving") && !gauge(&metrics, "silent"));
     }
+
+    /// Review: with `labels.ref = "kind"`, a hook applied before the project's first lookup
+    /// (configured by id, bfa4b32) is labelled without the default branch, which only the
+    /// lookup gives: a job on `main` is counted for good as `ref="branch"`.
+    #[test]
+    #[ignore = "review finding: hooks before the first lookup do not know the default branch (fix: take project.default_branch from the Job Hook, or hold such hooks' labels until the lookup)"]
+    fn a_hook_before_the_lookup_labels_the_default_branch_as_such() {
+        use crate::labels::{LabelsConfig, RefMode};
+        let metrics =
+            Metrics::new(&Default::default(), usize::MAX, &Default::default()).expect("metrics");
+        let labels = LabelsConfig {
+            ref_: RefMode::Kind,
+            ..Default::default()
+        };
+        let mut p = Project::new(ProjectRef::Id(5), Duration::from_secs(3600), labels, (0, 1));
+        assert_eq!(
+            p.feed_hook(&job(1, "success"), 0.0, &metrics),
+            Seen::Changed
+        );
+        // The first lookup (ProjectPoller::resolve): GitLab says `main` is the default branch.
+        let before = p.label();
+        p.resolved = Some((5, "g/p".into()));
+        p.default_branch = Some("main".into());
+        metrics.rename_project(&before, "g/p", crate::project::state::ProjectState::ALL);
+        let page = metrics.render().expect("render");
+        let line = page
+            .lines()
+            .find(|l| l.starts_with("gitlab_ci_jobs_total{"))
+            .unwrap_or_default()
+            .to_string();
+        assert!(line.contains("ref=\"default_branch\""), "{line}\n{page}");
+    }
 }

@@ -527,3 +527,136 @@ mod properties {
         );
     }
 }
+
+/// Review: GitLab's API failing (an expired token: lookups refused, backing off for hours)
+/// while its hooks keep coming. No cycle completes, so nothing folds `done` or trims
+/// `followed`: before the cap, every hooked job stayed in memory (and in every checkpoint,
+/// written each second) for as long as the polls failed.
+#[test]
+fn hooks_without_a_completed_cycle_keep_the_tracker_bounded() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    let finals = MAX_NEW_FROM_HOOKS as u64 + 50;
+    for id in 1..=finals {
+        t.observe_hook(&finished(job(id, "success")), 0.0, &mut ev);
+    }
+    assert!(t.done.len() <= MAX_NEW_FROM_HOOKS, "{}", t.done.len());
+    assert!(t.hooked.len() <= MAX_NEW_FROM_HOOKS);
+    let counted = count_completed(&ev);
+    assert_eq!(counted, MAX_NEW_FROM_HOOKS);
+    // A refused event says so; a poll counts it, once.
+    let late = finished(job(finals, "success"));
+    assert_eq!(t.observe_hook(&late, 0.0, &mut ev), Seen::Deferred);
+    t.cycle_started();
+    t.observe(&late, 0.0, &mut ev);
+    t.observe(&late, 0.0, &mut ev);
+    assert_eq!(count_completed(&ev), counted + 1);
+    // A completed cycle makes room again.
+    t.complete_cycle(Some(1), Some(finals));
+    let next = finished(job(finals + 1, "success"));
+    assert_eq!(t.observe_hook(&next, 0.0, &mut ev), Seen::Changed);
+    assert!(t.done.len() <= DONE_KEEP + 1, "{}", t.done.len());
+
+    let mut t = Tracker::new();
+    let running = MAX_FOLLOWED as u64 + 50;
+    for id in 1..=running {
+        t.observe_hook(&job(id, "running"), 0.0, &mut ev);
+    }
+    assert!(t.followed_len() <= MAX_FOLLOWED, "{}", t.followed_len());
+    // A followed job still moves on.
+    assert_eq!(
+        t.observe_hook(&finished(job(1, "success")), 0.0, &mut ev),
+        Seen::Changed
+    );
+}
+
+/// Review: GitLab serves API reads from database replicas, which may lag the primary by
+/// seconds, while its hooks are sent after the commit. A job hooked `success` just before a
+/// cycle starts, read `running` from a lagging replica in that cycle, is followed again
+/// (as counted): `jobs_active` shows it running until the next poll, which for a project
+/// whose hooks arrive is `webhook.reconcile_interval` (10 min) away, and no further hook
+/// comes for it. `hooked` is cleared at every cycle start, so it does not protect this.
+#[test]
+#[ignore = "review finding: a lagging API replica brings a hooked final job back into jobs_active until the next reconciliation (fix: only a skipped job can be reset; remember the final status of hooked jobs, or keep `hooked` until the cycle after the next)"]
+fn a_lagging_page_after_the_cycle_started_does_not_revive_a_hooked_job() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    t.observe(&job(7, "running"), 0.0, &mut ev);
+    t.complete_cycle(Some(7), Some(7));
+    assert_eq!(
+        t.observe_hook(&finished(job(7, "success")), 0.0, &mut ev),
+        Seen::Changed
+    );
+    t.cycle_started();
+    t.observe(&job(7, "running"), 0.0, &mut ev);
+    assert_eq!(count_completed(&ev), 1);
+    assert!(t.active_counts().is_empty(), "{:?}", t.active_counts());
+}
+
+/// Review: GitLab moves a job waiting_for_resource → preparing → pending, never back
+/// (`Ci::Build`'s `enqueue_waiting_for_resource`, `enqueue_preparing`). Those were one step
+/// of `progress`, so a late `preparing` event moved a pending job back: `jobs_active`
+/// showed it preparing and `oldest_pending` lost it (a job stuck waiting for a runner went
+/// unseen) until the next event or reconciliation.
+#[test]
+fn a_late_waiting_event_does_not_move_a_pending_job_back() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    let mut pending = job(9, "pending");
+    pending.queued_duration = Some(30.0);
+    assert_eq!(t.observe_hook(&pending, 100.0, &mut ev), Seen::Changed);
+    for late in ["preparing", "waiting_for_resource"] {
+        assert_eq!(t.observe_hook(&job(9, late), 200.0, &mut ev), Seen::Stale);
+    }
+    assert_eq!(
+        t.observe_hook(&job(9, "waiting_for_resource"), 0.0, &mut Vec::new()),
+        Seen::Stale
+    );
+    assert_eq!(
+        t.followed(9).map(|f| f.status.clone()),
+        Some(JobStatus::Pending)
+    );
+    assert_eq!(t.oldest_pending_since(), Some(70.0));
+    // Forwards still goes: waiting_for_resource → preparing → pending.
+    assert_eq!(
+        t.observe_hook(&job(10, "waiting_for_resource"), 0.0, &mut ev),
+        Seen::Changed
+    );
+    assert_eq!(
+        t.observe_hook(&job(10, "preparing"), 0.0, &mut ev),
+        Seen::Changed
+    );
+    assert_eq!(
+        t.observe_hook(&job(10, "pending"), 0.0, &mut ev),
+        Seen::Changed
+    );
+}
+
+/// Review: a fresh start's first cycle can take minutes. A job created before the backfill
+/// window and skipped meanwhile counts when polls see it (the first listing follows it
+/// `created`); its Job Hook, arriving before the listing read it, was judged by its
+/// creation time (skipped jobs have no `finished_at`) as history, and the listing then
+/// found it final: never counted. A hook reports a change as it happens.
+#[test]
+fn a_job_skipped_during_the_first_cycle_counts_from_its_hook() {
+    let mut t = Tracker::new();
+    let mut ev = Vec::new();
+    // The job was created 2026-01-01T10:00:00Z; the first cycle starts a day later.
+    let created = secs(job(3, "skipped").created_at.unwrap());
+    let now = created + 86_400.0;
+    t.begin_first_cycle(now, 3600.0);
+    assert_eq!(
+        t.observe_hook(&job(3, "skipped"), now, &mut ev),
+        Seen::Changed
+    );
+    assert_eq!(count_completed(&ev), 1);
+    // A page shows it too: still once.
+    t.observe(&job(3, "skipped"), now, &mut ev);
+    t.complete_cycle(Some(3), Some(3));
+    assert_eq!(count_completed(&ev), 1);
+    // A poll of the backfill still ignores such a job it finds skipped already.
+    let mut t = Tracker::new();
+    t.begin_first_cycle(now, 3600.0);
+    t.observe(&job(4, "skipped"), now, &mut ev);
+    assert_eq!(count_completed(&ev), 1);
+}

@@ -5,8 +5,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -23,6 +22,9 @@ use crate::model::hook::{HookError, decode_job_hook, object_kind};
 const MAX_KEY_BYTES: usize = 128;
 /// Refused deliveries are logged at most this often.
 const REJECTED_LOG_EVERY_SECS: i64 = 60;
+/// How long a body may take to arrive once its head has (GitLab gives up after 10 s): the
+/// server has no read deadline, and a body that never comes must not hold its connection.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the handler needs.
 #[derive(Clone)]
@@ -81,11 +83,8 @@ fn event_label(headers: &HeaderMap, body: Option<&[u8]>) -> &'static str {
     }
 }
 
-async fn receive(
-    State(state): State<WebhookState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn receive(State(state): State<WebhookState>, req: Request) -> Response {
+    let headers = req.headers().clone();
     let given = headers
         .get("x-gitlab-token")
         .map(|v| v.as_bytes())
@@ -98,13 +97,15 @@ async fn receive(
         log_rejected(&state, given.is_empty());
         return (StatusCode::UNAUTHORIZED, "invalid X-Gitlab-Token\n").into_response();
     }
-    let body = match body {
+    // Only now, the secret checked, is the body read: a forger can neither make us buffer
+    // it nor hold a connection by never sending it.
+    let body = match read_body(req).await {
         Ok(b) => b,
-        Err(rejection) => {
+        Err(status) => {
             state
                 .metrics
                 .webhook_event(event_label(&headers, None), "malformed");
-            return (rejection.status(), "body too large or unreadable\n").into_response();
+            return (status, "body too large, unreadable or too slow\n").into_response();
         }
     };
     let event = event_label(&headers, Some(&body));
@@ -143,6 +144,15 @@ async fn receive(
         state.metrics.webhook_event(event, "dropped");
     }
     (StatusCode::OK, "ok\n").into_response()
+}
+
+/// The body (at most [`MAX_BODY_BYTES`], within [`BODY_TIMEOUT`]), or the status refusing it.
+async fn read_body(req: Request) -> Result<Bytes, StatusCode> {
+    match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, &())).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(rejection)) => Err(rejection.status()),
+        Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
+    }
 }
 
 /// When the event was sent, on the sender's clock (unix seconds): its `Date` header when it

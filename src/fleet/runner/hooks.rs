@@ -108,15 +108,20 @@ impl Scheduler {
                     (seen, seen == Seen::Stale && known_final)
                 };
                 self.dirty.store(true, Ordering::Release);
-                if maybe_reset && crate::project::state::is_waiting(&job.status) {
-                    // A late event, or GitLab resetting a skipped job (its pipeline was
-                    // retried): only a poll can tell.
+                if seen == Seen::Deferred
+                    || (maybe_reset && crate::project::state::is_waiting(&job.status))
+                {
+                    // Not applied (the tracker waits for a cycle to fold it), or a late
+                    // event or GitLab resetting a skipped job (its pipeline was retried):
+                    // only a poll can tell.
                     slot.poke.notify_one();
                 }
                 match seen {
                     Seen::Changed => "applied",
                     Seen::Known => "duplicate",
                     Seen::Stale => "stale",
+                    // Left to the polls, as a full queue's.
+                    Seen::Deferred => "dropped",
                 }
             }
         };
