@@ -122,6 +122,11 @@ pub struct Tracker {
     /// Jobs hooks made known since the last completed cycle (see [`MAX_NEW_FROM_HOOKS`]).
     #[serde(skip)]
     new_from_hooks: usize,
+    /// Jobs a hook saw end other than skipped: GitLab never takes those back (only a skipped
+    /// job is reset, when its pipeline is retried), so a poll showing one unfinished read a
+    /// lagging database replica. Kept while the id is in `done`.
+    #[serde(skip)]
+    hook_final: BTreeSet<u64>,
 }
 
 /// Ids a cycle that stopped at its page cap did not read: those between `bottom` and `top`
@@ -274,6 +279,9 @@ impl Tracker {
         let status_changed = before.1.as_ref() != Some(&job.status);
         if events.len() > before.0 || status_changed {
             self.hooked.insert(job.id);
+            if job.status.is_final() && job.status != JobStatus::Skipped {
+                self.hook_final.insert(job.id);
+            }
             Seen::Changed
         } else {
             Seen::Known
@@ -282,7 +290,8 @@ impl Tracker {
 
     fn observe_with(&mut self, job: &Job, server_now: f64, events: &mut Vec<Event>, touch: bool) {
         let id = job.id;
-        if touch && self.hooked.contains(&id) && self.behind(job) {
+        if touch && (self.hooked.contains(&id) || self.hook_final.contains(&id)) && self.behind(job)
+        {
             return;
         }
         let changed = self
@@ -502,6 +511,8 @@ impl Tracker {
                 self.floor = self.floor.max(id.saturating_add(1));
             }
         }
+        let done = &self.done;
+        self.hook_final.retain(|id| done.contains(id));
         given_up
     }
 

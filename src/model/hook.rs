@@ -18,6 +18,8 @@ pub struct JobHook {
     /// `project.path_with_namespace`, when sent and plausible (to find a project configured
     /// by path whose id is not known yet).
     pub project_path: Option<String>,
+    /// `project.default_branch` (for `labels.ref = "kind"` before the project's lookup).
+    pub default_branch: Option<String>,
     pub job: Job,
 }
 
@@ -87,6 +89,13 @@ pub fn decode_job_hook(body: &[u8]) -> Result<JobHook, HookError> {
         .filter(|p| !p.is_empty() && p.len() <= MAX_PATH_BYTES)
         .filter(|p| !p.chars().any(super::text::needs_escape))
         .map(str::to_string);
+    let default_branch = raw
+        .project
+        .as_ref()
+        .and_then(|p| p.get("default_branch"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|b| !b.is_empty())
+        .map(super::cap_label);
     // Read only for failed jobs: GitLab sends `unknown_failure` for every other one.
     let failure_reason = if raw.build_status == JobStatus::Failed {
         raw.build_failure_reason
@@ -113,6 +122,7 @@ pub fn decode_job_hook(body: &[u8]) -> Result<JobHook, HookError> {
     Ok(JobHook {
         project_id: raw.project_id,
         project_path,
+        default_branch,
         job,
     })
 }
@@ -197,8 +207,9 @@ mod tests {
         v["build_failure_reason"] = "script_failure".into();
         v["build_finished_at_iso"] = "2023-01-10T13:50:54.512Z".into();
         v["runner"] = serde_json::Value::Null;
-        v["project"] = serde_json::json!({"path_with_namespace": "g/p"});
+        v["project"] = serde_json::json!({"path_with_namespace": "g/p", "default_branch": "main"});
         let hook = decode_job_hook(v.to_string().as_bytes()).unwrap();
+        assert_eq!(hook.default_branch.as_deref(), Some("main"));
         assert_eq!(hook.job.failure_reason.as_deref(), Some("script_failure"));
         assert_eq!(hook.job.finished_at.unwrap().timestamp_millis() % 1000, 512);
         assert!(hook.job.runner.is_none());

@@ -11,7 +11,7 @@
 use tracing::info;
 
 use crate::metrics::Metrics;
-use crate::model::Job;
+use crate::model::hook::JobHook;
 use crate::tracker::{Event, Seen};
 
 use super::state::Project;
@@ -46,7 +46,12 @@ impl HookState {
 impl Project {
     /// Applies one Job Hook's job (`now`: our clock, unix seconds). The caller has checked
     /// that the hook is this project's.
-    pub fn feed_hook(&mut self, job: &Job, now: f64, metrics: &Metrics) -> Seen {
+    pub fn feed_hook(&mut self, hook: &JobHook, now: f64, metrics: &Metrics) -> Seen {
+        let job = &hook.job;
+        if self.default_branch.is_none() {
+            // Before the lookup only the hook says which branch is the default one.
+            self.default_branch.clone_from(&hook.default_branch);
+        }
         let label = self.label();
         let mut events = Vec::new();
         let seen = self.tracker.observe_hook(job, now, &mut events);
@@ -116,12 +121,18 @@ mod tests {
     use crate::config::ProjectRef;
     use crate::project::state::NextPoll;
 
-    fn job(id: u64, status: &str) -> Job {
-        serde_json::from_value(serde_json::json!({
-            "id": id, "status": status, "stage": "test", "name": "rspec", "ref": "main",
-            "created_at": "2026-01-01T10:00:00.000Z", "finished_at": "2026-01-01T10:01:00.000Z",
-        }))
-        .expect("job")
+    /// A Job Hook of project 5 (default branch `main`) about job `id`, now `status`.
+    fn job(id: u64, status: &str) -> JobHook {
+        JobHook {
+            project_id: 5,
+            project_path: None,
+            default_branch: Some("main".into()),
+            job: serde_json::from_value(serde_json::json!({
+                "id": id, "status": status, "stage": "test", "name": "rspec", "ref": "main",
+                "created_at": "2026-01-01T10:00:00.000Z", "finished_at": "2026-01-01T10:01:00.000Z",
+            }))
+            .expect("job"),
+        }
     }
 
     fn gauge(metrics: &Metrics, state: &str) -> bool {
@@ -176,7 +187,6 @@ mod tests {
     /// (configured by id, bfa4b32) is labelled without the default branch, which only the
     /// lookup gives: a job on `main` is counted for good as `ref="branch"`.
     #[test]
-    #[ignore = "review finding: hooks before the first lookup do not know the default branch (fix: take project.default_branch from the Job Hook, or hold such hooks' labels until the lookup)"]
     fn a_hook_before_the_lookup_labels_the_default_branch_as_such() {
         use crate::labels::{LabelsConfig, RefMode};
         let metrics =

@@ -104,7 +104,7 @@ impl Scheduler {
                 let (seen, maybe_reset) = {
                     let mut p = slot.poller.project();
                     let known_final = !p.tracker.is_followed(job.id);
-                    let seen = p.feed_hook(job, d.received_at, &self.metrics);
+                    let seen = p.feed_hook(&d.hook, d.received_at, &self.metrics);
                     (seen, seen == Seen::Stale && known_final)
                 };
                 self.dirty.store(true, Ordering::Release);
