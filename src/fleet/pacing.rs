@@ -122,7 +122,7 @@ impl Pacer {
     }
 
     /// Like [`Pacer::after_cycle`] for a project whose hooks arrive: polled only to reconcile,
-    /// every `reconcile` (planned with the idle projects: it gives way first).
+    /// every `reconcile`, never stretched (its demand is planned with the idle projects').
     pub fn after_reconcile(&self, key: u64, requests: usize, reconcile: Duration) -> Duration {
         self.plan_next(key, requests, Activity::Idle, Some(reconcile))
     }
@@ -186,10 +186,10 @@ impl Pacer {
         }
         let factor = match (activity, reconcile) {
             // A reconciliation is the safety net under hooks and costs one request per
-            // interval: stretched like an idle project, but at most 4×. The idle stretch is
-            // sized for idle projects polled every `poll.interval` right after a start (26× in
-            // the 1,000-project benchmark), and would push it hours away, kept until then.
-            (_, Some(_)) => snapshot.stretch.idle.min(IDLE_STRETCH_FIRST),
+            // interval: not stretched (its demand is planned, so other idle projects give way).
+            // The idle stretch is sized for idle projects polled every `poll.interval` right
+            // after a start (26× in the 1,000-project benchmark) and would push it hours away.
+            (_, Some(_)) => 1.0,
             (Activity::Busy, None) => snapshot.stretch.busy,
             (Activity::Idle, None) => snapshot.stretch.idle,
         };
@@ -406,7 +406,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reconciliation_is_stretched_at_most_four_times() {
+    fn a_reconciliation_is_not_stretched() {
         // Right after a start every idle project is planned at 30 s: 600 of them against a
         // 60/min budget stretch idle delays far beyond 4×.
         let p = Pacer::new(30 * S, 600 * S, 60.0);
@@ -416,7 +416,7 @@ mod tests {
         assert!(p.snapshot().stretch.idle > 4.0, "{:?}", p.snapshot());
         let idle = p.after_cycle(1000, 1, Activity::Idle);
         assert!(idle > 4 * 30 * S, "{idle:?}");
-        // A project whose hooks arrive is still reconciled within 4 × 10 min.
-        assert_eq!(p.after_reconcile(2000, 1, 600 * S), 2400 * S);
+        // A project whose hooks arrive is still reconciled every 10 min.
+        assert_eq!(p.after_reconcile(2000, 1, 600 * S), 600 * S);
     }
 }
