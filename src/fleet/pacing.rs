@@ -122,7 +122,7 @@ impl Pacer {
     }
 
     /// Like [`Pacer::after_cycle`] for a project whose hooks arrive: polled only to reconcile,
-    /// every `reconcile` (planned with the idle projects: it gives way first).
+    /// every `reconcile`, never stretched (its demand is planned with the idle projects').
     pub fn after_reconcile(&self, key: u64, requests: usize, reconcile: Duration) -> Duration {
         self.plan_next(key, requests, Activity::Idle, Some(reconcile))
     }
@@ -184,9 +184,14 @@ impl Pacer {
                 info!("the request budget covers every project's target interval again");
             }
         }
-        let factor = match activity {
-            Activity::Busy => snapshot.stretch.busy,
-            Activity::Idle => snapshot.stretch.idle,
+        let factor = match (activity, reconcile) {
+            // A reconciliation is the safety net under hooks and costs one request per
+            // interval: not stretched (its demand is planned, so other idle projects give way).
+            // The idle stretch is sized for idle projects polled every `poll.interval` right
+            // after a start (26× in the 1,000-project benchmark) and would push it hours away.
+            (_, Some(_)) => 1.0,
+            (Activity::Busy, None) => snapshot.stretch.busy,
+            (Activity::Idle, None) => snapshot.stretch.idle,
         };
         let delay = target.mul_f64(factor.clamp(1.0, MAX_STRETCH));
         if let Some(e) = inner.entries.get_mut(&key) {
@@ -398,5 +403,20 @@ mod tests {
         assert!((s.demand_per_second * 3600.0 - 1.0).abs() < 1e-9, "{s:?}");
         // Hooks go silent: back to the normal pace at once.
         assert_eq!(p.after_cycle(1, 1, Activity::Busy), 30 * S);
+    }
+
+    #[test]
+    fn a_reconciliation_is_not_stretched() {
+        // Right after a start every idle project is planned at 30 s: 600 of them against a
+        // 60/min budget stretch idle delays far beyond 4×.
+        let p = Pacer::new(30 * S, 600 * S, 60.0);
+        for k in 0..600 {
+            p.after_cycle(k, 1, Activity::Idle);
+        }
+        assert!(p.snapshot().stretch.idle > 4.0, "{:?}", p.snapshot());
+        let idle = p.after_cycle(1000, 1, Activity::Idle);
+        assert!(idle > 4 * 30 * S, "{idle:?}");
+        // A project whose hooks arrive is still reconciled every 10 min.
+        assert_eq!(p.after_reconcile(2000, 1, 600 * S), 600 * S);
     }
 }
