@@ -558,14 +558,17 @@ pub enum Seen {
 /// lower value after a higher one is an event that arrived late.
 fn progress(status: &JobStatus) -> u8 {
     match status {
-        JobStatus::Created | JobStatus::Manual | JobStatus::Scheduled => 0,
-        JobStatus::WaitingForResource => 1,
-        JobStatus::Preparing => 2,
+        JobStatus::Created => 0,
+        // GitLab processes a created job into manual or scheduled (and unschedules a
+        // scheduled one into manual), never back.
+        JobStatus::Manual | JobStatus::Scheduled => 1,
+        JobStatus::WaitingForResource => 2,
+        JobStatus::Preparing => 3,
         // A status newer than this exporter: most new ones are ways of waiting.
-        JobStatus::Pending | JobStatus::Unknown(_) => 3,
-        JobStatus::Running | JobStatus::WaitingForCallback => 4,
-        JobStatus::Canceling => 5,
-        JobStatus::Success | JobStatus::Failed | JobStatus::Canceled | JobStatus::Skipped => 6,
+        JobStatus::Pending | JobStatus::Unknown(_) => 4,
+        JobStatus::Running | JobStatus::WaitingForCallback => 5,
+        JobStatus::Canceling => 6,
+        JobStatus::Success | JobStatus::Failed | JobStatus::Canceled | JobStatus::Skipped => 7,
     }
 }
 
