@@ -675,9 +675,24 @@ fn a_job_skipped_during_the_first_cycle_counts_from_its_hook() {
 fn a_late_created_event_does_not_move_a_manual_job_back() {
     let mut t = Tracker::new();
     let mut ev = Vec::new();
-    assert_eq!(t.observe_hook(&job(4, "manual"), 0.0, &mut ev), Seen::Changed);
-    assert_eq!(t.observe_hook(&job(4, "created"), 0.0, &mut ev), Seen::Stale);
-    assert_eq!(t.followed(4).map(|f| f.status.clone()), Some(JobStatus::Manual));
-    assert_eq!(t.observe_hook(&job(5, "scheduled"), 0.0, &mut ev), Seen::Changed);
-    assert_eq!(t.observe_hook(&job(5, "manual"), 0.0, &mut ev), Seen::Changed);
+    assert_eq!(
+        t.observe_hook(&job(4, "manual"), 0.0, &mut ev),
+        Seen::Changed
+    );
+    assert_eq!(
+        t.observe_hook(&job(4, "created"), 0.0, &mut ev),
+        Seen::Stale
+    );
+    assert_eq!(
+        t.followed(4).map(|f| f.status.clone()),
+        Some(JobStatus::Manual)
+    );
+    assert_eq!(
+        t.observe_hook(&job(5, "scheduled"), 0.0, &mut ev),
+        Seen::Changed
+    );
+    assert_eq!(
+        t.observe_hook(&job(5, "manual"), 0.0, &mut ev),
+        Seen::Changed
+    );
 }
