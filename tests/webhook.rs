@@ -41,15 +41,21 @@ fn hook(project: u64, job: u64, status: &str) -> String {
     v.to_string()
 }
 
-async fn start() -> Harness {
-    let mut h = Harness::start_with(
+/// The exporter with webhooks on, watching project 11 by path and 12 by id, not polled yet.
+async fn unpolled() -> Harness {
+    Harness::start_with(
         world(),
         T0 + HOUR,
         vec![by_path("acme/platform/api"), by_id(12)],
         Duration::from_secs(3600),
         with_webhooks,
     )
-    .await;
+    .await
+}
+
+/// [`unpolled`], after its first poll.
+async fn start() -> Harness {
+    let mut h = unpolled().await;
     h.poll().await;
     h
 }
@@ -253,14 +259,7 @@ async fn dropped_repeated_and_late_hooks_are_reconciled_by_polls() {
 /// counted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hooks_before_during_and_after_the_first_backfill_count_each_job_once() {
-    let mut h = Harness::start_with(
-        world(),
-        T0 + HOUR,
-        vec![by_path("acme/platform/api"), by_id(12)],
-        Duration::from_secs(3600),
-        with_webhooks,
-    )
-    .await;
+    let mut h = unpolled().await;
     let hooks = sender(&h, HookKnobs::default());
     // Before: ten minutes of hooks, no poll yet (project 11 is configured by path and not
     // looked up: its hooks find it by path).
