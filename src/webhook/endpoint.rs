@@ -16,7 +16,7 @@ use tracing::warn;
 
 use super::{Delivery, FORWARDED_HEADER, HookSender, MAX_BODY_BYTES, Queued};
 use crate::metrics::Metrics;
-use crate::model::hook::{HookError, decode_job_hook, object_kind};
+use crate::model::hook::{decode_job_hook, object_kind};
 
 /// Longest `Idempotency-Key` kept (GitLab's are UUIDs).
 const MAX_KEY_BYTES: usize = 128;
@@ -108,25 +108,26 @@ async fn receive(State(state): State<WebhookState>, req: Request) -> Response {
             return (status, "body too large, unreadable or too slow\n").into_response();
         }
     };
-    let event = event_label(&headers, Some(&body));
-    if event != "job" {
-        // Not used (pipeline hooks included: job hooks carry every change they would).
-        state.metrics.webhook_event(event, "ignored");
-        return (StatusCode::OK, "ignored\n").into_response();
-    }
+    // Decoded once: a Job Hook is the common case. Only what is not one is looked at again,
+    // for what kind of event it is.
     let hook = match decode_job_hook(&body) {
         Ok(hook) => hook,
-        Err(e) => {
+        Err(_) => {
+            let event = event_label(&headers, Some(&body));
+            if event != "job" {
+                // Not used (pipeline hooks included: job hooks carry every change they would).
+                state.metrics.webhook_event(event, "ignored");
+                return (StatusCode::OK, "ignored\n").into_response();
+            }
             state.metrics.webhook_event(event, "malformed");
-            let why = match e {
-                HookError::Json(_) => {
-                    "not a Job Hook: build_id, build_status and project_id are required\n"
-                }
-                HookError::NotAJobEvent => "object_kind is not build\n",
-            };
-            return (StatusCode::BAD_REQUEST, why).into_response();
+            return (
+                StatusCode::BAD_REQUEST,
+                "not a Job Hook: build_id, build_status and project_id are required\n",
+            )
+                .into_response();
         }
     };
+    let event = "job";
     let forwarded = headers.contains_key(FORWARDED_HEADER);
     let delivery = Delivery {
         hook,
