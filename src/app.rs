@@ -2,6 +2,7 @@
 //! restored, served and shut down the same way by the binary and by the test harness.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,8 +10,6 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-
-use std::net::SocketAddr;
 
 use crate::config::{Settings, WebhookSettings};
 use crate::fleet::runner::{CheckpointError, Scheduler};

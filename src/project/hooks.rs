@@ -64,9 +64,7 @@ impl Project {
                 metrics.observe_lag("webhook", now - t);
             }
         }
-        self.labels
-            .apply(&mut events, self.default_branch.as_deref());
-        metrics.apply(&label, &events);
+        self.publish(&label, events, metrics);
         if seen == Seen::Changed {
             self.report_active(metrics);
             self.sync_tracked(metrics);

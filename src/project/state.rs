@@ -99,7 +99,7 @@ pub struct Project {
     /// Already counted towards `/readyz`.
     pub counted_ready: bool,
     pub(crate) default_branch: Option<String>,
-    pub(crate) labels: LabelsConfig,
+    labels: LabelsConfig,
     /// (this replica's shard, shard count).
     shard: (u32, u32),
     /// Whether the last completed cycle saw activity (kept through failed cycles).
@@ -378,10 +378,15 @@ impl Project {
             }
         }
         self.polled_completions(missed, metrics);
+        self.publish(&label, events, metrics);
+        fed
+    }
+
+    /// Tracker events to the job series, under the label policy (polls' and hooks' alike).
+    pub(crate) fn publish(&self, label: &str, mut events: Vec<Event>, metrics: &Metrics) {
         self.labels
             .apply(&mut events, self.default_branch.as_deref());
-        metrics.apply(&label, &events);
-        fed
+        metrics.apply(label, &events);
     }
 
     /// GitLab's clock, or ours when it sent no `Date`.
