@@ -1348,7 +1348,7 @@ fn helm_chart_lints_renders_and_validates() {
     let rules = find(&docs, "PrometheusRule")[0];
     let mut groups = Vec::new();
     for file in ["recording-rules.yml", "alerts.yml"] {
-        let docs = yaml_docs(&repo().join("deploy/prometheus").join(file));
+        let docs = yaml_docs(&repo().join("deploy/prometheus/rules").join(file));
         groups.extend(docs[0]["groups"].as_array().unwrap().clone());
     }
     assert_eq!(rules["spec"]["groups"], Value::Array(groups));
