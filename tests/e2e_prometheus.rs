@@ -503,7 +503,7 @@ async fn dashboards_and_rules_work_against_a_real_prometheus() {
     }
 
     // promtool agrees with the rules and with the page Prometheus scraped.
-    let rules = repo().join("deploy/prometheus");
+    let rules = repo().join("deploy/prometheus/rules");
     promtool(
         &[
             "check",
