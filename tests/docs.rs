@@ -553,3 +553,53 @@ fn every_api_endpoint_is_documented() {
         }
     }
 }
+
+/// deploy/README.md's Secret commands create what the Helm chart reads (the keys of
+/// `existingSecretKey`'s defaults, the names the install command passes), and the container
+/// section builds from the Dockerfile that exists and pushes what it built.
+#[test]
+fn deploy_readme_commands_match_the_chart_and_the_dockerfile() {
+    let readme = read(&repo().join("deploy/README.md"));
+    let values = read(&repo().join("deploy/helm/gitlab-jobs-exporter/values.yaml"));
+    let helm = readme.split("\n## Helm\n").nth(1).expect("## Helm");
+    // values.yaml: gitlab.existingSecretKey, then webhook.existingSecretKey.
+    let keys: Vec<&str> = values
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("existingSecretKey: "))
+        .collect();
+    assert_eq!(keys, ["token", "secret"], "values.yaml changed");
+    for (name, key, value) in [
+        (
+            "gitlab-jobs-exporter-token",
+            keys[0],
+            "gitlab.existingSecret",
+        ),
+        (
+            "gitlab-jobs-exporter-webhook",
+            keys[1],
+            "webhook.existingSecret",
+        ),
+    ] {
+        let create = format!("create secret generic {name} --from-file={key}=");
+        assert!(helm.contains(&create), "## Helm lacks `{create}`");
+        let set = format!("{value}={name}");
+        assert!(helm.contains(&set), "## Helm lacks `{set}`");
+    }
+    let container = readme
+        .split("\n## Container image\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("## Container image");
+    assert!(container.contains("No image is published"), "{container}");
+    let image = "registry.example.com/gitlab-jobs-exporter:0.1.0";
+    for tool in ["docker", "podman"] {
+        let build = format!("{tool} build -f deploy/container/Dockerfile -t");
+        assert!(container.contains(&build), "no `{build}`");
+        assert!(
+            container.contains(&format!("{tool} push")),
+            "no `{tool} push`"
+        );
+    }
+    assert!(container.contains(&format!("docker push {image}")));
+    assert!(repo().join("deploy/container/Dockerfile").is_file());
+}
