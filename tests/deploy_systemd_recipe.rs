@@ -351,10 +351,9 @@ fn has_check_gitlab() -> bool {
     String::from_utf8_lossy(&out.stdout).contains("--check-gitlab")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn systemd_recipe_works_as_written_on_a_fresh_host() {
+/// A simulated GitLab on a live clock with one project, accepting [`TOKEN`].
+async fn simulated_gitlab(project: &str) -> gitlab_sim::SimHandle {
     let now = chrono::Utc::now().timestamp_millis();
-    let project = "acme/platform/api";
     let spec = WorldSpec::new(
         vec![ProjectSpec {
             id: 7,
@@ -365,21 +364,11 @@ async fn systemd_recipe_works_as_written_on_a_fresh_host() {
         now,
     );
     let sim = Simulator::new(World::generate(&spec, 3), SimClock::Live, TOKEN.to_string());
-    let gitlab = sim.spawn().await.expect("simulator");
+    sim.spawn().await.expect("simulator")
+}
 
-    let blocks = recipe_blocks();
-    assert_eq!(blocks.len(), 2, "install, webhooks: {blocks:?}");
-    let host = Host::new();
-    let config = edited_example(&gitlab.base_url, project);
-    host.edit("config.toml", 1, &config);
-    host.edit("config.toml", 2, &with_webhook(&config));
-    host.edit("gitlab-token", 1, &format!("{TOKEN}\n"));
-    host.edit("webhook-secret", 1, &format!("{WEBHOOK_SECRET}\n"));
-
-    let check_gitlab = has_check_gitlab();
-    // The commands block this worker; the simulator answers on the other one.
-    tokio::task::block_in_place(|| host.run_block(&blocks[0], check_gitlab));
-
+/// After the install block: the files where and as the recipe says, the stand-ins called.
+fn assert_installed(host: &Host) {
     let etc = host.path("/etc/gitlab-jobs-exporter");
     assert_eq!(
         mode(&host.path("/usr/local/bin/gitlab-jobs-exporter")),
@@ -407,6 +396,27 @@ async fn systemd_recipe_works_as_written_on_a_fresh_host() {
             "{expected}: {recorded:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_recipe_works_as_written_on_a_fresh_host() {
+    let project = "acme/platform/api";
+    let gitlab = simulated_gitlab(project).await;
+
+    let blocks = recipe_blocks();
+    assert_eq!(blocks.len(), 2, "install, webhooks: {blocks:?}");
+    let host = Host::new();
+    let config = edited_example(&gitlab.base_url, project);
+    host.edit("config.toml", 1, &config);
+    host.edit("config.toml", 2, &with_webhook(&config));
+    host.edit("gitlab-token", 1, &format!("{TOKEN}\n"));
+    host.edit("webhook-secret", 1, &format!("{WEBHOOK_SECRET}\n"));
+
+    let check_gitlab = has_check_gitlab();
+    // The commands block this worker; the simulator answers on the other one.
+    tokio::task::block_in_place(|| host.run_block(&blocks[0], check_gitlab));
+
+    assert_installed(&host);
     verify_installed_unit(&host);
     let effective = service_passes(&host);
     assert!(!effective.contains(TOKEN), "{effective}");
@@ -420,7 +430,7 @@ async fn systemd_recipe_works_as_written_on_a_fresh_host() {
 
     // Webhooks: the secret as a second credential through the drop-in.
     tokio::task::block_in_place(|| host.run_block(&blocks[1], check_gitlab));
-    let secret = etc.join("webhook-secret");
+    let secret = host.path("/etc/gitlab-jobs-exporter/webhook-secret");
     assert_eq!(mode(&secret), 0o600);
     assert!(
         host.path("/etc/systemd/system")
