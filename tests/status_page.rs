@@ -67,7 +67,7 @@ fn states(s: &Value) -> BTreeMap<String, String> {
 /// The page as Chromium rendered it (its DOM, serialised).
 async fn rendered(url: &str) -> String {
     let profile = tempfile::tempdir().expect("tempdir");
-    let run = tokio::process::Command::new("chromium")
+    let child = std::process::Command::new("chromium")
         .args([
             "--headless",
             "--disable-gpu",
@@ -76,12 +76,20 @@ async fn rendered(url: &str) -> String {
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(["--dump-dom", url])
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("chromium finishes")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("chromium is installed (run scripts/install-test-deps.sh)");
+    let pid = child.id();
+    let run = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let out = match tokio::time::timeout(Duration::from_secs(120), run).await {
+        Ok(out) => out.expect("join").expect("chromium's output"),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child's pid, which it still is: not yet waited for.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("chromium did not finish in two minutes");
+        }
+    };
     assert!(
         out.status.success(),
         "chromium: {}",
