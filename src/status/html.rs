@@ -28,14 +28,19 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// A duration in seconds, short (`45s`, `12m 3s`, `2h 5m`).
+/// A duration in seconds, short (`45s`, `12m 3s`, `1m`, `2h 5m`).
 fn short(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m {}s", s / 60, s % 60),
-        3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    let (big, big_unit, small, small_unit) = match s {
+        0..60 => return format!("{s}s"),
+        60..3600 => (s / 60, "m", s % 60, "s"),
+        3600..86_400 => (s / 3600, "h", s % 3600 / 60, "m"),
+        _ => (s / 86_400, "d", s % 86_400 / 3600, "h"),
+    };
+    if small == 0 {
+        format!("{big}{big_unit}")
+    } else {
+        format!("{big}{big_unit} {small}{small_unit}")
     }
 }
 
@@ -86,73 +91,40 @@ pub fn render(s: &Snapshot) -> String {
     out
 }
 
+/// One line of the summary table; `value` is HTML already.
+fn line(out: &mut String, key: &str, class: &str, value: &str) {
+    let _ = write!(
+        out,
+        "<tr><th>{key}</th><td class=\"{class}\">{value}</td></tr>"
+    );
+}
+
 fn summary(out: &mut String, s: &Snapshot) {
     let now = s.generated.unix;
     out.push_str("<h2>Exporter</h2><table id=\"summary\">");
-    let mut line = |key: &str, class: &str, value: String| {
-        let _ = write!(
-            out,
-            "<tr><th>{key}</th><td class=\"{class}\">{value}</td></tr>"
-        );
-    };
     let mode = match s.mode {
         "demo" => "demo (the built-in simulated GitLab)",
         _ => "GitLab",
     };
-    line("Mode", "", mode.into());
-    line("GitLab", "", escape(&s.gitlab_url));
+    line(out, "Mode", "", mode);
+    line(out, "GitLab", "", &escape(&s.gitlab_url));
+    let ready = format!(
+        "{} <span class=\"muted\">({} of {} done)</span>",
+        escape(&s.ready.reason),
+        s.ready.done,
+        s.ready.total
+    );
     line(
+        out,
         "Ready",
         if s.ready.ready { "good" } else { "bad" },
-        format!(
-            "{} <span class=\"muted\">({} of {} done)</span>",
-            escape(&s.ready.reason),
-            s.ready.done,
-            s.ready.total
-        ),
+        &ready,
     );
     match &s.health.reason {
-        None => line("Health", "good", "healthy".into()),
-        Some(r) => line("Health", "bad", format!("unhealthy: {}", escape(r))),
+        None => line(out, "Health", "good", "healthy"),
+        Some(r) => line(out, "Health", "bad", &format!("unhealthy: {}", escape(r))),
     }
-    let b = &s.budget;
-    let window = if b.window_seconds < 60 {
-        format!(" (in the {}s since start)", b.window_seconds)
-    } else {
-        String::new()
-    };
-    let remaining = b
-        .rate_limit_remaining
-        .map(|r| format!("; GitLab's RateLimit-Remaining: {r}"))
-        .unwrap_or_default();
-    line(
-        "Requests",
-        "",
-        format!(
-            "{} in the last minute{window}, budget {}/min{remaining}",
-            b.requests_last_minute, b.requests_per_minute
-        ),
-    );
-    let stretched = b.stretch_busy > 1.0 || b.stretch_idle > 1.0;
-    line(
-        "Pacing",
-        if stretched { "warn" } else { "" },
-        format!(
-            "{} busy, {} idle projects; demand {:.1} requests/min at the target intervals (poll.interval {}, max_interval {}); stretch busy ×{:.2}, idle ×{:.2}{}",
-            b.busy_projects,
-            b.idle_projects,
-            b.demand_per_minute,
-            short(b.poll_interval_seconds),
-            short(b.max_interval_seconds),
-            b.stretch_busy,
-            b.stretch_idle,
-            if stretched {
-                " (the budget cannot poll every project at its target: polling less often, nothing skipped)"
-            } else {
-                ""
-            }
-        ),
-    );
+    budget(out, &s.budget);
     let w = &s.webhooks;
     let hooks = if w.enabled {
         format!(
@@ -164,8 +136,42 @@ fn summary(out: &mut String, s: &Snapshot) {
     } else {
         "disabled (polling only)".into()
     };
-    line("Webhooks", "", hooks);
+    line(out, "Webhooks", "", &hooks);
     out.push_str("</table>");
+}
+
+fn budget(out: &mut String, b: &super::Budget) {
+    let window = if b.window_seconds < 60 {
+        format!(" (in the {}s since start)", b.window_seconds)
+    } else {
+        String::new()
+    };
+    let remaining = b
+        .rate_limit_remaining
+        .map(|r| format!("; GitLab's RateLimit-Remaining: {r}"))
+        .unwrap_or_default();
+    let requests = format!(
+        "{} in the last minute{window}, budget {}/min{remaining}",
+        b.requests_last_minute, b.requests_per_minute
+    );
+    line(out, "Requests", "", &requests);
+    let stretched = b.stretch_busy > 1.0 || b.stretch_idle > 1.0;
+    let pacing = format!(
+        "{} busy, {} idle projects; demand {:.1} requests/min at the target intervals (poll.interval {}, max_interval {}); stretch busy ×{:.2}, idle ×{:.2}{}",
+        b.busy_projects,
+        b.idle_projects,
+        b.demand_per_minute,
+        short(b.poll_interval_seconds),
+        short(b.max_interval_seconds),
+        b.stretch_busy,
+        b.stretch_idle,
+        if stretched {
+            " (the budget cannot poll every project at its target: polling less often, nothing skipped)"
+        } else {
+            ""
+        }
+    );
+    line(out, "Pacing", if stretched { "warn" } else { "" }, &pacing);
 }
 
 fn projects(out: &mut String, s: &Snapshot) {
