@@ -128,7 +128,7 @@ fn summary(out: &mut String, s: &Snapshot) {
     let w = &s.webhooks;
     let hooks = if w.enabled {
         format!(
-            "enabled: {} projects receiving hooks, {} silent; last hook received {}",
+            "enabled; projects receiving hooks: {}, silent: {}; last hook received {}",
             w.receiving,
             w.silent,
             when(w.last_received.as_ref(), now)
