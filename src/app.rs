@@ -17,6 +17,7 @@ use crate::gitlab::{ClientBuildError, ClientObserver, RetryPolicy};
 use crate::metrics::{Metrics, MetricsError};
 use crate::persist::StateError;
 use crate::server::{self, AppState};
+use crate::status::Status;
 use crate::webhook::HookReceiver;
 use crate::webhook::endpoint::WebhookState;
 use crate::webhook::forward::Forwarder;
@@ -43,6 +44,7 @@ pub enum AppError {
 pub struct App {
     pub metrics: Arc<Metrics>,
     pub scheduler: Arc<Scheduler>,
+    status: Arc<Status>,
     limits: server::Limits,
     hooks: Option<Hooks>,
 }
@@ -74,6 +76,7 @@ impl App {
             None => None,
         };
         Ok(Self {
+            status: Arc::new(Status::new(cfg, scheduler.clone(), metrics.clone())),
             metrics,
             scheduler,
             limits: server::Limits::from_config(&cfg.server),
@@ -167,6 +170,7 @@ impl App {
             metrics: self.metrics.clone(),
             readiness: self.scheduler.readiness(),
             health: self.scheduler.health(),
+            status: self.status.clone(),
             // Beside `/metrics` unless it has a listener of its own.
             webhook: self
                 .hooks

@@ -372,6 +372,7 @@ async fn run_demo(
     cfg.webhook.secret = Some(secret.clone().into());
     cfg.webhook.reconcile_interval = Duration::from_secs(60);
     let settings = cfg.validate().context("demo configuration")?;
+    crate::status::mark_demo();
     info!(gitlab = %handle.base_url, "demo: simulated GitLab started");
     let mut exporter = match &inherited {
         Some(l) => l.local_addr().context("the inherited socket")?,

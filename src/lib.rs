@@ -18,7 +18,9 @@
 //!   to another shard.
 //! - [`fleet`]: every watched project: discovery, the pure registry, pacing, the runner
 //!   (tasks, checkpoints, readiness).
-//! - [`server`]: `/metrics`, `/healthz`, `/readyz` and the index page.
+//! - [`status`]: the status page (`/` and `/status.json`): readiness and why, budget, pacing,
+//!   webhooks, one row per project, from read-only views of the fleet and the metrics.
+//! - [`server`]: `/metrics`, `/healthz`, `/readyz`, `/` and `/status.json`.
 //! - [`app`]: the parts wired (metrics observe the client), served and shut down; the binary
 //!   and the test harness start the exporter through it.
 //! - [`install`]: `--install-webhooks`: a project hook on every watched project, created or
@@ -41,5 +43,6 @@ pub mod persist;
 pub mod project;
 pub mod server;
 pub mod shard;
+pub mod status;
 pub mod tracker;
 pub mod webhook;

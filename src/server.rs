@@ -1,4 +1,5 @@
-//! The HTTP side: `/metrics`, `/healthz`, `/readyz` and a small index page.
+//! The HTTP side: `/metrics`, `/healthz`, `/readyz`, and the status page (`/` and
+//! `/status.json`, see [`crate::status`]).
 //!
 //! Served through hyper's HTTP/1 connection builder rather than `axum::serve`, which has no
 //! header-read timeout: a client that sends half a request head and goes quiet must neither
@@ -34,6 +35,7 @@ use crate::config::ServerSettings;
 use crate::fleet::runner::Readiness;
 use crate::health::Health;
 use crate::metrics::{CONTENT_TYPE, Metrics};
+use crate::status::Status;
 use crate::webhook::endpoint::WebhookState;
 
 #[derive(Clone)]
@@ -41,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub health: Arc<Health>,
+    /// What `/` and `/status.json` show.
+    pub status: Arc<Status>,
     /// `POST /webhook` beside `/metrics` (webhooks on, without a listener of their own).
     pub webhook: Option<WebhookState>,
 }
@@ -89,6 +93,7 @@ pub fn router(state: AppState) -> Router {
     let hooks = state.webhook.clone().map(crate::webhook::endpoint::router);
     let main = Router::new()
         .route("/", get(index))
+        .route("/status.json", get(status_json))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -270,14 +275,21 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-async fn index() -> Html<&'static str> {
-    Html(concat!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>GitLab jobs exporter</title></head>",
-        "<body><h1>GitLab jobs exporter</h1><p>Version ",
-        env!("CARGO_PKG_VERSION"),
-        "</p><ul><li><a href=\"metrics\">Metrics</a></li>",
-        "<li><a href=\"healthz\">Health</a></li><li><a href=\"readyz\">Readiness</a></li></ul></body></html>\n"
-    ))
+/// The status page (taking the snapshot is synchronous and O(projects); rendering it too).
+async fn index(State(state): State<AppState>) -> Html<String> {
+    let snapshot = state.status.snapshot(crate::status::MAX_HTML_ROWS);
+    Html(crate::status::html::render(&snapshot))
+}
+
+async fn status_json(State(state): State<AppState>) -> Response {
+    let snapshot = state.status.snapshot(crate::status::MAX_JSON_ROWS);
+    match serde_json::to_vec(&snapshot) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => {
+            error!(error = %e, "cannot render /status.json");
+            (StatusCode::INTERNAL_SERVER_ERROR, "cannot render status\n").into_response()
+        }
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -365,14 +377,18 @@ mod tests {
         CancellationToken,
         tokio::task::JoinHandle<std::io::Result<()>>,
     ) {
-        let metrics =
-            Arc::new(Metrics::new(&Default::default(), 100, &Default::default()).expect("metrics"));
-        let state = AppState {
-            metrics,
-            readiness: Arc::new(Readiness::new(0)),
-            health,
-            webhook: None,
-        };
+        let cfg = crate::config::Config::new(
+            "http://127.0.0.1:9",
+            "token".to_string().into(),
+            vec![crate::config::ProjectRef::Path("g/p".into())],
+        )
+        .validate()
+        .expect("valid configuration");
+        let app = crate::app::App::new(&cfg, Default::default()).expect("exporter parts");
+        let mut state = app.http_state();
+        // Only the test's: the status page keeps the scheduler's.
+        state.readiness = Arc::new(Readiness::new(0));
+        state.health = health;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();

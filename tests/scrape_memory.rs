@@ -61,13 +61,18 @@ async fn memory_under_200_parallel_scrapes_of_a_16_mb_page() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let cfg = gitlab_jobs_exporter::config::Config::new(
+        "http://127.0.0.1:9",
+        "token".to_string().into(),
+        vec![gitlab_jobs_exporter::config::ProjectRef::Path("g/p".into())],
+    )
+    .validate()
+    .expect("valid configuration");
+    let app = gitlab_jobs_exporter::app::App::new(&cfg, Default::default()).expect("parts");
     let state = AppState {
         metrics,
         readiness: Arc::new(Readiness::new(0)),
-        health: Arc::new(gitlab_jobs_exporter::health::Health::new(
-            Duration::from_secs(30),
-        )),
-        webhook: None,
+        ..app.http_state()
     };
     tokio::spawn(server::serve(listener, state, std::future::pending()));
     gitlab_jobs_exporter::gitlab::install_tls_provider();

@@ -19,6 +19,7 @@ mod discover;
 mod drivers;
 mod hooks;
 mod readiness;
+mod view;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ use tracing::{error, info};
 pub use checkpoint::CheckpointError;
 pub use discover::DiscoveryStats;
 pub use readiness::Readiness;
+pub use view::{FleetView, ProjectView};
 
 use crate::config::{DiscoverySettings, Settings};
 use crate::fleet::pacing::Pacer;
@@ -88,6 +90,9 @@ struct Slots {
     /// Keys of found projects whose last cycle was refused (403) or found them gone (404):
     /// `project_state` says so, and they are not what `projects_never_polled` is for.
     refused_or_gone: HashSet<TaskKey>,
+    /// The delay each project's task planned before its next cycle (without jitter), for the
+    /// status page.
+    intervals: HashMap<TaskKey, Duration>,
 }
 
 impl Slots {
@@ -101,6 +106,7 @@ impl Slots {
             registry,
             polled_ok: HashSet::new(),
             refused_or_gone: HashSet::new(),
+            intervals: HashMap::new(),
         }
     }
 
@@ -119,6 +125,7 @@ impl Slots {
         let key = self.by_id.remove(&id)?;
         self.polled_ok.remove(&key);
         self.refused_or_gone.remove(&key);
+        self.intervals.remove(&key);
         self.live.remove(&key).map(|slot| (key, slot))
     }
 }
@@ -304,6 +311,13 @@ impl Scheduler {
             .await;
         let next = self.after_poll(key, &slot, &result);
         let next = self.schedule(key, next, &result);
+        {
+            let mut slots = self.slots();
+            match next {
+                Some(d) if slots.live.contains_key(&key) => slots.intervals.insert(key, d),
+                _ => slots.intervals.remove(&key),
+            };
+        }
         drop(gate);
         self.export_pace();
         (result, next)

@@ -10,6 +10,7 @@
 pub mod carry;
 pub mod jobs;
 mod own;
+pub mod recent;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,6 +109,8 @@ pub struct Metrics {
     new_reasons: Mutex<BTreeSet<String>>,
     /// Raw unknown statuses already logged.
     logged_statuses: Mutex<BTreeSet<String>>,
+    /// Requests to GitLab in the last minute (the status page).
+    recent: recent::RecentRequests,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +173,7 @@ impl Metrics {
             shown_unknown: Mutex::new(BTreeMap::new()),
             new_reasons: Mutex::new(BTreeSet::new()),
             logged_statuses: Mutex::new(BTreeSet::new()),
+            recent: recent::RecentRequests::default(),
         })
     }
 
@@ -313,6 +317,7 @@ impl Metrics {
     }
 
     pub fn observe_request(&self, endpoint: &str, code: &str, seconds: f64) {
+        self.recent.record_at(std::time::Instant::now());
         if let Some(c) = with(&self.api.api_requests, &[endpoint, code]) {
             c.inc();
         }
@@ -325,6 +330,32 @@ impl Metrics {
         if let Some(c) = with(&self.api.api_errors, &[kind]) {
             c.inc();
         }
+    }
+
+    /// Requests to GitLab in the last minute, and the seconds that covers (under a minute
+    /// just after start).
+    pub fn requests_last_minute(&self) -> (u64, u64) {
+        let now = std::time::Instant::now();
+        (
+            self.recent.last_minute_at(now),
+            self.recent.window_secs_at(now),
+        )
+    }
+
+    /// The last `RateLimit-Remaining` GitLab sent, if any.
+    pub fn last_rate_limit_remaining(&self) -> Option<f64> {
+        self.rate_limit_seen
+            .load(Ordering::Relaxed)
+            .then(|| self.api.rate_limit_remaining.get())
+    }
+
+    /// Jobs counted per project label (`gitlab_ci_jobs_total` summed, restored counts
+    /// included): O(series), under the jobs lock.
+    pub fn jobs_counted(&self) -> std::collections::HashMap<String, u64> {
+        self.lock_jobs()
+            .iter()
+            .map(|(project, s)| (project.clone(), s.total.values().sum()))
+            .collect()
     }
 
     pub fn rate_limit_remaining(&self, remaining: f64) {

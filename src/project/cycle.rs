@@ -292,6 +292,11 @@ fn record_outcome(
         return true;
     }
     let state = state_after(result);
+    let now = Project::local_now();
+    match result {
+        Ok(()) => p.last_success = Some(now),
+        Err(e) => p.last_error = Some((now, crate::model::text::bounded(&e.to_string()))),
+    }
     if state != p.state {
         // Logged once per change, not once per cycle: a revoked token must not flood logs.
         match (result, state) {

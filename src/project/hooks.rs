@@ -76,6 +76,7 @@ impl Project {
             self.set_hook_state(HookState::Receiving, metrics);
         }
         metrics.webhook_received(&label, now);
+        self.last_hook = Some(now);
         seen
     }
 

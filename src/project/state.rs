@@ -125,6 +125,12 @@ pub struct Project {
     pub(crate) scheduled_checked: Option<f64>,
     /// Whether its hooks arrive (see [`crate::project::hooks`]).
     pub(crate) hooks: HookState,
+    /// For the status page (our clock, unix seconds; since start, not checkpointed): the
+    /// last cycle that succeeded, the last one that failed and why (bounded and escaped, see
+    /// [`crate::model::text`]), the last hook applied.
+    pub(crate) last_success: Option<f64>,
+    pub(crate) last_error: Option<(f64, String)>,
+    pub(crate) last_hook: Option<f64>,
 }
 
 impl Project {
@@ -156,6 +162,9 @@ impl Project {
             max_pages_per_cycle: None,
             scheduled_checked: None,
             hooks: HookState::None,
+            last_success: None,
+            last_error: None,
+            last_hook: None,
         }
     }
 

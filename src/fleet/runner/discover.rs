@@ -246,7 +246,7 @@ impl Scheduler {
                 failures = 0;
                 if !ready {
                     ready = true;
-                    self.readiness.mark_one();
+                    self.readiness.mark_discovered();
                 }
             } else {
                 failures = failures.saturating_add(1);

@@ -9,6 +9,8 @@ pub struct Readiness {
     total: AtomicUsize,
     ready: AtomicUsize,
     latched: AtomicBool,
+    /// The first complete discovery pass is done (for the status page's "why not ready").
+    discovered: AtomicBool,
 }
 
 impl Readiness {
@@ -17,6 +19,7 @@ impl Readiness {
             total: AtomicUsize::new(total),
             ready: AtomicUsize::new(0),
             latched: AtomicBool::new(false),
+            discovered: AtomicBool::new(false),
         }
     }
     pub fn is_ready(&self) -> bool {
@@ -38,6 +41,15 @@ impl Readiness {
     }
     pub(super) fn add(&self, n: usize) {
         self.total.fetch_add(n, Ordering::AcqRel);
+    }
+    /// Whether the first complete discovery pass is done (meaningless without discovery).
+    pub fn discovery_done(&self) -> bool {
+        self.discovered.load(Ordering::Acquire)
+    }
+    /// The first complete discovery pass is done: it counts as one ready project.
+    pub(super) fn mark_discovered(&self) {
+        self.discovered.store(true, Ordering::Release);
+        self.mark_one();
     }
     pub(super) fn mark_one(&self) {
         self.ready.fetch_add(1, Ordering::AcqRel);
