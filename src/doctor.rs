@@ -175,37 +175,7 @@ async fn watched(
             );
             return;
         };
-        let names: Vec<String> = cfg.groups.iter().map(ToString::to_string).collect();
-        let sources = names
-            .iter()
-            .cloned()
-            .chain(cfg.membership.then(|| "membership".to_string()));
-        for (index, name) in sources.enumerate() {
-            let listed = pass
-                .projects
-                .values()
-                .filter(|f| f.sources.contains(&index))
-                .count();
-            if pass.failed.contains(&index) {
-                source_failed(client, cfg, index, &name, report).await;
-            } else if listed == 0 {
-                report.row(
-                    Bounded(&name).to_string(),
-                    Status::Warn,
-                    "lists no projects (after discovery.include/exclude)",
-                );
-                report.warning(
-                    format!("{} lists no projects", Bounded(&name)),
-                    "check the group's path, that the token's user is a member with the Reporter role, and discovery.include/exclude",
-                );
-            } else {
-                report.row(
-                    Bounded(&name).to_string(),
-                    Status::Ok,
-                    format!("{listed} project(s) listed"),
-                );
-            }
-        }
+        source_rows(client, cfg, &pass, report).await;
         if pass.capped {
             report.warning(
                 format!(
@@ -227,6 +197,51 @@ async fn watched(
         found.sort_by(|a, b| a.path.cmp(&b.path));
         targets.extend(found);
     }
+    total_row(settings, report, targets, configured);
+}
+
+/// One row per discovery source: how many projects it lists, or why it could not.
+async fn source_rows(
+    client: &GitlabClient,
+    cfg: &crate::config::DiscoverySettings,
+    pass: &discovery::Pass,
+    report: &mut Report,
+) {
+    let names: Vec<String> = cfg.groups.iter().map(ToString::to_string).collect();
+    let sources = names
+        .iter()
+        .cloned()
+        .chain(cfg.membership.then(|| "membership".to_string()));
+    for (index, name) in sources.enumerate() {
+        let listed = pass
+            .projects
+            .values()
+            .filter(|f| f.sources.contains(&index))
+            .count();
+        if pass.failed.contains(&index) {
+            source_failed(client, cfg, index, &name, report).await;
+        } else if listed == 0 {
+            report.row(
+                Bounded(&name).to_string(),
+                Status::Warn,
+                "lists no projects (after discovery.include/exclude)",
+            );
+            report.warning(
+                format!("{} lists no projects", Bounded(&name)),
+                "check the group's path, that the token's user is a member with the Reporter role, and discovery.include/exclude",
+            );
+        } else {
+            report.row(
+                Bounded(&name).to_string(),
+                Status::Ok,
+                format!("{listed} project(s) listed"),
+            );
+        }
+    }
+}
+
+/// How many projects would be watched (and by this replica, when sharded).
+fn total_row(settings: &Settings, report: &mut Report, targets: &[Target], configured: usize) {
     let total = targets.len();
     let mut detail = format!(
         "{total} project(s) ({configured} configured, {} discovered)",

@@ -226,7 +226,8 @@ async fn a_project_not_found_or_with_refused_jobs_is_a_problem() {
     sim.set_project_access(10, Some(ProjectAccess::NotFound));
     sim.set_project_access(1, Some(ProjectAccess::NoJobs));
     let dir = tempfile::tempdir().expect("tempdir");
-    let run = check(&config(dir.path(), &handle.base_url, ""), &[]).await;
+    let extra = "\n[[groups]]\npath = \"nope\"\n";
+    let run = check(&config(dir.path(), &handle.base_url, extra), &[]).await;
     assert_eq!(run.code, Some(3), "{}", run.stdout);
     let solo = row(&run, "project solo/app").expect("row");
     assert!(
@@ -246,6 +247,17 @@ async fn a_project_not_found_or_with_refused_jobs_is_a_problem() {
     );
     assert!(
         run.stdout.contains("project acme/api: the token may not read its jobs: give the token's user at least the Reporter role"),
+        "{}",
+        run.stdout
+    );
+    let group = row(&run, "group nope").expect("row");
+    assert!(
+        group.contains("FAIL") && group.contains("HTTP 404"),
+        "{group}"
+    );
+    assert!(
+        run.stdout
+            .contains("\n  group nope could not be listed: check its path or id in [[groups]]"),
         "{}",
         run.stdout
     );
