@@ -309,7 +309,7 @@ impl ProjectCheck {
             ),
             Failure::Scope => (
                 format!("{what} ({e})"),
-                format!("project {name}: token lacks read_api"),
+                format!("project {name} refused (insufficient_scope)"),
                 NEW_TOKEN.to_string(),
             ),
             Failure::Forbidden | Failure::NotFound => (
@@ -319,7 +319,7 @@ impl ProjectCheck {
             ),
             Failure::Rejected => (
                 format!("{what} ({e})"),
-                format!("project {name}: the token was rejected"),
+                format!("project {name} refused (HTTP 401)"),
                 NEW_TOKEN.to_string(),
             ),
             Failure::Unreachable | Failure::Other => (

@@ -41,6 +41,8 @@ pub struct Row {
 pub struct Finding {
     pub what: String,
     pub fix: String,
+    /// Later problems with the same fix (one cause, several symptoms): shown on this line.
+    pub also: Vec<String>,
 }
 
 /// How the run ended, for the exit code.
@@ -70,17 +72,25 @@ impl Report {
         });
     }
 
+    /// A problem; one with the same fix as an earlier one is added to that one's line (a token
+    /// without read_api fails every project: one line, one fix).
     pub fn problem(&mut self, what: impl Into<String>, fix: impl Into<String>) {
-        self.problems.push(Finding {
-            what: what.into(),
-            fix: fix.into(),
-        });
+        let (what, fix) = (what.into(), fix.into());
+        match self.problems.iter_mut().find(|p| p.fix == fix) {
+            Some(p) => p.also.push(what),
+            None => self.problems.push(Finding {
+                what,
+                fix,
+                also: Vec::new(),
+            }),
+        }
     }
 
     pub fn warning(&mut self, what: impl Into<String>, fix: impl Into<String>) {
         self.warnings.push(Finding {
             what: what.into(),
             fix: fix.into(),
+            also: Vec::new(),
         });
     }
 
@@ -139,7 +149,11 @@ fn write_findings(out: &mut String, title: &str, findings: &[Finding]) {
     }
     let _ = writeln!(out, "\n{title}:");
     for f in findings {
-        let _ = writeln!(out, "  {}: {}", f.what, f.fix);
+        if f.also.is_empty() {
+            let _ = writeln!(out, "  {}: {}", f.what, f.fix);
+        } else {
+            let _ = writeln!(out, "  {} (also: {}): {}", f.what, f.also.join("; "), f.fix);
+        }
     }
 }
 
@@ -180,6 +194,12 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("1 problem(s) found\n"), "{text}");
+        r.problem("group acme could not be listed", "check [[projects]]");
+        assert!(
+            r.render(&token)
+                .contains("\n  project acme/api not found (also: group acme could not be listed): check [[projects]]\n"),
+            "one cause, one line"
+        );
         assert_eq!(r.verdict(), Verdict::Problems);
     }
 
