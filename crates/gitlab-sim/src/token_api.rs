@@ -206,3 +206,86 @@ fn invalid_token(description: &str) -> Response {
         &json!({"error": "invalid_token", "error_description": description}),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(path: &str, project: Option<u64>, jobs: bool) -> Request<'_> {
+        Request {
+            path,
+            token_ok: true,
+            project,
+            jobs,
+            now: 1_764_000_000_000,
+        }
+    }
+
+    fn status(r: Option<Response>) -> Option<u16> {
+        r.map(|r| r.status().as_u16())
+    }
+
+    #[test]
+    fn scopes_are_enforced_as_gitlabs_api_guard_does() {
+        let mut store = TokenStore::default();
+        assert_eq!(
+            status(store.answer(&req("/api/v4/version", None, false))),
+            Some(200)
+        );
+        assert_eq!(
+            status(store.answer(&req("/api/v4/projects/1", Some(1), false))),
+            None
+        );
+        store.spec.scopes = vec!["read_user".into()];
+        assert_eq!(
+            status(store.answer(&req("/api/v4/version", None, false))),
+            Some(200)
+        );
+        assert_eq!(
+            status(store.answer(&req("/api/v4/personal_access_tokens/self", None, false))),
+            Some(200)
+        );
+        assert_eq!(
+            status(store.answer(&req("/api/v4/projects/1", Some(1), false))),
+            Some(403)
+        );
+        store.spec.scopes = vec!["read_repository".into()];
+        assert_eq!(
+            status(store.answer(&req("/api/v4/version", None, false))),
+            Some(403)
+        );
+    }
+
+    #[test]
+    fn rejection_kinds_and_project_access() {
+        let mut store = TokenStore::default();
+        let mut unauth = req("/api/v4/version", None, false);
+        unauth.token_ok = false;
+        assert_eq!(status(store.answer(&unauth)), Some(401));
+        store.rejected = Some(TokenRejection::Revoked);
+        assert_eq!(
+            status(store.answer(&req("/api/v4/projects/1", Some(1), false))),
+            Some(401)
+        );
+        store.rejected = None;
+        store.projects.insert(1, ProjectAccess::NoJobs);
+        assert_eq!(
+            status(store.answer(&req("/api/v4/projects/1", Some(1), false))),
+            None
+        );
+        assert_eq!(
+            status(store.answer(&req("/api/v4/projects/1/jobs", Some(1), true))),
+            Some(403)
+        );
+        store.projects.insert(1, ProjectAccess::NotFound);
+        assert_eq!(
+            status(store.answer(&req("/api/v4/projects/1", Some(1), false))),
+            Some(404)
+        );
+        store.spec.kind = TokenKind::Other;
+        let self_ = "/api/v4/personal_access_tokens/self";
+        assert_eq!(status(store.answer(&req(self_, None, false))), Some(400));
+        store.spec.kind = TokenKind::NoEndpoint;
+        assert_eq!(status(store.answer(&req(self_, None, false))), Some(404));
+    }
+}
