@@ -13,7 +13,7 @@ use tracing::{error, info};
 use crate::app::App;
 use crate::config::{Config, ConfigError, Settings, WEBHOOK_SECRET_ENV};
 use crate::gitlab::RetryPolicy;
-use crate::{install, server};
+use crate::{doctor, install, server};
 
 /// Where `--demo` listens unless told otherwise: loopback only, the simulator is no real GitLab.
 pub const DEMO_LISTEN: &str = "127.0.0.1:39129";
@@ -50,6 +50,17 @@ pub struct Cli {
     /// every project succeeded, 1 otherwise. Needs the Maintainer role on each project.
     #[arg(long, value_name = "URL", conflicts_with_all = ["check_config", "demo"])]
     pub install_webhooks: Option<String>,
+    /// Connect to GitLab with the configuration and say whether the exporter will work: GitLab
+    /// reachable and its version, the token's scopes and expiry, each project and group, the
+    /// rate-limit headers, and with [webhook] each project's hook. Read-only. Exit codes: 0 all
+    /// well, 1 GitLab unreachable, 2 configuration error, 3 problems found (each printed with
+    /// its fix).
+    #[arg(long, conflicts_with_all = ["check_config", "demo", "install_webhooks"])]
+    pub check_gitlab: bool,
+    /// With --check-gitlab: the webhook URL to look for on each project (matched as
+    /// --install-webhooks matches it); without it, any hook sending Job events counts.
+    #[arg(long, value_name = "URL", requires = "check_gitlab")]
+    pub hook_url: Option<String>,
     /// With --install-webhooks: also send the token to existing hooks that are otherwise right
     /// (GitLab never shows a hook's token, so a changed secret is not detected).
     #[arg(long, requires = "install_webhooks")]
@@ -106,6 +117,9 @@ pub fn main() -> ExitCode {
     };
     if cli.check_config {
         return print_checked(&cfg);
+    }
+    if cli.check_gitlab {
+        return check_gitlab(&cli, &cfg, &runtime);
     }
     let result = inherited_listener(&mut listen_fds)
         .and_then(|inherited| runtime.block_on(run(cfg, inherited)));
@@ -221,6 +235,39 @@ fn install_webhooks(cli: &Cli, url: &str, runtime: &tokio::runtime::Runtime) -> 
             say(format_args!("error: {e}"));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--check-gitlab`: see [`doctor`]. The report goes to stdout; the exit code says how it went.
+fn check_gitlab(cli: &Cli, cfg: &Settings, runtime: &tokio::runtime::Runtime) -> ExitCode {
+    let hook_url = match cli.hook_url.as_deref().map(install::HookUrl::parse) {
+        None => None,
+        Some(Ok(url)) => Some(url),
+        Some(Err(e)) => {
+            say(format_args!("error: --hook-url: {e}"));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let opts = doctor::DoctorOptions { hook_url };
+    let report = match runtime.block_on(doctor::run(cfg, &opts)) {
+        Ok(report) => report,
+        Err(e) => {
+            say(format_args!(
+                "error: {}",
+                doctor::scrub(&e.to_string(), &cfg.token())
+            ));
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    // A reader that stops early (`| head`) changes nothing: the exit code still tells.
+    let _ = out
+        .write_all(report.render(&cfg.token()).as_bytes())
+        .and_then(|()| out.flush());
+    match report.verdict() {
+        doctor::Verdict::Healthy => ExitCode::SUCCESS,
+        doctor::Verdict::Unreachable => ExitCode::from(doctor::EXIT_UNREACHABLE),
+        doctor::Verdict::Problems => ExitCode::from(doctor::EXIT_PROBLEMS),
     }
 }
 

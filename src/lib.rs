@@ -25,6 +25,8 @@
 //!   and the test harness start the exporter through it.
 //! - [`install`]: `--install-webhooks`: a project hook on every watched project, created or
 //!   brought in line (idempotent, matched by URL).
+//! - [`doctor`]: `--check-gitlab`: whether the configuration will work against GitLab (version,
+//!   token, projects, groups, rate limits, hooks), each problem with its fix.
 //! - [`cli`]: the command line, logging, signals, exit codes; the only place using `anyhow`.
 //!
 //! The in-process GitLab used by tests, benchmarks and `--demo` is its own crate, `gitlab-sim`.
@@ -32,6 +34,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod fleet;
 pub mod gitlab;
 pub mod health;

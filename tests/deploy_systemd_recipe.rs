@@ -7,7 +7,7 @@
 //! the started service sees it (its `Environment=` lines, `%d` holding the credentials
 //! `LoadCredential=` copies, `%S` the state directory). `$EDITOR` writes what a user would: the
 //! URL of a simulated GitLab and its project, the token, the webhook secret, the `[webhook]`
-//! block uncommented. `--check-gitlab` runs against that simulator when the binary has it.
+//! block uncommented. `--check-gitlab` runs against that simulator.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -184,12 +184,8 @@ impl Host {
     }
 
     /// Runs every command of a block; panics naming the first that fails.
-    fn run_block(&self, commands: &[String], check_gitlab: bool) {
+    fn run_block(&self, commands: &[String]) {
         for command in commands {
-            if command.contains("--check-gitlab") && !check_gitlab {
-                eprintln!("skipped (this binary has no --check-gitlab yet): {command}");
-                continue;
-            }
             let out = self.run(command);
             assert!(
                 out.status.success(),
@@ -343,14 +339,6 @@ fn verify_installed_unit(host: &Host) {
     assert!(out.status.success() && text.trim().is_empty(), "{text}");
 }
 
-fn has_check_gitlab() -> bool {
-    let out = Command::new(EXPORTER)
-        .arg("--help")
-        .output()
-        .expect("--help");
-    String::from_utf8_lossy(&out.stdout).contains("--check-gitlab")
-}
-
 /// A simulated GitLab on a live clock with one project, accepting [`TOKEN`].
 async fn simulated_gitlab(project: &str) -> gitlab_sim::SimHandle {
     let now = chrono::Utc::now().timestamp_millis();
@@ -412,9 +400,8 @@ async fn systemd_recipe_works_as_written_on_a_fresh_host() {
     host.edit("gitlab-token", 1, &format!("{TOKEN}\n"));
     host.edit("webhook-secret", 1, &format!("{WEBHOOK_SECRET}\n"));
 
-    let check_gitlab = has_check_gitlab();
     // The commands block this worker; the simulator answers on the other one.
-    tokio::task::block_in_place(|| host.run_block(&blocks[0], check_gitlab));
+    tokio::task::block_in_place(|| host.run_block(&blocks[0]));
 
     assert_installed(&host);
     verify_installed_unit(&host);
@@ -429,7 +416,7 @@ async fn systemd_recipe_works_as_written_on_a_fresh_host() {
     );
 
     // Webhooks: the secret as a second credential through the drop-in.
-    tokio::task::block_in_place(|| host.run_block(&blocks[1], check_gitlab));
+    tokio::task::block_in_place(|| host.run_block(&blocks[1]));
     let secret = host.path("/etc/gitlab-jobs-exporter/webhook-secret");
     assert_eq!(mode(&secret), 0o600);
     assert!(

@@ -9,6 +9,7 @@
 mod headers;
 pub mod hooks;
 pub mod link;
+pub mod meta;
 pub mod observer;
 pub mod pager;
 pub mod throttle;

@@ -246,6 +246,7 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
             resp = apply_hostile(h, endpoint, resp).await;
         }
     }
+    sim.token_store().decorate(&mut resp, now);
     let h = resp.headers_mut();
     // Set explicitly so hyper does not stamp the real time on a simulated clock (a raw fault
     // may bring its own).
@@ -474,6 +475,9 @@ fn answer(
     token_ok: bool,
     now: Ms,
 ) -> Response {
+    if let Some(resp) = token_knobs(sim, path, &route, token_ok, now) {
+        return resp;
+    }
     if matches!(route, Route::Other) {
         return err(404, "error", "404 Not Found");
     }
@@ -540,6 +544,31 @@ fn answer(
             .unwrap_or_else(Reject::into_response),
         Route::Hooks(..) | Route::Other => err(404, "error", "404 Not Found"),
     }
+}
+
+/// The answer of `token_api`'s endpoints and knobs, when they give one.
+fn token_knobs(
+    sim: &Simulator,
+    path: &str,
+    route: &Route,
+    token_ok: bool,
+    now: Ms,
+) -> Option<Response> {
+    let (project, jobs) = match route {
+        Route::Project(id) | Route::Hooks(id, _) => (Some(id), false),
+        Route::Jobs(id) | Route::Job(id, _) | Route::PipelineJobs(id, _) => (Some(id), true),
+        _ => (None, false),
+    };
+    let world = sim.world();
+    let project = project.and_then(|id| world.find_project(id)).map(|p| p.id);
+    let req = super::token_api::Request {
+        path,
+        token_ok,
+        project,
+        jobs,
+        now,
+    };
+    sim.token_store().answer(&req)
 }
 
 fn list_jobs(

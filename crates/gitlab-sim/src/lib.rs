@@ -27,6 +27,7 @@ mod hooks;
 mod hooks_api;
 mod http;
 mod render;
+mod token_api;
 mod truth;
 mod world;
 
@@ -50,6 +51,9 @@ pub use hooks::{
 };
 pub use hooks_api::{HookAlertStatus, ProjectHook};
 pub use render::{hook_time, http_date, iso, iso_seconds};
+pub use token_api::{
+    ProjectAccess, SIM_GITLAB_REVISION, SIM_GITLAB_VERSION, TokenKind, TokenRejection, TokenSpec,
+};
 pub use truth::{DurationKey, GroundTruth, JobKey, QueuedKey, RunnerKey};
 pub use world::{
     FINAL_STATUSES, GROUP_ID_BASE, GroupDef, JobPlan, Ms, ProjectDef, RunnerDef, STATUSES, World,
@@ -222,6 +226,8 @@ struct Inner {
     pipeline_jobs_answer: Mutex<Option<u16>>,
     hostile: Mutex<Vec<Hostile>>,
     hooks: Mutex<hooks_api::HookStore>,
+    /// `--check-gitlab`'s endpoints and the token's knobs (`token_api`).
+    tokens: Mutex<token_api::TokenStore>,
 }
 
 /// The simulated GitLab; clones share everything.
@@ -250,6 +256,7 @@ impl Simulator {
                 pipeline_jobs_answer: Mutex::default(),
                 hostile: Mutex::default(),
                 hooks: Mutex::default(),
+                tokens: Mutex::default(),
             }),
         }
     }
@@ -489,6 +496,37 @@ impl Simulator {
         disabled_until: Option<Ms>,
     ) -> bool {
         lock(&self.inner.hooks).set_alert(hook_id, status, disabled_until)
+    }
+
+    /// The configured token as `GET /personal_access_tokens/self` describes it (its scopes
+    /// are enforced: without `api` or `read_api`, other endpoints answer 403).
+    pub fn set_token_spec(&self, spec: TokenSpec) {
+        lock(&self.inner.tokens).spec = spec;
+    }
+
+    /// Makes every request with the configured token answer 401 as GitLab does for `why`;
+    /// `None` accepts it again.
+    pub fn set_token_rejected(&self, why: Option<TokenRejection>) {
+        lock(&self.inner.tokens).rejected = why;
+    }
+
+    /// Restricts what the token may do with a project; `None` lifts it.
+    pub fn set_project_access(&self, project_id: u64, access: Option<ProjectAccess>) {
+        let mut store = lock(&self.inner.tokens);
+        match access {
+            Some(a) => drop(store.projects.insert(project_id, a)),
+            None => drop(store.projects.remove(&project_id)),
+        }
+    }
+
+    /// Sends GitLab.com's `RateLimit-*` headers on every answer, counting requests against
+    /// `limit` (never reset: a test's run is short); `None` sends none.
+    pub fn set_rate_limit_headers(&self, limit: Option<u32>) {
+        lock(&self.inner.tokens).rate_limit = limit.map(|l| (l, 0));
+    }
+
+    pub(crate) fn token_store(&self) -> MutexGuard<'_, token_api::TokenStore> {
+        lock(&self.inner.tokens)
     }
 
     pub(crate) fn hook_store(&self) -> MutexGuard<'_, hooks_api::HookStore> {
