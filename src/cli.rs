@@ -364,9 +364,14 @@ pub async fn serve(
         None => None,
     };
     app.restore(&cfg).await?;
-    info!(listen = %listener.local_addr()?, gitlab = %cfg.gitlab.url, "serving /metrics");
+    let bound = listener.local_addr()?;
+    info!(listen = %bound, gitlab = %cfg.gitlab.url, "serving /metrics");
     if cfg.webhook.is_some() {
-        let at = app.webhook_listen().unwrap_or(cfg.server.listen);
+        // The address bound (an inherited socket, or port 0 resolved), not the configured one.
+        let at = match &hook_listener {
+            Some(l) => l.local_addr()?,
+            None => bound,
+        };
         info!(listen = %at, "accepting GitLab webhooks on POST /webhook");
     }
     app.run(listener, hook_listener, shutdown).await?;

@@ -67,8 +67,8 @@ impl Scheduler {
     fn summarise(&self, before: Totals, now: Totals, elapsed: Duration) {
         let minutes = elapsed.as_secs_f64().max(1.0) / 60.0;
         let jobs = now.jobs_counted.saturating_sub(before.jobs_counted);
-        let rpm = (now.requests.saturating_sub(before.requests) as f64 / minutes).round();
-        let budget = self.max_requests_per_minute.round();
+        let rpm = (now.requests.saturating_sub(before.requests) as f64 / minutes).round() as u64;
+        let budget = self.max_requests_per_minute.round() as u64;
         let (projects, failing, named) = self.failing_projects();
         let period = humantime::format_duration(Duration::from_secs(elapsed.as_secs()));
         info!(
@@ -77,7 +77,8 @@ impl Scheduler {
             budget_per_minute = budget,
             projects,
             failing,
-            failing_projects = %named.join(","),
+            // Absent when none fails.
+            failing_projects = (!named.is_empty()).then(|| named.join(",")).as_deref(),
             "summary of the last {period}: {jobs} jobs counted, {rpm} requests/min of a budget of {budget}, {failing} of {projects} projects failing"
         );
     }
