@@ -314,8 +314,8 @@ fn prometheus_rules_pass_promtool_and_every_alert_is_tested() {
     let dir = repo().join("deploy/prometheus");
     let report = ok(Command::new("promtool")
         .args(["check", "rules"])
-        .arg(dir.join("recording-rules.yml"))
-        .arg(dir.join("alerts.yml")));
+        .arg(dir.join("rules/recording-rules.yml"))
+        .arg(dir.join("rules/alerts.yml")));
     assert!(report.contains("SUCCESS"), "{report}");
     // Every test file in tests/ (alerts.test.yml, webhooks.test.yml, …).
     let mut test_files: Vec<PathBuf> = std::fs::read_dir(dir.join("tests"))
@@ -334,7 +334,7 @@ fn prometheus_rules_pass_promtool_and_every_alert_is_tested() {
         "{report}"
     );
 
-    let alerts: Vec<Value> = yaml_docs(&dir.join("alerts.yml"))[0]["groups"]
+    let alerts: Vec<Value> = yaml_docs(&dir.join("rules/alerts.yml"))[0]["groups"]
         .as_array()
         .expect("groups")
         .iter()
@@ -1348,7 +1348,7 @@ fn helm_chart_lints_renders_and_validates() {
     let rules = find(&docs, "PrometheusRule")[0];
     let mut groups = Vec::new();
     for file in ["recording-rules.yml", "alerts.yml"] {
-        let docs = yaml_docs(&repo().join("deploy/prometheus").join(file));
+        let docs = yaml_docs(&repo().join("deploy/prometheus/rules").join(file));
         groups.extend(docs[0]["groups"].as_array().unwrap().clone());
     }
     assert_eq!(rules["spec"]["groups"], Value::Array(groups));
@@ -1669,10 +1669,10 @@ fn helm_chart_files_are_the_sources() {
     // .Files.Get reaches only into the chart: it carries copies, kept identical.
     let chart = "deploy/helm/gitlab-jobs-exporter/files";
     for (copy, source) in [
-        ("alerts.yml", "deploy/prometheus/alerts.yml"),
+        ("alerts.yml", "deploy/prometheus/rules/alerts.yml"),
         (
             "recording-rules.yml",
-            "deploy/prometheus/recording-rules.yml",
+            "deploy/prometheus/rules/recording-rules.yml",
         ),
         (
             "dashboards/gitlab-ci-jobs.json",

@@ -240,9 +240,9 @@ impl Prometheus {
 /// deploy/prometheus/scrape-config.yml with the target, the intervals and the rule files made
 /// fit for the test. Each replacement must apply: the example may not drift unnoticed.
 fn scrape_config(target: &str) -> String {
-    let rules = repo().join("deploy/prometheus");
-    let mut config =
-        std::fs::read_to_string(rules.join("scrape-config.yml")).expect("scrape-config.yml");
+    let rules = repo().join("deploy/prometheus/rules");
+    let mut config = std::fs::read_to_string(repo().join("deploy/prometheus/scrape-config.yml"))
+        .expect("scrape-config.yml");
     for (from, to) in [
         ("scrape_interval: 30s", "scrape_interval: 1s".to_string()),
         (
@@ -503,7 +503,7 @@ async fn dashboards_and_rules_work_against_a_real_prometheus() {
     }
 
     // promtool agrees with the rules and with the page Prometheus scraped.
-    let rules = repo().join("deploy/prometheus");
+    let rules = repo().join("deploy/prometheus/rules");
     promtool(
         &[
             "check",

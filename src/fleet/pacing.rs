@@ -48,6 +48,17 @@ struct Entry {
     target: Duration,
 }
 
+/// Which target a cycle's next delay is planned at.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// `poll.interval`, backing off to `poll.max_interval` while idle.
+    Normal,
+    /// Idle back-off up to this longer cap.
+    Quiet(Duration),
+    /// Exactly this (a project whose hooks arrive).
+    Reconcile(Duration),
+}
+
 /// Delays are multiplied by these; 1.0 means every project is polled at its target.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Stretch {
@@ -118,22 +129,28 @@ impl Pacer {
     /// Records a completed (or failed) cycle of project `key` that cost `requests`, and returns
     /// the delay until its next cycle.
     pub fn after_cycle(&self, key: u64, requests: usize, activity: Activity) -> Duration {
-        self.plan_next(key, requests, activity, None)
+        self.plan_next(key, requests, activity, Pace::Normal)
     }
 
     /// Like [`Pacer::after_cycle`] for a project whose hooks arrive: polled only to reconcile,
     /// every `reconcile`, never stretched (its demand is planned with the idle projects').
     pub fn after_reconcile(&self, key: u64, requests: usize, reconcile: Duration) -> Duration {
-        self.plan_next(key, requests, Activity::Idle, Some(reconcile))
+        self.plan_next(key, requests, Activity::Idle, Pace::Reconcile(reconcile))
     }
 
-    fn plan_next(
-        &self,
-        key: u64,
-        requests: usize,
-        activity: Activity,
-        reconcile: Option<Duration>,
-    ) -> Duration {
+    /// Like [`Pacer::after_cycle`] for an idle project that would announce its next job by a
+    /// hook: it backs off as idle projects do, but up to `cap` (the reconcile interval, when
+    /// longer than `poll.max_interval`).
+    pub fn after_quiet(&self, key: u64, requests: usize, cap: Duration) -> Duration {
+        self.plan_next(
+            key,
+            requests,
+            Activity::Idle,
+            Pace::Quiet(cap.max(self.max_interval)),
+        )
+    }
+
+    fn plan_next(&self, key: u64, requests: usize, activity: Activity, pace: Pace) -> Duration {
         let mut inner = self.lock();
         let entry = inner.entries.entry(key).or_insert(Entry {
             extra_rate: 0.0,
@@ -147,17 +164,19 @@ impl Pacer {
             entry.extra_rate += COST_WEIGHT * (sample - entry.extra_rate);
         }
         entry.activity = activity;
+        let max = match pace {
+            Pace::Quiet(cap) => cap,
+            Pace::Normal | Pace::Reconcile(_) => self.max_interval,
+        };
         entry.idle_for = match activity {
             Activity::Busy => Duration::ZERO,
-            Activity::Idle => {
-                (entry.idle_for + entry.last_delay.unwrap_or_default()).min(self.max_interval)
-            }
+            Activity::Idle => (entry.idle_for + entry.last_delay.unwrap_or_default()).min(max),
         };
         // Wait about as long as the project has been quiet: the delay doubles cycle by cycle
         // (30 s, 30 s, 60 s, 120 s, …), and a stretched cycle counts for what it really lasted.
-        entry.target = match reconcile {
-            Some(r) => r,
-            None => entry.idle_for.clamp(self.interval, self.max_interval),
+        entry.target = match pace {
+            Pace::Reconcile(r) => r,
+            Pace::Normal | Pace::Quiet(_) => entry.idle_for.clamp(self.interval, max),
         };
         let target = entry.target;
         let snapshot = self.plan(&inner);
@@ -184,14 +203,14 @@ impl Pacer {
                 info!("the request budget covers every project's target interval again");
             }
         }
-        let factor = match (activity, reconcile) {
+        let factor = match (activity, pace) {
             // A reconciliation is the safety net under hooks and costs one request per
             // interval: not stretched (its demand is planned, so other idle projects give way).
             // The idle stretch is sized for idle projects polled every `poll.interval` right
             // after a start (26× in the 1,000-project benchmark) and would push it hours away.
-            (_, Some(_)) => 1.0,
-            (Activity::Busy, None) => snapshot.stretch.busy,
-            (Activity::Idle, None) => snapshot.stretch.idle,
+            (_, Pace::Reconcile(_)) => 1.0,
+            (Activity::Busy, _) => snapshot.stretch.busy,
+            (Activity::Idle, _) => snapshot.stretch.idle,
         };
         let delay = target.mul_f64(factor.clamp(1.0, MAX_STRETCH));
         if let Some(e) = inner.entries.get_mut(&key) {
@@ -418,5 +437,25 @@ mod tests {
         assert!(idle > 4 * 30 * S, "{idle:?}");
         // A project whose hooks arrive is still reconciled every 10 min.
         assert_eq!(p.after_reconcile(2000, 1, 600 * S), 600 * S);
+    }
+
+    #[test]
+    fn a_quiet_project_backs_off_up_to_the_reconcile_interval() {
+        let p = Pacer::new(30 * S, 600 * S, 1e9);
+        let quiet: Vec<u64> = (0..10)
+            .map(|_| p.after_quiet(1, 1, 3600 * S).as_secs())
+            .collect();
+        assert_eq!(quiet, [30, 30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        // A cap below poll.max_interval never shortens the normal back-off.
+        let quiet: Vec<u64> = (0..7)
+            .map(|_| p.after_quiet(2, 1, 60 * S).as_secs())
+            .collect();
+        assert_eq!(quiet, [30, 30, 60, 120, 240, 480, 600]);
+        // Its first job: back to `poll.interval` at once; then the normal cap again.
+        assert_eq!(p.after_cycle(1, 1, Activity::Busy), 30 * S);
+        let idle: Vec<u64> = (0..7)
+            .map(|_| p.after_cycle(1, 1, Activity::Idle).as_secs())
+            .collect();
+        assert_eq!(idle, [30, 60, 120, 240, 480, 600, 600]);
     }
 }

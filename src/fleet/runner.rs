@@ -135,8 +135,8 @@ pub struct Scheduler {
     slots: std::sync::Mutex<Slots>,
     permits: Arc<Semaphore>,
     interval: Duration,
-    /// `webhook.reconcile_interval` (unused without webhooks: no project receives hooks).
-    reconcile_interval: Duration,
+    /// `webhook.reconcile_interval`; `None` without webhooks.
+    reconcile_interval: Option<Duration>,
     pacer: Pacer,
     readiness: Arc<Readiness>,
     health: Arc<Health>,
@@ -213,10 +213,7 @@ impl Scheduler {
             slots: std::sync::Mutex::new(slots),
             permits: Arc::new(Semaphore::new(cfg.poll.concurrency)),
             interval: cfg.poll.interval,
-            reconcile_interval: cfg
-                .webhook
-                .as_ref()
-                .map_or(cfg.poll.max_interval, |w| w.reconcile_interval),
+            reconcile_interval: cfg.webhook.as_ref().map(|w| w.reconcile_interval),
             pacer: Pacer::new(
                 cfg.poll.interval,
                 cfg.poll.max_interval,
@@ -432,11 +429,15 @@ impl Scheduler {
                 Some(d)
             }
             NextPoll::Paced(activity) => Some(self.pacer.after_cycle(key, requests, activity)),
-            NextPoll::Reconcile => Some(self.pacer.after_reconcile(
-                key,
-                requests,
-                self.reconcile_interval,
-            )),
+            NextPoll::Quiet(activity) => Some(match self.reconcile_interval {
+                Some(r) => self.pacer.after_quiet(key, requests, r),
+                None => self.pacer.after_cycle(key, requests, activity),
+            }),
+            NextPoll::Reconcile => Some(match self.reconcile_interval {
+                Some(r) => self.pacer.after_reconcile(key, requests, r),
+                // Unreachable in practice: without webhooks no project receives hooks.
+                None => self.pacer.after_cycle(key, requests, Activity::Idle),
+            }),
         }
     }
 

@@ -227,4 +227,45 @@ mod tests {
             .to_string();
         assert!(line.contains("ref=\"default_branch\""), "{line}\n{page}");
     }
+
+    /// A project that sends no hook and has only a job left `pending` (no runner takes it)
+    /// is quiet: with webhooks on, the job's next change sends a hook, so polling every
+    /// `poll.interval` for it is waste. A running job keeps it busy.
+    #[test]
+    fn only_unchanged_pending_jobs_make_a_project_quiet() {
+        use crate::model::Activity;
+        let metrics =
+            Metrics::new(&Default::default(), usize::MAX, &Default::default()).expect("metrics");
+        let mut p = Project::new(
+            ProjectRef::Id(5),
+            Duration::from_secs(3600),
+            Default::default(),
+            (0, 1),
+        );
+        p.resolved = Some((5, "g/p".into()));
+        let interval = Duration::from_secs(30);
+        let mut events = Vec::new();
+        p.tracker.observe(&job(1, "pending").job, 0.0, &mut events);
+        p.tracker.complete_cycle(Some(1), Some(1));
+        // A cycle that counted something is busy.
+        p.cycle_completed(1, &metrics);
+        assert_eq!(p.next_poll(interval), NextPoll::Paced(Activity::Busy));
+        // Nothing counted, only a pending job: quiet (still busy for polling without webhooks).
+        p.cycle_completed(events.len(), &metrics);
+        assert_eq!(p.next_poll(interval), NextPoll::Quiet(Activity::Busy));
+        // Another job running: busy again.
+        p.tracker.observe(&job(2, "running").job, 0.0, &mut events);
+        p.cycle_completed(0, &metrics);
+        assert_eq!(p.next_poll(interval), NextPoll::Paced(Activity::Busy));
+        // Both done: idle, and quiet.
+        p.tracker.observe(&job(1, "success").job, 0.0, &mut events);
+        p.tracker.observe(&job(2, "success").job, 0.0, &mut events);
+        p.cycle_completed(0, &metrics);
+        assert_eq!(p.next_poll(interval), NextPoll::Quiet(Activity::Idle));
+        // Once its hooks arrive it is reconciled instead; once they miss, paced normally.
+        p.feed_hook(&job(3, "success"), 0.0, &metrics);
+        assert_eq!(p.next_poll(interval), NextPoll::Reconcile);
+        p.polled_completions(1, &metrics);
+        assert_eq!(p.next_poll(interval), NextPoll::Paced(Activity::Idle));
+    }
 }

@@ -33,6 +33,10 @@ pub enum NextPoll {
     Paced(Activity),
     /// Its hooks arrive: only to reconcile, every `webhook.reconcile_interval`.
     Reconcile,
+    /// No hook seen yet, and nothing in flight that a hook would not announce (idle, or only
+    /// jobs left `pending` unchanged): with webhooks on, its next change sends a hook, so it
+    /// backs off up to the reconcile interval; without, it is paced at this activity.
+    Quiet(Activity),
 }
 
 /// How polling a project went last time, for logs, back-off and metrics.
@@ -104,6 +108,9 @@ pub struct Project {
     shard: (u32, u32),
     /// Whether the last completed cycle saw activity (kept through failed cycles).
     pub(crate) activity: Activity,
+    /// The last completed cycle counted nothing, and its only jobs in flight are `pending`
+    /// (a job stuck without a runner keeps a project busy for polling alone).
+    pending_only: bool,
     /// Followed jobs counted in `gitlab_jobs_exporter_tracked_jobs` for this project.
     reported_tracked: i64,
     /// Failures in a row of the pipeline-jobs endpoint.
@@ -142,6 +149,7 @@ impl Project {
             labels,
             shard,
             activity: Activity::Busy,
+            pending_only: false,
             reported_tracked: 0,
             pipeline_jobs_failures: 0,
             pipeline_jobs_off: false,
@@ -312,6 +320,12 @@ impl Project {
             ProjectState::NotFound | ProjectState::Elsewhere => NextPoll::Never,
             ProjectState::Unauthorized | ProjectState::Forbidden => self.backoff(interval),
             ProjectState::Ok if self.hooks_suffice() => NextPoll::Reconcile,
+            ProjectState::Ok
+                if self.hooks == HookState::None
+                    && (self.activity == Activity::Idle || self.pending_only) =>
+            {
+                NextPoll::Quiet(self.activity)
+            }
             ProjectState::Ok | ProjectState::Failing => NextPoll::Paced(self.activity),
         }
     }
@@ -339,18 +353,19 @@ impl Project {
     /// A completed cycle: its activity (for pacing) and gauges.
     pub(crate) fn cycle_completed(&mut self, events: usize, metrics: &Metrics) {
         self.completed_cycles += 1;
-        let in_flight = self
-            .tracker
-            .active_counts()
-            .iter()
-            .any(|(s, n)| *n > 0 && !is_waiting(s));
+        let counts = self.tracker.active_counts();
+        let mut in_flight = counts.iter().filter(|(s, n)| **n > 0 && !is_waiting(s));
+        let pending_only = in_flight.clone().all(|(s, _)| *s == JobStatus::Pending);
+        let in_flight = in_flight.next().is_some();
         // Unread gaps too: catching up should not wait for idle back-off.
         let catching_up = !self.tracker.gaps().is_empty();
-        self.activity = if in_flight || catching_up || events > 0 {
+        let changed = catching_up || events > 0;
+        self.activity = if in_flight || changed {
             Activity::Busy
         } else {
             Activity::Idle
         };
+        self.pending_only = in_flight && pending_only && !changed;
         self.report_active(metrics);
     }
 
