@@ -21,20 +21,42 @@ pub const DEMO_LISTEN: &str = "127.0.0.1:39129";
 /// Exit code for configuration errors.
 pub const EXIT_CONFIG: u8 = 2;
 
+/// `--help`'s closing part: what the flags do not say.
+const AFTER_HELP: &str = "\
+Environment:
+  GITLAB_TOKEN           the GitLab token (read_api scope); wins over gitlab.token_file and
+                         gitlab.token
+  GITLAB_WEBHOOK_SECRET  the webhook secret (X-Gitlab-Token); wins over webhook.secret_file
+  GITLAB_JOBS_EXPORTER__SECTION__KEY
+                         overrides a configuration key, e.g.
+                         GITLAB_JOBS_EXPORTER__POLL__INTERVAL=15s for poll.interval
+  RUST_LOG               log filter (default info); RUST_LOG=gitlab_jobs_exporter=debug shows
+                         the exporter's own debug lines only
+  HOSTNAME               with shard.count > 1 and no shard.index: the shard is its -N suffix
+
+Exit codes:
+  0  stopped cleanly (SIGTERM, SIGINT), or the check passed
+  1  a runtime failure (the listen address is taken, the state directory is unusable, ...)
+  2  a configuration or command-line error (the message names the key)
+  3  --check-gitlab: GitLab answered, but something is wrong (listed with the fixes)";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "gitlab-jobs-exporter",
     version,
-    about = "Prometheus exporter that counts every GitLab CI job exactly once"
+    about = "Prometheus exporter that counts every GitLab CI job exactly once",
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// Configuration file (TOML).
     #[arg(long, short = 'c', value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Validate the configuration, print it with the token redacted, and exit.
+    /// Validate the configuration, print the complete effective configuration (defaults
+    /// included, secrets redacted) as TOML that --check-config takes again, and exit.
     #[arg(long)]
     pub check_config: bool,
-    /// Run against a built-in GitLab simulator with lively synthetic projects (no GitLab needed).
+    /// Run against a built-in GitLab simulator with lively synthetic projects (no GitLab needed),
+    /// with a configuration of its own: --config is refused with it (only --listen applies).
     /// Builds without the `demo` feature keep the flag but refuse it (exit code 2).
     #[arg(long, conflicts_with = "check_config")]
     pub demo: bool,
@@ -52,7 +74,7 @@ pub struct Cli {
     pub install_webhooks: Option<String>,
     /// Connect to GitLab with the configuration and say whether the exporter will work: GitLab
     /// reachable and its version, the token's scopes and expiry, each project and group, the
-    /// rate-limit headers, and with [webhook] each project's hook. Read-only. Exit codes: 0 all
+    /// rate-limit headers, and with `[webhook]` each project's hook. Read-only. Exit codes: 0 all
     /// well, 1 GitLab unreachable, 2 configuration error, 3 problems found (each printed with
     /// its fix).
     #[arg(long, conflicts_with_all = ["check_config", "demo", "install_webhooks"])]
@@ -65,6 +87,10 @@ pub struct Cli {
     /// (GitLab never shows a hook's token, so a changed secret is not detected).
     #[arg(long, requires = "install_webhooks")]
     pub update_token: bool,
+    /// How often the INFO summary is logged (jobs counted, requests against the budget,
+    /// projects failing). Hidden: for tests; operators have no reason to change it.
+    #[arg(long, hide = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub summary_interval: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -90,11 +116,20 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if cli.demo && cli.config.is_some() {
+        // Said rather than silently ignored: the file would not be what runs.
+        say(format_args!(
+            "error: --demo runs against a built-in simulator with its own configuration and reads no --config file; drop --config to see the demo, or --demo to use the file"
+        ));
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if cli.demo {
         #[cfg(feature = "demo")]
         return report(
-            inherited_listener(&mut listen_fds)
-                .and_then(|inherited| runtime.block_on(run_demo(cli.listen, inherited))),
+            cli.log_format,
+            inherited_listener(&mut listen_fds).and_then(|inherited| {
+                runtime.block_on(run_demo(cli.listen, cli.summary_interval, inherited))
+            }),
         );
         #[cfg(not(feature = "demo"))]
         {
@@ -107,14 +142,16 @@ pub fn main() -> ExitCode {
     if let Some(url) = &cli.install_webhooks {
         return install_webhooks(&cli, url, &runtime);
     }
-    let cfg = match load_config(&cli, |_| {}) {
+    let mut cfg = match load_config(&cli, |_| {}) {
         Ok(cfg) => cfg,
         Err(e) => {
-            say(format_args!("configuration error: {e}"));
-            error!(error = %e, "configuration error");
+            fatal(cli.log_format, "configuration error", &e);
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(every) = cli.summary_interval {
+        cfg.summary_interval = every;
+    }
     if cli.check_config {
         return print_checked(&cfg);
     }
@@ -126,14 +163,14 @@ pub fn main() -> ExitCode {
     // Whatever still runs (a blocking file operation stuck on a broken disk) must not keep
     // a stopped exporter alive: the HTTP drain and the final checkpoint are done by now.
     runtime.shutdown_timeout(server::DRAIN_TIMEOUT);
-    report(result)
+    report(cli.log_format, result)
 }
 
 /// `--check-config`'s output. A reader that stops early (`| head`) is no failure: the
 /// configuration was checked all the same.
 fn print_checked(cfg: &Settings) -> ExitCode {
     let mut out = std::io::stdout().lock();
-    let written = writeln!(out, "# configuration is valid\n{}", cfg.to_redacted_toml())
+    let written = write!(out, "# configuration is valid\n{}", cfg.to_redacted_toml())
         .and_then(|()| out.flush());
     match written {
         Ok(()) => ExitCode::SUCCESS,
@@ -151,14 +188,23 @@ fn say(args: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "{args}");
 }
 
-fn report(result: anyhow::Result<()>) -> ExitCode {
+fn report(format: LogFormat, result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!(error = format!("{e:#}"), "exiting");
-            say(format_args!("error: {e:#}"));
+            fatal(format, "error", &format_args!("{e:#}"));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error that ends the process, printed once: a plain `what: error` line for a person
+/// (text logs), a log record for a machine (JSON logs, where a plain line would break the
+/// stream). Errors along the way are logged where they happen and not again here.
+fn fatal(format: LogFormat, what: &str, error: &dyn std::fmt::Display) {
+    match format {
+        LogFormat::Text => say(format_args!("{what}: {error}")),
+        LogFormat::Json => error!(error = %error, "{what}; exiting"),
     }
 }
 
@@ -320,9 +366,16 @@ fn inherited_listener(
 /// Runs the exporter until SIGTERM or SIGINT, on the `inherited` socket (socket activation) if
 /// given, else on `server.listen`.
 pub async fn run(cfg: Settings, inherited: Option<std::net::TcpListener>) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let listener = match inherited {
+    let listener = bind(&cfg, inherited).await?;
+    run_on(cfg, listener).await
+}
+
+/// The `inherited` socket (socket activation) if given, else `server.listen` bound.
+async fn bind(
+    cfg: &Settings,
+    inherited: Option<std::net::TcpListener>,
+) -> anyhow::Result<TcpListener> {
+    Ok(match inherited {
         Some(listener) => {
             info!(
                 "serving on the socket handed over by socket activation; server.listen is not used"
@@ -332,7 +385,13 @@ pub async fn run(cfg: Settings, inherited: Option<std::net::TcpListener>) -> any
         None => TcpListener::bind(cfg.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.server.listen))?,
-    };
+    })
+}
+
+/// Runs the exporter on `listener` until SIGTERM or SIGINT.
+async fn run_on(cfg: Settings, listener: TcpListener) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
     serve(cfg, listener, shutdown).await
 }
 
@@ -352,9 +411,14 @@ pub async fn serve(
         None => None,
     };
     app.restore(&cfg).await?;
-    info!(listen = %listener.local_addr()?, gitlab = %cfg.gitlab.url, "serving /metrics");
+    let bound = listener.local_addr()?;
+    info!(listen = %bound, gitlab = %cfg.gitlab.url, "serving /metrics");
     if cfg.webhook.is_some() {
-        let at = app.webhook_listen().unwrap_or(cfg.server.listen);
+        // The address bound (an inherited socket, or port 0 resolved), not the configured one.
+        let at = match &hook_listener {
+            Some(l) => l.local_addr()?,
+            None => bound,
+        };
         info!(listen = %at, "accepting GitLab webhooks on POST /webhook");
     }
     app.run(listener, hook_listener, shutdown).await?;
@@ -390,6 +454,7 @@ async fn cancel_on_signal(token: CancellationToken) {
 #[cfg(feature = "demo")]
 async fn run_demo(
     listen: Option<String>,
+    summary_interval: Option<std::time::Duration>,
     inherited: Option<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
     use std::time::Duration;
@@ -418,13 +483,16 @@ async fn run_demo(
     cfg.webhook.enabled = true;
     cfg.webhook.secret = Some(secret.clone().into());
     cfg.webhook.reconcile_interval = Duration::from_secs(60);
-    let settings = cfg.validate().context("demo configuration")?;
+    let mut settings = cfg.validate().context("demo configuration")?;
+    if let Some(every) = summary_interval {
+        settings.summary_interval = every;
+    }
     crate::status::mark_demo();
     info!(gitlab = %handle.base_url, "demo: simulated GitLab started");
-    let mut exporter = match &inherited {
-        Some(l) => l.local_addr().context("the inherited socket")?,
-        None => settings.server.listen,
-    };
+    // Bound here: the address to open (and to send hooks to) is the one bound (`--listen
+    // 127.0.0.1:0` picks a port).
+    let listener = bind(&settings, inherited).await?;
+    let mut exporter = listener.local_addr().context("the listening socket")?;
     if exporter.ip().is_unspecified() {
         exporter.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
@@ -437,5 +505,7 @@ async fn run_demo(
     .context("cannot start the simulator's webhooks")?;
     let _sending = hooks.spawn();
     info!(to = %format!("http://{exporter}/webhook"), "demo: the simulated GitLab sends Job Hooks");
-    run(settings, inherited).await
+    let url = format!("http://{exporter}/");
+    info!(url = %url, "demo: open {url} in a browser (metrics at {url}metrics)");
+    run_on(settings, listener).await
 }

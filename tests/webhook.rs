@@ -270,6 +270,12 @@ async fn hooks_before_during_and_after_the_first_backfill_count_each_job_once() 
     assert!(h.hook_events("job", "applied").await > 0.0);
     // Both found: by path (11) and by id (12), neither looked up yet.
     assert_eq!(h.hook_events("job", "unwatched").await, 0.0);
+    // 12's path is not known before its lookup: its hooks wait for its first poll (whose
+    // backfill counts their jobs), no series goes out under a placeholder such as "id 12".
+    assert!(h.hook_events("job", "dropped").await > 0.0);
+    let (_, _, page) = h.get("/metrics").await;
+    assert!(!page.contains("id 12"), "{page}");
+    assert!(!page.contains("acme/web/frontend"), "{page}");
     // During: the backfill's requests are slowed down while more hooks arrive.
     h.sim.advance(Duration::from_secs(60));
     for _ in 0..4 {

@@ -81,7 +81,7 @@ impl Config {
                 // serde quotes the value it could not use; this one is not shown.
                 "invalid value (not shown: the key may hold a secret)".to_string()
             } else {
-                e.into_inner().to_string()
+                duration_hint(e.into_inner().to_string())
             };
             // A missing section shows up at the root: name the field serde complains about.
             if key == "." {
@@ -195,6 +195,29 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// serde's message for a duration key given something else (`interval = 30`, which the
+/// environment's parsing may also turn into the string "30"): says what a duration looks like.
+fn duration_hint(message: String) -> String {
+    // serde's `invalid value: string "30", expected a duration`, to which the `config`
+    // crate may add ` for key `poll.interval``.
+    let Some((head, _)) = message.split_once(", expected a duration") else {
+        return message;
+    };
+    let got = head
+        .strip_prefix("invalid type: ")
+        .or_else(|| head.strip_prefix("invalid value: "))
+        .unwrap_or(head);
+    // A number in the file reaches serde as a string: shown as written.
+    let got = got
+        .strip_prefix("string ")
+        .or_else(|| got.strip_prefix("integer "))
+        .unwrap_or(got)
+        .trim_matches(|c| c == '"' || c == '`');
+    format!(
+        "expected a duration such as \"30s\" (a number with its unit: \"30s\", \"5m\", \"1h\"), got {got}"
+    )
 }
 
 /// Values of secret-keyed environment overrides, and `GITLAB_TOKEN`.

@@ -276,3 +276,70 @@ fn redacted_toml_hides_token() {
     assert!(text.contains("<redacted>"), "{text}");
     assert!(!format!("{cfg:?}").contains("glpat-secret"));
 }
+
+#[test]
+fn a_duration_given_as_a_number_says_what_a_duration_looks_like() {
+    for text in [
+        GOOD.replace("interval = \"15s\"", "interval = 30"),
+        GOOD.replace("interval = \"15s\"", "interval = \"30\""),
+    ] {
+        let err = load_text(&text).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(key_of(err), "poll.interval");
+        assert!(msg.contains("a duration such as \"30s\""), "{msg}");
+        assert!(msg.contains("30"), "{msg}");
+    }
+}
+
+/// What `--check-config` prints: every key (the label policy's lists and the shard index
+/// too, as resolved from the host name), no empty table and no bare key before the first
+/// table; and it is a configuration that loads into the same settings, printed the same.
+#[test]
+fn the_effective_configuration_is_complete_and_round_trips() {
+    let text = format!(
+        "{HEAD}token = \"glpat-secret\"\n[shard]\ncount = 3\n[labels]\nrunner = \"type\"\n{TAIL}"
+    );
+    let first = load_text(&text)
+        .unwrap()
+        .to_redacted_toml_for(Some("gje-2"));
+    assert!(first.starts_with("[gitlab]"), "{first}");
+    assert!(!first.contains("glpat-secret"), "{first}");
+    assert!(!first.contains("\n[state]"), "no empty [state]: {first}");
+    assert!(first.contains("# [state] dir is unset"), "{first}");
+    assert!(!first.contains("groups = []"), "{first}");
+    assert!(first.contains("# no [[groups]]"), "{first}");
+    let table: toml::Table = first.parse().expect("valid TOML");
+    assert_eq!(table["shard"]["index"].as_integer(), Some(2), "{first}");
+    assert_eq!(table["shard"]["count"].as_integer(), Some(3), "{first}");
+    assert!(first.contains("from HOSTNAME=gje-2"), "{first}");
+    assert_eq!(table["labels"]["drop"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        table["labels"]["job_rewrites"].as_array().map(Vec::len),
+        Some(0)
+    );
+    assert_eq!(table["projects"][0]["id"].as_integer(), Some(42));
+    // Loaded again (the token is the redacted placeholder: any token loads), on another host.
+    let second = load_text(&first)
+        .unwrap()
+        .to_redacted_toml_for(Some("elsewhere-0"));
+    let again: toml::Table = second.parse().expect("valid TOML");
+    assert_eq!(table, again, "{first}\n---\n{second}");
+}
+
+#[test]
+fn the_effective_configuration_shows_job_rewrites_and_dropped_labels() {
+    let text = format!(
+        "{HEAD}token = \"t\"\n[labels]\ndrop = [\"ref\"]\n[[labels.job_rewrites]]\nmatch = 'rspec (\\w+)'\nreplace = 'rspec-${{1}}'\n{TAIL}"
+    );
+    let out = load_text(&text).unwrap().to_redacted_toml_for(None);
+    let table: toml::Table = out.parse().expect("valid TOML");
+    assert_eq!(table["labels"]["drop"][0].as_str(), Some("ref"), "{out}");
+    assert_eq!(
+        table["labels"]["job_rewrites"][0]["match"].as_str(),
+        Some("rspec (\\w+)"),
+        "{out}"
+    );
+    assert_eq!(table["shard"]["index"].as_integer(), Some(0), "{out}");
+    let again = load_text(&out).unwrap().to_redacted_toml_for(None);
+    assert_eq!(out, again);
+}

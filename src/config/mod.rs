@@ -17,6 +17,7 @@ mod error;
 pub mod labels;
 mod load;
 pub mod raw;
+mod render;
 mod validate;
 
 #[cfg(test)]
@@ -48,6 +49,8 @@ pub const TOKEN_ENV: &str = "GITLAB_TOKEN";
 pub const WEBHOOK_SECRET_ENV: &str = "GITLAB_WEBHOOK_SECRET";
 /// Default listen address. 39129 lies outside Prometheus' (exhausted) 9100–9999 allocation range.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:39129";
+/// How often the running exporter logs its INFO summary.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(600);
 /// Largest token file read: a token is ~50 bytes; this stops `/dev/zero`-like runaways.
 pub const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 /// Largest configuration file read.
@@ -72,15 +75,37 @@ pub struct Settings {
     pub projects: Vec<ProjectRef>,
     /// `[webhook]` when enabled.
     pub webhook: Option<WebhookSettings>,
+    /// How often the INFO summary is logged: [`SUMMARY_INTERVAL`], no configuration key
+    /// (tests set it shorter, through the command line's hidden `--summary-interval`).
+    pub summary_interval: Duration,
     /// The configuration it was made from, for `--check-config` (printed as written, not as
     /// typed, so the output is a configuration file again).
     effective: Config,
 }
 
 impl Settings {
-    /// The effective configuration as TOML, token redacted (for `--check-config`).
+    /// The complete effective configuration as TOML, secrets redacted (for `--check-config`):
+    /// `shard.index` as this replica resolves it (from `HOSTNAME` when not configured).
     pub fn to_redacted_toml(&self) -> String {
-        self.effective.to_redacted_toml()
+        self.to_redacted_toml_for(std::env::var("HOSTNAME").ok().as_deref())
+    }
+
+    /// [`Settings::to_redacted_toml`] on a host named `hostname`.
+    pub fn to_redacted_toml_for(&self, hostname: Option<&str>) -> String {
+        let (index, count) = self.shard.resolve(hostname);
+        let from = match (self.effective.shard.index, hostname) {
+            (Some(_), _) => None,
+            (None, Some(h)) if count > 1 => Some(format!(
+                "{index} from HOSTNAME={}",
+                crate::model::text::Bounded(h)
+            )),
+            (None, _) if count > 1 => Some(format!("{index} (HOSTNAME has no -N ordinal)")),
+            (None, _) => None,
+        };
+        self.effective.render(&render::Effective {
+            shard_index: index,
+            shard_index_from: from,
+        })
     }
 
     /// The GitLab token.

@@ -400,9 +400,4 @@ impl Config {
             webhook: WebhookConfig::default(),
         }
     }
-
-    /// The effective configuration as TOML, token redacted (for `--check-config`).
-    pub fn to_redacted_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
-    }
 }

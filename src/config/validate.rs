@@ -52,6 +52,7 @@ impl Config {
             discovery,
             projects: projects(&self.projects)?,
             webhook,
+            summary_interval: super::SUMMARY_INTERVAL,
             effective: self.clone(),
         })
     }

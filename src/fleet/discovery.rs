@@ -96,8 +96,12 @@ pub async fn discover(
         if pass.capped {
             break;
         }
-        if let Err(e) = list(client, metrics, index, &name, first, &limit, &mut pass).await {
-            warn!(error = %e, "project discovery incomplete; the projects this source listed before are kept");
+        // The client's own warnings (a retry, a rate limit) name the source through this span.
+        let span = tracing::info_span!("discovery", source = %name);
+        let listed = list(client, metrics, index, &name, first, &limit, &mut pass);
+        if let Err(e) = tracing::Instrument::instrument(listed, span).await {
+            warn!(source = %e.source_name, endpoint = e.error.endpoint(), error = %e.error,
+                "project discovery incomplete; the projects this source listed before are kept");
             if let Some(kind) = e.error.uncounted_kind() {
                 metrics.api_error(kind);
             }

@@ -18,13 +18,14 @@ mod checkpoint;
 mod discover;
 mod drivers;
 mod hooks;
+mod progress;
 mod readiness;
 mod view;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -154,6 +155,14 @@ pub struct Scheduler {
     max_projects: usize,
     /// Set while `run` runs: where new projects' tasks are spawned.
     tasks: std::sync::Mutex<Option<(TaskTracker, CancellationToken)>>,
+    /// `gitlab.max_requests_per_minute`, for the summary.
+    max_requests_per_minute: f64,
+    /// How often the summary is logged.
+    summary_interval: Duration,
+    /// Jobs counted by the projects' first cycles since start (for the ready line).
+    backfill_jobs: AtomicU64,
+    /// The ready line was logged.
+    ready_announced: AtomicBool,
 }
 
 impl Scheduler {
@@ -193,7 +202,8 @@ impl Scheduler {
                 ended: false,
                 poke: Default::default(),
             });
-            // Known by id from the start: its hooks count before the first lookup.
+            // Known by id from the start: its hooks find it (and wait for its lookup, which
+            // gives the label they are counted under).
             if let Some(id) = p.id() {
                 slots.configured_by_id.insert(id, key);
             }
@@ -228,6 +238,10 @@ impl Scheduler {
             discovery: cfg.discovery.clone(),
             max_projects: cfg.limits.max_projects.saturating_sub(cfg.projects.len()),
             tasks: std::sync::Mutex::new(None),
+            max_requests_per_minute: cfg.gitlab.max_requests_per_minute,
+            summary_interval: cfg.summary_interval,
+            backfill_jobs: AtomicU64::new(0),
+            ready_announced: AtomicBool::new(false),
         });
         // From the start: every project is one not polled yet.
         scheduler.export_watched();
@@ -331,7 +345,7 @@ impl Scheduler {
         slot: &Slot,
         result: &Result<CycleStats, PollError>,
     ) -> NextPoll {
-        let (next, resolved_id, refused_or_gone, newly_ready) = {
+        let (next, resolved_id, refused_or_gone, newly_ready, label) = {
             let mut p = slot.poller.project();
             // Ready once polled, or known to be gone (it would otherwise hold readiness
             // forever). Refused (401/403) counts too: a project the token cannot read must not
@@ -354,11 +368,16 @@ impl Scheduler {
                     ProjectState::Forbidden | ProjectState::NotFound | ProjectState::Elsewhere
                 );
             let id = p.resolved().map(|(id, _)| *id);
-            (p.next_poll(self.interval), id, refused_or_gone, newly_ready)
+            // Only a cycle of this replica's counts as a first cycle.
+            let label = (p.state() != ProjectState::Elsewhere).then(|| p.label());
+            (
+                p.next_poll(self.interval),
+                id,
+                refused_or_gone,
+                newly_ready,
+                label,
+            )
         };
-        if newly_ready {
-            self.readiness.mark_one();
-        }
         if slot.discovered.is_none()
             && let Some(id) = resolved_id
         {
@@ -367,7 +386,7 @@ impl Scheduler {
             slots.configured_by_id.insert(id, key);
         }
         self.dirty.store(true, Ordering::Release);
-        let changed = {
+        let (changed, first) = {
             let mut slots = self.slots();
             let polled = result.is_ok() && slots.polled_ok.insert(key);
             let refusal = if refused_or_gone {
@@ -375,10 +394,17 @@ impl Scheduler {
             } else {
                 slots.refused_or_gone.remove(&key)
             };
-            polled || refusal
+            (polled || refusal, polled)
         };
+        if first && let (Ok(stats), Some(label)) = (result, &label) {
+            self.first_cycle_done(label, stats);
+        }
         if changed {
             self.export_watched();
+        }
+        if newly_ready {
+            self.readiness.mark_one();
+            self.announce_if_ready();
         }
         next
     }
@@ -533,6 +559,10 @@ impl Scheduler {
         if discovering {
             tracker.spawn(self.clone().discovery_loop(shutdown.clone()));
         }
+        tracker.spawn(
+            self.clone()
+                .summary_loop(self.summary_interval, shutdown.clone()),
+        );
         shutdown.cancelled().await;
         tracker.close();
         tracker.wait().await;

@@ -114,6 +114,19 @@ impl ApiError {
         }
     }
 
+    /// The endpoint the failed request was for (`jobs`, `project`, ...), for logs.
+    pub fn endpoint(&self) -> &'static str {
+        match self {
+            Self::Status { endpoint, .. }
+            | Self::RateLimited { endpoint, .. }
+            | Self::Transport { endpoint, .. }
+            | Self::Decode { endpoint, .. }
+            | Self::Link { endpoint, .. }
+            | Self::BadItem { endpoint, .. }
+            | Self::TooLong { endpoint, .. } => endpoint,
+        }
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             Self::Status { status, .. } => Some(*status),
@@ -555,7 +568,14 @@ impl GitlabClient {
             // Only the kind: the error itself (with GitLab's message) is logged once, by the
             // caller, when the retries are used up.
             .notify(|e: &ApiError, wait: Duration| {
-                warn!(endpoint, kind = e.kind(), status = ?e.status(), wait_ms = wait.as_millis() as u64, "GitLab request failed; retrying");
+                // The project, when there is one, is the caller's span (`poll`, `discovery`).
+                warn!(
+                    endpoint,
+                    kind = e.kind(),
+                    status = e.status(),
+                    wait_ms = wait.as_millis() as u64,
+                    "GitLab request failed; retrying"
+                );
             })
             .await
     }

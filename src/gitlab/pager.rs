@@ -143,6 +143,14 @@ pub enum PageError {
 }
 
 impl PageError {
+    /// The endpoint of the request that failed, if one did.
+    pub fn endpoint(&self) -> Option<&'static str> {
+        match self {
+            Self::Api(e) | Self::Link(e) => Some(e.endpoint()),
+            Self::Loop | Self::Capped { .. } => None,
+        }
+    }
+
     /// The `api_errors_total{kind}` this stop is counted under by the caller that treats it as
     /// an error, when the client has not counted it already.
     pub fn uncounted_kind(&self) -> Option<&'static str> {

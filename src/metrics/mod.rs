@@ -13,7 +13,7 @@ mod own;
 pub mod recent;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -111,6 +111,18 @@ pub struct Metrics {
     logged_statuses: Mutex<BTreeSet<String>>,
     /// Requests to GitLab in the last minute (the status page).
     recent: recent::RecentRequests,
+    /// Since start, for the log's summaries (see [`Metrics::totals`]).
+    jobs_counted: AtomicU64,
+    requests_sent: AtomicU64,
+}
+
+/// What the exporter did since start (not carried across restarts): for the logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Completed jobs counted (polled or hooked).
+    pub jobs_counted: u64,
+    /// Requests sent to GitLab (each attempt, whatever the answer).
+    pub requests: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +137,7 @@ fn with<T: Metric + Clone>(
     match vec.get_metric_with_label_values(labels) {
         Ok(m) => Some(m),
         Err(e) => {
-            error!(error = %e, ?labels, "metric label mismatch (a bug)");
+            error!(error = %e, labels = %labels.join(","), "metric label mismatch (a bug)");
             None
         }
     }
@@ -174,6 +186,8 @@ impl Metrics {
             new_reasons: Mutex::new(BTreeSet::new()),
             logged_statuses: Mutex::new(BTreeSet::new()),
             recent: recent::RecentRequests::default(),
+            jobs_counted: AtomicU64::new(0),
+            requests_sent: AtomicU64::new(0),
         })
     }
 
@@ -182,6 +196,12 @@ impl Metrics {
         if events.is_empty() {
             return;
         }
+        let completed = events
+            .iter()
+            .filter(|e| matches!(e, Event::Completed { .. }))
+            .count();
+        self.jobs_counted
+            .fetch_add(completed as u64, Ordering::Relaxed);
         let events = self.bound_failure_reasons(events);
         let events = &events[..];
         let mut jobs = self.lock_jobs();
@@ -316,8 +336,17 @@ impl Metrics {
         }
     }
 
+    /// What the exporter did since start.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            jobs_counted: self.jobs_counted.load(Ordering::Relaxed),
+            requests: self.requests_sent.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn observe_request(&self, endpoint: &str, code: &str, seconds: f64) {
         self.recent.record_at(std::time::Instant::now());
+        self.requests_sent.fetch_add(1, Ordering::Relaxed);
         if let Some(c) = with(&self.api.api_requests, &[endpoint, code]) {
             c.inc();
         }
@@ -618,22 +647,24 @@ impl Metrics {
             Some(page) => page,
             None => self.render_live()?,
         };
-        let mut page = String::from_utf8_lossy(&page).into_owned();
-        page.push_str(&String::from_utf8_lossy(&self.render_unpersisted()?));
-        Ok(page)
+        let [plain, unpersisted, histograms] = around(page, self.render_unpersisted()?);
+        Ok([plain, unpersisted, histograms]
+            .iter()
+            .map(|b| String::from_utf8_lossy(b))
+            .collect())
     }
 
     /// The `/metrics` page in shared chunks (concatenated, they are [`Metrics::render`]).
     /// Scrapes arriving while a live render runs share its bytes: a burst of scrapes of a
     /// large page costs one render and one copy of the page, not one per scrape.
-    pub async fn scrape(self: &Arc<Self>) -> Result<[Bytes; 2], MetricsError> {
+    pub async fn scrape(self: &Arc<Self>) -> Result<[Bytes; 3], MetricsError> {
         // Bound first: the guard must be gone before the await.
         let published = lock(&self.published).clone();
         let head = match published {
             Some(page) => page,
             None => self.shared_live_render().await?,
         };
-        Ok([head, self.render_unpersisted()?])
+        Ok(around(head, self.render_unpersisted()?))
     }
 
     async fn shared_live_render(self: &Arc<Self>) -> Result<Bytes, MetricsError> {
@@ -696,7 +727,9 @@ impl Metrics {
         jobs: &BTreeMap<String, jobs::ProjectSeries>,
     ) -> Result<String, MetricsError> {
         families.extend(jobs::families(jobs.iter(), &self.bounds, &self.layout));
-        families.sort_by(|a, b| a.name().cmp(b.name()));
+        // What a reader looks for first: the job counter, then the gauges and counters; the
+        // hundreds of histogram bucket lines last.
+        families.sort_by(|a, b| (rank(a), a.name()).cmp(&(rank(b), b.name())));
         let mut buf = Vec::new();
         TextEncoder::new().encode(&families, &mut buf)?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
@@ -708,6 +741,43 @@ impl Metrics {
         *lock(&self.published) = Some(Bytes::from(page));
         self.last_checkpoint.set(written_unix);
     }
+}
+
+/// Where a family goes on the page (see [`Metrics::render_with`]).
+fn rank(family: &prometheus::proto::MetricFamily) -> u8 {
+    use prometheus::proto::MetricType;
+    match family.get_field_type() {
+        MetricType::HISTOGRAM | MetricType::SUMMARY => 3,
+        _ if family.name() == "gitlab_ci_jobs_total" => 0,
+        _ if family.name().starts_with("gitlab_ci_") => 1,
+        _ => 2,
+    }
+}
+
+/// A rendered page with the never-published families placed before its histograms, so they
+/// stay with the other counters and gauges: `[page before its histograms, unpersisted,
+/// histograms]` (slices of the same bytes, no copy).
+fn around(page: Bytes, unpersisted: Bytes) -> [Bytes; 3] {
+    let at = histograms_start(&page);
+    [page.slice(..at), unpersisted, page.slice(at..)]
+}
+
+/// Where the first histogram family (its `# HELP` line) begins in a page rendered by
+/// [`Metrics::render_with`]; the page's length when it has none.
+fn histograms_start(page: &[u8]) -> usize {
+    let mut offset = 0;
+    let mut help = None;
+    for line in page.split_inclusive(|b| *b == b'\n') {
+        if line.starts_with(b"# HELP ") {
+            help = Some(offset);
+        } else if line.starts_with(b"# TYPE ") && line.trim_ascii_end().ends_with(b" histogram") {
+            return help.unwrap_or(offset);
+        } else if !line.starts_with(b"#") {
+            help = None;
+        }
+        offset += line.len();
+    }
+    page.len()
 }
 
 /// Series per job family (counter, duration, queued) over all projects.

@@ -46,7 +46,7 @@ impl RecentRequests {
         slot.1 += 1;
     }
 
-    /// Requests in the last [`WINDOW`] seconds up to `now` (the current second included).
+    /// Requests in the last 60 seconds up to `now` (the current second included).
     pub fn last_minute_at(&self, now: Instant) -> u64 {
         let s = self.second(now);
         let oldest = s.saturating_sub(WINDOW as u64 - 1);
@@ -57,7 +57,7 @@ impl RecentRequests {
             .sum()
     }
 
-    /// Seconds since counting began, at most [`WINDOW`]: the window the count covers.
+    /// Seconds since counting began, at most 60: the window the count covers.
     pub fn window_secs_at(&self, now: Instant) -> u64 {
         (self.second(now) + 1).min(WINDOW as u64)
     }

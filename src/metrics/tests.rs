@@ -139,3 +139,65 @@ fn renders_before_any_job_and_after_some() {
         "{page}"
     );
 }
+
+/// `/metrics` opens with the job counter, then the other counters and gauges (the
+/// never-published checkpoint ones among them); the histograms' bucket lines come last.
+#[tokio::test]
+async fn the_page_puts_the_job_counter_and_gauges_before_the_histograms() {
+    use crate::model::JobStatus;
+    use crate::tracker::{Event, JobLabels};
+    let m = Arc::new(Metrics::new(&MetricsSettings::default(), 100, &Default::default()).unwrap());
+    let labels = JobLabels {
+        ref_: "main".into(),
+        stage: "test".into(),
+        name: "rspec".into(),
+        tag: false,
+        runner: None,
+    };
+    m.apply(
+        "g/p",
+        &[
+            Event::Started {
+                labels: labels.clone(),
+                queued_duration: 3.0,
+            },
+            Event::Completed {
+                labels,
+                status: JobStatus::Success,
+                failure_reason: String::new(),
+                duration: Some(30.0),
+                finished_at: Some(1_790_000_000.0),
+            },
+        ],
+    );
+    m.observe_request("jobs", "200", 0.1);
+    let check = |page: &str| {
+        let types: Vec<(&str, &str)> = page
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .collect();
+        assert_eq!(
+            types.first().map(|t| t.0),
+            Some("gitlab_ci_jobs_total"),
+            "{page}"
+        );
+        let first_histogram = types.iter().position(|t| t.1 == "histogram");
+        let last_other = types.iter().rposition(|t| t.1 != "histogram");
+        assert!(first_histogram.is_some(), "{page}");
+        assert!(last_other < first_histogram, "{types:?}");
+        assert!(page.contains("gitlab_jobs_exporter_checkpoint_failures_total 0"));
+    };
+    // Live, and as published from a checkpoint.
+    check(&m.render().unwrap());
+    let chunks = m.scrape().await.unwrap();
+    check(
+        &chunks
+            .iter()
+            .map(|b| String::from_utf8_lossy(b))
+            .collect::<String>(),
+    );
+    let page = m.render_with(m.own_families(), &m.lock_jobs()).unwrap();
+    m.publish(page, 1_790_000_000.0);
+    check(&m.render().unwrap());
+}

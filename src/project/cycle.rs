@@ -87,6 +87,16 @@ pub enum PollError {
     CatchUp(#[source] ApiError),
 }
 
+impl PollError {
+    /// The endpoint of the request that failed, if one did.
+    pub fn endpoint(&self) -> Option<&'static str> {
+        match self {
+            Self::Api(e) | Self::CatchUp(e) => Some(e.endpoint()),
+            Self::PaginationLoop | Self::Aborted => None,
+        }
+    }
+}
+
 /// The project's state after a cycle that ended so.
 fn state_after(result: &Result<(), PollError>) -> ProjectState {
     match result {
@@ -268,7 +278,9 @@ impl ProjectPoller {
             server_now: 0.0,
             stats: CycleStats::default(),
         };
-        let result = cycle.run().await;
+        // The client's own warnings (a retry, a rate limit) name the project through this span.
+        let span = tracing::info_span!("poll", project = %self.project().label());
+        let result = tracing::Instrument::instrument(cycle.run(), span).await;
         let stats = cycle.stats;
         if record_outcome(&mut self.project(), &result, client, metrics) {
             return Ok(stats);
@@ -297,23 +309,8 @@ fn record_outcome(
         Ok(()) => p.last_success = Some(now),
         Err(e) => p.last_error = Some((now, crate::model::text::bounded(&e.to_string()))),
     }
-    if state != p.state {
-        // Logged once per change, not once per cycle: a revoked token must not flood logs.
-        match (result, state) {
-            (Ok(()), _) => info!(project = %p.label(), "polling works again"),
-            // Never found at all: most likely a wrong path or id, or a wrong gitlab.url.
-            (Err(e), ProjectState::NotFound) if p.resolved.is_none() => error!(
-                project = %p.label(), url = %client.project_url(&p.reference.api_id()), error = %e,
-                "configured project not found: this URL answered 404 (check the project's path or id, gitlab.url, and that the token's user can see the project); /readyz stays not ready; looking it up again later"),
-            (Err(e), ProjectState::NotFound) => error!(project = %p.label(), error = %e,
-                "project not found (deleted, moved, or invisible to the token); no longer polled"),
-            (Err(e), ProjectState::Unauthorized | ProjectState::Forbidden) => error!(
-                project = %p.label(), error = %e,
-                "GitLab refuses the token (expired, revoked, or missing the read_api scope or Reporter access); backing off, last metrics kept"),
-            (Err(_), _) => {}
-        }
-        p.state = state;
-    }
+    log_outcome(p, result, state, client);
+    p.state = state;
     p.denials = match state {
         ProjectState::Unauthorized | ProjectState::Forbidden => p.denials.saturating_add(1),
         ProjectState::NotFound if p.resolved.is_none() => p.denials.saturating_add(1),
@@ -321,10 +318,47 @@ fn record_outcome(
     };
     // No placeholder label ("id 42") that would change once the path is known: a project
     // configured by id shows its state from its first successful lookup on.
-    if p.resolved.is_some() || p.reference.path().is_some() {
+    if !p.label_unknown() {
         metrics.set_project_state(&p.label(), state.as_str(), ProjectState::ALL);
     }
     false
+}
+
+/// Each failed cycle's error, logged once (here, not where it happened) with the project and
+/// the endpoint. A refusal or a missing project is logged when the state changes, not every
+/// cycle: a revoked token must not flood the logs.
+fn log_outcome(
+    p: &Project,
+    result: &Result<(), PollError>,
+    state: ProjectState,
+    client: &GitlabClient,
+) {
+    let changed = state != p.state;
+    let project = p.label();
+    let Err(e) = result else {
+        if changed {
+            info!(project = %project, "polling works again");
+        }
+        return;
+    };
+    let endpoint = e.endpoint();
+    match state {
+        _ if !changed && state != ProjectState::Failing => {
+            debug!(project = %project, endpoint, error = %e, "poll cycle failed again");
+        }
+        // Never found at all: most likely a wrong path or id, or a wrong gitlab.url.
+        ProjectState::NotFound if p.resolved.is_none() => error!(
+            project = %project, endpoint, url = %client.project_url(&p.reference.api_id()), error = %e,
+            "configured project not found: this URL answered 404 (check the project's path or id, gitlab.url, and that the token's user can see the project); /readyz stays not ready; looking it up again later"),
+        ProjectState::NotFound => error!(project = %project, endpoint, error = %e,
+            "project not found (deleted, moved, or invisible to the token); no longer polled"),
+        ProjectState::Unauthorized | ProjectState::Forbidden => error!(
+            project = %project, endpoint, error = %e,
+            "GitLab refuses the token (expired, revoked, or missing the read_api scope or Reporter access); backing off, last metrics kept"),
+        _ => {
+            warn!(project = %project, endpoint, error = %e, "poll cycle failed; will retry next cycle")
+        }
+    }
 }
 
 /// One cycle in progress: what its requests need, and what it has read so far. Holds the
@@ -386,12 +420,19 @@ impl<'a> Cycle<'a> {
                 p.cycle_completed(self.stats.events, self.metrics);
                 self.metrics
                     .poll_finished(&label, true, Project::local_now());
-                debug!(project = %label, stats = ?self.stats, "poll cycle done");
+                debug!(
+                    project = %label,
+                    requests = self.stats.requests,
+                    pages = self.stats.pages,
+                    events = self.stats.events,
+                    completed = self.stats.completed,
+                    "poll cycle done"
+                );
             }
-            Err(e) => {
+            // Logged once, with the project's state (`record_outcome`).
+            Err(_) => {
                 self.metrics
                     .poll_finished(&label, false, Project::local_now());
-                warn!(project = %label, error = %e, "poll cycle failed; will retry next cycle");
             }
         }
         result
@@ -424,8 +465,8 @@ impl<'a> Cycle<'a> {
             .client
             .project(&reference.api_id())
             .await
-            .inspect_err(|e| {
-                warn!(project = %reference, error = %e, "cannot look up project");
+            // Logged once, with the project's state (`record_outcome`).
+            .inspect_err(|_| {
                 if let Some(path) = &counted {
                     self.metrics
                         .poll_finished(path, false, Project::local_now());
@@ -445,12 +486,8 @@ impl<'a> Cycle<'a> {
                 self.metrics.rename_project(path, &label, ProjectState::ALL);
             }
             Some(_) => {}
-            None if !elsewhere => {
-                // Hooks may have counted jobs under its id before the lookup: they move.
-                self.metrics
-                    .rename_project(&reference.to_string(), &label, ProjectState::ALL);
-                self.metrics.poll_started(&label);
-            }
+            // Its first series: nothing went out before the lookup (hooks wait for it too).
+            None if !elsewhere => self.metrics.poll_started(&label),
             None => {}
         }
         Ok(!elsewhere)

@@ -47,6 +47,10 @@ impl Project {
     /// Applies one Job Hook's job (`now`: our clock, unix seconds). The caller has checked
     /// that the hook is this project's.
     pub fn feed_hook(&mut self, hook: &JobHook, now: f64, metrics: &Metrics) -> Seen {
+        if self.label_unknown() {
+            // No series under a placeholder label: its first poll counts the job.
+            return Seen::Deferred;
+        }
         let job = &hook.job;
         if self.default_branch.is_none() {
             // Before the lookup only the hook says which branch is the default one.
@@ -194,11 +198,23 @@ mod tests {
             ref_: RefMode::Kind,
             ..Default::default()
         };
-        let mut p = Project::new(ProjectRef::Id(5), Duration::from_secs(3600), labels, (0, 1));
+        // Configured by path (by id, a hook waits for the lookup: no label yet).
+        let mut p = Project::new(
+            ProjectRef::Path("G/P".into()),
+            Duration::from_secs(3600),
+            labels.clone(),
+            (0, 1),
+        );
         assert_eq!(
             p.feed_hook(&job(1, "success"), 0.0, &metrics),
             Seen::Changed
         );
+        let mut by_id = Project::new(ProjectRef::Id(5), Duration::from_secs(3600), labels, (0, 1));
+        assert_eq!(
+            by_id.feed_hook(&job(2, "success"), 0.0, &metrics),
+            Seen::Deferred
+        );
+        assert!(!metrics.render().expect("render").contains("id 5"));
         // The first lookup (ProjectPoller::resolve): GitLab says `main` is the default branch.
         let before = p.label();
         p.resolved = Some((5, "g/p".into()));

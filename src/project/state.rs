@@ -298,7 +298,14 @@ impl Project {
         }
     }
 
-    /// The `project` label: `path_with_namespace` once known.
+    /// Configured by id and not looked up yet: no `project` label to export under (the
+    /// path is not known; a placeholder would change under the alerts' feet).
+    pub fn label_unknown(&self) -> bool {
+        self.resolved.is_none() && self.reference.path().is_none()
+    }
+
+    /// The `project` label: `path_with_namespace` once known, else the configured path. For
+    /// logs only while [`Project::label_unknown`] (`id 42`): never exported then.
     pub fn label(&self) -> String {
         match &self.resolved {
             Some((_, path)) => path.clone(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{Scheduler, SharedPoller, Slot, Slots, TaskKey};
 use crate::fleet::discovery::{self, Pass};
@@ -242,16 +242,29 @@ impl Scheduler {
                 stats = self.discover() => stats,
             };
             if stats.complete {
-                info!(?stats, "project discovery done");
+                info!(
+                    found = stats.found,
+                    added = stats.added,
+                    revived = stats.revived,
+                    retired = stats.retired,
+                    removed = stats.removed,
+                    renamed = stats.renamed,
+                    requests = stats.requests,
+                    "project discovery done"
+                );
                 failures = 0;
                 if !ready {
                     ready = true;
                     self.readiness.mark_discovered();
+                    self.announce_if_ready();
                 }
             } else {
                 failures = failures.saturating_add(1);
-                warn!(
-                    ?stats,
+                // The failed sources' errors are logged already, each once.
+                info!(
+                    found = stats.found,
+                    added = stats.added,
+                    requests = stats.requests,
                     "project discovery incomplete: projects it missed are added, none removed; trying again soon"
                 );
             }

@@ -103,6 +103,15 @@ impl Scheduler {
                 let job = &d.hook.job;
                 let (seen, maybe_reset) = {
                     let mut p = slot.poller.project();
+                    if p.label_unknown() {
+                        // Configured by id, not looked up yet: its `project` label is not
+                        // known, and no series goes out under a placeholder. Left to its
+                        // first poll (due at once at start), whose backfill counts the job;
+                        // no poke, which would defeat a refused lookup's back-off.
+                        drop(p);
+                        self.metrics.webhook_event("job", "dropped");
+                        return;
+                    }
                     let known_final = !p.tracker.is_followed(job.id);
                     let seen = p.feed_hook(&d.hook, d.received_at, &self.metrics);
                     (seen, seen == Seen::Stale && known_final)

@@ -77,7 +77,7 @@ impl Cycle<'_> {
                 Err(PageError::Loop) => return Ok(GapEnd::Abandoned),
                 // An unusable `Link` on a page inside the gap: like a refused cursor.
                 Err(PageError::Link(e)) => {
-                    warn!(project = %self.label, error = %e, "unusable link while catching up; reading down from the top instead");
+                    warn!(project = %self.label, endpoint = e.endpoint(), error = %e, "unusable link while catching up; reading down from the top instead");
                     self.metrics.api_error("catch_up_cursor");
                     pager.restart();
                     prev_min = None;
@@ -88,7 +88,7 @@ impl Cycle<'_> {
                 // cost but stay harmless.
                 Err(PageError::Api(e)) if pager.cursor().is_some() && cursor_refused(&e) => {
                     self.stats.requests += 1;
-                    warn!(project = %self.label, error = %e, "GitLab refused the catch-up cursor; reading down from the top instead");
+                    warn!(project = %self.label, endpoint = e.endpoint(), error = %e, "GitLab refused the catch-up cursor; reading down from the top instead");
                     self.metrics.api_error("catch_up_cursor");
                     // The top page is above the ones read so far: no loop.
                     pager.restart();

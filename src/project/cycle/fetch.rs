@@ -67,7 +67,7 @@ impl Cycle<'_> {
                 Ok(missing) => {
                     self.lock().pipeline_jobs_failures = 0;
                     if !missing.is_empty() {
-                        debug!(project = %self.label, pipeline, ?missing, "jobs missing from their pipeline's job list; fetching them singly");
+                        debug!(project = %self.label, pipeline, missing = missing.len(), "jobs missing from their pipeline's job list; fetching them singly");
                     }
                     singles.extend(missing);
                 }
@@ -122,7 +122,7 @@ impl Cycle<'_> {
         e: PollError,
     ) -> Result<(), PollError> {
         let rest: Vec<u64> = group.into_iter().filter(|id| !seen.contains(id)).collect();
-        warn!(project = %self.label, pipeline, error = %e, jobs = rest.len(),
+        warn!(project = %self.label, endpoint = e.endpoint(), pipeline, error = %e, jobs = rest.len(),
             "cannot read the pipeline's job list; fetching its jobs singly");
         let asked = rest.len();
         let gone = self.fetch_each(rest).await?;
@@ -251,7 +251,7 @@ impl Cycle<'_> {
             let job = match self.client.job(&self.api_id, job_id).await {
                 // Counted (bad_job); still followed, so a GitLab that mends it is counted.
                 Err(e @ ApiError::BadItem { .. }) => {
-                    warn!(project = %self.label, job_id, error = %e, "a followed job does not decode; skipped this cycle");
+                    warn!(project = %self.label, endpoint = e.endpoint(), job_id, error = %e, "a followed job does not decode; skipped this cycle");
                     continue;
                 }
                 r => r?,

@@ -260,11 +260,11 @@ impl Cycle<'_> {
                     self.metrics.api_error("page_limit");
                     return Ok(seen);
                 }
-                Err(PollError::Api(ApiError::Status { status: 400, .. }))
+                Err(PollError::Api(e @ ApiError::Status { status: 400, .. }))
                     if pager.cursor().is_none() && !legacy =>
                 {
                     self.stats.requests += 1;
-                    warn!(project = %self.label, "GitLab rejected the newer statuses in scope[]; using the older list");
+                    warn!(project = %self.label, endpoint = e.endpoint(), "GitLab rejected the newer statuses in scope[]; using the older list");
                     self.lock().legacy_scopes = true;
                     legacy = true;
                     // A new listing: the refused request does not count against its cap.
