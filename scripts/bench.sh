@@ -210,9 +210,9 @@ scrape() {
 metrics_run() {
 	local size=$1 args
 	case $size in
-	1k) args=(--projects 20 --busy-share 1 --busy-rate 10) ;;
-	10k) args=(--projects 100 --busy-share 1 --busy-rate 30) ;;
-	100k) args=(--projects 800 --busy-share 1 --busy-rate 40) ;;
+	1k) args=(--projects 30 --busy-share 1 --busy-rate 10) ;;
+	10k) args=(--projects 115 --busy-share 1 --busy-rate 30) ;;
+	100k) args=(--projects 950 --busy-share 1 --busy-rate 40) ;;
 	*) die "unknown series size $size (1k, 10k or 100k)" ;;
 	esac
 	start_sim "m$size" "${args[@]}" --history 3600 --duration 3600 --idle-rate 0
@@ -235,8 +235,8 @@ metrics_run() {
 			-v b="$before" -v h="$hwm" -v r="$took" 'BEGIN {
 				split(p, P, " "); split(g, G, " ");
 				printf "| %s | %s | %.0f ms | %.1f MB | %.0f MB/s | %.0f ms | %.1f MB (%s) | %.1f MiB | %.1f MiB | %d s |",
-					k == "ours" ? "ours" : "naive (Python)", s, P[1] * 1000, P[2] / 1e6,
-					P[1] > 0 ? P[2] / 1e6 / P[1] : 0, G[1] * 1000, G[2] / 1e6, e,
+					(k == "ours" ? "ours" : "naive (Python)"), s, P[1] * 1000, P[2] / 1e6,
+					(P[1] > 0 ? P[2] / 1e6 / P[1] : 0), G[1] * 1000, G[2] / 1e6, e,
 					b / 1024, h / 1024, r }')")
 		log "m$size-$kind: $series series, plain $plain, gzip-asked $gz ($enc)"
 		stop "$pid"
@@ -267,7 +267,7 @@ main() {
 		"CPU-s per 1,000 requests" "CPU per request, median of ${WINDOW}-s windows"
 		"peak RSS (VmHWM)" "ready (first cycle done) after" "jobs counted (sum of gitlab_ci_jobs_total)")
 	echo
-	echo "### Cost: $PROJECTS projects discovered through a group, ${BUSY_SHARE} busy, ~${JOBS_PER_MIN} jobs completing/min"
+	echo "### Cost: $PROJECTS projects discovered through a group, $(awk -v s="$BUSY_SHARE" 'BEGIN {printf "%g%%", s * 100}') busy, ~${JOBS_PER_MIN} jobs completing/min"
 	echo
 	echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, profile \`$PROFILE\`, budget $BUDGET/min, ${SECS} s per run, each exporter against its own fresh simulator process."
 	echo

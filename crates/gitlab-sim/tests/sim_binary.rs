@@ -24,13 +24,23 @@ fn get(addr: &str, path: &str) -> (String, String) {
     let mut reply = String::new();
     s.read_to_string(&mut reply).expect("read");
     let (head, body) = reply.split_once("\r\n\r\n").expect("a head and a body");
-    (head.lines().next().unwrap_or("").to_owned(), body.to_owned())
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
 }
 
 #[test]
 fn starts_serves_the_group_and_counts_requests() {
     let child = Command::new(BIN)
-        .args(["--projects", "5", "--busy-share", "0.2", "--jobs-per-min", "10"])
+        .args([
+            "--projects",
+            "5",
+            "--busy-share",
+            "0.2",
+            "--jobs-per-min",
+            "10",
+        ])
         .args(["--history", "600", "--duration", "120", "--token", "t0k"])
         .args(["--group", "g"])
         .stdout(Stdio::piped())

@@ -69,7 +69,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         if flag == "--help" || flag == "-h" {
             return Err(USAGE.into());
         }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
         match flag.as_str() {
             "--listen" => a.listen = value,
@@ -122,8 +124,15 @@ fn generate(a: &Args, now: Ms, busy_rate: f64) -> World {
 fn completions_per_min(world: &World, busy: u64, from: Ms, to: Ms) -> (f64, f64) {
     let (mut b, mut i) = (0u64, 0u64);
     for job in world.jobs() {
-        if job.completed_at(Ms::MAX).is_some_and(|t| t >= from && t < to) {
-            if job.project_id <= busy { b += 1 } else { i += 1 }
+        if job
+            .completed_at(Ms::MAX)
+            .is_some_and(|t| t >= from && t < to)
+        {
+            if job.project_id <= busy {
+                b += 1
+            } else {
+                i += 1
+            }
         }
     }
     let minutes = (to - from) as f64 / 60_000.0;
@@ -241,7 +250,9 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let addr = listener.local_addr().map_or(args.listen.clone(), |a| a.to_string());
+    let addr = listener
+        .local_addr()
+        .map_or(args.listen.clone(), |a| a.to_string());
     sim.set_external_url(&format!("http://{addr}"));
     println!("gitlab-sim listening on http://{addr}");
     println!(
