@@ -15,7 +15,7 @@
 #   BENCH_BUDGET=20000      gitlab.max_requests_per_minute of the exporter ("generous")
 #   BENCH_SERIES="1k 10k 100k"  /metrics worlds to measure (empty: none)
 #   BENCH_NAIVE=1           0: skip the naive baseline
-#   BENCH_PERF=0            N > 0: also record N s of `perf record -g` of the exporter, top frames
+#   BENCH_PERF=0            N > 0: also profile the exporter's first N s (own run) with `perf record -g`
 #   BENCH_PROFILE=bench-release  cargo profile (release with line tables and symbols)
 #   BENCH_KEEP=0            1: keep the temp dir (logs, configs, perf.data)
 set -euo pipefail
@@ -159,7 +159,8 @@ cpu_run() {
 		kill -0 "$pid" 2>/dev/null || die "$name exited: $(tail -5 "$TMP/$name.err")"
 		now_t=$(ticks "$pid")
 		now_r=$(sim_total "$sim_url")
-		echo "$((now_t - prev_t)) $((now_r - prev_r))" >>"$samples"
+		# The third column: 1 when the window began after the first cycle was done.
+		echo "$((now_t - prev_t)) $((now_r - prev_r)) $([[ -n $ready ]] && echo 1 || echo 0)" >>"$samples"
 		prev_t=$now_t prev_r=$now_r
 		if [[ -z $ready ]] && curl -fsS -o /dev/null "$url/readyz" 2>/dev/null; then
 			ready="$((SECONDS - t0)) s"
@@ -177,24 +178,35 @@ cpu_run() {
 	# The median over WINDOW-second windows that served at least 20 requests.
 	R_MEDIAN=$(awk -v hz="$HZ" '$2 >= 20 {printf "%.6f\n", $1 / hz / $2 * 1000}' "$samples" | sort -n |
 		awk '{v[NR] = $1} END {if (NR == 0) print "n/a"; else if (NR % 2) printf "%.2f ms", v[(NR + 1) / 2]; else printf "%.2f ms", (v[NR / 2] + v[NR / 2 + 1]) / 2}')
+	R_STEADY=$(awk -v hz="$HZ" -v w="$WINDOW" '$3 == 1 {t += $1; r += $2; n += 1}
+		END {if (r) printf "%.2f (%.0f requests/min)", t / hz / r * 1000, r * 60 / (n * w); else print "n/a"}' "$samples")
 	R_WALL=$wall
-	if ((PERF > 0)) && [[ $kind == ours ]]; then perf_profile "$pid"; fi
 	stop "$pid"
 	stop "$sim_pid"
 	log "$name: $R_REQ requests in $wall s, CPU $R_CPU s, peak RSS $(mib "$R_HWM"), ready after $R_READY"
 }
 
-perf_profile() {
+# perf_run: a fresh simulator and exporter, `perf record -g` of the exporter from its start for
+# PERF seconds (first cycle and steady state)
+perf_run() {
 	command -v perf >/dev/null || {
 		log "perf not found: no profile"
 		return 0
 	}
-	log "perf: recording $PERF s of the exporter (pid $1)"
-	perf record -g -p "$1" -o "$TMP/perf.data" -- sleep "$PERF" >"$TMP/perf.log" 2>&1 || {
+	start_sim perf --projects "$PROJECTS" --busy-share "$BUSY_SHARE" --jobs-per-min "$JOBS_PER_MIN"
+	local sim_pid=$SIM_PID
+	start_ours perf "$SIM_URL"
+	log "perf: recording $PERF s of the exporter (pid $EXP_PID) from its start"
+	perf record -g -p "$EXP_PID" -o "$TMP/perf.data" -- sleep "$PERF" >"$TMP/perf.log" 2>&1 || {
 		log "perf record failed: $(tail -3 "$TMP/perf.log")"
-		return 0
 	}
-	perf report -i "$TMP/perf.data" --stdio --no-children -g none --percent-limit 0.5 2>/dev/null | grep -E '^ +[0-9.]+%' | head -15 >"$TMP/perf.top" || true
+	stop "$EXP_PID"
+	stop "$sim_pid"
+	[[ -s $TMP/perf.data ]] || return 0
+	local report=(perf report -i "$TMP/perf.data" --stdio --no-children -g none --percent-limit 0.3)
+	"${report[@]}" 2>/dev/null | grep -E '^ +[0-9.]+%' | head -15 >"$TMP/perf.top" || true
+	"${report[@]}" --sort dso 2>/dev/null | grep -E '^ +[0-9.]+%' | head -6 >"$TMP/perf.dso" || true
+	"${report[@]}" 2>/dev/null | grep -m1 '^# Samples' >"$TMP/perf.samples" || true
 }
 
 # scrape URL [HEADER]: "seconds bytes" of one /metrics (median of 3)
@@ -253,18 +265,19 @@ main() {
 	[[ -x $EXP && -x $SIM ]] || die "binaries not found in $TARGET/$PROFILE"
 
 	cpu_run ours ours
-	local o=("$R_RPM" "$R_REQ" "$R_CPU" "$R_PER_K" "$R_MEDIAN" "$(mib "$R_HWM")" "$R_READY" "$R_COUNTED")
-	local n=("—" "—" "—" "—" "—" "—" "—" "—")
+	local o=("$R_RPM" "$R_REQ" "$R_CPU" "$R_PER_K" "$R_STEADY" "$R_MEDIAN" "$(mib "$R_HWM")" "$R_READY" "$R_COUNTED")
+	local n=("—" "—" "—" "—" "—" "—" "—" "—" "—")
 	if ((NAIVE)); then
 		cpu_run naive naive
-		n=("$R_RPM" "$R_REQ" "$R_CPU" "$R_PER_K" "$R_MEDIAN" "$(mib "$R_HWM")" "$R_READY" "$R_COUNTED")
+		n=("$R_RPM" "$R_REQ" "$R_CPU" "$R_PER_K" "$R_STEADY" "$R_MEDIAN" "$(mib "$R_HWM")" "$R_READY" "$R_COUNTED")
 	fi
+	((PERF > 0)) && perf_run
 	METRICS_ROWS=()
 	local size
 	for size in $SERIES; do metrics_run "$size"; done
 
 	local labels=("requests/min" "requests served in ${SECS} s" "CPU-s in ${SECS} s (utime+stime)"
-		"CPU-s per 1,000 requests" "CPU per request, median of ${WINDOW}-s windows"
+		"CPU-s per 1,000 requests" "CPU-s per 1,000 requests after the first cycle" "CPU per request, median of ${WINDOW}-s windows"
 		"peak RSS (VmHWM)" "ready (first cycle done) after" "jobs counted (sum of gitlab_ci_jobs_total)")
 	echo
 	echo "### Cost: $PROJECTS projects discovered through a group, $(awk -v s="$BUSY_SHARE" 'BEGIN {printf "%g%%", s * 100}') busy, ~${JOBS_PER_MIN} jobs completing/min"
@@ -287,10 +300,16 @@ main() {
 	fi
 	if [[ -s $TMP/perf.top ]]; then
 		echo
-		echo "### perf: top frames of the exporter ($PERF s, \`perf report --no-children\`)"
+		echo "### perf: the exporter's first $PERF s (\`perf record -g\`; \`perf report --no-children\`), $(sed 's/^# //' "$TMP/perf.samples")"
 		echo
 		echo '```'
 		cat "$TMP/perf.top"
+		echo '```'
+		echo
+		echo "By object (\`--sort dso\`):"
+		echo
+		echo '```'
+		cat "$TMP/perf.dso"
 		echo '```'
 	fi
 }
