@@ -73,12 +73,14 @@ free_port() {
 start_sim() {
 	local name=$1
 	shift
+	# Made here: the background child opens its redirections asynchronously.
+	: >"$TMP/$name.sim.out"
 	"$SIM" --listen 127.0.0.1:0 --token "$TOKEN" "$@" >"$TMP/$name.sim.out" 2>"$TMP/$name.sim.err" &
 	SIM_PID=$!
 	PIDS+=("$SIM_PID")
 	local i
 	for ((i = 0; i < 600; i++)); do
-		SIM_URL=$(sed -n 's/^gitlab-sim listening on //p' "$TMP/$name.sim.out")
+		SIM_URL=$(sed -n 's/^gitlab-sim listening on //p' "$TMP/$name.sim.out" 2>/dev/null)
 		[[ -n $SIM_URL ]] && curl -fsS -o /dev/null "$SIM_URL/__sim/stats" 2>/dev/null && {
 			log "$name: $(sed -n 2p "$TMP/$name.sim.out")"
 			return 0
