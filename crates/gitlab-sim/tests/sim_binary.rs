@@ -50,9 +50,11 @@ fn starts_serves_the_group_and_counts_requests() {
     let mut sim = Running(child);
     let stdout = sim.0.stdout.take().expect("piped stdout");
     let mut first = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut first)
-        .expect("the first line");
+    let mut lines = BufReader::new(stdout);
+    lines.read_line(&mut first).expect("the first line");
+    // Keep reading: the simulator prints more, and a closed pipe would make its next
+    // `println!` panic (EPIPE), killing it mid-test.
+    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
     let addr = first
         .trim()
         .strip_prefix("gitlab-sim listening on http://")
