@@ -478,3 +478,20 @@ async fn a_rate_limited_gitlab_is_a_problem_about_the_rate_limit() {
     assert!(!run.stdout.contains("login page"), "{}", run.stdout);
     assert!(run.stdout.contains("rate limit"), "{}", run.stdout);
 }
+
+/// `/api/v4/version` redirected (http:// to https://, or a login page): exit 3, and the fix
+/// says that gitlab.url redirects (the exporter never follows a redirect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_says_gitlab_url_redirects() {
+    let (sim, handle) = start_sim().await;
+    // Not retried: one answer is all the check sees.
+    sim.push_fault(Fault::Raw {
+        status: 301,
+        headers: vec![("location".into(), b"https://gitlab.example.com/".to_vec())],
+        body: Vec::new(),
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = check(&config(dir.path(), &handle.base_url, ""), &[]).await;
+    assert_eq!(run.code, Some(3), "{}", run.stdout);
+    assert!(run.stdout.contains("redirect"), "{}", run.stdout);
+}

@@ -29,6 +29,8 @@ pub(super) enum Failure {
     /// Another 403: the token's user lacks a role.
     Forbidden,
     NotFound,
+    /// 3xx: `gitlab.url` leads elsewhere (redirects are never followed).
+    Redirect,
     /// 429: GitLab answered, but refuses requests for now.
     RateLimited,
     Other,
@@ -47,6 +49,7 @@ pub(super) fn classify(e: &ApiError) -> Failure {
         ApiError::Status { status: 403, .. } => Failure::Forbidden,
         ApiError::Status { status: 404, .. } => Failure::NotFound,
         ApiError::RateLimited { .. } => Failure::RateLimited,
+        ApiError::Status { status, .. } if (300..400).contains(status) => Failure::Redirect,
         _ => Failure::Other,
     }
 }
@@ -90,6 +93,14 @@ pub(super) async fn gitlab(client: &GitlabClient, report: &mut Report, seen: &mu
             report.problem(
                 "gitlab.url does not lead to GitLab's API (/api/v4/version answered 404)",
                 "set gitlab.url to the address of GitLab's web interface, without /api/v4",
+            );
+            false
+        }
+        Failure::Redirect => {
+            report.row("gitlab", Status::Fail, format!("redirected ({e})"));
+            report.problem(
+                format!("gitlab.url redirects elsewhere ({e}); the exporter never follows a redirect, so that the token goes nowhere else"),
+                "set gitlab.url to the address GitLab itself answers on (often https:// rather than http://; open gitlab.url/api/v4/version in a browser to see where it leads)",
             );
             false
         }
@@ -340,7 +351,7 @@ impl ProjectCheck {
                 format!("project {name}: GitLab refused the request for now ({e})"),
                 RATE_LIMITED.to_string(),
             ),
-            Failure::Unreachable | Failure::Other => (
+            Failure::Unreachable | Failure::Redirect | Failure::Other => (
                 format!("{what} ({e})"),
                 format!("project {name}: GitLab's answer could not be used ({e})"),
                 "run the check again; if it persists, look at GitLab's logs for this request".to_string(),
