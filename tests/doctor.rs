@@ -457,3 +457,41 @@ async fn a_hostile_version_answer_is_bounded_and_escaped() {
     assert!(!run.stdout.contains('\u{1b}') && !run.stdout.lines().any(|l| l.starts_with("FAKE")));
     assert!(run.stdout.len() < 20_000, "{} bytes", run.stdout.len());
 }
+
+/// GitLab rate-limiting the token (429, twice: the retry too): exit 3 with a fix about the
+/// rate limit, not one about a login page in front of GitLab.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_gitlab_is_a_problem_about_the_rate_limit() {
+    let (sim, handle) = start_sim().await;
+    for _ in 0..2 {
+        sim.push_fault(Fault::Raw {
+            status: 429,
+            headers: vec![("retry-after".into(), b"1".to_vec())],
+            body: b"Retry later".to_vec(),
+        });
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = check(&config(dir.path(), &handle.base_url, ""), &[]).await;
+    assert_eq!(run.code, Some(3), "{}", run.stdout);
+    let gitlab = row(&run, "gitlab").expect("row");
+    assert!(gitlab.contains("rate limited (HTTP 429)"), "{gitlab}");
+    assert!(!run.stdout.contains("login page"), "{}", run.stdout);
+    assert!(run.stdout.contains("rate limit"), "{}", run.stdout);
+}
+
+/// `/api/v4/version` redirected (http:// to https://, or a login page): exit 3, and the fix
+/// says that gitlab.url redirects (the exporter never follows a redirect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_says_gitlab_url_redirects() {
+    let (sim, handle) = start_sim().await;
+    // Not retried: one answer is all the check sees.
+    sim.push_fault(Fault::Raw {
+        status: 301,
+        headers: vec![("location".into(), b"https://gitlab.example.com/".to_vec())],
+        body: Vec::new(),
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = check(&config(dir.path(), &handle.base_url, ""), &[]).await;
+    assert_eq!(run.code, Some(3), "{}", run.stdout);
+    assert!(run.stdout.contains("redirect"), "{}", run.stdout);
+}

@@ -15,6 +15,8 @@ pub const EXPIRY_WARNING_DAYS: i64 = 14;
 
 pub(super) const NEW_TOKEN: &str = "create a token with the read_api scope (a personal access token, or a project or group access token with the Reporter role) and put it in GITLAB_TOKEN or gitlab.token_file";
 
+const RATE_LIMITED: &str = "wait for GitLab's rate limit to reset and run the check again; if it recurs, other clients of the token's user use up its limit: lower their rate or gitlab.max_requests_per_minute";
+
 /// What a failed request says about the setup.
 #[derive(Debug)]
 pub(super) enum Failure {
@@ -27,6 +29,10 @@ pub(super) enum Failure {
     /// Another 403: the token's user lacks a role.
     Forbidden,
     NotFound,
+    /// 3xx: `gitlab.url` leads elsewhere (redirects are never followed).
+    Redirect,
+    /// 429: GitLab answered, but refuses requests for now.
+    RateLimited,
     Other,
 }
 
@@ -42,6 +48,8 @@ pub(super) fn classify(e: &ApiError) -> Failure {
         } if message.starts_with("insufficient_scope") => Failure::Scope,
         ApiError::Status { status: 403, .. } => Failure::Forbidden,
         ApiError::Status { status: 404, .. } => Failure::NotFound,
+        ApiError::RateLimited { .. } => Failure::RateLimited,
+        ApiError::Status { status, .. } if (300..400).contains(status) => Failure::Redirect,
         _ => Failure::Other,
     }
 }
@@ -85,6 +93,22 @@ pub(super) async fn gitlab(client: &GitlabClient, report: &mut Report, seen: &mu
             report.problem(
                 "gitlab.url does not lead to GitLab's API (/api/v4/version answered 404)",
                 "set gitlab.url to the address of GitLab's web interface, without /api/v4",
+            );
+            false
+        }
+        Failure::Redirect => {
+            report.row("gitlab", Status::Fail, format!("redirected ({e})"));
+            report.problem(
+                format!("gitlab.url redirects elsewhere ({e}); the exporter never follows a redirect, so that the token goes nowhere else"),
+                "set gitlab.url to the address GitLab itself answers on (often https:// rather than http://; open gitlab.url/api/v4/version in a browser to see where it leads)",
+            );
+            false
+        }
+        Failure::RateLimited => {
+            report.row("gitlab", Status::Fail, format!("reachable, but {e}"));
+            report.problem(
+                format!("GitLab refuses requests for now ({e})"),
+                RATE_LIMITED,
             );
             false
         }
@@ -322,7 +346,12 @@ impl ProjectCheck {
                 format!("project {name} refused (HTTP 401)"),
                 NEW_TOKEN.to_string(),
             ),
-            Failure::Unreachable | Failure::Other => (
+            Failure::RateLimited => (
+                format!("{what} ({e})"),
+                format!("project {name}: GitLab refused the request for now ({e})"),
+                RATE_LIMITED.to_string(),
+            ),
+            Failure::Unreachable | Failure::Redirect | Failure::Other => (
                 format!("{what} ({e})"),
                 format!("project {name}: GitLab's answer could not be used ({e})"),
                 "run the check again; if it persists, look at GitLab's logs for this request".to_string(),

@@ -389,3 +389,28 @@ async fn a_server_clock_far_off_is_ignored_counted_and_logged_once() {
         "{text}"
     );
 }
+
+/// GitLab (or a proxy) echoing the token in an error: never shown, not even the part before
+/// the 200-byte cut of a long message (the error reaches logs, the status page and the doctor).
+#[tokio::test]
+async fn a_token_echoed_in_an_error_is_never_shown_even_cut() {
+    let s = setup(0).await;
+    for pad in [0, 185, 190] {
+        let body = serde_json::json!({"message": format!("{}{TOKEN} is unknown", "x".repeat(pad))});
+        s.sim.push_fault(raw(
+            401,
+            &[("content-type", b"application/json")],
+            &serde_json::to_vec(&body).unwrap(),
+        ));
+        let shown = s.client.project("1").await.expect_err("401").to_string();
+        assert!(!shown.contains(&TOKEN[..10]), "pad {pad}: {shown}");
+    }
+    let html = format!("<html>502 Bad Gateway for {TOKEN}</html>");
+    s.sim
+        .push_fault(raw(502, &[("content-type", b"text/html")], html.as_bytes()));
+    let shown = s.client.project("1").await.expect_err("502").to_string();
+    assert!(
+        !shown.contains(TOKEN) && shown.contains("<redacted>"),
+        "{shown}"
+    );
+}

@@ -699,6 +699,8 @@ impl GitlabClient {
             }
         }
         if !status.is_success() {
+            // The token out before the message is cut to size: a cut one would show its start.
+            let body = redact(&body, self.token.expose_secret());
             return Err(ApiError::Status {
                 endpoint,
                 status: status.as_u16(),
@@ -848,6 +850,24 @@ fn decode_error(endpoint: &'static str, e: &serde_json::Error, body: &[u8]) -> A
             text::bounded_bytes(body)
         ),
     }
+}
+
+/// `body` with every occurrence of `token` replaced by `<redacted>` (an error body that echoes
+/// it: its message reaches logs, the status page and `--check-gitlab`).
+fn redact<'a>(body: &'a [u8], token: &str) -> std::borrow::Cow<'a, [u8]> {
+    let t = token.as_bytes();
+    if t.is_empty() || !body.windows(t.len()).any(|w| w == t) {
+        return std::borrow::Cow::Borrowed(body);
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest = body;
+    while let Some(at) = rest.windows(t.len()).position(|w| w == t) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(b"<redacted>");
+        rest = &rest[at + t.len()..];
+    }
+    out.extend_from_slice(rest);
+    std::borrow::Cow::Owned(out)
 }
 
 /// GitLab's error bodies: `{"message": …}` or `{"error": …, "error_description": …}`, bounded
