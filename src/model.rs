@@ -412,7 +412,9 @@ fn capped_option_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Strin
 
 /// RFC 3339 with any offset (GitLab renders in the instance's time zone). Unparsable → `None`.
 fn lenient_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-    Ok(lenient::Scalar::deserialize(d)?.as_str().and_then(parse_time))
+    Ok(lenient::Scalar::deserialize(d)?
+        .as_str()
+        .and_then(parse_time))
 }
 
 pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {

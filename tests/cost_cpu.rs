@@ -100,7 +100,16 @@ async fn cpu_per_request_and_peak_rss() {
     let pid = child.id();
     let perf = std::env::var("COST_PERF").ok().map(|out| {
         Command::new("perf")
-            .args(["record", "-F", "997", "-g", "-o", &out, "-p", &pid.to_string()])
+            .args([
+                "record",
+                "-F",
+                "997",
+                "-g",
+                "-o",
+                &out,
+                "-p",
+                &pid.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -270,7 +270,7 @@ mod tests {
         }
         at.sort();
         // The first at once, then one per period: never two in the same second.
-        assert_eq!(at, (0..4).map(|s| Duration::from_secs(s)).collect::<Vec<_>>());
+        assert_eq!(at, (0..4).map(Duration::from_secs).collect::<Vec<_>>());
         // A request after a quiet spell goes at once (no slots saved up: no burst).
         tokio::time::advance(Duration::from_secs(10)).await;
         let before = Instant::now();

@@ -8,8 +8,8 @@
 
 use std::borrow::Cow;
 
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// Any JSON value, skipped. Each level goes through `deserialize_any`, so serde_json's recursion
 /// limit still applies (as it did to a `Value`); strings are checked, never copied.
