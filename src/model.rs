@@ -7,6 +7,7 @@
 //! other (`tests/layers.rs` keeps it that way).
 
 pub mod hook;
+mod lenient;
 pub mod text;
 
 use chrono::{DateTime, Utc};
@@ -19,8 +20,8 @@ pub type ProjectId = u64;
 
 /// A job status. GitLab grows this list over versions, so unknown values are kept verbatim and
 /// treated as non-final (followed until they turn into a known final status).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
 pub enum JobStatus {
     Created,
     WaitingForResource,
@@ -94,9 +95,10 @@ impl JobStatus {
     }
 }
 
-impl From<String> for JobStatus {
-    fn from(s: String) -> Self {
-        match s.as_str() {
+impl JobStatus {
+    /// One of GitLab's 13 statuses, by name.
+    fn known(s: &str) -> Option<Self> {
+        Some(match s {
             "created" => Self::Created,
             "waiting_for_resource" => Self::WaitingForResource,
             "preparing" => Self::Preparing,
@@ -110,8 +112,37 @@ impl From<String> for JobStatus {
             "skipped" => Self::Skipped,
             "manual" => Self::Manual,
             "scheduled" => Self::Scheduled,
-            _ => Self::Unknown(s),
+            _ => return None,
+        })
+    }
+}
+
+impl From<String> for JobStatus {
+    fn from(s: String) -> Self {
+        Self::known(&s).unwrap_or(Self::Unknown(s))
+    }
+}
+
+/// A string, as `From<String>`, without copying the known statuses' names.
+impl<'de> Deserialize<'de> for JobStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Status;
+        impl serde::de::Visitor<'_> for Status {
+            type Value = JobStatus;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a job status")
+            }
+
+            fn visit_str<E>(self, s: &str) -> Result<JobStatus, E> {
+                Ok(JobStatus::known(s).unwrap_or_else(|| JobStatus::Unknown(s.to_owned())))
+            }
+
+            fn visit_string<E>(self, s: String) -> Result<JobStatus, E> {
+                Ok(JobStatus::from(s))
+            }
         }
+        d.deserialize_string(Status)
     }
 }
 
@@ -173,16 +204,16 @@ pub struct JobRunner {
 /// `runner`, if it is an object; a field of the wrong type reads as empty. Anything else
 /// (null, a string, a list) → `None`: a mangled runner must not make the job unreadable.
 fn lenient_runner<'de, D: Deserializer<'de>>(d: D) -> Result<Option<JobRunner>, D::Error> {
-    let v = Option::<serde_json::Value>::deserialize(d)?;
-    let field = |r: &serde_json::Value, k: &str| {
-        r.get(k)
-            .and_then(serde_json::Value::as_str)
+    let fields = lenient::object_fields(d, ["description", "runner_type"])?;
+    let text = |f: &Option<lenient::Scalar<'_>>| {
+        f.as_ref()
+            .and_then(lenient::Scalar::as_str)
             .map(cap_label)
             .unwrap_or_default()
     };
-    Ok(v.filter(serde_json::Value::is_object).map(|r| JobRunner {
-        description: field(&r, "description"),
-        runner_type: field(&r, "runner_type"),
+    Ok(fields.map(|[description, runner_type]| JobRunner {
+        description: text(&description),
+        runner_type: text(&runner_type),
     }))
 }
 
@@ -195,8 +226,8 @@ impl Job {
 
 /// `pipeline.id`, if the job names a pipeline.
 fn lenient_pipeline<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let v = Option::<serde_json::Value>::deserialize(d)?;
-    Ok(v.and_then(|p| p.get("id").and_then(serde_json::Value::as_u64)))
+    let fields = lenient::object_fields(d, ["id"])?;
+    Ok(fields.and_then(|[id]| id?.as_u64()))
 }
 
 /// `GET /projects/:id`.
@@ -376,16 +407,14 @@ fn capped_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
 
 /// Like [`capped_option`], but a value of another type reads as absent.
 fn capped_option_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let v = Option::<serde_json::Value>::deserialize(d)?;
-    Ok(v.as_ref()
-        .and_then(serde_json::Value::as_str)
-        .map(cap_label))
+    Ok(lenient::Scalar::deserialize(d)?.as_str().map(cap_label))
 }
 
 /// RFC 3339 with any offset (GitLab renders in the instance's time zone). Unparsable → `None`.
 fn lenient_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-    let v = Option::<serde_json::Value>::deserialize(d)?;
-    Ok(v.as_ref().and_then(|v| v.as_str()).and_then(parse_time))
+    Ok(lenient::Scalar::deserialize(d)?
+        .as_str()
+        .and_then(parse_time))
 }
 
 pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
@@ -400,8 +429,8 @@ pub const MAX_PLAUSIBLE_SECONDS: f64 = 366.0 * 24.0 * 3600.0;
 /// Seconds as a finite, non-negative, plausible float; anything else (strings, negatives, NaN,
 /// centuries) → `None`, so one absurd value cannot poison a histogram's sum.
 fn lenient_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    let v = Option::<serde_json::Value>::deserialize(d)?;
-    Ok(v.and_then(|v| v.as_f64())
+    Ok(lenient::Scalar::deserialize(d)?
+        .as_f64()
         .filter(|s| s.is_finite() && (0.0..=MAX_PLAUSIBLE_SECONDS).contains(s)))
 }
 

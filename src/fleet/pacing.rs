@@ -28,6 +28,9 @@ const IDLE_FLOOR_SHARE: f64 = 0.2;
 const MAX_STRETCH: f64 = 1_000.0;
 /// Weight of the newest cycle in a project's average rate of extra requests.
 const COST_WEIGHT: f64 = 0.3;
+/// The running sums are recomputed from every project after this many updates, so float
+/// rounding cannot build up over a long run.
+const RESUM_EVERY: u32 = 4096;
 
 /// A project's demand is modelled as one request per cycle (the top page: all an idle project
 /// costs) plus extra requests at a rate set by its activity (more pages, listings, single
@@ -85,14 +88,99 @@ pub struct Pacer {
     inner: Mutex<Inner>,
 }
 
+impl Entry {
+    /// Requests per second at its target delay (one per cycle).
+    fn rate(&self) -> f64 {
+        1.0 / self.target.as_secs_f64().max(1e-3)
+    }
+}
+
+/// The demand of every project, summed as entries change (planning after each cycle would
+/// otherwise walk every project: O(projects) per cycle, O(projects²) per round).
+#[derive(Debug, Default, Clone, Copy)]
+struct Sums {
+    busy: f64,
+    idle: f64,
+    extra: f64,
+    busy_projects: usize,
+    idle_projects: usize,
+    /// Updates since the sums were last recomputed from scratch.
+    updates: u32,
+}
+
+impl Sums {
+    fn of<'a>(entries: impl Iterator<Item = &'a Entry>) -> Self {
+        let mut sums = Self::default();
+        for e in entries {
+            sums.add(e);
+        }
+        sums.updates = 0;
+        sums
+    }
+
+    fn add(&mut self, e: &Entry) {
+        self.extra += e.extra_rate;
+        match e.activity {
+            Activity::Busy => {
+                self.busy += e.rate();
+                self.busy_projects += 1;
+            }
+            Activity::Idle => {
+                self.idle += e.rate();
+                self.idle_projects += 1;
+            }
+        }
+        self.updates += 1;
+    }
+
+    fn sub(&mut self, e: &Entry) {
+        self.extra -= e.extra_rate;
+        match e.activity {
+            Activity::Busy => {
+                self.busy -= e.rate();
+                self.busy_projects -= 1;
+            }
+            Activity::Idle => {
+                self.idle -= e.rate();
+                self.idle_projects -= 1;
+            }
+        }
+        // An empty class demands nothing, exactly (no rounding left behind).
+        if self.busy_projects == 0 {
+            self.busy = 0.0;
+        }
+        if self.idle_projects == 0 {
+            self.idle = 0.0;
+        }
+        if self.busy_projects + self.idle_projects == 0 {
+            self.extra = 0.0;
+        }
+        self.updates += 1;
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     budget_per_second: f64,
     entries: HashMap<u64, Entry>,
-    /// The plan as of the last change: planning walks every project, and the metrics ask
-    /// for it after every cycle.
+    /// Every entry's demand, summed.
+    sums: Sums,
+    /// The plan as of the last change, for the metrics.
     last: Option<PaceSnapshot>,
     degraded: bool,
+}
+
+impl Inner {
+    /// Replaces `key`'s entry (or adds it), keeping the sums.
+    fn put(&mut self, key: u64, entry: Entry) {
+        if let Some(old) = self.entries.insert(key, entry) {
+            self.sums.sub(&old);
+        }
+        self.sums.add(&entry);
+        if self.sums.updates >= RESUM_EVERY {
+            self.sums = Sums::of(self.entries.values());
+        }
+    }
 }
 
 impl Pacer {
@@ -152,7 +240,7 @@ impl Pacer {
 
     fn plan_next(&self, key: u64, requests: usize, activity: Activity, pace: Pace) -> Duration {
         let mut inner = self.lock();
-        let entry = inner.entries.entry(key).or_insert(Entry {
+        let mut entry = inner.entries.get(&key).copied().unwrap_or(Entry {
             extra_rate: 0.0,
             last_delay: None,
             idle_for: Duration::ZERO,
@@ -179,6 +267,7 @@ impl Pacer {
             Pace::Normal | Pace::Quiet(_) => entry.idle_for.clamp(self.interval, max),
         };
         let target = entry.target;
+        inner.put(key, entry);
         let snapshot = self.plan(&inner);
         inner.last = Some(snapshot);
         // Logged on a clear change only (stretch above 1.1, or back to none), so a demand
@@ -222,7 +311,8 @@ impl Pacer {
     /// Forgets a project that is no longer polled (gone, another shard's, or denied).
     pub fn remove(&self, key: u64) {
         let mut inner = self.lock();
-        if inner.entries.remove(&key).is_some() {
+        if let Some(old) = inner.entries.remove(&key) {
+            inner.sums.sub(&old);
             inner.last = None;
         }
     }
@@ -242,22 +332,10 @@ impl Pacer {
     fn plan(&self, inner: &Inner) -> PaceSnapshot {
         // Only the one request per cycle shrinks when cycles are stretched; the extra work
         // (deep jobs completing, bursts of new jobs) comes at its own rate whatever the delay.
-        let (mut busy, mut idle, mut extra) = (0.0, 0.0, 0.0);
-        let (mut busy_projects, mut idle_projects) = (0, 0);
-        for e in inner.entries.values() {
-            let rate = 1.0 / e.target.as_secs_f64().max(1e-3);
-            extra += e.extra_rate;
-            match e.activity {
-                Activity::Busy => {
-                    busy += rate;
-                    busy_projects += 1;
-                }
-                Activity::Idle => {
-                    idle += rate;
-                    idle_projects += 1;
-                }
-            }
-        }
+        let sums = inner.sums;
+        // Rounding of the running sums must not make a demand negative.
+        let (busy, idle, extra) = (sums.busy.max(0.0), sums.idle.max(0.0), sums.extra.max(0.0));
+        let (busy_projects, idle_projects) = (sums.busy_projects, sums.idle_projects);
         let usable = inner.budget_per_second * USABLE_SHARE;
         // Work beyond the budget cannot be planned away; the throttle spreads it out. Cycles
         // keep a tenth of the budget so that every project is still polled.
@@ -400,6 +478,44 @@ mod tests {
         }
         let at_30 = p.snapshot().demand_per_second;
         assert!((at_30 - (1.0 / 30.0 + 0.1)).abs() < 1e-3, "{at_30}");
+    }
+
+    #[test]
+    fn running_sums_match_a_walk_of_every_project() {
+        let p = Pacer::new(30 * S, 600 * S, 60.0);
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let key = rng.u64(0..300);
+            match rng.u8(0..10) {
+                0 => p.remove(key),
+                1..=4 => {
+                    p.after_cycle(key, rng.usize(1..6), Activity::Busy);
+                }
+                5..=7 => {
+                    p.after_cycle(key, 1, Activity::Idle);
+                }
+                8 => {
+                    p.after_reconcile(key, 1, 3600 * S);
+                }
+                _ => {
+                    p.after_quiet(key, 1, 1800 * S);
+                }
+            }
+        }
+        let inner = p.lock();
+        let walked = Sums::of(inner.entries.values());
+        let kept = inner.sums;
+        assert_eq!(
+            (kept.busy_projects, kept.idle_projects),
+            (walked.busy_projects, walked.idle_projects)
+        );
+        for (a, b) in [
+            (kept.busy, walked.busy),
+            (kept.idle, walked.idle),
+            (kept.extra, walked.extra),
+        ] {
+            assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -2,21 +2,11 @@
 //! first waits here. A steady rate (`gitlab.max_requests_per_minute`), a full stop after a 429
 //! until GitLab's reset, and a slow-down as `RateLimit-Remaining` nears zero.
 
-use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use governor::clock::{Clock, MonotonicClock};
-use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
-
-type Limiter = RateLimiter<
-    governor::state::NotKeyed,
-    governor::state::InMemoryState,
-    MonotonicClock,
-    governor::middleware::NoOpMiddleware<<MonotonicClock as Clock>::Instant>,
->;
 
 /// Longest pause of all requests, whatever GitLab's headers ask for.
 pub const MAX_PAUSE: Duration = Duration::from_secs(600);
@@ -50,9 +40,48 @@ impl Limited {
     }
 }
 
+/// The steady rate: one request per `period`, no burst. Each request takes the next free slot
+/// and sleeps on tokio's timer until it comes (no timer thread, no polling: one wake-up per
+/// request), so the budget holds over any window, not only on average.
+#[derive(Debug)]
+struct Slots {
+    period: Duration,
+    /// The earliest instant the next request may start.
+    next: Mutex<Instant>,
+}
+
+impl Slots {
+    fn next(&self) -> std::sync::MutexGuard<'_, Instant> {
+        // A plain instant: still valid if a holder panicked.
+        self.next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes the next free slot and returns when it starts (now, or later).
+    fn take(&self) -> Instant {
+        let mut next = self.next();
+        let at = (*next).max(Instant::now());
+        *next = at + self.period;
+        at
+    }
+
+    /// Takes a slot only if one is free now.
+    #[cfg(test)]
+    fn try_take(&self) -> bool {
+        let mut next = self.next();
+        let now = Instant::now();
+        if *next > now {
+            return false;
+        }
+        *next = now + self.period;
+        true
+    }
+}
+
 pub struct Throttle {
     /// `None` when the budget is too large to matter (a period under a microsecond).
-    limiter: Option<Limiter>,
+    slots: Option<Slots>,
     /// No request may start before this instant (a 429's wait, or a slow-down).
     pause_until: Mutex<Option<Instant>>,
     /// The 429 share of the pause, for `rate_limited_seconds_total` (slow-downs not included).
@@ -68,12 +97,12 @@ impl Throttle {
         let period = (per_minute.is_finite() && per_minute > 0.0)
             .then(|| Duration::from_secs_f64(60.0 / per_minute))
             .filter(|p| *p >= Duration::from_micros(1));
-        let limiter = period.and_then(Quota::with_period).map(|quota| {
-            // No burst: the budget holds over any window, not only on average.
-            RateLimiter::direct_with_clock(quota.allow_burst(NonZeroU32::MIN), MonotonicClock)
+        let slots = period.map(|period| Slots {
+            period,
+            next: Mutex::new(Instant::now()),
         });
         Self {
-            limiter,
+            slots,
             pause_until: Mutex::new(None),
             limited: Mutex::new(Limited {
                 until: None,
@@ -110,8 +139,11 @@ impl Throttle {
                 tick();
                 continue;
             }
-            if let Some(limiter) = &self.limiter {
-                limiter.until_ready().await;
+            if let Some(slots) = &self.slots {
+                let at = slots.take();
+                if at > Instant::now() {
+                    tokio::time::sleep_until(at).await;
+                }
             }
             // A 429 may have arrived while this request waited for its slot.
             match self.paused_until() {
@@ -209,17 +241,42 @@ mod tests {
     #[test]
     fn holds_the_configured_rate_without_burst() {
         let t = Throttle::new(0.5, BASE); // one request every two minutes
-        let limiter = t.limiter.as_ref().expect("limited");
-        assert!(limiter.check().is_ok());
-        assert!(
-            limiter.check().is_err(),
-            "no second request in the same period"
-        );
+        let slots = t.slots.as_ref().expect("limited");
+        assert!(slots.try_take());
+        assert!(!slots.try_take(), "no second request in the same period");
         let fast = Throttle::new(6000.0, BASE);
-        let limiter = fast.limiter.as_ref().expect("limited");
-        assert!(limiter.check().is_ok());
-        assert!(limiter.check().is_err(), "no burst above one");
-        assert!(Throttle::new(1e12, BASE).limiter.is_none());
+        let slots = fast.slots.as_ref().expect("limited");
+        assert!(slots.try_take());
+        assert!(!slots.try_take(), "no burst above one");
+        assert!(Throttle::new(1e12, BASE).slots.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_requests_take_one_slot_each_on_tokios_timer() {
+        let t = std::sync::Arc::new(Throttle::new(60.0, BASE)); // one a second
+        let start = Instant::now();
+        let waits: Vec<_> = (0..4)
+            .map(|_| {
+                let t = t.clone();
+                tokio::spawn(async move {
+                    t.wait(|| {}).await;
+                    Instant::now() - start
+                })
+            })
+            .collect();
+        let mut at = Vec::new();
+        for w in waits {
+            at.push(w.await.expect("wait"));
+        }
+        at.sort();
+        // The first at once, then one per period: never two in the same second.
+        assert_eq!(at, (0..4).map(Duration::from_secs).collect::<Vec<_>>());
+        // A request after a quiet spell goes at once (no slots saved up: no burst).
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let before = Instant::now();
+        t.wait(|| {}).await;
+        t.wait(|| {}).await;
+        assert_eq!(Instant::now() - before, Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]
