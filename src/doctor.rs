@@ -86,6 +86,8 @@ pub async fn run(settings: &Settings, opts: &DoctorOptions) -> Result<Report, Do
         retries: 1,
         min_delay: Duration::from_millis(200),
         max_delay: Duration::from_secs(1),
+        // A rate limit is reported, not waited out (GitLab may ask for minutes).
+        max_pause: Duration::from_secs(5),
         ..RetryPolicy::default()
     };
     let client = Arc::new(GitlabClient::new(

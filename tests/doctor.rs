@@ -466,7 +466,8 @@ async fn a_rate_limited_gitlab_is_a_problem_about_the_rate_limit() {
     for _ in 0..2 {
         sim.push_fault(Fault::Raw {
             status: 429,
-            headers: vec![("retry-after".into(), b"1".to_vec())],
+            // GitLab may ask for minutes: the check reports it rather than wait it out.
+            headers: vec![("retry-after".into(), b"600".to_vec())],
             body: b"Retry later".to_vec(),
         });
     }

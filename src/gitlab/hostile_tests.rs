@@ -80,6 +80,7 @@ async fn setup(retries: usize) -> Setup {
         min_delay: Duration::from_millis(1),
         max_delay: Duration::from_millis(2),
         rate_limit_pause: Duration::from_millis(1),
+        ..RetryPolicy::default()
     };
     let client =
         GitlabClient::new(&gitlab, TOKEN.to_string().into(), retry, metrics.clone()).unwrap();

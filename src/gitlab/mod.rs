@@ -145,6 +145,9 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// First pause after a 429 that names no wait (doubled for each one in a row).
     pub rate_limit_pause: Duration,
+    /// Longest pause of all requests, whatever GitLab's headers ask for (the daemon waits a
+    /// limit out; a one-off command such as `--check-gitlab` reports it instead).
+    pub max_pause: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -154,6 +157,7 @@ impl Default for RetryPolicy {
             min_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(10),
             rate_limit_pause: Duration::from_secs(5),
+            max_pause: throttle::MAX_PAUSE,
         }
     }
 }
@@ -347,7 +351,8 @@ impl GitlabClient {
             http,
             api_base: cfg.url.api_base().clone(),
             token,
-            throttle: throttle::Throttle::new(cfg.max_requests_per_minute, retry.rate_limit_pause),
+            throttle: throttle::Throttle::new(cfg.max_requests_per_minute, retry.rate_limit_pause)
+                .with_max_pause(retry.max_pause),
             retry,
             observer,
             max_clock_skew: cfg.max_clock_skew,

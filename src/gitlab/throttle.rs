@@ -87,8 +87,10 @@ pub struct Throttle {
     /// The 429 share of the pause, for `rate_limited_seconds_total` (slow-downs not included).
     limited: Mutex<Limited>,
     consecutive_429: AtomicU32,
-    /// Pause after a 429 that names no wait: doubled per consecutive 429, up to `MAX_PAUSE`.
+    /// Pause after a 429 that names no wait: doubled per consecutive 429, up to `max_pause`.
     base_pause: Duration,
+    /// Longest pause, whatever GitLab asks for ([`MAX_PAUSE`] unless set otherwise).
+    max_pause: Duration,
 }
 
 impl Throttle {
@@ -111,7 +113,14 @@ impl Throttle {
             }),
             consecutive_429: AtomicU32::new(0),
             base_pause,
+            max_pause: MAX_PAUSE,
         }
+    }
+
+    /// Caps every pause at `max` instead of [`MAX_PAUSE`].
+    pub fn with_max_pause(mut self, max: Duration) -> Self {
+        self.max_pause = max;
+        self
     }
 
     fn paused_until(&self) -> Option<Instant> {
@@ -154,14 +163,14 @@ impl Throttle {
     }
 
     /// Stops every request for `wait` (or a growing backoff when GitLab named none), at most
-    /// [`MAX_PAUSE`]. Returns how much the pause grew, for `rate_limited_seconds_total`.
+    /// the maximum pause. Returns how much the pause grew, for `rate_limited_seconds_total`.
     pub fn rate_limited(&self, wait: Option<Duration>) -> Duration {
         let n = self.consecutive_429.fetch_add(1, Ordering::AcqRel);
         let wait = wait.unwrap_or_else(|| {
             self.base_pause
                 .saturating_mul(2u32.saturating_pow(n.min(16)))
         });
-        let wait = wait.min(MAX_PAUSE);
+        let wait = wait.min(self.max_pause);
         let now = Instant::now();
         let mut limited = self.limited();
         limited.settle(now);
@@ -212,7 +221,7 @@ impl Throttle {
             return Duration::ZERO;
         }
         let spacing = reset_in.div_f64(remaining.max(1.0));
-        self.extend_pause(spacing.min(MAX_PAUSE))
+        self.extend_pause(spacing.min(self.max_pause))
     }
 
     fn extend_pause(&self, wait: Duration) -> Duration {

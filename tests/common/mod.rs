@@ -101,6 +101,7 @@ pub fn fast_retry() -> RetryPolicy {
         min_delay: Duration::from_millis(5),
         max_delay: Duration::from_millis(40),
         rate_limit_pause: Duration::from_millis(50),
+        ..RetryPolicy::default()
     }
 }
 
