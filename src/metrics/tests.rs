@@ -280,8 +280,34 @@ fn gunzip(chunks: &[Bytes]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_gzip_scrapes_share_one_compressed_page() {
     let m = busy_metrics(200);
-    let (a, b, c) = tokio::join!(m.scrape_as(true), m.scrape_as(true), m.scrape_as(false));
-    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    // The render waits for the jobs lock, held here until all three scrapes have joined it
+    // (each holds the shared render): however loaded the machine, none can finish first.
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let m = m.clone();
+        std::thread::spawn(move || {
+            let _jobs = m.lock_jobs();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        })
+    };
+    locked.recv().unwrap();
+    let scrape = |gzip| {
+        let m = m.clone();
+        tokio::spawn(async move { m.scrape_as(gzip).await })
+    };
+    let (a, b, c) = (scrape(true), scrape(true), scrape(false));
+    while lock(&m.rendering).as_ref().map_or(0, Arc::strong_count) < 4 {
+        tokio::task::yield_now().await;
+    }
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let (a, b, c) = (
+        a.await.unwrap().unwrap(),
+        b.await.unwrap().unwrap(),
+        c.await.unwrap().unwrap(),
+    );
     assert_eq!(a.len(), 4);
     assert_eq!(a[0].as_ptr(), b[0].as_ptr(), "one compressed head");
     assert_eq!(a[2].as_ptr(), b[2].as_ptr(), "one compressed tail");
