@@ -292,18 +292,60 @@ async fn status_json(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    match state.metrics.scrape().await {
-        Ok(chunks) => (
-            [(header::CONTENT_TYPE, CONTENT_TYPE)],
-            Body::new(Chunks(chunks.into())),
-        )
-            .into_response(),
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let gzip = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let gzip = accepts_gzip(&gzip);
+    match state.metrics.scrape_as(gzip).await {
+        Ok(chunks) => {
+            let body = Body::new(Chunks(chunks.into()));
+            let vary = (header::VARY, "Accept-Encoding");
+            if gzip {
+                let encoding = (header::CONTENT_ENCODING, "gzip");
+                ([(header::CONTENT_TYPE, CONTENT_TYPE), encoding, vary], body).into_response()
+            } else {
+                ([(header::CONTENT_TYPE, CONTENT_TYPE), vary], body).into_response()
+            }
+        }
         Err(e) => {
             error!(error = %e, "cannot render metrics");
             (StatusCode::INTERNAL_SERVER_ERROR, "cannot render metrics\n").into_response()
         }
     }
+}
+
+/// Whether an `Accept-Encoding` value takes gzip (RFC 9110 §12.5.3): `gzip` (or `x-gzip`)
+/// with a weight above 0, or else `*` with one, and not weighed below `identity`. Without the
+/// header, or with `identity` only, the page goes uncompressed.
+pub fn accepts_gzip(accept_encoding: &str) -> bool {
+    let (mut gzip, mut star, mut identity) = (None, None, None);
+    for item in accept_encoding.split(',') {
+        let mut params = item.split(';');
+        let coding = params
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let q = params
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(Some(1.0), |(_, v)| v.trim().parse::<f64>().ok())
+            // An unreadable weight: as if the coding were not listed.
+            .filter(|q| (0.0..=1.0).contains(q));
+        let Some(q) = q else { continue };
+        match coding.as_str() {
+            "gzip" | "x-gzip" => gzip = Some(q),
+            "*" => star = Some(q),
+            "identity" => identity = Some(q),
+            _ => {}
+        }
+    }
+    let gzip = gzip.or(star).unwrap_or(0.0);
+    gzip > 0.0 && identity.is_none_or(|i| gzip >= i)
 }
 
 /// A body of shared chunks, sent as they are: every concurrent scrape of the same page
@@ -534,6 +576,94 @@ mod tests {
             body.ends_with("gitlab_jobs_exporter_checkpoint_failures_total 0\n"),
             "{body}"
         );
+        stop.cancel();
+    }
+
+    async fn get_raw(addr: std::net::SocketAddr, path: &str, extra: &str) -> (String, Vec<u8>) {
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n");
+        c.write_all(request.as_bytes()).await.expect("request");
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).await.expect("response");
+        let at = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("head and body");
+        let head = String::from_utf8_lossy(&out[..at]).to_ascii_lowercase();
+        (head, out[at + 4..].to_vec())
+    }
+
+    #[test]
+    fn gzip_is_negotiated_from_accept_encoding() {
+        for (header, gzip) in [
+            ("", false),
+            ("gzip", true),
+            ("GZIP", true),
+            ("gzip, deflate, br", true),
+            ("deflate, gzip;q=0.5", true),
+            ("x-gzip", true),
+            ("*", true),
+            ("gzip;q=0", false),
+            ("gzip; q=0.000", false),
+            ("identity", false),
+            ("br", false),
+            ("*;q=0", false),
+            ("*, gzip;q=0", false),
+            ("gzip;q=0.5, identity", false),
+            ("identity;q=0.2, gzip", true),
+            ("gzip;q=nonsense", false),
+        ] {
+            assert_eq!(accepts_gzip(header), gzip, "{header:?}");
+        }
+    }
+
+    /// Gzip when asked (Prometheus asks), plain otherwise; the same Content-Type either way, a
+    /// length, and `Vary` for caches.
+    #[tokio::test]
+    async fn metrics_are_gzipped_when_asked() {
+        use std::io::Read;
+        let (addr, stop, _server) = start(Limits::default()).await;
+        let (plain_head, plain) = get_raw(addr, "/metrics", "").await;
+        for extra in [
+            "",
+            "Accept-Encoding: identity\r\n",
+            "Accept-Encoding: gzip;q=0\r\n",
+        ] {
+            let (head, body) = get_raw(addr, "/metrics", extra).await;
+            assert!(!head.contains("content-encoding"), "{extra}: {head}");
+            assert!(head.contains("vary: accept-encoding"), "{head}");
+            assert!(String::from_utf8_lossy(&body).contains("gitlab_jobs_exporter_build_info"));
+        }
+        for extra in ["Accept-Encoding: gzip\r\n", "Accept-Encoding: *\r\n"] {
+            let (head, body) = get_raw(addr, "/metrics", extra).await;
+            assert!(head.contains("content-encoding: gzip"), "{head}");
+            assert!(head.contains("vary: accept-encoding"), "{head}");
+            assert!(
+                head.contains(&format!("content-length: {}", body.len())),
+                "{head}"
+            );
+            assert!(
+                head.contains(&format!(
+                    "content-type: {}",
+                    CONTENT_TYPE.to_ascii_lowercase()
+                )),
+                "{head}"
+            );
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .read_to_string(&mut text)
+                .expect("gzip");
+            assert!(text.contains("gitlab_jobs_exporter_build_info"), "{text}");
+            assert!(text.ends_with("gitlab_jobs_exporter_checkpoint_failures_total 0\n"));
+            assert_eq!(
+                text.lines().count(),
+                String::from_utf8_lossy(&plain).lines().count()
+            );
+        }
+        assert!(plain_head.contains(&format!(
+            "content-type: {}",
+            CONTENT_TYPE.to_ascii_lowercase()
+        )));
         stop.cancel();
     }
 }

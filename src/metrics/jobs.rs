@@ -40,11 +40,155 @@ impl Hist {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProjectSeries {
     #[serde(with = "pairs")]
-    pub total: BTreeMap<Vec<String>, u64>,
+    pub total: BTreeMap<Key, u64>,
     #[serde(with = "pairs")]
-    pub duration: BTreeMap<Vec<String>, Hist>,
+    pub duration: BTreeMap<Key, Hist>,
     #[serde(with = "pairs")]
-    pub queued: BTreeMap<Vec<String>, Hist>,
+    pub queued: BTreeMap<Key, Hist>,
+}
+
+/// A series' key: its label values after `project` (compared, ordered and saved as just that
+/// list), with its label block as the text format writes it, rendered once when the series is
+/// made so a scrape only copies it (see [`super::text`]).
+#[derive(Debug, Clone)]
+pub struct Key {
+    values: Vec<String>,
+    /// `None` until labelled (a key read from a checkpoint: [`ProjectSeries::label`]).
+    block: Option<Block>,
+}
+
+/// `name="value"` pairs of a series sorted by name as the text encoder writes them, escaped,
+/// with the `project` pair left out (it is the same for all of a project's series, and a
+/// renamed project keeps its blocks): `text[..split]` goes before it (each pair followed by a
+/// comma), `text[split..]` after it (each preceded by one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    pub text: Box<str>,
+    pub split: u32,
+}
+
+impl Block {
+    pub fn new(names: &[&str], values: &[String]) -> Self {
+        let mut pairs: Vec<(&str, &str)> = names
+            .iter()
+            .zip(values)
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
+        pairs.sort_by(|a, b| a.0.cmp(b.0));
+        let mut text = String::new();
+        let mut split = None;
+        for (n, v) in pairs {
+            if n > "project" && split.is_none() {
+                split = Some(text.len());
+            }
+            if split.is_some() {
+                text.push(',');
+            }
+            text.push_str(n);
+            text.push_str("=\"");
+            super::text::escape_into(&mut text, v, true);
+            text.push('"');
+            if split.is_none() {
+                text.push(',');
+            }
+        }
+        let split = split.unwrap_or(text.len());
+        Self {
+            // A label block over 4 GiB cannot come from GitLab's bounded label values.
+            split: u32::try_from(split).unwrap_or(u32::MAX),
+            text: text.into_boxed_str(),
+        }
+    }
+
+    /// The pairs before `project` and after it.
+    pub fn halves(&self) -> (&str, &str) {
+        let at = (self.split as usize).min(self.text.len());
+        self.text.split_at_checked(at).unwrap_or((&self.text, ""))
+    }
+}
+
+impl Key {
+    /// A key for lookups only, without a label block.
+    fn bare(values: Vec<String>) -> Self {
+        Self {
+            values,
+            block: None,
+        }
+    }
+
+    fn labelled(values: Vec<String>, names: &[&str]) -> Self {
+        let block = Some(Block::new(names, &values));
+        Self { values, block }
+    }
+
+    pub fn block(&self) -> Option<&Block> {
+        self.block.as_ref()
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = Vec<String>;
+    fn deref(&self) -> &Vec<String> {
+        &self.values
+    }
+}
+
+impl std::borrow::Borrow<Vec<String>> for Key {
+    fn borrow(&self) -> &Vec<String> {
+        &self.values
+    }
+}
+
+impl From<Vec<String>> for Key {
+    fn from(values: Vec<String>) -> Self {
+        Self::bare(values)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.values == other.values
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.values.cmp(&other.values)
+    }
+}
+
+impl Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.values.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<String>::deserialize(d).map(Self::bare)
+    }
+}
+
+/// The entry of `values` in `map`, made (with its label block) if new.
+fn entry<'m, V: Default>(
+    map: &'m mut BTreeMap<Key, V>,
+    values: Vec<String>,
+    names: &[&str],
+) -> &'m mut V {
+    let key = if map.contains_key(&values) {
+        Key::bare(values)
+    } else {
+        Key::labelled(values, names)
+    };
+    map.entry(key).or_default()
 }
 
 /// Every label a job family can have after `project`, in key order: counter, duration, queued.
@@ -156,9 +300,7 @@ impl ProjectSeries {
                     queued_duration,
                 } => {
                     let key = room.admit(2, &self.queued, layout.key(2, labels, "", ""), layout);
-                    self.queued
-                        .entry(key)
-                        .or_default()
+                    entry(&mut self.queued, key, &layout.names[2])
                         .observe(&bounds.queued, *queued_duration);
                 }
                 Event::Completed {
@@ -170,13 +312,11 @@ impl ProjectSeries {
                 } => {
                     let key = layout.key(0, labels, status.label(), failure_reason);
                     let key = room.admit(0, &self.total, key, layout);
-                    *self.total.entry(key).or_default() += 1;
+                    *entry(&mut self.total, key, &layout.names[0]) += 1;
                     if let Some(d) = duration {
                         let key = layout.key(1, labels, status.label(), "");
                         let key = room.admit(1, &self.duration, key, layout);
-                        self.duration
-                            .entry(key)
-                            .or_default()
+                        entry(&mut self.duration, key, &layout.names[1])
                             .observe(&bounds.duration, *d);
                     }
                 }
@@ -202,6 +342,25 @@ impl ProjectSeries {
     fn len(&self) -> usize {
         self.total.len() + self.duration.len() + self.queued.len()
     }
+
+    /// Renders the label block of every key that has none (read from a checkpoint).
+    pub fn label(&mut self, layout: &Layout) {
+        fn fill<V>(map: &mut BTreeMap<Key, V>, names: &[&str]) {
+            if map.keys().all(|k| k.block.is_some()) {
+                return;
+            }
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(k, v)| match k.block {
+                    Some(_) => (k, v),
+                    None => (Key::labelled(k.values, names), v),
+                })
+                .collect();
+        }
+        fill(&mut self.total, &layout.names[0]);
+        fill(&mut self.duration, &layout.names[1]);
+        fill(&mut self.queued, &layout.names[2]);
+    }
 }
 
 /// The job label value that series beyond `limits.max_series` are folded into.
@@ -222,7 +381,7 @@ impl Room {
     fn admit<V>(
         &mut self,
         f: usize,
-        map: &BTreeMap<Vec<String>, V>,
+        map: &BTreeMap<Key, V>,
         mut key: Vec<String>,
         layout: &Layout,
     ) -> Vec<String> {
@@ -295,7 +454,8 @@ fn histogram(h: &Hist, bounds: &[f64]) -> proto::Histogram {
     out
 }
 
-/// The three job metric families over all projects.
+/// The three job metric families over all projects, as the `prometheus` crate's protobuf
+/// messages: what the page was rendered from before [`super::text`] (its tests compare both).
 pub fn families<'a>(
     projects: impl Iterator<Item = (&'a String, &'a ProjectSeries)> + Clone,
     bounds: &Bounds,
@@ -303,19 +463,11 @@ pub fn families<'a>(
 ) -> Vec<MetricFamily> {
     let mut total = family(
         JOBS_TOTAL,
-        "GitLab CI jobs that reached a completed status (success, failed, canceled, skipped), each counted once.",
+        super::text::JOBS_TOTAL_HELP,
         MetricType::COUNTER,
     );
-    let mut duration = family(
-        DURATION,
-        "Run time of each completed GitLab CI job that ran, observed once at completion.",
-        MetricType::HISTOGRAM,
-    );
-    let mut queued = family(
-        QUEUED,
-        "Time each GitLab CI job waited in the queue before a runner started it, observed once when first seen started.",
-        MetricType::HISTOGRAM,
-    );
+    let mut duration = family(DURATION, super::text::DURATION_HELP, MetricType::HISTOGRAM);
+    let mut queued = family(QUEUED, super::text::QUEUED_HELP, MetricType::HISTOGRAM);
     let (mut t, mut d, mut q) = (Vec::new(), Vec::new(), Vec::new());
     for (project, series) in projects {
         for (key, n) in &series.total {
@@ -460,6 +612,18 @@ mod tests {
             "skipped".into(),
         ];
         assert_eq!(folded.total.get(&skipped), Some(&1));
+        let block = folded
+            .total
+            .keys()
+            .find(|k| ***k == skipped)
+            .and_then(Key::block);
+        assert_eq!(
+            block.map(Block::halves),
+            Some((
+                r#"job="lint","#,
+                r#",runner="",stage="test",status="skipped""#
+            ))
+        );
         let fams = families(
             std::iter::once((&"g/p".to_string(), &folded)),
             &Bounds {

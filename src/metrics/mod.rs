@@ -8,9 +8,11 @@
 //! metric families themselves live beside it (`jobs`, `own`, `carry`).
 
 pub mod carry;
+pub mod gzip;
 pub mod jobs;
 mod own;
 pub mod recent;
+pub mod text;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,7 +31,55 @@ use crate::tracker::Event;
 use own::{POLL_ERRORS_HELP, POLLS_HELP};
 
 /// One live render, awaited by every scrape that arrived while it ran.
-type SharedRender = tokio::sync::OnceCell<Result<Bytes, String>>;
+type SharedRender = tokio::sync::OnceCell<Result<Arc<Page>, String>>;
+
+/// A rendered page, shared by every scrape that serves it: its text, where its histograms
+/// begin (the unpersisted families go there, see [`Page::around`]), and its gzip form once a scrape
+/// asked for one.
+pub struct Page {
+    text: Bytes,
+    split: usize,
+    gz: tokio::sync::OnceCell<Result<Arc<gzip::Parts>, String>>,
+}
+
+impl Page {
+    fn new(text: Bytes, split: usize) -> Self {
+        Self {
+            split: split.min(text.len()),
+            text,
+            gz: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The page with the never-published families placed before its histograms, so they stay
+    /// with the other counters and gauges: `[page before its histograms, unpersisted,
+    /// histograms]` (slices of the same bytes, no copy).
+    fn around(&self, unpersisted: Bytes) -> [Bytes; 3] {
+        let at = self.split;
+        [self.text.slice(..at), unpersisted, self.text.slice(at..)]
+    }
+
+    /// The gzip parts, compressed by the first scrape that asks (off the async workers) and
+    /// shared by every other.
+    async fn gzip(&self) -> Result<Arc<gzip::Parts>, MetricsError> {
+        let text = self.text.clone();
+        let at = self.split;
+        self.gz
+            .get_or_init(|| async move {
+                let task = tokio::task::spawn_blocking(move || {
+                    gzip::Parts::new(&text[..at], &text[at..], gzip::LEVEL)
+                });
+                match task.await {
+                    Ok(r) => r.map(Arc::new).map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("gzip task failed: {e}")),
+                }
+            })
+            .await
+            .clone()
+            .map_err(|e| MetricsError(prometheus::Error::Msg(e)))
+    }
+}
+
 /// Failure reasons GitLab documents (`shared/gitlab-api-notes.md`): always kept as labels.
 pub const KNOWN_FAILURE_REASONS: &[&str] = &[
     "unknown_failure",
@@ -82,7 +132,7 @@ pub struct Metrics {
     /// With persistence: the page as of the last checkpoint, so no scrape ever sees a value
     /// that a crash could take back. `None`: serve live values. Shared, never copied, by
     /// every scrape.
-    published: Mutex<Option<Bytes>>,
+    published: Mutex<Option<Arc<Page>>>,
     /// The live render in progress, if any: scrapes that arrive meanwhile share its page
     /// rather than each render (and hold) a page of their own.
     rendering: Mutex<Option<Arc<SharedRender>>>,
@@ -271,6 +321,7 @@ impl Metrics {
     /// match the configuration are dropped (and reported).
     pub fn restore_project_series(&self, project: &str, mut series: jobs::ProjectSeries) -> usize {
         let dropped = series.drop_mismatched(&self.bounds, &self.layout);
+        series.label(&self.layout);
         self.lock_jobs().insert(project.to_string(), series);
         dropped
     }
@@ -645,10 +696,10 @@ impl Metrics {
     pub fn render(&self) -> Result<String, MetricsError> {
         let page = match lock(&self.published).clone() {
             Some(page) => page,
-            None => self.render_live()?,
+            None => Arc::new(self.render_live()?),
         };
-        let [plain, unpersisted, histograms] = around(page, self.render_unpersisted()?);
-        Ok([plain, unpersisted, histograms]
+        Ok(page
+            .around(self.render_unpersisted()?)
             .iter()
             .map(|b| String::from_utf8_lossy(b))
             .collect())
@@ -658,16 +709,36 @@ impl Metrics {
     /// Scrapes arriving while a live render runs share its bytes: a burst of scrapes of a
     /// large page costs one render and one copy of the page, not one per scrape.
     pub async fn scrape(self: &Arc<Self>) -> Result<[Bytes; 3], MetricsError> {
-        // Bound first: the guard must be gone before the await.
-        let published = lock(&self.published).clone();
-        let head = match published {
-            Some(page) => page,
-            None => self.shared_live_render().await?,
-        };
-        Ok(around(head, self.render_unpersisted()?))
+        let page = self.page().await?;
+        Ok(page.around(self.render_unpersisted()?))
     }
 
-    async fn shared_live_render(self: &Arc<Self>) -> Result<Bytes, MetricsError> {
+    /// The `/metrics` body as sent: the page's chunks, or, with `gzip`, one gzip member in
+    /// chunks (the page compressed once and shared by every scrape of it).
+    pub async fn scrape_as(self: &Arc<Self>, gzip: bool) -> Result<Vec<Bytes>, MetricsError> {
+        let page = self.page().await?;
+        let unpersisted = self.render_unpersisted()?;
+        if !gzip {
+            return Ok(page.around(unpersisted).into());
+        }
+        let parts = page.gzip().await?;
+        parts
+            .around(&unpersisted, gzip::LEVEL)
+            .map(Vec::from)
+            .map_err(|e| MetricsError(prometheus::Error::Msg(e.to_string())))
+    }
+
+    /// The published page, or a live one (shared by concurrent scrapes).
+    async fn page(self: &Arc<Self>) -> Result<Arc<Page>, MetricsError> {
+        // Bound first: the guard must be gone before the await.
+        let published = lock(&self.published).clone();
+        match published {
+            Some(page) => Ok(page),
+            None => self.shared_live_render().await,
+        }
+    }
+
+    async fn shared_live_render(self: &Arc<Self>) -> Result<Arc<Page>, MetricsError> {
         let cell = lock(&self.rendering)
             .get_or_insert_with(|| Arc::new(tokio::sync::OnceCell::new()))
             .clone();
@@ -676,7 +747,7 @@ impl Metrics {
             .get_or_init(|| async move {
                 // Rendering a large page is CPU work: off the async workers.
                 match tokio::task::spawn_blocking(move || metrics.render_live()).await {
-                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Ok(r) => r.map(Arc::new).map_err(|e| e.to_string()),
                     Err(e) => Err(format!("render task failed: {e}")),
                 }
             })
@@ -692,11 +763,12 @@ impl Metrics {
     }
 
     /// The page from live values.
-    fn render_live(&self) -> Result<Bytes, MetricsError> {
+    fn render_live(&self) -> Result<Page, MetricsError> {
         // Own families first: gathering them takes the jobs lock too.
         let own = self.own_families();
         // Render under the lock rather than copy every series per scrape.
-        self.render_with(own, &self.lock_jobs()).map(Bytes::from)
+        let (text, split) = self.write_page(own, &self.lock_jobs())?;
+        Ok(Page::new(Bytes::from(text), split))
     }
 
     /// The metrics that are never published from a checkpoint (see `checkpoint_failures`).
@@ -723,22 +795,69 @@ impl Metrics {
     /// Renders the given own families and job series.
     pub fn render_with(
         &self,
-        mut families: Vec<prometheus::proto::MetricFamily>,
+        families: Vec<prometheus::proto::MetricFamily>,
         jobs: &BTreeMap<String, jobs::ProjectSeries>,
     ) -> Result<String, MetricsError> {
-        families.extend(jobs::families(jobs.iter(), &self.bounds, &self.layout));
-        // What a reader looks for first: the job counter, then the gauges and counters; the
-        // hundreds of histogram bucket lines last.
-        families.sort_by(|a, b| (rank(a), a.name()).cmp(&(rank(b), b.name())));
-        let mut buf = Vec::new();
-        TextEncoder::new().encode(&families, &mut buf)?;
-        Ok(String::from_utf8_lossy(&buf).into_owned())
+        let (text, _) = self.write_page(families, jobs)?;
+        String::from_utf8(text).map_err(|e| MetricsError(prometheus::Error::Msg(e.to_string())))
+    }
+
+    /// The page's text and where its first histogram family begins. What a reader looks for
+    /// first: the job counter, then the gauges and counters; the hundreds of histogram bucket
+    /// lines last (families sorted by [`rank`], then name). The own families go through the
+    /// `prometheus` crate's encoder; the job families are written straight from their series
+    /// ([`text`]) into one buffer sized beforehand, so rendering holds about one page.
+    fn write_page(
+        &self,
+        families: Vec<prometheus::proto::MetricFamily>,
+        jobs: &BTreeMap<String, jobs::ProjectSeries>,
+    ) -> Result<(Vec<u8>, usize), MetricsError> {
+        enum Part {
+            Own(Vec<u8>),
+            Job(text::Family),
+        }
+        let mut parts = Vec::with_capacity(families.len() + 3);
+        for f in families {
+            let mut text = Vec::new();
+            TextEncoder::new().encode(std::slice::from_ref(&f), &mut text)?;
+            let histogram = f.get_field_type() == prometheus::proto::MetricType::HISTOGRAM;
+            parts.push((rank(&f), f.name().to_string(), histogram, Part::Own(text)));
+        }
+        for f in text::Family::ALL {
+            if !f.is_empty(jobs) {
+                let rank = if f.is_histogram() { 3 } else { 0 };
+                parts.push((rank, f.name().to_string(), f.is_histogram(), Part::Job(f)));
+            }
+        }
+        parts.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut len = text::Len::default();
+        for (.., part) in &parts {
+            match part {
+                Part::Own(t) => len.0 += t.len(),
+                Part::Job(f) => f.write(&mut len, jobs, &self.bounds, &self.layout),
+            }
+        }
+        let mut page = Vec::with_capacity(len.0);
+        let mut split = None;
+        for (_, _, histogram, part) in parts {
+            if histogram && split.is_none() {
+                split = Some(page.len());
+            }
+            match part {
+                Part::Own(t) => page.extend_from_slice(&t),
+                Part::Job(f) => f.write(&mut page, jobs, &self.bounds, &self.layout),
+            }
+        }
+        let split = split.unwrap_or(page.len());
+        Ok((page, split))
     }
 
     /// From now on `/metrics` serves `page` (rendered from a checkpoint just written at
     /// `written_unix`).
     pub fn publish(&self, page: String, written_unix: f64) {
-        *lock(&self.published) = Some(Bytes::from(page));
+        let text = Bytes::from(page);
+        let split = histograms_start(&text);
+        *lock(&self.published) = Some(Arc::new(Page::new(text, split)));
         self.last_checkpoint.set(written_unix);
     }
 }
@@ -752,14 +871,6 @@ fn rank(family: &prometheus::proto::MetricFamily) -> u8 {
         _ if family.name().starts_with("gitlab_ci_") => 1,
         _ => 2,
     }
-}
-
-/// A rendered page with the never-published families placed before its histograms, so they
-/// stay with the other counters and gauges: `[page before its histograms, unpersisted,
-/// histograms]` (slices of the same bytes, no copy).
-fn around(page: Bytes, unpersisted: Bytes) -> [Bytes; 3] {
-    let at = histograms_start(&page);
-    [page.slice(..at), unpersisted, page.slice(at..)]
 }
 
 /// Where the first histogram family (its `# HELP` line) begins in a page rendered by

@@ -201,3 +201,131 @@ async fn the_page_puts_the_job_counter_and_gauges_before_the_histograms() {
     m.publish(page, 1_790_000_000.0);
     check(&m.render().unwrap());
 }
+
+/// The page as the `prometheus` crate's encoder wrote it from protobuf families: the reference
+/// the direct renderer must match byte for byte.
+fn encoder_page(m: &Metrics, jobs: &BTreeMap<String, jobs::ProjectSeries>) -> String {
+    use prometheus::Encoder;
+    let mut families = m.own_families();
+    families.extend(jobs::families(jobs.iter(), &m.bounds, &m.layout));
+    families.sort_by(|a, b| (rank(a), a.name()).cmp(&(rank(b), b.name())));
+    let mut buf = Vec::new();
+    TextEncoder::new().encode(&families, &mut buf).unwrap();
+    String::from_utf8(buf).unwrap()
+}
+
+fn busy_metrics(jobs: usize) -> Arc<Metrics> {
+    let m = Arc::new(
+        Metrics::new(&MetricsSettings::default(), usize::MAX, &Default::default()).unwrap(),
+    );
+    for i in 0..jobs {
+        let labels = crate::tracker::JobLabels {
+            ref_: format!("ref-\"{}\"", i % 3),
+            stage: "test".into(),
+            name: format!("job-{i}\n\\é"),
+            tag: false,
+            runner: None,
+        };
+        m.apply(
+            &format!("g/p-{}", i % 4),
+            &[
+                Event::Started {
+                    labels: labels.clone(),
+                    queued_duration: i as f64 / 7.0,
+                },
+                Event::Completed {
+                    labels,
+                    status: JobStatus::Failed,
+                    failure_reason: "script_failure".into(),
+                    duration: Some(i as f64 * 1.5),
+                    finished_at: None,
+                },
+            ],
+        );
+    }
+    m.observe_request("jobs", "200", 0.2);
+    m.set_active(
+        "g/p-0",
+        &BTreeMap::from([(JobStatus::Running, 3)]),
+        Some(12.5),
+    );
+    m
+}
+
+#[test]
+fn the_page_is_the_encoders_byte_for_byte() {
+    let m = busy_metrics(40);
+    let jobs = m.lock_jobs().clone();
+    let page = m.render_with(m.own_families(), &jobs).unwrap();
+    assert_eq!(page, encoder_page(&m, &jobs));
+    // The job counter first, the histograms last, the split where they begin.
+    assert!(page.starts_with("# HELP gitlab_ci_jobs_total "), "{page}");
+    let live = m.render_live().unwrap();
+    assert_eq!(live.split, histograms_start(&live.text));
+    assert!(live.text[live.split..].starts_with(b"# HELP gitlab_ci_job_duration_seconds "));
+}
+
+fn gunzip(chunks: &[Bytes]) -> String {
+    use std::io::Read;
+    let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    let mut out = String::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut out)
+        .unwrap();
+    out
+}
+
+/// Concurrent gzip scrapes share one render and one compression; what they decode to is the
+/// plain page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gzip_scrapes_share_one_compressed_page() {
+    let m = busy_metrics(200);
+    // The render waits for the jobs lock, held here until all three scrapes have joined it
+    // (each holds the shared render): however loaded the machine, none can finish first.
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let m = m.clone();
+        std::thread::spawn(move || {
+            let _jobs = m.lock_jobs();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        })
+    };
+    locked.recv().unwrap();
+    let scrape = |gzip| {
+        let m = m.clone();
+        tokio::spawn(async move { m.scrape_as(gzip).await })
+    };
+    let (a, b, c) = (scrape(true), scrape(true), scrape(false));
+    while lock(&m.rendering).as_ref().map_or(0, Arc::strong_count) < 4 {
+        tokio::task::yield_now().await;
+    }
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let (a, b, c) = (
+        a.await.unwrap().unwrap(),
+        b.await.unwrap().unwrap(),
+        c.await.unwrap().unwrap(),
+    );
+    assert_eq!(a.len(), 4);
+    assert_eq!(a[0].as_ptr(), b[0].as_ptr(), "one compressed head");
+    assert_eq!(a[2].as_ptr(), b[2].as_ptr(), "one compressed tail");
+    let plain: Vec<u8> = c.iter().flat_map(|c| c.iter().copied()).collect();
+    let plain = String::from_utf8(plain).unwrap();
+    assert_eq!(gunzip(&a), plain);
+    assert_eq!(gunzip(&b), plain);
+    let size: usize = a.iter().map(Bytes::len).sum();
+    assert!(size * 8 < plain.len(), "{size} of {}", plain.len());
+    // A published page is compressed once too, and its live tail stays live.
+    m.publish(m.render().unwrap(), 1_790_000_000.0);
+    let (d, e) = tokio::join!(m.scrape_as(true), m.scrape_as(true));
+    let (d, e) = (d.unwrap(), e.unwrap());
+    assert_eq!(d[0].as_ptr(), e[0].as_ptr());
+    m.checkpoint_failed();
+    let f = m.scrape_as(true).await.unwrap();
+    assert_eq!(d[0].as_ptr(), f[0].as_ptr());
+    let text = gunzip(&f);
+    assert_eq!(text, m.render().unwrap());
+    assert!(text.contains("gitlab_jobs_exporter_checkpoint_failures_total 1\n"));
+}
