@@ -63,7 +63,8 @@ fn check_config_prints_effective_config_without_token() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("group/subgroup/project"), "{stdout}");
-    assert!(stdout.contains("<redacted>"), "{stdout}");
+    assert!(stdout.contains("# gitlab.token is set"), "{stdout}");
+    assert!(!stdout.contains("<redacted>"), "{stdout}");
     assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
 }
 

@@ -72,8 +72,10 @@ fn check_config_prints_the_complete_configuration_which_checks_again_the_same() 
     let path = dir.path().join("config.toml");
     std::fs::write(&path, CONFIG).expect("write");
     let first = check_config(&path, "gje-2");
+    let before_gitlab = first.split("[gitlab]\n").next().unwrap_or_default();
     assert!(
-        first.starts_with("# configuration is valid\n[gitlab]\n"),
+        first.starts_with("# configuration is valid\n")
+            && before_gitlab.lines().all(|l| l.starts_with('#')),
         "no bare key before the first table:\n{first}"
     );
     assert!(!first.contains(TOKEN), "{first}");

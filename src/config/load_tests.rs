@@ -273,7 +273,12 @@ fn redacted_toml_hides_token() {
     let cfg = parse(GOOD).unwrap();
     let text = cfg.to_redacted_toml();
     assert!(!text.contains("glpat-secret"), "{text}");
-    assert!(text.contains("<redacted>"), "{text}");
+    // Not even a placeholder: fed back, it would be used as the token.
+    assert!(
+        !text.contains("<redacted>") && !text.contains("token ="),
+        "{text}"
+    );
+    assert!(text.contains("# gitlab.token is set"), "{text}");
     assert!(!format!("{cfg:?}").contains("glpat-secret"));
 }
 
@@ -302,7 +307,8 @@ fn the_effective_configuration_is_complete_and_round_trips() {
     let first = load_text(&text)
         .unwrap()
         .to_redacted_toml_for(Some("gje-2"));
-    assert!(first.starts_with("[gitlab]"), "{first}");
+    assert!(first.starts_with("# gitlab.token is set"), "{first}");
+    assert!(first.contains("\n[gitlab]\n"), "{first}");
     assert!(!first.contains("glpat-secret"), "{first}");
     assert!(!first.contains("\n[state]"), "no empty [state]: {first}");
     assert!(first.contains("# [state] dir is unset"), "{first}");
@@ -318,8 +324,8 @@ fn the_effective_configuration_is_complete_and_round_trips() {
         Some(0)
     );
     assert_eq!(table["projects"][0]["id"].as_integer(), Some(42));
-    // Loaded again (the token is the redacted placeholder: any token loads), on another host.
-    let second = load_text(&first)
+    // Loaded again with a token given (it is never written), on another host.
+    let second = load_text(&with_token(&first))
         .unwrap()
         .to_redacted_toml_for(Some("elsewhere-0"));
     let again: toml::Table = second.parse().expect("valid TOML");
@@ -340,6 +346,13 @@ fn the_effective_configuration_shows_job_rewrites_and_dropped_labels() {
         "{out}"
     );
     assert_eq!(table["shard"]["index"].as_integer(), Some(0), "{out}");
-    let again = load_text(&out).unwrap().to_redacted_toml_for(None);
+    let again = load_text(&with_token(&out))
+        .unwrap()
+        .to_redacted_toml_for(None);
     assert_eq!(out, again);
+}
+
+/// `--check-config` output with a token put back into `[gitlab]` (it is never written).
+fn with_token(rendered: &str) -> String {
+    rendered.replacen("[gitlab]\n", "[gitlab]\ntoken = \"glpat-other\"\n", 1)
 }

@@ -46,7 +46,7 @@ impl Config {
             Ok(t) => t,
             Err(e) => return format!("# cannot render: {e}\n"),
         };
-        complete(&mut table, self, effective);
+        complete(&mut table, effective);
         let mut out = String::new();
         for name in SECTIONS {
             let Some(value) = table.remove(name) else {
@@ -65,7 +65,7 @@ impl Config {
 }
 
 /// Keys serde leaves out when unset or empty, filled in with the value in use.
-fn complete(table: &mut toml::Table, cfg: &Config, effective: &Effective) {
+fn complete(table: &mut toml::Table, effective: &Effective) {
     if let Some(toml::Value::Table(labels)) = table.get_mut("labels") {
         labels
             .entry("drop")
@@ -80,11 +80,9 @@ fn complete(table: &mut toml::Table, cfg: &Config, effective: &Effective) {
             toml::Value::Integer(i64::from(effective.shard_index)),
         );
     }
-    if let Some(toml::Value::Table(gitlab)) = table.get_mut("gitlab")
-        && cfg.gitlab.token_file.is_some()
-    {
-        // The file's token is the one in use (unless GITLAB_TOKEN is set): an inline one,
-        // if any, is not.
+    if let Some(toml::Value::Table(gitlab)) = table.get_mut("gitlab") {
+        // Never written, not even as a placeholder: a copy of this output fed back would use
+        // the placeholder as the token. Said in a comment instead (see `section`).
         gitlab.remove("token");
     }
 }
@@ -108,6 +106,9 @@ fn section(name: &str, value: toml::Value, cfg: &Config, effective: &Effective) 
         }
         "gitlab" if cfg.gitlab.token.is_none() && cfg.gitlab.token_file.is_none() => {
             out.push_str("# no token configured\n");
+        }
+        "gitlab" if cfg.gitlab.token.is_some() && cfg.gitlab.token_file.is_none() => {
+            out.push_str("# gitlab.token is set (here or by GITLAB_TOKEN) and not shown: give it as GITLAB_TOKEN or gitlab.token_file\n");
         }
         _ => {}
     }

@@ -34,7 +34,7 @@ use own::{POLL_ERRORS_HELP, POLLS_HELP};
 type SharedRender = tokio::sync::OnceCell<Result<Arc<Page>, String>>;
 
 /// A rendered page, shared by every scrape that serves it: its text, where its histograms
-/// begin (the unpersisted families go there, see [`Page::around`]), and its gzip form once a scrape
+/// begin (the unpersisted families go there, see `Page::around`), and its gzip form once a scrape
 /// asked for one.
 pub struct Page {
     text: Bytes,
