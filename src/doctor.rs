@@ -53,12 +53,7 @@ pub struct DoctorOptions {
     pub hook_url: Option<HookUrl>,
 }
 
-/// A watched project, resolved.
-#[derive(Debug, Clone)]
-pub(crate) struct Target {
-    pub id: u64,
-    pub path: String,
-}
+pub(crate) use crate::install::Target;
 
 /// The `RateLimit-*` headers seen: the last answer that carried them.
 #[derive(Debug, Default)]
@@ -187,17 +182,7 @@ async fn watched(
                 "raise limits.max_projects or narrow [[groups]] / discovery.include",
             );
         }
-        let mut found: Vec<Target> = pass
-            .projects
-            .into_values()
-            .filter(|f| !targets.iter().any(|t| t.id == f.id))
-            .map(|f| Target {
-                id: f.id,
-                path: f.path,
-            })
-            .collect();
-        found.sort_by(|a, b| a.path.cmp(&b.path));
-        targets.extend(found);
+        crate::install::add_discovered(targets, pass.projects.into_values());
     }
     total_row(settings, report, targets, configured);
 }

@@ -283,11 +283,29 @@ impl Summary {
     }
 }
 
-/// A watched project, resolved.
+/// A watched project, resolved (also `--check-gitlab`'s).
 #[derive(Debug, Clone)]
-struct Target {
-    id: u64,
-    path: String,
+pub(crate) struct Target {
+    pub id: u64,
+    pub path: String,
+}
+
+/// Adds the projects a discovery pass found that `targets` (the configured ones) does not
+/// hold yet, sorted by path.
+pub(crate) fn add_discovered(
+    targets: &mut Vec<Target>,
+    found: impl IntoIterator<Item = discovery::Found>,
+) {
+    let mut found: Vec<Target> = found
+        .into_iter()
+        .filter(|f| !targets.iter().any(|t| t.id == f.id))
+        .map(|f| Target {
+            id: f.id,
+            path: f.path,
+        })
+        .collect();
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    targets.extend(found);
 }
 
 /// Runs the command: one line per project on `out`, in order (configured projects first, then
@@ -400,17 +418,7 @@ async fn watched(
                 "discovery: more projects than limits.max_projects; only the first are watched, and only they get a hook"
             )?;
         }
-        let mut found: Vec<Target> = pass
-            .projects
-            .into_values()
-            .filter(|f| !targets.iter().any(|t| t.id == f.id))
-            .map(|f| Target {
-                id: f.id,
-                path: f.path,
-            })
-            .collect();
-        found.sort_by(|a, b| a.path.cmp(&b.path));
-        targets.extend(found);
+        add_discovered(&mut targets, pass.projects.into_values());
     }
     Ok(targets)
 }
