@@ -389,3 +389,28 @@ mod property {
         }
     }
 }
+
+/// docs/failures.md lists every default rule, numbered, exactly as it is.
+#[test]
+fn the_documentation_lists_the_default_rules() {
+    let doc = include_str!("../../docs/failures.md");
+    let missing: Vec<_> = DEFAULT_RULES
+        .iter()
+        .enumerate()
+        .map(|(i, (class, pattern))| {
+            format!("| {i} | `{class}` | `{}` |", pattern.replace('|', "\\|"))
+        })
+        .filter(|row| !doc.contains(row.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "not in docs/failures.md: {missing:#?}");
+    let rows = doc
+        .lines()
+        .filter(|l| {
+            l.starts_with("| ")
+                && l.split('|')
+                    .nth(1)
+                    .is_some_and(|n| n.trim().parse::<usize>().is_ok())
+        })
+        .count();
+    assert_eq!(rows, DEFAULT_RULES.len(), "rules in docs/failures.md");
+}
