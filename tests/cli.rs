@@ -1108,3 +1108,36 @@ fn classify_log_prints_the_class_and_the_rule() {
     let (code, _, stderr) = classify(None, &dir.path().join("missing.log"));
     assert_eq!(code, Some(1), "{stderr}");
 }
+
+/// `[failures]` keys are overridden from the environment like any other, sizes included.
+#[test]
+fn failures_keys_have_environment_overrides() {
+    let out = check(
+        GOOD,
+        &[
+            ("GITLAB_TOKEN", TOKEN),
+            ("GITLAB_JOBS_EXPORTER__FAILURES__CLASSIFY", "true"),
+            ("GITLAB_JOBS_EXPORTER__FAILURES__TAIL_BYTES", "16KiB"),
+            ("GITLAB_JOBS_EXPORTER__FAILURES__MAX_LOG_BYTES", "5000000"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("[failures]\nclassify = true\n"), "{stdout}");
+    assert!(stdout.contains("tail_bytes = \"16KiB\""), "{stdout}");
+    assert!(stdout.contains("max_log_bytes = 5000000"), "{stdout}");
+    let out = check(
+        GOOD,
+        &[
+            ("GITLAB_TOKEN", TOKEN),
+            ("GITLAB_JOBS_EXPORTER__FAILURES__TAIL_BYTES", "lots"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("failures.tail_bytes"), "{stderr}");
+}
