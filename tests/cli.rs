@@ -1104,6 +1104,26 @@ fn classify_log_prints_the_class_and_the_rule() {
     let (code, stdout, stderr) = classify(Some(&bad), &log);
     assert_eq!(code, Some(2), "{stdout}");
     assert!(stderr.contains("failures.rules[0].match"), "{stderr}");
+    // `-`: standard input.
+    let mut child = Command::new(BIN)
+        .args(["--classify-log", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"npm ERR! code ERESOLVE\n")
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("exits");
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("class: dependency\nrule: default rule 18 (dependency): "),
+        "{stdout}"
+    );
     // A log that cannot be read is no configuration error.
     let (code, _, stderr) = classify(None, &dir.path().join("missing.log"));
     assert_eq!(code, Some(1), "{stderr}");

@@ -230,6 +230,11 @@ fn strip_keeps_what_only_looks_like_markup() {
     );
     // An escape never swallows the next line.
     assert_eq!(strip(b"a\x1b]0;title\nb"), "a\nb");
+    // Windows line ends are line ends, not progress rewrites.
+    assert_eq!(
+        strip(b"Killed\r\nexit code 137\r\n"),
+        "Killed\nexit code 137\n"
+    );
 }
 
 #[test]
