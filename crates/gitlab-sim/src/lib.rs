@@ -19,6 +19,17 @@
 //! [`plan_job_hooks`] lists them without HTTP. It answers the project hooks API
 //! (`/projects/:id/hooks`), with knobs for access ([`Simulator::set_hooks_access`]) and
 //! disabled hooks ([`Simulator::set_hook_alert`]).
+//!
+//! Job logs: `GET /projects/:id/jobs/:job_id/trace` serves each job's log as GitLab does (the
+//! whole log, `Range` ignored; empty for an erased log or a job that never ran), generated from
+//! `(seed, job id)` and streamed (`trace.rs`, `trace_api.rs`). A failed job's tail carries the
+//! line of a failure class ([`FAILURE_CLASSES`]) or none; [`GroundTruth::failures`] and
+//! [`GroundTruth::flaky`] say what a correct exporter counts. Knobs: per-job logs
+//! ([`Simulator::set_log`], [`Simulator::erase_log`], [`Simulator::set_log_size`]), the limits
+//! the truth assumes ([`Simulator::set_log_limits`]), faults ([`Simulator::push_trace_fault`],
+//! [`Simulator::set_trace_fault`], [`Simulator::set_trace_denied`]), counts
+//! ([`Simulator::trace_stats`]) and retries ([`Simulator::retry_job`],
+//! [`WorldSpec::with_retries`]).
 
 mod discovery;
 pub mod fixtures;
