@@ -656,6 +656,13 @@ impl Simulator {
         self.world().log_plan(job_id)
     }
 
+    /// The class a correct exporter gives a failed job now (see [`World::failure_class`]);
+    /// `None` for an unknown job or one that is not failed.
+    pub fn failure_class(&self, job_id: u64) -> Option<&'static str> {
+        let world = self.world();
+        world.job(job_id).and_then(|job| world.failure_class(job))
+    }
+
     /// A job's whole log, as the trace endpoint serves it (in memory: for tests).
     pub fn log_bytes(&self, job_id: u64) -> Option<Vec<u8>> {
         self.log_plan(job_id).map(|p| p.bytes())

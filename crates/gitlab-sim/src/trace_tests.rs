@@ -695,3 +695,42 @@ fn retry_knobs_chain_attempts_and_retry_old_pipelines_late() {
         .unwrap_or(0);
     assert!(last < T0 + 8 * HOUR);
 }
+
+#[test]
+fn a_share_of_huge_logs_is_too_large_for_the_truth() {
+    let world = generated(3, 12.0, 6, 8);
+    let now = T0 + 8 * HOUR;
+    let sim = Simulator::new(world, SimClock::manual(now), TOKEN.into());
+    assert_eq!(
+        sim.ground_truth(T0)
+            .failures_with_class(CLASS_LOG_TOO_LARGE),
+        0
+    );
+    sim.set_log_profile(LogProfile {
+        huge_permille: 100,
+        huge_bytes: 33 << 20,
+        ..LogProfile::default()
+    });
+    let truth = sim.ground_truth(T0);
+    let too_large = truth.failures_with_class(CLASS_LOG_TOO_LARGE);
+    assert!(
+        too_large > 0 && too_large < truth.total_failures() / 3,
+        "{too_large}"
+    );
+    let world = sim.world();
+    let huge = failed_jobs(&world, now)
+        .into_iter()
+        .filter(|j| sim.failure_class(j.id) == Some(CLASS_LOG_TOO_LARGE))
+        .map(|j| sim.log_plan(j.id).expect("plan").size);
+    assert!(huge.clone().count() as u64 == too_large && huge.into_iter().all(|s| s == 33 << 20));
+    // With a limit above them, their tails are classified again.
+    sim.set_log_limits(LogLimits {
+        tail_bytes: 64 * 1024,
+        max_log_bytes: 64 << 20,
+    });
+    assert_eq!(
+        sim.ground_truth(T0)
+            .failures_with_class(CLASS_LOG_TOO_LARGE),
+        0
+    );
+}
