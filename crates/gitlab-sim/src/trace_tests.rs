@@ -734,3 +734,23 @@ fn a_share_of_huge_logs_is_too_large_for_the_truth() {
         0
     );
 }
+
+#[test]
+fn the_demo_has_flaky_passes_and_classes_to_show() {
+    let demo = World::demo(T0);
+    let truth = demo.ground_truth(T0 + 24 * HOUR, T0 - 3 * HOUR);
+    assert!(truth.total_flaky() > 0);
+    assert!(
+        truth.failures_by_class().len() >= 8,
+        "{:?}",
+        truth.failures_by_class()
+    );
+    // Late retries, 20 minutes after the demo starts, of pipelines whose ordinary retries
+    // were all over by then (within 100 minutes of the pipeline, plus a minute).
+    let late = demo.jobs().iter().filter(|j| {
+        let first = demo.pipeline_jobs(j.pipeline_id).next();
+        j.created_at_ms >= T0 + 20 * 60 * S
+            && first.is_some_and(|f| f.created_at_ms + 102 * 60 * S < T0 + 20 * 60 * S)
+    });
+    assert!(late.count() >= 3, "the busier projects' earliest pipelines");
+}
