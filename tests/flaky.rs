@@ -360,3 +360,94 @@ async fn lookups_that_keep_failing_give_up_as_not_flaky_and_say_so() {
     );
     server.shutdown().await;
 }
+
+/// Sends every hook due by now and waits until the exporter has dealt with all sent so far.
+async fn deliver(h: &Harness, hooks: &gitlab_sim::HookSender) {
+    hooks.deliver_due().await;
+    let sent = hooks.stats().sent as f64;
+    common::until(
+        "every hook delivered is applied",
+        Duration::from_secs(20),
+        || async { (h.hooks_handled().await >= sent).then_some(()) },
+    )
+    .await;
+}
+
+/// With Job Hooks: a retry whose failed attempt a hook reported is flaky at once (no poll, no
+/// lookup); a first attempt (`retries_count` 0) costs nothing; a retry of a pipeline older
+/// than the backfill waits for the next poll, which looks it up once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_tell_flaky_passes_and_first_attempts() {
+    let start = T0 + 5 * HOUR;
+    let mut h = Harness::start_with(
+        old_pipeline_world(),
+        start,
+        vec![by_id(7)],
+        Duration::from_secs(3600),
+        common::with_webhooks,
+    )
+    .await;
+    h.poll().await;
+    let hooks = gitlab_sim::HookSender::new(
+        &h.sim,
+        &format!("{}/webhook", h.metrics_url),
+        common::HOOK_SECRET,
+        gitlab_sim::HookKnobs::default(),
+    )
+    .expect("hook sender");
+    // A new pipeline 900: `lint` passes at once; `rspec` fails, is retried and passes.
+    let at = start + S;
+    let plan = |id: u64, name: &str, end: &str| {
+        JobPlan::new(
+            id,
+            7,
+            900,
+            name,
+            "test",
+            &[(at, "created"), (at + S, "running"), (at + MIN, end)],
+        )
+    };
+    h.sim
+        .add_jobs(vec![
+            plan(1000, "lint", "success"),
+            plan(1001, "rspec", "failed"),
+        ])
+        .expect("jobs");
+    let retry = h
+        .sim
+        .retry_job(1001, at + 2 * MIN, "success")
+        .expect("retry");
+    // Yesterday's pipeline 1 retried too.
+    h.sim
+        .retry_job(1, at + 2 * MIN + S, "success")
+        .expect("old retry");
+    for _ in 0..10 {
+        h.sim.advance(Duration::from_secs(30));
+        deliver(&h, &hooks).await;
+    }
+    let scrape = h.scrape().await;
+    let key = |job: &str| {
+        (
+            "g/old".to_string(),
+            "main".to_string(),
+            "test".to_string(),
+            job.to_string(),
+        )
+    };
+    assert_eq!(
+        flaky_scraped(&scrape),
+        BTreeMap::from([(key("rspec"), 1.0)]),
+        "the retry {retry} is flaky from its hook alone; the old one waits for a poll"
+    );
+    assert_eq!(lookups_sent(&h), 0);
+    h.poll().await;
+    let scrape = h.scrape().await;
+    assert_eq!(
+        flaky_scraped(&scrape),
+        BTreeMap::from([(key("rspec"), 2.0)])
+    );
+    assert_eq!(flaky_scraped(&scrape), flaky_truth(&h.truth()));
+    assert_eq!(lookups_sent(&h), 1, "only the old pipeline is looked up");
+    assert_matches_truth(&scrape, &h.truth());
+    h.stop().await;
+}
