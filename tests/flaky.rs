@@ -454,3 +454,60 @@ async fn hooks_tell_flaky_passes_and_first_attempts() {
     assert_matches_truth(&scrape, &h.truth());
     h.stop().await;
 }
+
+/// The simulator's own retries: chains (a retry that fails is retried again, up to four
+/// attempts) all through an 8-hour history, and late retries of each project's earliest
+/// pipelines at its end, long after any backfill. Polled every 30 s from the sixth hour on:
+/// every flaky pass equals the truth, and only the late retries cost a lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_retry_chains_and_late_retries_equal_the_truth() {
+    let projects = vec![
+        ProjectSpec {
+            id: 11,
+            path: "acme/api".into(),
+            pipelines_per_hour: 12.0,
+        },
+        ProjectSpec {
+            id: 12,
+            path: "acme/web".into(),
+            pipelines_per_hour: 8.0,
+        },
+    ];
+    let spec = WorldSpec::new(projects, T0, T0 + 8 * HOUR).with_retries(3);
+    let mut h = Harness::start(
+        World::generate(&spec, 9),
+        T0 + 6 * HOUR,
+        vec![by_path("acme/api"), by_path("acme/web")],
+        Duration::from_secs(3600),
+    )
+    .await;
+    h.poll().await;
+    for i in 1..=300 {
+        h.sim.advance(Duration::from_secs(30));
+        h.poll().await;
+        if i % 60 == 0 {
+            let scrape = h.scrape().await;
+            assert_eq!(flaky_scraped(&scrape), flaky_truth(&h.truth()), "cycle {i}");
+        }
+    }
+    h.settle().await;
+    let truth = h.truth();
+    let scrape = h.scrape().await;
+    assert_matches_truth(&scrape, &truth);
+    let expected = flaky_truth(&truth);
+    assert_eq!(flaky_scraped(&scrape), expected);
+    let flaky: f64 = expected.values().sum();
+    assert!(flaky >= 6.0, "chains and late retries pass: {expected:?}");
+    let lookups = lookups_sent(&h);
+    assert!((1..=6).contains(&lookups), "only late retries: {lookups}");
+    assert_eq!(
+        own(&scrape, "gitlab_jobs_exporter_flaky_undecided_total", None),
+        0.0
+    );
+    eprintln!(
+        "retry chains: flaky passes {flaky}, lookups {lookups}, successes counted {}, requests {}",
+        truth.jobs_with_status("success"),
+        h.sim.requests().total
+    );
+    h.stop().await;
+}
