@@ -28,10 +28,12 @@ use serde::{Deserialize, Serialize};
 use super::{Event, JobLabels, Tracker, secs};
 use crate::model::{Job, JobStatus};
 
-/// Pipelines whose failed attempts are remembered, at most (the most recent ids).
-pub const MAX_PIPELINES: usize = 5_000;
-/// Failed job names remembered over all pipelines, at most.
-pub const MAX_NAMES: usize = 50_000;
+/// Pipelines whose failed attempts are remembered per project, at most (the most recent ids;
+/// only pipelines with a failed job take room). About 100 bytes a name in memory and in the
+/// checkpoint: a project at both bounds holds about 1 MiB.
+pub const MAX_PIPELINES: usize = 2_000;
+/// Failed job names remembered over all of a project's pipelines, at most.
+pub const MAX_NAMES: usize = 10_000;
 /// Successes waiting for a decision, at most; beyond, the oldest are given up (not flaky,
 /// counted undecided).
 pub const MAX_PENDING: usize = 10_000;
