@@ -13,6 +13,7 @@ use tracing::{error, warn};
 use crate::metrics::carry::Carry;
 use crate::metrics::jobs::ProjectSeries;
 use crate::tracker::Tracker;
+use crate::tracker::attempts::Attempts;
 
 /// Bumped when the format changes incompatibly; a newer file is set aside, never misread.
 pub const VERSION: u32 = 1;
@@ -52,6 +53,10 @@ pub struct ProjectCheckpoint {
     /// under; checkpoints from before it was recorded used the default policy.
     #[serde(default = "crate::labels::default_fingerprint")]
     pub label_policy: String,
+    /// Failed attempts and undecided successes for flaky jobs, taken with the tracker;
+    /// absent from older checkpoints (then nothing below the next cycle's pages is certain).
+    #[serde(default, skip_serializing_if = "Attempts::is_empty")]
+    pub attempts: Attempts,
 }
 
 #[derive(Debug, Error)]
@@ -308,6 +313,7 @@ mod tests {
                 discovered: true,
                 retired_at: Some(1_790_000_000.5),
                 label_policy: crate::labels::default_fingerprint(),
+                attempts: Default::default(),
             },
         );
         Checkpoint {

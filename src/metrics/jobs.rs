@@ -45,6 +45,9 @@ pub struct ProjectSeries {
     pub duration: BTreeMap<Key, Hist>,
     #[serde(with = "pairs")]
     pub queued: BTreeMap<Key, Hist>,
+    /// `gitlab_ci_job_flaky_total` (see [`super::flaky`]); absent from older checkpoints.
+    #[serde(default, with = "pairs", skip_serializing_if = "BTreeMap::is_empty")]
+    pub flaky: BTreeMap<Key, u64>,
 }
 
 /// A series' key: its label values after `project` (compared, ordered and saved as just that
@@ -116,7 +119,7 @@ impl Key {
         }
     }
 
-    fn labelled(values: Vec<String>, names: &[&str]) -> Self {
+    pub(super) fn labelled(values: Vec<String>, names: &[&str]) -> Self {
         let block = Some(Block::new(names, &values));
         Self { values, block }
     }
@@ -178,7 +181,7 @@ impl<'de> Deserialize<'de> for Key {
 }
 
 /// The entry of `values` in `map`, made (with its label block) if new.
-fn entry<'m, V: Default>(
+pub(super) fn entry<'m, V: Default>(
     map: &'m mut BTreeMap<Key, V>,
     values: Vec<String>,
     names: &[&str],
@@ -320,6 +323,8 @@ impl ProjectSeries {
                             .observe(&bounds.duration, *d);
                     }
                 }
+                // Its own family, capped on its own (`super::flaky`).
+                Event::Flaky { .. } => {}
             }
         }
     }
