@@ -35,6 +35,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod failures;
 pub mod fleet;
 pub mod gitlab;
 pub mod health;
