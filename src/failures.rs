@@ -42,6 +42,8 @@ impl Classifier {
     }
 
     pub fn classify(&self, tail: &[u8]) -> Verdict {
+        let text = strip(tail);
+        let tail = text.as_bytes();
         for (i, (class, re)) in self.rules.iter().enumerate() {
             if re.is_match(tail) {
                 return Verdict {

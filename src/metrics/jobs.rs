@@ -45,6 +45,9 @@ pub struct ProjectSeries {
     pub duration: BTreeMap<Key, Hist>,
     #[serde(with = "pairs")]
     pub queued: BTreeMap<Key, Hist>,
+    /// `gitlab_ci_job_failures_total` (see `super::failures`); absent in older checkpoints.
+    #[serde(default, with = "pairs", skip_serializing_if = "BTreeMap::is_empty")]
+    pub failures: BTreeMap<Key, u64>,
 }
 
 /// A series' key: its label values after `project` (compared, ordered and saved as just that

@@ -8,6 +8,7 @@
 //! metric families themselves live beside it (`jobs`, `own`, `carry`).
 
 pub mod carry;
+mod failures;
 pub mod gzip;
 pub mod jobs;
 mod own;
@@ -152,6 +153,8 @@ pub struct Metrics {
     cycles: own::Polls,
     fleet: own::Fleet,
     hooks: own::Hooks,
+    /// Classifying failed jobs (`failures.rs`).
+    failures: failures::Own,
     rate_limit_seen: AtomicBool,
     /// Unknown statuses shown per project last time, so they can be removed when gone.
     shown_unknown: Mutex<BTreeMap<String, BTreeSet<String>>>,
@@ -204,6 +207,7 @@ impl Metrics {
         let cycles = own::Polls::new(&registry)?;
         let fleet = own::Fleet::new(&registry)?;
         let hooks = own::Hooks::new(&registry)?;
+        let failures = failures::Own::new(&registry)?;
         let checkpoint_failures = prometheus::IntCounter::new(
             "gitlab_jobs_exporter_checkpoint_failures_total",
             "Checkpoint writes to state.dir that failed; meanwhile /metrics keeps showing the values of the last checkpoint written.",
@@ -231,6 +235,7 @@ impl Metrics {
             cycles,
             fleet,
             hooks,
+            failures,
             rate_limit_seen: AtomicBool::new(false),
             shown_unknown: Mutex::new(BTreeMap::new()),
             new_reasons: Mutex::new(BTreeSet::new()),
@@ -817,7 +822,10 @@ impl Metrics {
             Job(text::Family),
         }
         let mut parts = Vec::with_capacity(families.len() + 3);
-        for f in families {
+        for f in families
+            .into_iter()
+            .chain(failures::family(jobs, &self.layout))
+        {
             let mut text = Vec::new();
             TextEncoder::new().encode(std::slice::from_ref(&f), &mut text)?;
             let histogram = f.get_field_type() == prometheus::proto::MetricType::HISTOGRAM;

@@ -162,7 +162,8 @@ impl Scheduler {
                         self.backfill,
                         self.labels.clone(),
                         self.shard,
-                    ))
+                    )
+                    .with_failures(self.failures.clone()))
                 }
             };
             // Counted (afresh, for a revived one: pause() reset its flag) towards readiness.
