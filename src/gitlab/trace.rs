@@ -120,3 +120,195 @@ impl GitlabClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::gitlab::RetryPolicy;
+    use crate::metrics::Metrics;
+
+    const LOG_BYTES: usize = 5 * 1024 * 1024;
+    const CHUNK: usize = 64 * 1024;
+    const LAST_LINE: &[u8] = b"\x1b[31;1mERROR: Job failed: exit code 1\x1b[0;m\n";
+
+    /// Log bytes written to connections, and trace requests answered.
+    #[derive(Default)]
+    struct Served {
+        bytes: AtomicU64,
+        requests: AtomicU64,
+        /// A connection's writes ended (finished or refused).
+        ended: tokio::sync::Notify,
+    }
+
+    /// A 5 MiB log ending in [`LAST_LINE`].
+    fn log() -> Vec<u8> {
+        let mut log = vec![b'.'; LOG_BYTES];
+        let at = log.len() - LAST_LINE.len();
+        log[at..].copy_from_slice(LAST_LINE);
+        log
+    }
+
+    /// A bare HTTP/1.1 server, as GitLab answers the trace path: job 1 its 5 MiB log in
+    /// 64 KiB writes; job 2 404, job 3 403, job 4 an empty (erased) log, job 6 a 256 MiB
+    /// log (written chunk by chunk, never held), others 502.
+    async fn serve(served: Arc<Served>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let served = served.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    served.requests.fetch_add(1, Ordering::Relaxed);
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let job = head
+                        .split("/jobs/")
+                        .nth(1)
+                        .and_then(|r| r.split('/').next())
+                        .and_then(|j| j.parse::<u64>().ok());
+                    let big = job == Some(6);
+                    let (status, body) = match job {
+                        Some(1) => ("200 OK", log()),
+                        Some(6) => ("200 OK", vec![b'.'; CHUNK]),
+                        Some(2) => ("404 Not Found", br#"{"message":"404 Not found"}"#.to_vec()),
+                        Some(3) => ("403 Forbidden", br#"{"message":"403 Forbidden"}"#.to_vec()),
+                        Some(4) => ("200 OK", Vec::new()),
+                        _ => ("502 Bad Gateway", b"<html>502</html>".to_vec()),
+                    };
+                    let repeat = if big { 4096 } else { 1 };
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len() * repeat
+                    );
+                    if conn.write_all(head.as_bytes()).await.is_ok() {
+                        'write: for _ in 0..repeat {
+                            for chunk in body.chunks(CHUNK) {
+                                if conn.write_all(chunk).await.is_err() {
+                                    break 'write;
+                                }
+                                served.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    if big {
+                        served.ended.notify_one();
+                    }
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    async fn client(served: &Arc<Served>) -> (GitlabClient, Arc<Metrics>) {
+        let base = serve(served.clone()).await;
+        let mut cfg = crate::config::Config::new(&base, "t0ken".to_string().into(), vec![]);
+        cfg.gitlab.max_requests_per_minute = 1e9;
+        cfg.gitlab.timeout = Duration::from_secs(5);
+        let gitlab = cfg.gitlab.validate().expect("gitlab settings");
+        let metrics =
+            Arc::new(Metrics::new(&Default::default(), usize::MAX, &Default::default()).expect("metrics"));
+        let retry = RetryPolicy {
+            retries: 2,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            ..RetryPolicy::default()
+        };
+        let client = GitlabClient::new(&gitlab, "t0ken".to_string().into(), retry, metrics.clone())
+            .expect("client");
+        (client, metrics)
+    }
+
+    #[tokio::test]
+    async fn the_tail_of_a_log_is_kept_and_a_larger_one_is_dropped_early() {
+        let served = Arc::new(Served::default());
+        let (client, metrics) = client(&served).await;
+        let Trace::Tail(tail) = client.trace("7", 1, 1024, 64 * 1024 * 1024).await.expect("read") else {
+            panic!("not a tail");
+        };
+        assert_eq!(tail.len(), 1024);
+        assert!(tail.ends_with(LAST_LINE));
+        // Over max_log_bytes: given up, the connection dropped long before the end (what
+        // the server got written is its socket buffers' worth, not the 256 MiB).
+        let before = served.bytes.load(Ordering::Relaxed);
+        let read = client.trace("7", 6, 1024, 256 * 1024).await.expect("read");
+        assert_eq!(read, Trace::TooLarge);
+        served.ended.notified().await;
+        let sent = served.bytes.load(Ordering::Relaxed) - before;
+        assert!(sent < 64 * 1024 * 1024, "{sent} bytes sent");
+        let page = metrics.render().expect("render");
+        assert!(
+            page.contains(r#"gitlab_jobs_exporter_api_requests_total{code="200",endpoint="trace"} 2"#),
+            "{page}"
+        );
+    }
+
+    #[tokio::test]
+    async fn refusals_are_returned_at_once_and_5xx_retried() {
+        let served = Arc::new(Served::default());
+        let (client, _) = client(&served).await;
+        for (job, status) in [(2, 404), (3, 403)] {
+            let e = client.trace("7", job, 1024, 1 << 20).await.expect_err("refused");
+            assert_eq!(e.status(), Some(status));
+            assert!(!e.to_string().contains("....."), "{e}");
+        }
+        assert_eq!(served.requests.load(Ordering::Relaxed), 2, "not retried");
+        assert_eq!(
+            client.trace("7", 4, 1024, 1 << 20).await.expect("empty"),
+            Trace::Tail(Vec::new())
+        );
+        let e = client.trace("7", 5, 1024, 1 << 20).await.expect_err("502");
+        assert_eq!(e.status(), Some(502));
+        assert_eq!(served.requests.load(Ordering::Relaxed), 3 + 3, "502 retried twice");
+    }
+
+    /// CPU time of this thread, seconds.
+    fn thread_cpu() -> f64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    }
+
+    /// On demand (`cargo test --lib cpu_per_classification -- --ignored --nocapture`): the CPU
+    /// one classification of a 5 MiB log costs here, apart from the network: streaming it
+    /// through the TailBuffer in 16 KiB chunks (as reqwest hands them over), then classifying
+    /// the 64 KiB tail (strip and rules).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn cpu_per_classification_of_a_5_mib_log() {
+        let log = log();
+        let classifier = crate::failures::Classifier::with_defaults();
+        let runs = 20;
+        let start = thread_cpu();
+        let mut classes = 0;
+        for _ in 0..runs {
+            let mut tail = TailBuffer::new(64 * 1024, 32 * 1024 * 1024);
+            for chunk in log.chunks(16 * 1024) {
+                assert!(tail.push(chunk).is_ok());
+            }
+            let verdict = classifier.classify(&tail.into_tail());
+            classes += usize::from(!verdict.class.is_empty());
+        }
+        let per = (thread_cpu() - start) / runs as f64;
+        assert_eq!(classes, runs);
+        println!("CPU per classification of a 5 MiB log: {:.2} ms", per * 1000.0);
+    }
+}

@@ -372,6 +372,11 @@ impl Project {
         self.state
     }
 
+    /// Failed jobs waiting for their failure class.
+    pub fn pending_classifications(&self) -> usize {
+        self.followups.len()
+    }
+
     /// A completed cycle: its activity (for pacing) and gauges.
     pub(crate) fn cycle_completed(&mut self, events: usize, metrics: &Metrics) {
         self.completed_cycles += 1;
