@@ -543,7 +543,9 @@ impl World {
             .iter()
             .map(|p| ProjectDef::new(p.id, &p.path))
             .collect();
-        World::from_valid(projects, jobs)
+        let mut world = World::from_valid(projects, jobs);
+        world.logs_mut().seed = seed;
+        world
     }
 
     /// A lively world for `--demo`: a few projects in subgroups, history from two hours ago to

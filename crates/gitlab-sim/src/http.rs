@@ -123,6 +123,8 @@ enum Route {
     Project(String),
     Jobs(String),
     Job(String, String),
+    /// `GET /projects/:id/jobs/:job_id/trace`
+    Trace(String, String),
     /// `GET /projects/:id/pipelines/:pipeline_id/jobs`
     PipelineJobs(String, String),
     GroupProjects(String),
@@ -150,6 +152,9 @@ fn route(path: &str) -> Route {
         [id] if !id.is_empty() => Route::Project(percent_decode(id)),
         [id, "jobs"] if !id.is_empty() => Route::Jobs(percent_decode(id)),
         [id, "jobs", job] if !id.is_empty() => Route::Job(percent_decode(id), job.to_owned()),
+        [id, "jobs", job, "trace"] if !id.is_empty() => {
+            Route::Trace(percent_decode(id), job.to_owned())
+        }
         [id, "pipelines", pipeline, "jobs"] if !id.is_empty() && !pipeline.is_empty() => {
             Route::PipelineJobs(percent_decode(id), pipeline.to_owned())
         }
@@ -193,11 +198,16 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
         Route::Jobs(_) if params.contains_key("scope") => Endpoint::JobsScoped,
         Route::Jobs(_) => Endpoint::Jobs,
         Route::Job(..) => Endpoint::Job,
+        Route::Trace(..) => Endpoint::Trace,
         Route::PipelineJobs(..) => Endpoint::PipelineJobs,
         Route::GroupProjects(_) => Endpoint::GroupProjects,
         Route::Projects => Endpoint::ProjectsList,
         Route::Hooks(..) => Endpoint::Hooks,
         Route::Other => Endpoint::Other,
+    };
+    let trace_job = match &route {
+        Route::Trace(_, job) => Some(job.parse::<u64>().ok()),
+        _ => None,
     };
     let creds = credentials(req.headers(), &params);
     let body = body_params(req, endpoint, &mut params).await;
@@ -263,6 +273,9 @@ pub(super) async fn handle(State(sim): State<Simulator>, req: Request) -> Respon
         token_ok,
     };
     let status = resp.status().as_u16();
+    if let Some(job) = trace_job {
+        sim.note_trace(job, status);
+    }
     sim.record(method.as_str(), path_and_query, status, now, outcome);
     resp
 }
@@ -388,7 +401,7 @@ async fn apply_hostile(hostile: &Hostile, endpoint: Endpoint, resp: Response) ->
     }
 }
 
-fn fault_response(fault: &Fault, now: Ms) -> Response {
+pub(super) fn fault_response(fault: &Fault, now: Ms) -> Response {
     if let Fault::Raw {
         status,
         headers,
@@ -528,6 +541,7 @@ fn answer(
                 None => err(404, "message", "404 Not found"),
             }
         }
+        Route::Trace(id, job_id) => super::trace_api::answer(sim, world, &id, &job_id, now),
         Route::Jobs(id) => {
             list_jobs(sim, path, id, params, now, &ext).unwrap_or_else(Reject::into_response)
         }
@@ -556,7 +570,9 @@ fn token_knobs(
 ) -> Option<Response> {
     let (project, jobs) = match route {
         Route::Project(id) | Route::Hooks(id, _) => (Some(id), false),
-        Route::Jobs(id) | Route::Job(id, _) | Route::PipelineJobs(id, _) => (Some(id), true),
+        Route::Jobs(id) | Route::Job(id, _) | Route::PipelineJobs(id, _) | Route::Trace(id, _) => {
+            (Some(id), true)
+        }
         _ => (None, false),
     };
     let world = sim.world();

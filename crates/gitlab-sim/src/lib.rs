@@ -28,6 +28,8 @@ mod hooks_api;
 mod http;
 mod render;
 mod token_api;
+mod trace;
+mod trace_api;
 mod truth;
 mod world;
 
@@ -35,11 +37,13 @@ mod world;
 mod hooks_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trace_tests;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -54,7 +58,12 @@ pub use render::{hook_time, http_date, iso, iso_seconds};
 pub use token_api::{
     ProjectAccess, SIM_GITLAB_REVISION, SIM_GITLAB_VERSION, TokenKind, TokenRejection, TokenSpec,
 };
-pub use truth::{DurationKey, GroundTruth, JobKey, QueuedKey, RunnerKey};
+pub use trace::{
+    CLASS_LOG_TOO_LARGE, CLASS_OTHER, CLASS_UNAVAILABLE, FAILURE_CLASSES, LogLimits, LogOverride,
+    LogPlan, LogProfile, LogSettings, PlacedLine,
+};
+pub use trace_api::{TraceFault, TraceStats};
+pub use truth::{DurationKey, FailureKey, FlakyKey, GroundTruth, JobKey, QueuedKey, RunnerKey};
 pub use world::{
     FINAL_STATUSES, GROUP_ID_BASE, GroupDef, JobPlan, Ms, ProjectDef, RunnerDef, STATUSES, World,
     WorldError, is_final,
@@ -172,6 +181,8 @@ pub enum Endpoint {
     ProjectsList,
     /// `/projects/:id/hooks` and `/projects/:id/hooks/:hook_id`, any method
     Hooks,
+    /// `GET /projects/:id/jobs/:job_id/trace`
+    Trace,
     Other,
 }
 
@@ -187,6 +198,7 @@ pub struct RequestStats {
     pub group_projects: u64,
     pub projects_list: u64,
     pub hooks: u64,
+    pub trace: u64,
     pub other: u64,
     pub by_status: BTreeMap<u16, u64>,
 }
@@ -228,6 +240,8 @@ struct Inner {
     hooks: Mutex<hooks_api::HookStore>,
     /// `--check-gitlab`'s endpoints and the token's knobs (`token_api`).
     tokens: Mutex<token_api::TokenStore>,
+    /// The trace endpoint's queued faults and counts.
+    traces: Mutex<trace_api::TraceStore>,
 }
 
 /// The simulated GitLab; clones share everything.
@@ -257,6 +271,7 @@ impl Simulator {
                 hostile: Mutex::default(),
                 hooks: Mutex::default(),
                 tokens: Mutex::default(),
+                traces: Mutex::default(),
             }),
         }
     }
@@ -367,6 +382,11 @@ impl Simulator {
 
     pub fn reset_requests(&self) {
         *lock(&self.inner.stats) = RequestStats::default();
+        {
+            let mut traces = lock(&self.inner.traces);
+            traces.stats = TraceStats::default();
+            traces.bytes.store(0, Ordering::Relaxed);
+        }
         lock(&self.inner.log).clear();
     }
 
@@ -397,6 +417,7 @@ impl Simulator {
                 Endpoint::GroupProjects => &mut s.group_projects,
                 Endpoint::ProjectsList => &mut s.projects_list,
                 Endpoint::Hooks => &mut s.hooks,
+                Endpoint::Trace => &mut s.trace,
                 Endpoint::Other => &mut s.other,
             } += 1;
         }
@@ -531,6 +552,129 @@ impl Simulator {
 
     pub(crate) fn hook_store(&self) -> MutexGuard<'_, hooks_api::HookStore> {
         lock(&self.inner.hooks)
+    }
+
+    /// Queues a fault for the trace endpoint only: each trace request answers with the first
+    /// queued one (after any general fault of [`Simulator::push_fault`]).
+    pub fn push_trace_fault(&self, fault: TraceFault) {
+        lock(&self.inner.traces).faults.push_back(fault);
+    }
+
+    pub(crate) fn pop_trace_fault(&self) -> Option<TraceFault> {
+        lock(&self.inner.traces).faults.pop_front()
+    }
+
+    /// Makes every trace request for `job_id` answer `fault` (`None`: serve it). A fault that
+    /// never lets the log be read makes the job's true class `unavailable`.
+    pub fn set_trace_fault(&self, job_id: u64, fault: Option<TraceFault>) {
+        let _ = self.mutate(|w| {
+            let standing = &mut w.logs_mut().standing;
+            match fault {
+                Some(f) => drop(standing.insert(job_id, f)),
+                None => drop(standing.remove(&job_id)),
+            }
+            Ok(())
+        });
+    }
+
+    /// Whether the token may read the project's logs (`authorize_read_build_trace!`); denied:
+    /// every trace answers 403 and the project's failed jobs are `unavailable`.
+    pub fn set_trace_denied(&self, project_id: u64, denied: bool) {
+        let _ = self.mutate(|w| {
+            let set = &mut w.logs_mut().denied;
+            if denied {
+                set.insert(project_id);
+            } else {
+                set.remove(&project_id);
+            }
+            Ok(())
+        });
+    }
+
+    /// Changes a job's generated log (its size, class lines, or erases it). Class names must
+    /// be one of [`FAILURE_CLASSES`] or `other`.
+    pub fn set_log(&self, job_id: u64, change: LogOverride) -> Result<(), WorldError> {
+        let classes = [&change.class, &change.decoy, &change.far];
+        for name in classes.into_iter().flatten() {
+            if name != CLASS_OTHER && trace::class_name(name).is_none() {
+                return Err(WorldError::UnknownClass(name.clone()));
+            }
+        }
+        self.mutate(|w| {
+            w.job(job_id).ok_or(WorldError::NoSuchJob(job_id))?;
+            w.logs_mut().overrides.insert(job_id, change);
+            Ok(())
+        })
+    }
+
+    /// Erases a job's log: its trace answers 200 with an empty body (class `unavailable`).
+    pub fn erase_log(&self, job_id: u64) -> Result<(), WorldError> {
+        let mut change = self.world().logs().overrides.get(&job_id).cloned();
+        let change = change.get_or_insert_with(LogOverride::default);
+        change.erased = true;
+        self.set_log(job_id, change.clone())
+    }
+
+    /// Makes a job's log `bytes` long (for a log above `max_log_bytes`).
+    pub fn set_log_size(&self, job_id: u64, bytes: u64) -> Result<(), WorldError> {
+        let mut change = self.world().logs().overrides.get(&job_id).cloned();
+        let change = change.get_or_insert_with(LogOverride::default);
+        change.size = Some(bytes);
+        self.set_log(job_id, change.clone())
+    }
+
+    /// What the exporter reads of logs, for the ground truth's classes (its `tail_bytes`
+    /// and `max_log_bytes`; the exporter's defaults unless set).
+    pub fn set_log_limits(&self, limits: LogLimits) {
+        let _ = self.mutate(|w| {
+            w.logs_mut().limits = limits;
+            Ok(())
+        });
+    }
+
+    /// How logs are generated (sizes, share of decoy and far class lines).
+    pub fn set_log_profile(&self, profile: LogProfile) {
+        let _ = self.mutate(|w| {
+            w.logs_mut().profile = profile;
+            Ok(())
+        });
+    }
+
+    /// The plan of a job's log (size, class lines), `None` for an unknown job.
+    pub fn log_plan(&self, job_id: u64) -> Option<LogPlan> {
+        self.world().log_plan(job_id)
+    }
+
+    /// A job's whole log, as the trace endpoint serves it (in memory: for tests).
+    pub fn log_bytes(&self, job_id: u64) -> Option<Vec<u8>> {
+        self.log_plan(job_id).map(|p| p.bytes())
+    }
+
+    /// Trace requests served since the last [`Simulator::reset_requests`].
+    pub fn trace_stats(&self) -> TraceStats {
+        let traces = lock(&self.inner.traces);
+        let mut stats = traces.stats.clone();
+        stats.bytes_sent = traces.bytes.load(Ordering::Relaxed);
+        stats
+    }
+
+    pub(crate) fn note_trace(&self, job_id: Option<u64>, status: u16) {
+        let mut traces = lock(&self.inner.traces);
+        let stats = &mut traces.stats;
+        stats.requests += 1;
+        *stats.by_status.entry(status).or_default() += 1;
+        if let Some(id) = job_id {
+            *stats.by_job.entry(id).or_default() += 1;
+        }
+    }
+
+    pub(crate) fn trace_bytes_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&lock(&self.inner.traces).bytes)
+    }
+
+    /// Retries a job at `at_ms` (see [`World::retry_job`]); the new job's id.
+    pub fn retry_job(&self, job_id: u64, at_ms: Ms, outcome: &str) -> Result<u64, WorldError> {
+        self.mutate(|w| w.retry_job(job_id, at_ms, outcome))
     }
 
     /// What a correct exporter reports now, if it ignores jobs completed before `cutoff_ms`.

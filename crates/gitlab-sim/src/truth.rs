@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::world::{Ms, World, is_final};
+use super::world::{JobPlan, Ms, World, is_final};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct JobKey {
@@ -41,6 +41,29 @@ pub struct RunnerKey {
     pub status: String,
 }
 
+/// A counted failed job by its class (`gitlab_ci_job_failures_total`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FailureKey {
+    pub project: String,
+    pub ref_: String,
+    pub stage: String,
+    pub job: String,
+    /// As in [`JobKey`]: `unknown_failure` when GitLab gives none.
+    pub failure_reason: String,
+    /// One of [`crate::FAILURE_CLASSES`], `other`, `unavailable` or `log_too_large`.
+    pub class: String,
+}
+
+/// A counted success whose pipeline holds an earlier failed attempt of the same name
+/// (`gitlab_ci_job_flaky_total`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlakyKey {
+    pub project: String,
+    pub ref_: String,
+    pub stage: String,
+    pub job: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GroundTruth {
     /// The counted jobs of `jobs_total` again, by runner.
@@ -55,6 +78,12 @@ pub struct GroundTruth {
     pub active: BTreeMap<(String, String), u64>,
     /// Per project, the earliest `queued_at` (unix seconds) of the jobs now `pending`.
     pub oldest_pending: BTreeMap<String, f64>,
+    /// The counted failed jobs of `jobs_total` again, by the class their log gets with the
+    /// world's `LogLimits` (`Simulator::set_log_limits`).
+    pub failures: BTreeMap<FailureKey, u64>,
+    /// Counted successes that passed after an earlier failed attempt in their pipeline (the
+    /// attempt may be older than the cutoff).
+    pub flaky: BTreeMap<FlakyKey, u64>,
 }
 
 impl GroundTruth {
@@ -82,9 +111,72 @@ impl GroundTruth {
     pub fn queued_count(&self) -> usize {
         self.queued.values().map(Vec::len).sum()
     }
+
+    /// Counted failed jobs of this class.
+    pub fn failures_with_class(&self, class: &str) -> u64 {
+        (self.failures.iter())
+            .filter(|(k, _)| k.class == class)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Counted failed jobs per class.
+    pub fn failures_by_class(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for (k, n) in &self.failures {
+            *out.entry(k.class.clone()).or_default() += n;
+        }
+        out
+    }
+
+    pub fn total_failures(&self) -> u64 {
+        self.failures.values().sum()
+    }
+
+    pub fn total_flaky(&self) -> u64 {
+        self.flaky.values().sum()
+    }
 }
 
 impl World {
+    /// Adds a counted job to [`GroundTruth::failures`] or [`GroundTruth::flaky`].
+    fn failure_and_flaky_truth(
+        &self,
+        truth: &mut GroundTruth,
+        job: &JobPlan,
+        project: &str,
+        now: Ms,
+    ) {
+        let flaky = job.status_at(now) == Some("success")
+            && self
+                .pipeline_jobs(job.pipeline_id)
+                .any(|o| o.name == job.name && o.id < job.id && o.status_at(now) == Some("failed"));
+        if flaky {
+            let key = FlakyKey {
+                project: project.to_owned(),
+                ref_: job.ref_.clone(),
+                stage: job.stage.clone(),
+                job: job.name.clone(),
+            };
+            *truth.flaky.entry(key).or_default() += 1;
+        }
+        if let Some(class) = self.failure_class(job) {
+            let key = FailureKey {
+                project: project.to_owned(),
+                ref_: job.ref_.clone(),
+                stage: job.stage.clone(),
+                job: job.name.clone(),
+                failure_reason: job
+                    .failure_reason
+                    .as_deref()
+                    .unwrap_or("unknown_failure")
+                    .to_owned(),
+                class: class.to_owned(),
+            };
+            *truth.failures.entry(key).or_default() += 1;
+        }
+    }
+
     /// The truth at `now` for an exporter that ignores jobs completed before `cutoff_ms`.
     ///
     /// A job's completion time is its `finished_at`; a skipped job has none in GitLab, so its
@@ -131,6 +223,7 @@ impl World {
                     failure_reason: failure_reason.to_owned(),
                 };
                 *truth.jobs_total.entry(key).or_default() += 1;
+                self.failure_and_flaky_truth(&mut truth, job, project, now);
                 let runner = job.runner_at(now);
                 let key = RunnerKey {
                     project: project.clone(),

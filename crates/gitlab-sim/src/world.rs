@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use super::trace::{LogPlan, LogSettings};
+
 /// Milliseconds since the Unix epoch.
 pub type Ms = i64;
 
@@ -268,6 +270,10 @@ pub enum WorldError {
     DuplicatePath(String),
     #[error("project id {0} is already a group id")]
     GroupIdTaken(u64),
+    #[error("no job with id {0}")]
+    NoSuchJob(u64),
+    #[error("unknown failure class {0:?}")]
+    UnknownClass(String),
 }
 
 /// The checks of [`World::new`] on jobs sorted by id.
@@ -301,6 +307,8 @@ pub struct World {
     /// Ascending id; only ever grows, so a group keeps its id for the world's lifetime.
     groups: Vec<GroupDef>,
     group_by_path: HashMap<String, usize>,
+    /// Job logs: their seed, sizes, per-job changes and trace knobs.
+    logs: LogSettings,
 }
 
 impl World {
@@ -328,6 +336,7 @@ impl World {
             by_pipeline: HashMap::new(),
             groups: Vec::new(),
             group_by_path: HashMap::new(),
+            logs: LogSettings::default(),
         };
         world.index_projects();
         world.index_jobs();
@@ -476,6 +485,74 @@ impl World {
         self.jobs = all;
         self.index_jobs();
         Ok(())
+    }
+
+    /// The world's log settings (seed, profile, per-job changes, trace knobs).
+    pub fn logs(&self) -> &LogSettings {
+        &self.logs
+    }
+
+    pub fn logs_mut(&mut self) -> &mut LogSettings {
+        &mut self.logs
+    }
+
+    /// The plan of a job's log as the trace endpoint serves it (`None`: no such job).
+    pub fn log_plan(&self, job_id: u64) -> Option<LogPlan> {
+        let job = self.job(job_id)?;
+        let project = self.project(job.project_id)?;
+        Some(self.logs.plan(job, &project.path_with_namespace))
+    }
+
+    /// The class a correct exporter gives a failed job with the world's [`LogLimits`]
+    /// (`crate::LogLimits`): `unavailable` when its trace can never be read. `None` for a job
+    /// that is not failed.
+    pub fn failure_class(&self, job: &JobPlan) -> Option<&'static str> {
+        if job.timeline.last().is_none_or(|e| e.1 != "failed") {
+            return None;
+        }
+        let unreadable = self.logs.denied.contains(&job.project_id)
+            || self
+                .logs
+                .standing
+                .get(&job.id)
+                .is_some_and(|f| f.unreadable());
+        if unreadable {
+            return Some(super::trace::CLASS_UNAVAILABLE);
+        }
+        let project = self.project(job.project_id)?;
+        let plan = self.logs.plan(job, &project.path_with_namespace);
+        Some(plan.class(self.logs.limits))
+    }
+
+    /// Retries job `job_id` at `at_ms`, as GitLab's "Retry" does: a new job with the next id,
+    /// the same name, stage and pipeline, pending a second later, running 5 s after that and
+    /// ending `outcome` (`success` or `failed`, with `script_failure`) two minutes later.
+    /// `at_ms` must not be before the newest job's creation (ids grow with creation time).
+    pub fn retry_job(&mut self, job_id: u64, at_ms: Ms, outcome: &str) -> Result<u64, WorldError> {
+        let original = self
+            .job(job_id)
+            .ok_or(WorldError::NoSuchJob(job_id))?
+            .clone();
+        let id = self.jobs.last().map_or(job_id, |j| j.id) + 1;
+        let (pending, running) = (at_ms + 1_000, at_ms + 6_000);
+        let mut job = JobPlan {
+            id,
+            created_at_ms: at_ms,
+            timeline: vec![
+                (at_ms, "created".to_owned()),
+                (pending, "pending".to_owned()),
+                (running, "running".to_owned()),
+                (running + 120_000, outcome.to_owned()),
+            ],
+            failure_reason: (outcome == "failed").then(|| "script_failure".to_owned()),
+            allow_failure: original.allow_failure,
+            ..original
+        };
+        if job.runner.is_none() {
+            job.runner = Some(RunnerDef::instance(1));
+        }
+        self.add_jobs(vec![job])?;
+        Ok(id)
     }
 
     pub fn projects(&self) -> &[ProjectDef] {
