@@ -4,6 +4,8 @@
 //! `tests/layers.rs` fails on a cycle):
 //!
 //! - [`model`]: GitLab's jobs and projects as the exporter reads them (plain data, no I/O).
+//! - [`failures`]: why a job failed: the class of its log's tail (pure: ordered regex rules,
+//!   escapes stripped, a bounded tail buffer).
 //! - [`shard`]: which projects this replica polls (rendezvous hashing).
 //! - [`config`]: the configuration file and environment, validated once into typed `Settings`.
 //! - [`tracker`]: what has been counted and which jobs are still followed (pure, no I/O).

@@ -235,6 +235,12 @@ fn the_model_is_at_the_bottom_and_client_and_metrics_stay_apart() {
     let graph = module_graph();
     let deps = |m: &str| graph.get(m).cloned().unwrap_or_default();
     assert!(deps("model").is_empty(), "model -> {:?}", deps("model"));
+    // The classifier is pure and sits right above the model: nothing of the crate.
+    assert!(
+        deps("failures").is_empty(),
+        "failures -> {:?}",
+        deps("failures")
+    );
     for (from, not) in [
         ("gitlab", "metrics"),
         ("metrics", "gitlab"),

@@ -18,8 +18,11 @@ pub mod labels;
 mod load;
 pub mod raw;
 mod render;
+pub mod size;
 mod validate;
 
+#[cfg(test)]
+mod failures_tests;
 #[cfg(test)]
 mod load_tests;
 #[cfg(test)]
@@ -29,17 +32,21 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
 
+use crate::failures::Classifier;
+
 pub use error::ConfigError;
 pub use labels::LabelsConfig;
 pub use raw::{
-    Config, DiscoveryConfig, GitlabConfig, GroupRef, LimitsConfig, MetricsConfig, PollConfig,
-    ProjectEntry, ServerConfig, StateConfig, WebhookConfig, default_duration_buckets,
-    default_queued_buckets,
+    Config, DiscoveryConfig, FailureRule, FailuresConfig, GitlabConfig, GroupRef, LimitsConfig,
+    MetricsConfig, PollConfig, ProjectEntry, ServerConfig, StateConfig, WebhookConfig,
+    default_duration_buckets, default_queued_buckets,
 };
+pub use size::ByteSize;
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "GITLAB_JOBS_EXPORTER";
@@ -75,6 +82,8 @@ pub struct Settings {
     pub projects: Vec<ProjectRef>,
     /// `[webhook]` when enabled.
     pub webhook: Option<WebhookSettings>,
+    /// `[failures]`, the rules compiled (also when `classify` is off: `--classify-log`).
+    pub failures: FailureSettings,
     /// How often the INFO summary is logged: [`SUMMARY_INTERVAL`], no configuration key
     /// (tests set it shorter, through the command line's hidden `--summary-interval`).
     pub summary_interval: Duration,
@@ -199,6 +208,41 @@ pub struct WebhookSettings {
     pub peer_url: Option<PeerUrl>,
     pub queue: NonZeroUsize,
 }
+
+/// `[failures]`, checked: sizes within bounds, the rules compiled.
+#[derive(Debug, Clone)]
+pub struct FailureSettings {
+    /// Read each failed job's log and count its class.
+    pub classify: bool,
+    /// Within [`MIN_TAIL_BYTES`]..=[`MAX_TAIL_BYTES`].
+    pub tail_bytes: usize,
+    /// At least `tail_bytes`, at most [`MAX_LOG_BYTES_LIMIT`].
+    pub max_log_bytes: u64,
+    /// The user's rules, then (unless `default_rules = false`) the defaults.
+    pub classifier: Arc<Classifier>,
+}
+
+impl Default for FailureSettings {
+    /// `[failures]` left out: classification off, the default sizes and rules.
+    fn default() -> Self {
+        let raw = FailuresConfig::default();
+        Self {
+            classify: raw.classify,
+            // 64 KiB (`default_tail_bytes`) fits any usize.
+            tail_bytes: usize::try_from(raw.tail_bytes.bytes()).unwrap_or(64 * 1024),
+            max_log_bytes: raw.max_log_bytes.bytes(),
+            classifier: Arc::new(Classifier::with_defaults()),
+        }
+    }
+}
+
+/// Bounds of `failures.tail_bytes`: a tail shorter than a kibibyte misses the lines that say
+/// why (they come before the runner's closing lines); one longer than a mebibyte only costs
+/// memory and regex time per failed job.
+pub const MIN_TAIL_BYTES: u64 = 1024;
+pub const MAX_TAIL_BYTES: u64 = 1024 * 1024;
+/// Upper bound of `failures.max_log_bytes`: every byte up to it is downloaded.
+pub const MAX_LOG_BYTES_LIMIT: u64 = 1024 * 1024 * 1024;
 
 /// `webhook.peer_url`: an http(s) URL template holding `{shard}`.
 #[derive(Debug, Clone, PartialEq, Eq)]

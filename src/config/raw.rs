@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(doc)]
 use super::Settings;
 use super::labels::LabelsConfig;
+use super::size::ByteSize;
 use super::{DEFAULT_LISTEN, ProjectRef};
 
 /// The configuration file (and its environment overrides) as written.
@@ -42,6 +43,51 @@ pub struct Config {
     /// GitLab's job webhooks as data (polling stays the safety net).
     #[serde(default)]
     pub webhook: WebhookConfig,
+    /// Why jobs fail: the class of each failed job's log tail.
+    #[serde(default)]
+    pub failures: FailuresConfig,
+}
+
+/// `[failures]`: each failed job's log read once, and the class its tail gets (issue 14).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailuresConfig {
+    /// Off by default: it costs one trace request per failed job.
+    #[serde(default)]
+    pub classify: bool,
+    /// The end of the log that is kept and classified.
+    #[serde(default = "default_tail_bytes")]
+    pub tail_bytes: ByteSize,
+    /// A longer log is not read to its end: class `log_too_large`.
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: ByteSize,
+    /// `false`: only `rules` apply.
+    #[serde(default = "yes")]
+    pub default_rules: bool,
+    /// Tried before the default rules, in this order; the first that matches names the class.
+    #[serde(default)]
+    pub rules: Vec<FailureRule>,
+}
+
+impl Default for FailuresConfig {
+    fn default() -> Self {
+        Self {
+            classify: false,
+            tail_bytes: default_tail_bytes(),
+            max_log_bytes: default_max_log_bytes(),
+            default_rules: true,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// A `[[failures.rules]]` entry: a class name and the regex (`match`) that gives it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FailureRule {
+    pub class: String,
+    #[serde(rename = "match")]
+    pub pattern: String,
 }
 
 /// `[webhook]`: `POST /webhook` takes GitLab's Job Hooks.
@@ -347,6 +393,12 @@ fn default_reconcile_interval() -> Duration {
 fn default_webhook_queue() -> usize {
     10_000
 }
+fn default_tail_bytes() -> ByteSize {
+    ByteSize::kib(64)
+}
+fn default_max_log_bytes() -> ByteSize {
+    ByteSize::mib(32)
+}
 fn default_backfill() -> Duration {
     Duration::from_secs(3600)
 }
@@ -398,6 +450,7 @@ impl Config {
             projects: projects.into_iter().map(ProjectEntry::from).collect(),
             groups: Vec::new(),
             webhook: WebhookConfig::default(),
+            failures: FailuresConfig::default(),
         }
     }
 }

@@ -9,7 +9,7 @@ use super::Config;
 
 /// Sections in the order they are printed; arrays of tables (`[[projects]]`, `[[groups]]`) last,
 /// so that no bare key can land at the top of the file.
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "gitlab",
     "server",
     "poll",
@@ -20,6 +20,7 @@ const SECTIONS: [&str; 12] = [
     "limits",
     "discovery",
     "webhook",
+    "failures",
     "projects",
     "groups",
 ];
@@ -102,6 +103,20 @@ fn section(name: &str, value: toml::Value, cfg: &Config, effective: &Effective) 
         "shard" => {
             if let Some(from) = &effective.shard_index_from {
                 let _ = writeln!(out, "# shard.index is not configured: {from}");
+            }
+        }
+        "failures" => {
+            let defaults = crate::failures::DEFAULT_RULES.len();
+            if cfg.failures.default_rules {
+                let _ = writeln!(
+                    out,
+                    "# failures.rules are tried first, then the {defaults} default rules (docs/failures.md)"
+                );
+            } else {
+                out.push_str(
+                    "# failures.default_rules = false: only failures.rules apply
+",
+                );
             }
         }
         "gitlab" if cfg.gitlab.token.is_none() && cfg.gitlab.token_file.is_none() => {

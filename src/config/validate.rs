@@ -4,18 +4,21 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
 
 use super::load::check_token;
 use super::{
-    API_SUFFIX, Buckets, Config, ConfigError, DiscoveryConfig, DiscoverySettings, GitlabConfig,
-    GitlabSettings, GitlabUrl, Group, GroupKey, GroupRef, LabelsConfig, LimitsConfig,
+    API_SUFFIX, Buckets, ByteSize, Config, ConfigError, DiscoveryConfig, DiscoverySettings,
+    FailureSettings, FailuresConfig, GitlabConfig, GitlabSettings, GitlabUrl, Group, GroupKey,
+    GroupRef, LabelsConfig, LimitsConfig, MAX_LOG_BYTES_LIMIT, MAX_TAIL_BYTES, MIN_TAIL_BYTES,
     MetricsConfig, MetricsSettings, PathFilter, PeerUrl, PollConfig, ProjectEntry, ProjectRef,
     ServerConfig, ServerSettings, Settings, Shard, TOKEN_ENV, WEBHOOK_SECRET_ENV, WebhookConfig,
     WebhookSettings,
 };
+use crate::failures::{Classifier, UserRule};
 
 impl Config {
     /// Checks every value that deserialisation alone cannot, and returns them typed.
@@ -34,6 +37,7 @@ impl Config {
         let metrics = self.metrics.validate()?;
         let discovery = self.discovery.validate(&self.groups, self.poll.backfill)?;
         let webhook = self.webhook.validate(&server, &self.poll, shard)?;
+        let failures = self.failures.validate()?;
         if self.projects.is_empty() && !discovery.enabled() {
             return Err(ConfigError::invalid(
                 "projects",
@@ -52,6 +56,7 @@ impl Config {
             discovery,
             projects: projects(&self.projects)?,
             webhook,
+            failures,
             summary_interval: super::SUMMARY_INTERVAL,
             effective: self.clone(),
         })
@@ -231,6 +236,58 @@ impl WebhookConfig {
             peer_url,
             queue,
         }))
+    }
+}
+
+impl FailuresConfig {
+    /// `[failures]`: the sizes within bounds, the rules compiled (whether or not `classify`
+    /// is on: `--classify-log` uses them too). Errors name the key, e.g.
+    /// `failures.rules[2].match`.
+    pub fn validate(&self) -> Result<FailureSettings, ConfigError> {
+        let tail = self.tail_bytes.bytes();
+        if !(MIN_TAIL_BYTES..=MAX_TAIL_BYTES).contains(&tail) {
+            return Err(ConfigError::invalid(
+                "failures.tail_bytes",
+                format!(
+                    "must be between {} and {} (the end of the log that is classified)",
+                    ByteSize(MIN_TAIL_BYTES),
+                    ByteSize(MAX_TAIL_BYTES)
+                ),
+            ));
+        }
+        let max = self.max_log_bytes.bytes();
+        if max < tail {
+            return Err(ConfigError::invalid(
+                "failures.max_log_bytes",
+                format!("must be at least failures.tail_bytes ({})", self.tail_bytes),
+            ));
+        }
+        if max > MAX_LOG_BYTES_LIMIT {
+            return Err(ConfigError::invalid(
+                "failures.max_log_bytes",
+                format!(
+                    "must be at most {} (every byte of a log up to it is downloaded)",
+                    ByteSize(MAX_LOG_BYTES_LIMIT)
+                ),
+            ));
+        }
+        let rules: Vec<UserRule> = self
+            .rules
+            .iter()
+            .map(|r| UserRule {
+                class: r.class.clone(),
+                pattern: r.pattern.clone(),
+            })
+            .collect();
+        let classifier = Classifier::new(&rules, self.default_rules)
+            .map_err(|e| ConfigError::invalid(format!("failures.{}", e.key()), e.to_string()))?;
+        Ok(FailureSettings {
+            classify: self.classify,
+            // At most MAX_TAIL_BYTES (1 MiB), checked above.
+            tail_bytes: usize::try_from(tail).unwrap_or(usize::MAX),
+            max_log_bytes: max,
+            classifier: Arc::new(classifier),
+        })
     }
 }
 

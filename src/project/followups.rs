@@ -39,9 +39,13 @@ pub struct ClassifyConfig {
 
 impl ClassifyConfig {
     /// From `[failures]`; `None` when classifying is off.
-    pub fn from_settings(_cfg: &crate::config::Settings) -> Option<Self> {
-        // Wired once `Settings.failures` (helper "classify") is merged.
-        None
+    pub fn from_settings(cfg: &crate::config::Settings) -> Option<Self> {
+        let f = &cfg.failures;
+        f.classify.then(|| Self {
+            classifier: f.classifier.clone(),
+            tail_bytes: f.tail_bytes,
+            max_log_bytes: f.max_log_bytes,
+        })
     }
 }
 
