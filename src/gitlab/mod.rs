@@ -32,8 +32,8 @@ use crate::model::{self, text};
 use crate::model::{Job, JobStatus, Project};
 use headers::{header_f64, raw_header, reset_in, retry_after, server_time};
 pub use observer::ClientObserver;
-pub use trace::Trace;
 use pager::NextHeaders;
+pub use trace::Trace;
 
 /// Largest response body accepted; a jobs page of 100 is ~200 KiB, so this only stops runaways.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;

@@ -92,10 +92,12 @@ impl GitlabClient {
         let (status, headers, mut resp) = self.open(ENDPOINT, url, &Method::Get).await?;
         if !status.is_success() {
             // An error answer is GitLab's JSON message (bounded), never the log.
-            let body = read_capped(resp).await.map_err(|message| ApiError::Transport {
-                endpoint: ENDPOINT,
-                message,
-            })?;
+            let body = read_capped(resp)
+                .await
+                .map_err(|message| ApiError::Transport {
+                    endpoint: ENDPOINT,
+                    message,
+                })?;
             return self.answer(ENDPOINT, status, headers, body).map(|_| {
                 // `answer` turns every non-success into an error; a 1xx/3xx cannot get here
                 // (no redirects followed), but would be no log either.
@@ -201,7 +203,9 @@ mod tests {
                                 if conn.write_all(chunk).await.is_err() {
                                     break 'write;
                                 }
-                                served.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                                served
+                                    .bytes
+                                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                             }
                         }
                     }
@@ -220,8 +224,9 @@ mod tests {
         cfg.gitlab.max_requests_per_minute = 1e9;
         cfg.gitlab.timeout = Duration::from_secs(5);
         let gitlab = cfg.gitlab.validate().expect("gitlab settings");
-        let metrics =
-            Arc::new(Metrics::new(&Default::default(), usize::MAX, &Default::default()).expect("metrics"));
+        let metrics = Arc::new(
+            Metrics::new(&Default::default(), usize::MAX, &Default::default()).expect("metrics"),
+        );
         let retry = RetryPolicy {
             retries: 2,
             min_delay: Duration::from_millis(1),
@@ -237,7 +242,11 @@ mod tests {
     async fn the_tail_of_a_log_is_kept_and_a_larger_one_is_dropped_early() {
         let served = Arc::new(Served::default());
         let (client, metrics) = client(&served).await;
-        let Trace::Tail(tail) = client.trace("7", 1, 1024, 64 * 1024 * 1024).await.expect("read") else {
+        let Trace::Tail(tail) = client
+            .trace("7", 1, 1024, 64 * 1024 * 1024)
+            .await
+            .expect("read")
+        else {
             panic!("not a tail");
         };
         assert_eq!(tail.len(), 1024);
@@ -252,7 +261,9 @@ mod tests {
         assert!(sent < 64 * 1024 * 1024, "{sent} bytes sent");
         let page = metrics.render().expect("render");
         assert!(
-            page.contains(r#"gitlab_jobs_exporter_api_requests_total{code="200",endpoint="trace"} 2"#),
+            page.contains(
+                r#"gitlab_jobs_exporter_api_requests_total{code="200",endpoint="trace"} 2"#
+            ),
             "{page}"
         );
     }
@@ -262,7 +273,10 @@ mod tests {
         let served = Arc::new(Served::default());
         let (client, _) = client(&served).await;
         for (job, status) in [(2, 404), (3, 403)] {
-            let e = client.trace("7", job, 1024, 1 << 20).await.expect_err("refused");
+            let e = client
+                .trace("7", job, 1024, 1 << 20)
+                .await
+                .expect_err("refused");
             assert_eq!(e.status(), Some(status));
             assert!(!e.to_string().contains("....."), "{e}");
         }
@@ -273,7 +287,11 @@ mod tests {
         );
         let e = client.trace("7", 5, 1024, 1 << 20).await.expect_err("502");
         assert_eq!(e.status(), Some(502));
-        assert_eq!(served.requests.load(Ordering::Relaxed), 3 + 3, "502 retried twice");
+        assert_eq!(
+            served.requests.load(Ordering::Relaxed),
+            3 + 3,
+            "502 retried twice"
+        );
     }
 
     /// CPU time of this thread, seconds.
@@ -309,6 +327,9 @@ mod tests {
         }
         let per = (thread_cpu() - start) / runs as f64;
         assert_eq!(classes, runs);
-        println!("CPU per classification of a 5 MiB log: {:.2} ms", per * 1000.0);
+        println!(
+            "CPU per classification of a 5 MiB log: {:.2} ms",
+            per * 1000.0
+        );
     }
 }

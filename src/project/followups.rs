@@ -25,7 +25,7 @@ use crate::tracker::Event;
 pub const MAX_PENDING: usize = 1_000;
 /// Logs read per project per cycle, at most (each one request through the budget).
 pub const PER_CYCLE: usize = 10;
-/// Reads of a job's log that may fail (404, 403, an empty body, errors) before it is
+/// Reads of a job's log that may fail (404, 403, errors) before it is
 /// `unavailable`; one per cycle at most, so a passing outage of GitLab is waited out.
 pub const MAX_TRIES: u32 = 3;
 
@@ -63,7 +63,7 @@ pub struct Followups {
 pub enum Outcome {
     /// Its class (from the tail, or `log_too_large`), and the own-metrics result.
     Class(String, &'static str),
-    /// No log this time (404, 403, empty, errors): tried again next cycle, up to MAX_TRIES.
+    /// No log this time (404, 403, errors): tried again next cycle, up to MAX_TRIES.
     Failed,
 }
 
@@ -119,7 +119,12 @@ impl Followups {
                 continue;
             }
             if self.pending.len() >= MAX_PENDING {
-                metrics.count_failure(project, labels, failure_reason, crate::failures::UNAVAILABLE);
+                metrics.count_failure(
+                    project,
+                    labels,
+                    failure_reason,
+                    crate::failures::UNAVAILABLE,
+                );
                 metrics.failure_classification("overflow");
                 continue;
             }
@@ -218,7 +223,8 @@ mod tests {
 
     fn line<'a>(page: &'a str, class: &str) -> Option<&'a str> {
         page.lines().find(|l| {
-            l.starts_with("gitlab_ci_job_failures_total{") && l.contains(&format!("class=\"{class}\""))
+            l.starts_with("gitlab_ci_job_failures_total{")
+                && l.contains(&format!("class=\"{class}\""))
         })
     }
 
@@ -254,10 +260,26 @@ mod tests {
         let oom = line(&page, "oom").expect("oom line");
         assert!(oom.contains("job=\"a\"") && oom.ends_with(" 1"), "{oom}");
         let unavailable = line(&page, "unavailable").expect("unavailable line");
-        assert!(unavailable.contains("job=\"b\"") && unavailable.ends_with(" 1"), "{page}");
-        assert!(page.contains("gitlab_jobs_exporter_failure_classifications_total{result=\"classified\"} 1"), "{page}");
-        assert!(page.contains("gitlab_jobs_exporter_failure_classifications_total{result=\"unavailable\"} 1"), "{page}");
-        assert!(page.contains("gitlab_jobs_exporter_failure_classifications_pending 0"), "{page}");
+        assert!(
+            unavailable.contains("job=\"b\"") && unavailable.ends_with(" 1"),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "gitlab_jobs_exporter_failure_classifications_total{result=\"classified\"} 1"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "gitlab_jobs_exporter_failure_classifications_total{result=\"unavailable\"} 1"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains("gitlab_jobs_exporter_failure_classifications_pending 0"),
+            "{page}"
+        );
     }
 
     #[test]
@@ -269,9 +291,17 @@ mod tests {
         f.enqueue("g/p", &events, &ids, &m);
         assert_eq!(f.len(), MAX_PENDING);
         let page = m.render().expect("render");
-        assert!(line(&page, "unavailable").is_some_and(|l| l.ends_with(" 1")), "{page}");
+        assert!(
+            line(&page, "unavailable").is_some_and(|l| l.ends_with(" 1")),
+            "{page}"
+        );
         assert!(page.contains("result=\"overflow\"} 1"), "{page}");
-        assert!(page.contains(&format!("gitlab_jobs_exporter_failure_classifications_pending {MAX_PENDING}")), "{page}");
+        assert!(
+            page.contains(&format!(
+                "gitlab_jobs_exporter_failure_classifications_pending {MAX_PENDING}"
+            )),
+            "{page}"
+        );
     }
 
     #[test]

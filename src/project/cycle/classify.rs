@@ -2,12 +2,13 @@
 //! waiting for their class ([`crate::project::followups`]), one trace request each through
 //! the budget. Planned under the lock, read without it, each settled under the lock again
 //! (counted and taken off the queue in one step). A log that cannot be read never fails the
-//! cycle: the job is tried again next cycle, and is `unavailable` after a few tries.
+//! cycle: the job is tried again next cycle, and is `unavailable` after a few tries; an empty
+//! log (erased, or a job that never ran) is `unavailable` at once.
 
 use tracing::{debug, warn};
 
 use super::Cycle;
-use crate::failures::LOG_TOO_LARGE;
+use crate::failures::{LOG_TOO_LARGE, UNAVAILABLE};
 use crate::gitlab::{ApiError, Trace};
 use crate::project::followups::Outcome;
 
@@ -29,8 +30,10 @@ impl Cycle<'_> {
             self.stats.traces += 1;
             let outcome = match read {
                 Ok(Trace::TooLarge) => Outcome::Class(LOG_TOO_LARGE.to_string(), "log_too_large"),
-                // Erased, or not written yet: tried again.
-                Ok(Trace::Tail(tail)) if tail.is_empty() => Outcome::Failed,
+                // Erased (or the job never ran): GitLab has no log to give, now or later.
+                Ok(Trace::Tail(tail)) if tail.is_empty() => {
+                    Outcome::Class(UNAVAILABLE.to_string(), "unavailable")
+                }
                 Ok(Trace::Tail(tail)) => {
                     // Escapes and section markers are stripped by the classifier.
                     let verdict = config.classifier.classify(&tail);
