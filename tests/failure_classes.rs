@@ -372,3 +372,45 @@ async fn classifying_off_requests_no_log_and_shows_no_class() {
     assert!(scrape.values("gitlab_ci_job_failures_total").is_empty());
     assert!(!scrape.text.contains("gitlab_ci_job_failures_total"));
 }
+
+/// Through the configuration and the scheduler (`[failures] classify = true`, webhooks on):
+/// the same exactness, and a project whose hooks arrive is still polled at the normal pace
+/// while failed jobs wait for their class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_classifies_from_the_configuration() {
+    use gitlab_sim::LogLimits;
+    let mut h = common::Harness::start_with(
+        world(34),
+        T0 + HOUR,
+        IDS.map(by_id).to_vec(),
+        Duration::from_secs(3600),
+        |cfg| {
+            cfg.failures.classify = true;
+            common::with_webhooks(cfg);
+        },
+    )
+    .await;
+    // The exporter's defaults: 64 KiB tails, 32 MiB at most.
+    h.sim.set_log_limits(LogLimits::default());
+    h.poll().await;
+    for _ in 0..10 {
+        h.sim.advance(Duration::from_secs(120));
+        h.poll().await;
+    }
+    h.settle().await;
+    let truth = h.truth();
+    assert_classes_match(&h.scrape().await, &truth);
+    let scrape = h.scrape().await;
+    let requests = scrape.values("gitlab_jobs_exporter_api_requests_total");
+    let traces: f64 = requests
+        .iter()
+        .filter(|(k, _)| k.get("endpoint").is_some_and(|e| e == "trace"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(
+        traces,
+        truth.total_failures() as f64,
+        "one trace request per failed job"
+    );
+    h.stop().await;
+}

@@ -228,6 +228,33 @@ mod tests {
         })
     }
 
+    /// A project whose hooks arrive is reconciled only every `webhook.reconcile_interval`;
+    /// a failed job waiting for its class is read at the normal pace (a hook's failure
+    /// classified within a poll interval).
+    #[test]
+    fn waiting_classes_keep_a_hooked_project_paced() {
+        use crate::model::Activity;
+        use crate::project::state::{NextPoll, Project};
+        let m = metrics();
+        let mut p = Project::new(
+            crate::config::ProjectRef::Id(5),
+            std::time::Duration::from_secs(3600),
+            Default::default(),
+            (0, 1),
+        );
+        p.resolved = Some((5, "g/p".into()));
+        p.followups = on();
+        p.tracker.complete_cycle(Some(1), Some(1));
+        p.set_hook_state(crate::project::hooks::HookState::Receiving, &m);
+        let interval = std::time::Duration::from_secs(30);
+        assert_eq!(p.next_poll(interval), NextPoll::Reconcile);
+        p.followups.enqueue("g/p", &[failed("a")], &[2], &m);
+        assert_eq!(p.next_poll(interval), NextPoll::Paced(Activity::Busy));
+        p.followups
+            .settle("g/p", 2, Outcome::Class("oom".into(), "classified"), &m);
+        assert_eq!(p.next_poll(interval), NextPoll::Reconcile);
+    }
+
     #[test]
     fn off_queues_nothing() {
         let m = metrics();
