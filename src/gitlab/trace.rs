@@ -18,13 +18,22 @@ use crate::failures::TailBuffer;
 
 const ENDPOINT: &str = "trace";
 
-/// What reading a job's log gave.
-#[derive(Debug, PartialEq, Eq)]
+/// What reading a job's log gave. Its `Debug` shows the tail's length only: logs hold secrets.
+#[derive(PartialEq, Eq)]
 pub enum Trace {
     /// The last bytes of the log (at most `tail_bytes`; empty for an erased log).
     Tail(Vec<u8>),
     /// More than `max_log_bytes`: reading stopped there.
     TooLarge,
+}
+
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tail(tail) => write!(f, "Tail({} bytes)", tail.len()),
+            Self::TooLarge => f.write_str("TooLarge"),
+        }
+    }
 }
 
 impl GitlabClient {
