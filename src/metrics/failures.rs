@@ -120,7 +120,7 @@ impl Metrics {
         }
     }
 
-    /// One result of classifying (see [`Own`]).
+    /// One result of classifying (`gitlab_jobs_exporter_failure_classifications_total`).
     pub fn failure_classification(&self, result: &str) {
         if let Some(c) = with(&self.failures.results, &[result]) {
             c.inc();

@@ -1,7 +1,7 @@
 //! A project's failed jobs waiting for their failure class (`[failures] classify = true`).
 //!
 //! A failed job is queued in the lock scope in which the tracker counts it (a polled page or a
-//! hook, [`crate::project::state::Project::publish`]), with the labels it was counted under:
+//! hook, `Project::publish`), with the labels it was counted under:
 //! the tracker counts a job once, so it is queued once, whoever saw it. Each cycle then reads
 //! the logs of a few queued jobs ([`PER_CYCLE`], see `cycle::classify`) and counts each in
 //! `gitlab_ci_job_failures_total` in the lock scope that takes it off the queue. The queue is
