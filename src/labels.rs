@@ -29,7 +29,9 @@ impl LabelsConfig {
         }
         for e in events {
             let labels = match e {
-                Event::Started { labels, .. } | Event::Completed { labels, .. } => labels,
+                Event::Started { labels, .. }
+                | Event::Completed { labels, .. }
+                | Event::Flaky { labels } => labels,
             };
             labels.ref_ = match self.ref_ {
                 RefMode::Raw => std::mem::take(&mut labels.ref_),
@@ -148,7 +150,9 @@ mod tests {
         events
             .into_iter()
             .map(|e| match e {
-                Event::Started { labels, .. } | Event::Completed { labels, .. } => labels.name,
+                Event::Started { labels, .. }
+                | Event::Completed { labels, .. }
+                | Event::Flaky { labels } => labels.name,
             })
             .collect()
     }

@@ -161,8 +161,9 @@ impl std::fmt::Display for JobStatus {
 /// One job from `GET /projects/:id/jobs` or `GET /projects/:id/jobs/:job_id`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Job {
-    #[serde(rename = "pipeline", default, deserialize_with = "lenient_pipeline")]
-    pub pipeline_id: Option<u64>,
+    /// The job's `pipeline` object, as far as it is read (`id`, `created_at`).
+    #[serde(default, deserialize_with = "lenient_pipeline")]
+    pub pipeline: JobPipeline,
     #[serde(deserialize_with = "job_id")]
     pub id: u64,
     pub status: JobStatus,
@@ -218,16 +219,36 @@ fn lenient_runner<'de, D: Deserializer<'de>>(d: D) -> Result<Option<JobRunner>, 
 }
 
 impl Job {
+    /// Its pipeline's id, if it names one.
+    pub fn pipeline_id(&self) -> Option<u64> {
+        self.pipeline.id
+    }
+
     /// The job ran (a runner picked it up): only then do its durations mean anything.
     pub fn has_started(&self) -> bool {
         self.started_at.is_some()
     }
 }
 
-/// `pipeline.id`, if the job names a pipeline.
-fn lenient_pipeline<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let fields = lenient::object_fields(d, ["id"])?;
-    Ok(fields.and_then(|[id]| id?.as_u64()))
+/// What the exporter reads of a job's `pipeline` object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobPipeline {
+    pub id: Option<u64>,
+    /// When the pipeline was created: its jobs (retries included) were all created after it,
+    /// so a pipeline created after a job was listed holds no job older than that one.
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// `pipeline.id` and `pipeline.created_at`, if the job names a pipeline (a field of another
+/// shape reads as absent).
+fn lenient_pipeline<'de, D: Deserializer<'de>>(d: D) -> Result<JobPipeline, D::Error> {
+    let fields = lenient::object_fields(d, ["id", "created_at"])?;
+    Ok(fields
+        .map(|[id, created_at]| JobPipeline {
+            id: id.and_then(|v| v.as_u64()),
+            created_at: created_at.and_then(|v| v.as_str().and_then(parse_time)),
+        })
+        .unwrap_or_default())
 }
 
 /// `GET /projects/:id`.

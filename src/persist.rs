@@ -13,6 +13,7 @@ use tracing::{error, warn};
 use crate::metrics::carry::Carry;
 use crate::metrics::jobs::ProjectSeries;
 use crate::tracker::Tracker;
+use crate::tracker::attempts::Attempts;
 
 /// Bumped when the format changes incompatibly; a newer file is set aside, never misread.
 pub const VERSION: u32 = 1;
@@ -56,6 +57,10 @@ pub struct ProjectCheckpoint {
     /// checkpoints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub followups: Vec<PendingClass>,
+    /// Failed attempts and undecided successes for flaky jobs, taken with the tracker;
+    /// absent from older checkpoints (then nothing below the next cycle's pages is certain).
+    #[serde(default, skip_serializing_if = "Attempts::is_empty")]
+    pub attempts: Attempts,
 }
 
 /// A failed job waiting for its failure class.
@@ -325,6 +330,7 @@ mod tests {
                 retired_at: Some(1_790_000_000.5),
                 label_policy: crate::labels::default_fingerprint(),
                 followups: Vec::new(),
+                attempts: Default::default(),
             },
         );
         Checkpoint {

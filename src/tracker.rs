@@ -75,6 +75,9 @@ pub enum Event {
         /// GitLab's `finished_at` (unix seconds), for the freshness histogram.
         finished_at: Option<f64>,
     },
+    /// A success counted earlier was found to follow a failed attempt of the same name in
+    /// its pipeline (see `project::attempts`): count it flaky, once.
+    Flaky { labels: JobLabels },
 }
 
 /// A job not yet final.
@@ -301,7 +304,7 @@ impl Tracker {
         if touch
             && changed
             && !(job.status.is_final() && self.is_handled(id))
-            && let Some(p) = job.pipeline_id
+            && let Some(p) = job.pipeline_id()
         {
             self.touched.insert(p);
         }
@@ -389,7 +392,7 @@ impl Tracker {
                 started_seen: counted || job.has_started(),
                 counted,
                 pending_since: pending_since(job, server_now),
-                pipeline_id: job.pipeline_id,
+                pipeline_id: job.pipeline_id(),
             },
         );
     }
@@ -606,5 +609,6 @@ fn pending_since(job: &Job, server_now: f64) -> Option<f64> {
     }
 }
 
+pub mod attempts;
 #[cfg(test)]
 mod tests;

@@ -206,8 +206,13 @@ impl JobsPage {
 /// Which page of one pipeline's job list to read.
 #[derive(Debug, Clone)]
 pub enum PipelineJobsRequest<'a> {
-    /// The first page (offset pagination, newest first), retried jobs included.
-    First { project: &'a str, pipeline: u64 },
+    /// The first page (offset pagination, newest first), retried jobs included, optionally
+    /// restricted to some statuses (`scope[]`).
+    First {
+        project: &'a str,
+        pipeline: u64,
+        scopes: &'a [JobStatus],
+    },
     /// A `Link: rel="next"` target as returned in [`JobsPage::next`].
     Next(&'a str),
 }
@@ -454,10 +459,17 @@ impl GitlabClient {
     ) -> Result<JobsPage, ApiError> {
         const ENDPOINT: &str = "pipeline_jobs";
         let rel = match req {
-            PipelineJobsRequest::First { project, pipeline } => {
+            PipelineJobsRequest::First {
+                project,
+                pipeline,
+                scopes,
+            } => {
                 let mut q = url::form_urlencoded::Serializer::new(String::new());
                 q.append_pair("include_retried", "true");
                 q.append_pair("per_page", &PER_PAGE.to_string());
+                for s in scopes {
+                    q.append_pair("scope[]", s.as_str());
+                }
                 format!(
                     "projects/{project}/pipelines/{pipeline}/jobs?{}",
                     q.finish()

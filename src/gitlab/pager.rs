@@ -301,12 +301,14 @@ impl PageSource for JobList<'_> {
     }
 }
 
-/// `GET /projects/:id/pipelines/:pipeline_id/jobs?include_retried=true` (offset).
+/// `GET /projects/:id/pipelines/:pipeline_id/jobs?include_retried=true` (offset), optionally
+/// restricted to some statuses (`scope[]`).
 #[derive(Debug, Clone, Copy)]
 pub struct PipelineJobList<'a> {
     pub client: &'a GitlabClient,
     pub project: &'a str,
     pub pipeline: u64,
+    pub scopes: &'a [JobStatus],
 }
 
 impl PageSource for PipelineJobList<'_> {
@@ -316,6 +318,7 @@ impl PageSource for PipelineJobList<'_> {
             None => PipelineJobsRequest::First {
                 project: self.project,
                 pipeline: self.pipeline,
+                scopes: self.scopes,
             },
             Some(rel) => PipelineJobsRequest::Next(rel),
         };

@@ -48,6 +48,9 @@ pub struct ProjectSeries {
     /// `gitlab_ci_job_failures_total` (see `super::failures`); absent in older checkpoints.
     #[serde(default, with = "pairs", skip_serializing_if = "BTreeMap::is_empty")]
     pub failures: BTreeMap<Key, u64>,
+    /// `gitlab_ci_job_flaky_total` (see [`super::flaky`]); absent from older checkpoints.
+    #[serde(default, with = "pairs", skip_serializing_if = "BTreeMap::is_empty")]
+    pub flaky: BTreeMap<Key, u64>,
 }
 
 /// A series' key: its label values after `project` (compared, ordered and saved as just that
@@ -119,7 +122,7 @@ impl Key {
         }
     }
 
-    fn labelled(values: Vec<String>, names: &[&str]) -> Self {
+    pub(super) fn labelled(values: Vec<String>, names: &[&str]) -> Self {
         let block = Some(Block::new(names, &values));
         Self { values, block }
     }
@@ -181,7 +184,7 @@ impl<'de> Deserialize<'de> for Key {
 }
 
 /// The entry of `values` in `map`, made (with its label block) if new.
-fn entry<'m, V: Default>(
+pub(super) fn entry<'m, V: Default>(
     map: &'m mut BTreeMap<Key, V>,
     values: Vec<String>,
     names: &[&str],
@@ -323,6 +326,8 @@ impl ProjectSeries {
                             .observe(&bounds.duration, *d);
                     }
                 }
+                // Its own family, capped on its own (`super::flaky`).
+                Event::Flaky { .. } => {}
             }
         }
     }

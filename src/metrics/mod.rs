@@ -9,6 +9,7 @@
 
 pub mod carry;
 mod failures;
+pub mod flaky;
 pub mod gzip;
 pub mod jobs;
 mod own;
@@ -155,6 +156,9 @@ pub struct Metrics {
     hooks: own::Hooks,
     /// Classifying failed jobs (`failures.rs`).
     failures: failures::Own,
+    /// `gitlab_ci_job_flaky_total`'s labels, and the flaky checks' own counters.
+    flaky_layout: flaky::Layout,
+    flaky: flaky::Own,
     rate_limit_seen: AtomicBool,
     /// Unknown statuses shown per project last time, so they can be removed when gone.
     shown_unknown: Mutex<BTreeMap<String, BTreeSet<String>>>,
@@ -208,6 +212,7 @@ impl Metrics {
         let fleet = own::Fleet::new(&registry)?;
         let hooks = own::Hooks::new(&registry)?;
         let failures = failures::Own::new(&registry)?;
+        let flaky = flaky::Own::new(&registry)?;
         let checkpoint_failures = prometheus::IntCounter::new(
             "gitlab_jobs_exporter_checkpoint_failures_total",
             "Checkpoint writes to state.dir that failed; meanwhile /metrics keeps showing the values of the last checkpoint written.",
@@ -236,6 +241,8 @@ impl Metrics {
             fleet,
             hooks,
             failures,
+            flaky_layout: flaky::Layout::new(labels),
+            flaky,
             rate_limit_seen: AtomicBool::new(false),
             shown_unknown: Mutex::new(BTreeMap::new()),
             new_reasons: Mutex::new(BTreeSet::new()),
@@ -271,6 +278,18 @@ impl Metrics {
             &self.layout,
             &mut room,
         );
+        if events.iter().any(|e| matches!(e, Event::Flaky { .. })) {
+            let used = flaky::used(&jobs);
+            if let Some(series) = jobs.get_mut(project) {
+                room.folded |= flaky::apply(
+                    &mut series.flaky,
+                    events,
+                    &self.flaky_layout,
+                    self.max_series,
+                    used,
+                );
+            }
+        }
         if room.folded && !self.capped.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 max_series = self.max_series,
@@ -325,7 +344,8 @@ impl Metrics {
     /// Puts back a project's job series from a checkpoint; histograms whose buckets no longer
     /// match the configuration are dropped (and reported).
     pub fn restore_project_series(&self, project: &str, mut series: jobs::ProjectSeries) -> usize {
-        let dropped = series.drop_mismatched(&self.bounds, &self.layout);
+        let dropped = series.drop_mismatched(&self.bounds, &self.layout)
+            + flaky::restored(&mut series.flaky, &self.flaky_layout);
         series.label(&self.layout);
         self.lock_jobs().insert(project.to_string(), series);
         dropped
@@ -669,9 +689,11 @@ impl Metrics {
     /// The exporter's own families, live values plus the carried base.
     pub fn own_families(&self) -> Vec<prometheus::proto::MetricFamily> {
         let used = series_used(&self.lock_jobs());
+        let flaky_used = flaky::used(&self.lock_jobs());
         for (name, n) in [jobs::JOBS_TOTAL, jobs::DURATION, jobs::QUEUED]
             .iter()
             .zip(used)
+            .chain([(&flaky::FLAKY_TOTAL, flaky_used)])
         {
             if let Some(g) = with(&self.fleet.series, &[name]) {
                 g.set(n as i64);
@@ -836,6 +858,10 @@ impl Metrics {
                 let rank = if f.is_histogram() { 3 } else { 0 };
                 parts.push((rank, f.name().to_string(), f.is_histogram(), Part::Job(f)));
             }
+        }
+        if let Some(t) = flaky::render(jobs, &self.flaky_layout) {
+            // Ranked as `rank` ranks the other gitlab_ci_ counters.
+            parts.push((1, flaky::FLAKY_TOTAL.to_string(), false, Part::Own(t)));
         }
         parts.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         let mut len = text::Len::default();

@@ -20,6 +20,9 @@ pub struct JobHook {
     pub project_path: Option<String>,
     /// `project.default_branch` (for `labels.ref = "kind"` before the project's lookup).
     pub default_branch: Option<String>,
+    /// `retries_count`: earlier attempts of this job's name in its pipeline that were
+    /// retried (GitLab 15.6+; `None` when not sent). 0 means a first attempt.
+    pub retries_count: Option<u64>,
     pub job: Job,
 }
 
@@ -66,6 +69,8 @@ struct Raw {
     build_failure_reason: Option<String>,
     #[serde(default, deserialize_with = "lenient_u64")]
     pipeline_id: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    retries_count: Option<u64>,
     project_id: u64,
     #[serde(default, deserialize_with = "super::lenient_runner")]
     runner: Option<JobRunner>,
@@ -103,7 +108,10 @@ pub fn decode_job_hook(body: &[u8]) -> Result<JobHook, HookError> {
         None
     };
     let job = Job {
-        pipeline_id: raw.pipeline_id,
+        pipeline: super::JobPipeline {
+            id: raw.pipeline_id,
+            created_at: None,
+        },
         id: raw.build_id,
         status: raw.build_status,
         stage: raw.build_stage,
@@ -123,6 +131,7 @@ pub fn decode_job_hook(body: &[u8]) -> Result<JobHook, HookError> {
         project_id: raw.project_id,
         project_path,
         default_branch,
+        retries_count: raw.retries_count,
         job,
     })
 }
@@ -185,7 +194,8 @@ mod tests {
             ("auto_deploy:start", "coordinated:tag")
         );
         assert_eq!(j.ref_, "main");
-        assert_eq!(j.pipeline_id, Some(743121198));
+        assert_eq!(j.pipeline_id(), Some(743121198));
+        assert_eq!(hook.retries_count, Some(1));
         assert_eq!(j.duration, Some(49.503592));
         assert_eq!(j.queued_duration, Some(0.193009));
         assert_eq!(

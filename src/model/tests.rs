@@ -43,7 +43,7 @@ fn decodes_gitlab_docs_example() {
     assert_eq!(jobs[0].duration, Some(0.173));
     assert_eq!(jobs[0].queued_duration, Some(0.010));
     assert_eq!(jobs[0].ref_, "main");
-    assert_eq!(jobs[0].pipeline_id, Some(6));
+    assert_eq!(jobs[0].pipeline_id(), Some(6));
     assert!(jobs[0].has_started());
     assert_eq!(
         jobs[0].runner,
@@ -220,4 +220,30 @@ mod properties {
             }
         }
     }
+}
+
+#[test]
+fn pipeline_created_at_is_read_leniently() {
+    let body = br#"[
+        {"id": 1, "status": "success", "pipeline": {"id": 6, "created_at": "2026-01-01T10:00:00.000Z", "sha": "x"}},
+        {"id": 2, "status": "success", "pipeline": {"id": 7, "created_at": 12}},
+        {"id": 3, "status": "success", "pipeline": {"id": "8", "created_at": "soon"}},
+        {"id": 4, "status": "success", "pipeline": null}
+    ]"#;
+    let (jobs, bad) = decode_jobs(body, usize::MAX).unwrap();
+    assert_eq!(bad, 0);
+    assert_eq!(jobs[0].pipeline_id(), Some(6));
+    assert_eq!(
+        jobs[0].pipeline.created_at,
+        parse_time("2026-01-01T10:00:00.000Z")
+    );
+    assert_eq!(
+        (jobs[1].pipeline_id(), jobs[1].pipeline.created_at),
+        (Some(7), None)
+    );
+    assert_eq!(
+        (jobs[2].pipeline_id(), jobs[2].pipeline.created_at),
+        (None, None)
+    );
+    assert_eq!(jobs[3].pipeline, crate::model::JobPipeline::default());
 }

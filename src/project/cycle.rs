@@ -36,6 +36,7 @@ use crate::tracker::Gap;
 mod catch_up;
 mod classify;
 mod fetch;
+mod flaky;
 mod listings;
 mod pages;
 
@@ -551,6 +552,8 @@ impl<'a> Cycle<'a> {
             p.tracker.set_gaps(gaps);
             p.tracker.complete_cycle(self.lowest, self.highest)
         };
+        // 3. Flaky jobs: every id up to the high-water mark has been read now.
+        self.settle_flaky().await;
         if given_up > 0 {
             warn!(project = %self.label, given_up, limit = crate::tracker::MAX_FOLLOWED,
                 "too many unfinished jobs to follow; the oldest are no longer followed");
@@ -599,6 +602,7 @@ impl<'a> Cycle<'a> {
                 }
                 let fed = p.feed(&page, now, self.metrics);
                 self.stats.add(fed);
+                p.attempts.listed(&page.jobs);
                 p.tracker.wants_page_after(&page.jobs)
             };
             for j in &page.jobs {

@@ -59,6 +59,10 @@ impl Project {
         let label = self.label();
         let mut events = Vec::new();
         let seen = self.tracker.observe_hook(job, now, &mut events);
+        let mut flaky = Vec::new();
+        let first_attempt = hook.retries_count == Some(0);
+        self.observe_attempt(job, &events, first_attempt, &mut flaky, metrics);
+        events.append(&mut flaky);
         for e in &events {
             if let Event::Completed {
                 finished_at: Some(t),
@@ -131,6 +135,7 @@ mod tests {
             project_id: 5,
             project_path: None,
             default_branch: Some("main".into()),
+            retries_count: None,
             job: serde_json::from_value(serde_json::json!({
                 "id": id, "status": status, "stage": "test", "name": "rspec", "ref": "main",
                 "created_at": "2026-01-01T10:00:00.000Z", "finished_at": "2026-01-01T10:01:00.000Z",

@@ -21,6 +21,7 @@ use crate::model::JobStatus;
 use crate::persist::ProjectCheckpoint;
 use crate::project::followups::Followups;
 use crate::project::hooks::{HookState, MISSED_AFTER_SECS};
+use crate::tracker::attempts::Attempts;
 use crate::tracker::{Event, Tracker, secs};
 
 /// When a project is polled next.
@@ -92,6 +93,8 @@ pub struct Project {
     /// Numeric id and `path_with_namespace`, once resolved.
     pub(crate) resolved: Option<(u64, String)>,
     pub(crate) tracker: Tracker,
+    /// Failed attempts and successes to decide, for flaky jobs; changes with the tracker.
+    pub(crate) attempts: Attempts,
     pub(crate) backfill: Duration,
     /// The GitLab rejected `waiting_for_callback`/`canceling` in `scope[]` (older than 17.x).
     pub(crate) legacy_scopes: bool,
@@ -147,6 +150,7 @@ impl Project {
             reference,
             resolved: None,
             tracker: Tracker::new(),
+            attempts: Attempts::default(),
             backfill,
             legacy_scopes: false,
             completed_cycles: 0,
@@ -235,6 +239,7 @@ impl Project {
             retired_at: None,
             label_policy: self.labels.fingerprint(),
             followups: self.followups.checkpoint(),
+            attempts: self.attempts.clone(),
         }
     }
 
@@ -256,6 +261,7 @@ impl Project {
         }
         self.resolved = cp.resolved;
         self.tracker = cp.tracker;
+        self.attempts = cp.attempts.restored();
         self.completed_cycles = cp.completed_cycles;
         self.default_branch = cp.default_branch;
         self.followups.restore(cp.followups);
@@ -384,8 +390,9 @@ impl Project {
         let mut in_flight = counts.iter().filter(|(s, n)| **n > 0 && !is_waiting(s));
         let pending_only = in_flight.clone().all(|(s, _)| *s == JobStatus::Pending);
         let in_flight = in_flight.next().is_some();
-        // Unread gaps too: catching up should not wait for idle back-off.
-        let catching_up = !self.tracker.gaps().is_empty();
+        // Unread gaps too: catching up should not wait for idle back-off; nor should
+        // pipelines left to look up for flaky jobs.
+        let catching_up = !self.tracker.gaps().is_empty() || self.attempts.has_lookups();
         let changed = catching_up || events > 0;
         self.activity = if in_flight || changed {
             Activity::Busy
@@ -409,9 +416,12 @@ impl Project {
         let mut events = Vec::new();
         // The job each event is about (for the failure classes' queue).
         let mut origin = Vec::new();
+        let mut flaky = Vec::new();
         for job in &page.jobs {
+            let before = events.len();
             self.tracker.observe(job, server_now, &mut events);
             origin.resize(events.len(), job.id);
+            self.observe_attempt(job, &events[before..], false, &mut flaky, metrics);
         }
         let mut fed = Fed {
             events: events.len(),
@@ -430,8 +440,42 @@ impl Project {
             }
         }
         self.polled_completions(missed, metrics);
+        events.append(&mut flaky);
         self.publish(&label, events, &origin, metrics);
         fed
+    }
+
+    /// Flaky jobs: notes `job` (a failed attempt is remembered) and, when `events` (what
+    /// observing it caused) count it as a success, decides now or leaves it to
+    /// [`Attempts::settle`]. `first_attempt`: a Job Hook said `retries_count` 0.
+    pub(crate) fn observe_attempt(
+        &mut self,
+        job: &crate::model::Job,
+        events: &[Event],
+        first_attempt: bool,
+        flaky: &mut Vec<Event>,
+        metrics: &Metrics,
+    ) {
+        self.attempts.observe(job);
+        for e in events {
+            if let Event::Completed {
+                labels,
+                status: JobStatus::Success,
+                ..
+            } = e
+            {
+                let mut given_up = 0;
+                if let Some(labels) =
+                    self.attempts
+                        .success(job, labels.clone(), first_attempt, &mut given_up)
+                {
+                    flaky.push(Event::Flaky { labels });
+                }
+                if given_up > 0 {
+                    metrics.flaky_undecided(given_up);
+                }
+            }
+        }
     }
 
     /// Tracker events to the job series, under the label policy (polls' and hooks' alike);

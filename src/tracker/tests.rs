@@ -74,7 +74,9 @@ fn runner_seen_after_the_job_was_first_followed_labels_its_events() {
     t.observe(&done, 0.0, &mut ev);
     assert_eq!(ev.len(), 2);
     for e in &ev {
-        let (Event::Started { labels, .. } | Event::Completed { labels, .. }) = e;
+        let (Event::Started { labels, .. }
+        | Event::Completed { labels, .. }
+        | Event::Flaky { labels }) = e;
         assert_eq!(labels.runner.as_ref(), Some(&runner), "{e:?}");
     }
 }

@@ -208,6 +208,7 @@ impl Cycle<'_> {
             client: self.client,
             project: &api_id,
             pipeline,
+            scopes: &[],
         };
         // Never more pages than jobs wanted: at worst about twice the single fetches.
         let mut pager = Pager::new(list, wanted.len());
