@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::app::App;
-use crate::config::{Config, ConfigError, Settings, WEBHOOK_SECRET_ENV};
+use crate::config::{Config, ConfigError, FailureSettings, Settings, WEBHOOK_SECRET_ENV};
 use crate::gitlab::RetryPolicy;
-use crate::{doctor, install, server};
+use crate::{doctor, failures, install, server};
 
 /// Where `--demo` listens unless told otherwise: loopback only, the simulator is no real GitLab.
 pub const DEMO_LISTEN: &str = "127.0.0.1:39129";
@@ -87,6 +87,12 @@ pub struct Cli {
     /// (GitLab never shows a hook's token, so a changed secret is not detected).
     #[arg(long, requires = "install_webhooks")]
     pub update_token: bool,
+    /// Print the class a job log gets (`class: …`) and the rule that matched (`rule: …`), with
+    /// the `[failures]` rules of --config (without it: the default rules), then exit 0; a bad
+    /// rule exits 2. Only the end of the log is read (failures.tail_bytes), as the exporter
+    /// reads it; `-` reads standard input. Nothing of the log is printed.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["check_config", "demo", "install_webhooks", "check_gitlab"])]
+    pub classify_log: Option<PathBuf>,
     /// How often the INFO summary is logged (jobs counted, requests against the budget,
     /// projects failing). Hidden: for tests; operators have no reason to change it.
     #[arg(long, hide = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -141,6 +147,9 @@ pub fn main() -> ExitCode {
     }
     if let Some(url) = &cli.install_webhooks {
         return install_webhooks(&cli, url, &runtime);
+    }
+    if let Some(log) = &cli.classify_log {
+        return classify_log(cli.config.as_deref(), log);
     }
     let mut cfg = match load_config(&cli, |_| {}) {
         Ok(cfg) => cfg,
@@ -280,6 +289,104 @@ fn install_webhooks(cli: &Cli, url: &str, runtime: &tokio::runtime::Runtime) -> 
         Err(e) => {
             say(format_args!("error: {e}"));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--classify-log FILE`: the class FILE gets with the `[failures]` rules of `config` (the
+/// defaults without one), and the rule that gave it. Read like a trace: the last
+/// `failures.tail_bytes` kept, `log_too_large` past `failures.max_log_bytes`. Privacy: only
+/// the class and the rule are printed, never a byte of the log.
+fn classify_log(config: Option<&std::path::Path>, log: &std::path::Path) -> ExitCode {
+    let settings = match config {
+        Some(path) => match Config::load_failures(path) {
+            Ok(s) => s,
+            Err(e) => {
+                say(format_args!("configuration error: {e}"));
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => FailureSettings::default(),
+    };
+    let tail = match read_tail(log, &settings) {
+        Ok(tail) => tail,
+        Err(e) => {
+            say(format_args!("error: cannot read {}: {e}", log.display()));
+            return ExitCode::FAILURE;
+        }
+    };
+    let classifier = &settings.classifier;
+    let (verdict, note) = match tail {
+        None => (
+            failures::Verdict::log_too_large(),
+            Some(format!(
+                "the log is longer than failures.max_log_bytes ({} bytes): not read to its end",
+                settings.max_log_bytes
+            )),
+        ),
+        Some(tail) if tail.is_empty() => (
+            classifier.classify(&tail),
+            Some("the log is empty (as GitLab serves an erased log)".to_string()),
+        ),
+        Some(tail) => (classifier.classify(&tail), None),
+    };
+    let rule = match verdict
+        .rule
+        .and_then(|i| classifier.rules().get(i).map(|r| (i, r)))
+    {
+        None => "none".to_string(),
+        Some((i, r)) => {
+            let users = classifier
+                .rules()
+                .iter()
+                .filter(|r| !r.is_default())
+                .count();
+            let which = if r.is_default() {
+                format!("default rule {}", i - users)
+            } else {
+                format!("failures.rules[{i}]")
+            };
+            format!("{which} ({}): {}", r.class(), r.pattern())
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let mut text = format!(
+        "class: {}
+rule: {rule}
+",
+        verdict.class
+    );
+    if let Some(note) = note {
+        text.push_str(&format!("note: {note}\n"));
+    }
+    // A reader that stops early (`| head -1`) changes nothing.
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    ExitCode::SUCCESS
+}
+
+/// The last `tail_bytes` of `path` (`-`: standard input), `None` when it is longer than
+/// `max_log_bytes` (reading stops there).
+fn read_tail(
+    path: &std::path::Path,
+    settings: &FailureSettings,
+) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut input: Box<dyn Read> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(path)?)
+    };
+    let mut buffer = failures::TailBuffer::new(settings.tail_bytes, settings.max_log_bytes);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match input.read(&mut chunk) {
+            Ok(0) => return Ok(Some(buffer.into_tail())),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buffer.push(&chunk[..n]).is_err() {
+            return Ok(None);
         }
     }
 }

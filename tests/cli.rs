@@ -1032,3 +1032,132 @@ fn spawn_with_log_lines(
     });
     (child, rx)
 }
+
+/// `--classify-log FILE [--config FILE]`: the class and the rule on stdout, exit 0; the user's
+/// rules first; no token needed; a bad rule exits 2 naming it; a log past `max_log_bytes` is
+/// `log_too_large`; nothing of the log is printed.
+#[test]
+fn classify_log_prints_the_class_and_the_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("job.log");
+    let secret = "SECRET-in-the-log-4711";
+    std::fs::write(
+        &log,
+        format!(
+            "\x1b[0Ksection_start:1700000000:step_script\r\x1b[0K$ export TOKEN={secret}\n\
+             psql: could not connect to server: Connection refused\n\
+             /bin/sh: line 3:   12 Killed   npm test\n\
+             \x1b[31;1mERROR: Job failed: exit code 137\x1b[0;m\n"
+        ),
+    )
+    .expect("write log");
+    let classify = |config: Option<&Path>, file: &Path| {
+        let mut cmd = Command::new(BIN);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.arg("--classify-log")
+            .arg(file)
+            .env_remove("GITLAB_TOKEN");
+        let out = cmd.output().expect("binary runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stdout.contains(secret) && !stderr.contains(secret));
+        (out.status.code(), stdout, stderr)
+    };
+    // The default rules, without a configuration.
+    let (code, stdout, stderr) = classify(None, &log);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.starts_with("class: oom\nrule: default rule 0 (oom): "),
+        "{stdout}"
+    );
+    // The user's rules come first; the rest of the file needs no token.
+    let rules = "\n[failures]\ntail_bytes = \"1KiB\"\nmax_log_bytes = \"2KiB\"\n\
+                 [[failures.rules]]\nclass = \"flaky_db\"\nmatch = \"could not connect to server\"\n";
+    let config = write_config(dir.path(), &format!("{GOOD}{rules}"));
+    let (code, stdout, stderr) = classify(Some(&config), &log);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout,
+        "class: flaky_db\nrule: failures.rules[0] (flaky_db): could not connect to server\n"
+    );
+    // Past max_log_bytes: not read to its end.
+    let big = dir.path().join("big.log");
+    std::fs::write(&big, "x".repeat(3000) + "\nOOMKilled\n").expect("write");
+    let (code, stdout, _) = classify(Some(&config), &big);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.starts_with("class: log_too_large\nrule: none\n"),
+        "{stdout}"
+    );
+    // Nothing matched.
+    let plain = dir.path().join("plain.log");
+    std::fs::write(&plain, "make: *** [all] Error 2\n").expect("write");
+    let (_, stdout, _) = classify(None, &plain);
+    assert_eq!(stdout, "class: other\nrule: none\n");
+    // A bad rule is a configuration error naming it.
+    let bad = write_config(
+        dir.path(),
+        &format!("{GOOD}\n[[failures.rules]]\nclass = \"x\"\nmatch = \"(unclosed\"\n"),
+    );
+    let (code, stdout, stderr) = classify(Some(&bad), &log);
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(stderr.contains("failures.rules[0].match"), "{stderr}");
+    // `-`: standard input.
+    let mut child = Command::new(BIN)
+        .args(["--classify-log", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"npm ERR! code ERESOLVE\n")
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("exits");
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("class: dependency\nrule: default rule 18 (dependency): "),
+        "{stdout}"
+    );
+    // A log that cannot be read is no configuration error.
+    let (code, _, stderr) = classify(None, &dir.path().join("missing.log"));
+    assert_eq!(code, Some(1), "{stderr}");
+}
+
+/// `[failures]` keys are overridden from the environment like any other, sizes included.
+#[test]
+fn failures_keys_have_environment_overrides() {
+    let out = check(
+        GOOD,
+        &[
+            ("GITLAB_TOKEN", TOKEN),
+            ("GITLAB_JOBS_EXPORTER__FAILURES__CLASSIFY", "true"),
+            ("GITLAB_JOBS_EXPORTER__FAILURES__TAIL_BYTES", "16KiB"),
+            ("GITLAB_JOBS_EXPORTER__FAILURES__MAX_LOG_BYTES", "5000000"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("[failures]\nclassify = true\n"), "{stdout}");
+    assert!(stdout.contains("tail_bytes = \"16KiB\""), "{stdout}");
+    assert!(stdout.contains("max_log_bytes = 5000000"), "{stdout}");
+    let out = check(
+        GOOD,
+        &[
+            ("GITLAB_TOKEN", TOKEN),
+            ("GITLAB_JOBS_EXPORTER__FAILURES__TAIL_BYTES", "lots"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("failures.tail_bytes"), "{stderr}");
+}

@@ -7,8 +7,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::error::{SourceLines, is_secret_key};
 use super::{
-    API_SUFFIX, Config, ConfigError, ENV_PREFIX, MAX_CONFIG_BYTES, MAX_TOKEN_FILE_BYTES, Settings,
-    TOKEN_ENV, WEBHOOK_SECRET_ENV,
+    API_SUFFIX, Config, ConfigError, ENV_PREFIX, FailureSettings, MAX_CONFIG_BYTES,
+    MAX_TOKEN_FILE_BYTES, Settings, TOKEN_ENV, WEBHOOK_SECRET_ENV,
 };
 
 impl Config {
@@ -35,6 +35,16 @@ impl Config {
             cfg.validate()
         });
         result.map_err(|e| e.scrubbed(&secrets))
+    }
+
+    /// `[failures]` alone, from `path` and the environment (`--classify-log`): the whole file
+    /// must still be a configuration (syntax, known keys), but nothing else is validated and no
+    /// token or secret is needed, so rules can be tried where the exporter does not run.
+    pub fn load_failures(path: &Path) -> Result<FailureSettings, ConfigError> {
+        let mut secrets = env_secrets();
+        Self::read(Some(path), &mut secrets)
+            .and_then(|cfg| cfg.failures.validate())
+            .map_err(|e| e.scrubbed(&secrets))
     }
 
     /// The file and the environment, deserialised; `secrets` collects every secret value

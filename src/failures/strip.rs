@@ -1,6 +1,8 @@
 //! A raw job log as the terminal would show it: escape sequences removed, progress lines
 //! overwritten, GitLab's section markers and runner timestamps gone.
 
+use std::borrow::Cow;
+
 /// What the rules see of `raw`: lossy UTF-8 (a tail may start inside a character), without
 /// ANSI escapes (CSI such as colours and `\e[0K`, OSC such as hyperlinks and titles, other
 /// escapes), other control characters but tabs, GitLab's section markers
@@ -16,6 +18,10 @@ pub fn strip(raw: &[u8]) -> String {
         if i > 0 {
             out.push('\n');
         }
+        if !line.contains('\r') {
+            out.push_str(&without_markers(without_timestamp(line)));
+            continue;
+        }
         let shown = line
             .split('\r')
             .map(|part| without_markers(without_timestamp(part)))
@@ -26,69 +32,94 @@ pub fn strip(raw: &[u8]) -> String {
     out
 }
 
-const ESC: char = '\u{1b}';
-const BEL: char = '\u{7}';
+const ESC: u8 = 0x1b;
+const BEL: u8 = 0x07;
+
+/// Bytes that end a run copied as it is: control characters but `\n`, `\r` and `\t`
+/// (`ESC` among them).
+fn is_special(b: u8) -> bool {
+    (b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t')) || b == 0x7f
+}
 
 /// `text` without escape sequences and control characters other than `\n`, `\r` and `\t`. A
-/// sequence never swallows a line break (one cut short, or never closed, ends there).
+/// sequence never swallows a line break (one cut short, or never closed, ends there). Works
+/// on bytes, copying runs of ordinary text at once; it only ever removes ASCII bytes and
+/// whole characters, so the result is still UTF-8.
 fn without_escapes(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != ESC {
-            if !c.is_control() || matches!(c, '\n' | '\r' | '\t') {
-                out.push(c);
-            }
-            continue;
-        }
-        match chars.peek().copied() {
-            // CSI: parameters and intermediates (0x20..=0x3f), then one final byte.
-            Some('[') => {
-                chars.next();
-                while let Some(&p) = chars.peek() {
-                    if p == '\n' {
-                        break;
-                    }
-                    chars.next();
-                    if ('\u{40}'..='\u{7e}').contains(&p) {
-                        break;
-                    }
-                }
-            }
-            // OSC, DCS, SOS, PM, APC: a string ended by BEL or ST (`ESC \`).
-            Some(']' | 'P' | 'X' | '^' | '_') => {
-                chars.next();
-                while let Some(&p) = chars.peek() {
-                    if p == '\n' {
-                        break;
-                    }
-                    chars.next();
-                    if p == BEL {
-                        break;
-                    }
-                    if p == ESC {
-                        if chars.peek() == Some(&'\\') {
-                            chars.next();
-                        }
-                        break;
-                    }
-                }
-            }
-            // Character-set designations take one more character (`ESC ( B`).
-            Some('(' | ')' | '*' | '+' | '#' | '%') => {
-                chars.next();
-                if chars.peek().is_some_and(|&p| p != '\n') {
-                    chars.next();
-                }
-            }
-            Some('\n') | None => {}
-            // Two-character escapes (`ESC 7`, `ESC =`, `ESC M`…).
-            Some(_) => {
-                chars.next();
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let run = b[i..]
+            .iter()
+            .position(|&c| is_special(c))
+            .unwrap_or(b.len() - i);
+        out.extend_from_slice(&b[i..i + run]);
+        i += run;
+        if i < b.len() {
+            let c = b[i];
+            i += 1;
+            if c == ESC {
+                i = escape_end(b, i);
             }
         }
     }
-    out
+    // Never fails (see above); lossy rather than a panic should that change.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Where the escape sequence whose `ESC` is just before `at` ends.
+fn escape_end(b: &[u8], mut at: usize) -> usize {
+    let ascii_but_newline = |c: Option<&u8>| c.is_some_and(|&c| c.is_ascii() && c != b'\n');
+    match b.get(at) {
+        // CSI: parameters and intermediates (0x20..=0x3f), then one final byte (0x40..=0x7e).
+        // Continuation bytes of a character are never a final byte: a broken sequence skips
+        // whole characters.
+        Some(b'[') => {
+            at += 1;
+            while let Some(&p) = b.get(at) {
+                if p == b'\n' {
+                    break;
+                }
+                at += 1;
+                if (0x40..=0x7e).contains(&p) {
+                    break;
+                }
+            }
+            at
+        }
+        // OSC, DCS, SOS, PM, APC: a string ended by BEL or ST (`ESC \`).
+        Some(b']' | b'P' | b'X' | b'^' | b'_') => {
+            at += 1;
+            while let Some(&p) = b.get(at) {
+                if p == b'\n' {
+                    break;
+                }
+                at += 1;
+                if p == BEL {
+                    break;
+                }
+                if p == ESC {
+                    if b.get(at) == Some(&b'\\') {
+                        at += 1;
+                    }
+                    break;
+                }
+            }
+            at
+        }
+        // Character-set designations take one more character (`ESC ( B`).
+        Some(b'(' | b')' | b'*' | b'+' | b'#' | b'%') => {
+            at += 1;
+            if ascii_but_newline(b.get(at)) {
+                at += 1;
+            }
+            at
+        }
+        // Two-character escapes (`ESC 7`, `ESC =`, `ESC M`…).
+        c if ascii_but_newline(c) => at + 1,
+        _ => at,
+    }
 }
 
 /// `part` without a leading runner timestamp: RFC 3339 UTC time, a space, two hex digits of
@@ -119,7 +150,10 @@ fn without_timestamp(part: &str) -> &str {
 
 /// `part` with every GitLab section marker removed (`section_start:1560896352:build[collapsed=true]`,
 /// `section_end:1560896353:build`); text that only looks like the start of one is kept.
-fn without_markers(part: &str) -> String {
+fn without_markers(part: &str) -> Cow<'_, str> {
+    if !part.contains("section_") {
+        return Cow::Borrowed(part);
+    }
     let mut out = String::new();
     let mut rest = part;
     while let Some(at) = rest.find("section_") {
@@ -134,7 +168,7 @@ fn without_markers(part: &str) -> String {
         }
     }
     out.push_str(rest);
-    out
+    Cow::Owned(out)
 }
 
 /// The length of the marker `text` starts with, if it starts with one.

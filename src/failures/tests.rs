@@ -230,6 +230,11 @@ fn strip_keeps_what_only_looks_like_markup() {
     );
     // An escape never swallows the next line.
     assert_eq!(strip(b"a\x1b]0;title\nb"), "a\nb");
+    // Windows line ends are line ends, not progress rewrites.
+    assert_eq!(
+        strip(b"Killed\r\nexit code 137\r\n"),
+        "Killed\nexit code 137\n"
+    );
 }
 
 #[test]
@@ -388,4 +393,29 @@ mod property {
             prop_assert_eq!(t.into_tail(), expected);
         }
     }
+}
+
+/// docs/failures.md lists every default rule, numbered, exactly as it is.
+#[test]
+fn the_documentation_lists_the_default_rules() {
+    let doc = include_str!("../../docs/failures.md");
+    let missing: Vec<_> = DEFAULT_RULES
+        .iter()
+        .enumerate()
+        .map(|(i, (class, pattern))| {
+            format!("| {i} | `{class}` | `{}` |", pattern.replace('|', "\\|"))
+        })
+        .filter(|row| !doc.contains(row.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "not in docs/failures.md: {missing:#?}");
+    let rows = doc
+        .lines()
+        .filter(|l| {
+            l.starts_with("| ")
+                && l.split('|')
+                    .nth(1)
+                    .is_some_and(|n| n.trim().parse::<usize>().is_ok())
+        })
+        .count();
+    assert_eq!(rows, DEFAULT_RULES.len(), "rules in docs/failures.md");
 }

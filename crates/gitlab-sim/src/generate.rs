@@ -29,6 +29,14 @@ pub struct WorldSpec {
     pub end_ms: Ms,
     pub first_job_id: u64,
     pub first_pipeline_id: u64,
+    /// A retry that fails is retried again half the time (up to four attempts,
+    /// `retries_count` up to 3). Off by default, so existing worlds stay as they were.
+    pub retry_chains: bool,
+    /// Per project, this many failed jobs of its earliest pipelines retried at
+    /// `late_retry_at_ms` (default `end_ms`) plus up to 10 minutes: a retry long after its
+    /// pipeline ran, older than any backfill. 0 by default.
+    pub late_retries: u32,
+    pub late_retry_at_ms: Option<Ms>,
 }
 
 impl WorldSpec {
@@ -39,7 +47,17 @@ impl WorldSpec {
             end_ms,
             first_job_id: 1000,
             first_pipeline_id: 100,
+            retry_chains: false,
+            late_retries: 0,
+            late_retry_at_ms: None,
         }
+    }
+
+    /// Retry chains on and `late` late retries per project (see the fields).
+    pub fn with_retries(mut self, late: u32) -> Self {
+        self.retry_chains = true;
+        self.late_retries = late;
+        self
     }
 
     /// `count` projects (ids 1..=count, 50 per group) at the same rate.
@@ -147,6 +165,8 @@ struct Gen<'a> {
     /// `(created_at, project id, pipeline seq, order in pipeline)` sorts jobs into id order.
     jobs: Vec<((Ms, u64, u64, u32), JobPlan)>,
     pipelines: Vec<(Ms, u64, u64)>,
+    /// [`WorldSpec::retry_chains`].
+    chains: bool,
 }
 
 impl Gen<'_> {
@@ -379,8 +399,28 @@ impl Gen<'_> {
 
     /// The retry GitLab creates as a new job with the same name in the same pipeline.
     fn retry(&mut self, original: &JobPlan, failed_at: Ms, seq: u64, order: u32) -> Gate {
+        let created = failed_at + self.rng.i64(2 * SEC..60 * SEC);
+        let (job, gate) = self.retry_at(original, created, seq, order);
+        let ok = job.timeline.last().is_some_and(|e| e.1 == "success");
+        // Attempts are keyed 1000 apart; a chain stops at the fourth.
+        if !ok && self.chains && order < 2000 && self.rng.bool() {
+            let failed_at = job.completed_at(Ms::MAX).unwrap_or(created);
+            return self.retry(&job, failed_at, seq, order + 1000);
+        }
+        gate
+    }
+
+    /// A retry of `original` created at `created` (passing 85 times in 100); the copy kept in
+    /// the world and what it means for the next stage. The draws keep the order they had
+    /// before retries could chain, so existing worlds are unchanged.
+    fn retry_at(
+        &mut self,
+        original: &JobPlan,
+        created: Ms,
+        seq: u64,
+        order: u32,
+    ) -> (JobPlan, Gate) {
         let rng = &mut self.rng;
-        let created = failed_at + rng.i64(2 * SEC..60 * SEC);
         let mut job = JobPlan {
             created_at_ms: created,
             timeline: vec![(created, "created".to_owned())],
@@ -404,8 +444,36 @@ impl Gen<'_> {
         );
         let gate = gate_of(&job, pending);
         self.jobs
-            .push(((created, self.project.id, seq, order + 1000), job));
-        gate
+            .push(((created, self.project.id, seq, order + 1000), job.clone()));
+        (job, gate)
+    }
+
+    /// [`WorldSpec::late_retries`]: failed jobs of the earliest pipelines, never retried,
+    /// retried at `at` (plus up to 10 minutes), from a stream of their own.
+    fn late_retries(&mut self, count: u32, at: Ms) {
+        let mut candidates: Vec<((Ms, u64, u64, u32), JobPlan)> = (self.jobs.iter())
+            .filter(|(_, j)| {
+                j.timeline
+                    .last()
+                    .is_some_and(|e| e.1 == "failed" && e.0 < at)
+                    && j.started_at(Ms::MAX).is_some()
+            })
+            .filter(|(k, j)| {
+                !(self.jobs.iter()).any(|(o, p)| o.2 == k.2 && p.name == j.name && o.3 > k.3)
+            })
+            .cloned()
+            .collect();
+        candidates.sort_by_key(|c| c.0);
+        candidates.dedup_by_key(|c| c.0.2);
+        let saved = std::mem::replace(
+            &mut self.rng,
+            fastrand::Rng::with_seed(self.project.id ^ 0x1A7E_5EED),
+        );
+        for ((_, _, seq, order), job) in candidates.into_iter().take(count as usize) {
+            let created = at + self.rng.i64(0..10 * MIN);
+            self.retry_at(&job, created, seq, order.max(1) * 10);
+        }
+        self.rng = saved;
     }
 
     /// Appends `tl` to the job's timeline, squeezed to finish within [`MAX_LIFETIME`], and picks
@@ -506,6 +574,7 @@ impl World {
                 tag_seq: 0,
                 jobs: Vec::new(),
                 pipelines: Vec::new(),
+                chains: spec.retry_chains,
             };
             let per_ms = project.pipelines_per_hour.max(0.0) / 3_600_000.0;
             let mut t = spec.start_ms as f64;
@@ -515,6 +584,12 @@ impl World {
                     break;
                 }
                 g.pipeline(t as Ms);
+            }
+            if spec.late_retries > 0 {
+                g.late_retries(
+                    spec.late_retries,
+                    spec.late_retry_at_ms.unwrap_or(spec.end_ms),
+                );
             }
             jobs.append(&mut g.jobs);
             pipelines.append(&mut g.pipelines);
@@ -566,9 +641,11 @@ impl World {
                 pipelines_per_hour: rate,
             })
             .collect();
-        World::generate(
-            &WorldSpec::new(projects, now_ms - 2 * 60 * MIN, now_ms + 48 * 60 * MIN),
-            7,
-        )
+        // Retries of retries, and of a pipeline from before the exporter started (the demo's
+        // history starts two hours back): flaky jobs on the dashboard.
+        let mut spec =
+            WorldSpec::new(projects, now_ms - 2 * 60 * MIN, now_ms + 48 * 60 * MIN).with_retries(1);
+        spec.late_retry_at_ms = Some(now_ms + 20 * MIN);
+        World::generate(&spec, 7)
     }
 }

@@ -19,6 +19,17 @@
 //! [`plan_job_hooks`] lists them without HTTP. It answers the project hooks API
 //! (`/projects/:id/hooks`), with knobs for access ([`Simulator::set_hooks_access`]) and
 //! disabled hooks ([`Simulator::set_hook_alert`]).
+//!
+//! Job logs: `GET /projects/:id/jobs/:job_id/trace` serves each job's log as GitLab does (the
+//! whole log, `Range` ignored; empty for an erased log or a job that never ran), generated from
+//! `(seed, job id)` and streamed (`trace.rs`, `trace_api.rs`). A failed job's tail carries the
+//! line of a failure class ([`FAILURE_CLASSES`]) or none; [`GroundTruth::failures`] and
+//! [`GroundTruth::flaky`] say what a correct exporter counts. Knobs: per-job logs
+//! ([`Simulator::set_log`], [`Simulator::erase_log`], [`Simulator::set_log_size`]), the limits
+//! the truth assumes ([`Simulator::set_log_limits`]), faults ([`Simulator::push_trace_fault`],
+//! [`Simulator::set_trace_fault`], [`Simulator::set_trace_denied`]), counts
+//! ([`Simulator::trace_stats`]) and retries ([`Simulator::retry_job`],
+//! [`WorldSpec::with_retries`]).
 
 mod discovery;
 pub mod fixtures;
@@ -643,6 +654,13 @@ impl Simulator {
     /// The plan of a job's log (size, class lines), `None` for an unknown job.
     pub fn log_plan(&self, job_id: u64) -> Option<LogPlan> {
         self.world().log_plan(job_id)
+    }
+
+    /// The class a correct exporter gives a failed job now (see [`World::failure_class`]);
+    /// `None` for an unknown job or one that is not failed.
+    pub fn failure_class(&self, job_id: u64) -> Option<&'static str> {
+        let world = self.world();
+        world.job(job_id).and_then(|job| world.failure_class(job))
     }
 
     /// A job's whole log, as the trace endpoint serves it (in memory: for tests).

@@ -85,12 +85,15 @@ pub fn job_json(world: &World, job: &JobPlan, path: &str, now: Ms, ext: &str) ->
             "name": "gitlab-runner", "online": true, "status": "online",
         })
     });
+    // An erased log (`Simulator::erase_log`) shows, as GitLab's erase does, right away.
+    let erased = (world.logs().overrides.get(&job.id)).is_some_and(|o| o.erased);
+    let erased_at = erased.then(|| iso(job.updated_at(now)));
     let mut v = json!({
         "id": job.id, "status": status, "stage": job.stage, "name": job.name, "ref": job.ref_,
         "tag": job.tag, "coverage": null, "allow_failure": job.allow_failure, "archived": false,
         "source": job.source, "created_at": iso(job.created_at_ms),
         "started_at": job.started_at(now).map(iso), "finished_at": job.finished_at(now).map(iso),
-        "erased_at": null, "duration": secs(job.duration_ms(now)),
+        "erased_at": erased_at, "duration": secs(job.duration_ms(now)),
         "queued_duration": secs(job.queued_duration_ms(now)),
         "artifacts": [], "artifacts_expire_at": null, "tag_list": job.tag_list,
         "pipeline": {

@@ -270,8 +270,16 @@ async fn trace_errors_and_empty_logs() {
         Some(CLASS_UNAVAILABLE)
     );
     // An erased log likewise.
+    let job_path = format!("/api/v4/projects/{rp}/jobs/{ran}");
+    let job_json = |got: Got| -> serde_json::Value {
+        serde_json::from_slice(&got.body.expect("body")).expect("json")
+    };
+    let before = job_json(fetch(&h, &job_path, &[("PRIVATE-TOKEN", TOKEN)]).await);
+    assert_eq!(before["erased_at"], serde_json::Value::Null);
     sim.erase_log(ran).expect("erase");
     assert_eq!(trace(&h, rp, ran).await.text(), "");
+    let after = job_json(fetch(&h, &job_path, &[("PRIVATE-TOKEN", TOKEN)]).await);
+    assert_eq!(after["erased_at"], after["finished_at"]);
     // A token that may not read the project's logs.
     sim.set_trace_denied(rp, true);
     let denied = trace(&h, rp, ran).await;
@@ -626,4 +634,123 @@ async fn a_retry_of_an_old_pipeline_is_a_flaky_pass_with_retries_count() {
     // Too early for the id sequence.
     assert!(sim.retry_job(old.id, T0, "failed").is_err());
     h.shutdown().await;
+}
+
+#[test]
+fn retry_knobs_chain_attempts_and_retry_old_pipelines_late() {
+    let late_at = T0 + 30 * HOUR;
+    let mut spec = WorldSpec::uniform(3, 12.0, T0, T0 + 6 * HOUR).with_retries(2);
+    spec.late_retry_at_ms = Some(late_at);
+    let world = World::generate(&spec, 17);
+    // Still a world GitLab could hold: one id sequence growing with creation time.
+    let checked = World::new(world.projects().to_vec(), world.jobs().to_vec());
+    assert!(checked.is_ok(), "{:?}", checked.err());
+    let attempts = |j: &JobPlan| {
+        (world.pipeline_jobs(j.pipeline_id))
+            .filter(|o| o.name == j.name && o.id <= j.id)
+            .count()
+    };
+    let most = world.jobs().iter().map(attempts).max().unwrap_or(0);
+    assert!((3..=4).contains(&most), "retry chains: {most} attempts");
+    let third = world
+        .jobs()
+        .iter()
+        .find(|j| attempts(j) == 3)
+        .expect("a third attempt");
+    let payload = job_hook_payload(&world, third, 0, "https://gitlab.example.com", false);
+    assert_eq!(payload.expect("payload")["retries_count"], 2);
+    // Late retries: two per project, in the project's earliest pipelines, a day later.
+    let late: Vec<&JobPlan> = world
+        .jobs()
+        .iter()
+        .filter(|j| j.created_at_ms >= late_at)
+        .collect();
+    assert_eq!(late.len(), 6);
+    for job in &late {
+        let first = world
+            .pipeline_jobs(job.pipeline_id)
+            .next()
+            .expect("pipeline");
+        assert!(first.created_at_ms < T0 + 2 * HOUR, "an early pipeline");
+        let earlier_failed = (world.pipeline_jobs(job.pipeline_id))
+            .any(|o| o.name == job.name && o.id < job.id && o.status_at(Ms::MAX) == Some("failed"));
+        assert!(earlier_failed);
+    }
+    // An exporter started after the pipelines ran counts the passing late retries as flaky.
+    let now = late_at + 2 * HOUR;
+    let truth = world.ground_truth(now, late_at - HOUR);
+    let passed = late
+        .iter()
+        .filter(|j| j.status_at(now) == Some("success"))
+        .count();
+    assert!(passed > 0);
+    assert_eq!(truth.total_flaky(), passed as u64);
+    // Without the knobs nothing is created after the pipelines' window (plus their runs).
+    let plain = World::generate(&WorldSpec::uniform(3, 12.0, T0, T0 + 6 * HOUR), 17);
+    let last = plain
+        .jobs()
+        .iter()
+        .map(|j| j.created_at_ms)
+        .max()
+        .unwrap_or(0);
+    assert!(last < T0 + 8 * HOUR);
+}
+
+#[test]
+fn a_share_of_huge_logs_is_too_large_for_the_truth() {
+    let world = generated(3, 12.0, 6, 8);
+    let now = T0 + 8 * HOUR;
+    let sim = Simulator::new(world, SimClock::manual(now), TOKEN.into());
+    assert_eq!(
+        sim.ground_truth(T0)
+            .failures_with_class(CLASS_LOG_TOO_LARGE),
+        0
+    );
+    sim.set_log_profile(LogProfile {
+        huge_permille: 100,
+        huge_bytes: 33 << 20,
+        ..LogProfile::default()
+    });
+    let truth = sim.ground_truth(T0);
+    let too_large = truth.failures_with_class(CLASS_LOG_TOO_LARGE);
+    assert!(
+        too_large > 0 && too_large < truth.total_failures() / 3,
+        "{too_large}"
+    );
+    let world = sim.world();
+    let huge = failed_jobs(&world, now)
+        .into_iter()
+        .filter(|j| sim.failure_class(j.id) == Some(CLASS_LOG_TOO_LARGE))
+        .map(|j| sim.log_plan(j.id).expect("plan").size);
+    assert!(huge.clone().count() as u64 == too_large && huge.into_iter().all(|s| s == 33 << 20));
+    // With a limit above them, their tails are classified again.
+    sim.set_log_limits(LogLimits {
+        tail_bytes: 64 * 1024,
+        max_log_bytes: 64 << 20,
+    });
+    assert_eq!(
+        sim.ground_truth(T0)
+            .failures_with_class(CLASS_LOG_TOO_LARGE),
+        0
+    );
+}
+
+#[test]
+fn the_demo_has_flaky_passes_and_classes_to_show() {
+    let demo = World::demo(T0);
+    let truth = demo.ground_truth(T0 + 24 * HOUR, T0 - 3 * HOUR);
+    assert!(truth.total_flaky() > 0);
+    assert!(
+        truth.failures_by_class().len() >= 8,
+        "{:?}",
+        truth.failures_by_class()
+    );
+    // Late retries, 20 minutes after the demo starts, of pipelines whose ordinary retries
+    // were all over by then (within 100 minutes of the pipeline, plus a minute).
+    let late = demo.jobs().iter().filter(|j| {
+        let first = demo.pipeline_jobs(j.pipeline_id).next();
+        j.created_at_ms >= T0 + 20 * 60 * S
+            && first.is_some_and(|f| f.created_at_ms + 102 * 60 * S < T0 + 20 * 60 * S)
+    });
+    assert!(late.count() >= 3, "the busier projects' earliest pipelines");
 }

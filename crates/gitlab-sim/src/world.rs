@@ -503,8 +503,8 @@ impl World {
         Some(self.logs.plan(job, &project.path_with_namespace))
     }
 
-    /// The class a correct exporter gives a failed job with the world's [`LogLimits`]
-    /// (`crate::LogLimits`): `unavailable` when its trace can never be read. `None` for a job
+    /// The class a correct exporter gives a failed job with the world's
+    /// [`LogLimits`](crate::LogLimits): `unavailable` when its trace can never be read. `None` for a job
     /// that is not failed.
     pub fn failure_class(&self, job: &JobPlan) -> Option<&'static str> {
         if job.timeline.last().is_none_or(|e| e.1 != "failed") {

@@ -201,6 +201,7 @@ fn stats_json(sim: &Simulator, started: Instant) -> serde_json::Value {
         "group_projects": s.group_projects,
         "projects_list": s.projects_list,
         "hooks": s.hooks,
+        "trace": s.trace,
         "other": s.other,
         "by_status": by_status,
     })
