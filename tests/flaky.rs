@@ -85,7 +85,7 @@ async fn flaky_passes_equal_the_truth_for_recent_and_old_pipelines() {
             pipelines_per_hour: 8.0,
         },
     ];
-    let world = World::generate(&WorldSpec::new(projects, T0, T0 + 2 * HOUR), 5);
+    let world = World::generate(&WorldSpec::new(projects, T0, T0 + 8 * HOUR), 5);
     let pick = |from: Ms, to: Ms, status: &str, n: usize| -> Vec<u64> {
         let mut seen = std::collections::BTreeSet::new();
         world
@@ -98,16 +98,22 @@ async fn flaky_passes_equal_the_truth_for_recent_and_old_pipelines() {
             .take(n)
             .collect()
     };
-    // Long before the backfill (1 h, read back 1 h more): never listed by the exporter.
+    // The history's first pipelines: never listed by the exporter.
     let old_failed = pick(T0, T0 + 15 * MIN, "failed", 3);
     let old_passed = pick(T0, T0 + 15 * MIN, "success", 1);
-    // Inside what the backfill lists.
-    let recent_failed = pick(T0 + 80 * MIN, T0 + 110 * MIN, "failed", 6);
+    // Its last ones, which the backfill lists.
+    let recent_failed = pick(T0 + 440 * MIN, T0 + 470 * MIN, "failed", 6);
     assert_eq!(
         (old_failed.len(), old_passed.len(), recent_failed.len()),
         (3, 1, 6),
         "the history has the cases"
     );
+    let old_pipelines: std::collections::BTreeSet<u64> = world
+        .jobs()
+        .iter()
+        .filter(|j| old_failed.contains(&j.id) || old_passed.contains(&j.id))
+        .map(|j| j.pipeline_id)
+        .collect();
     // Retries are created after every job of the history (ids grow with creation time).
     let newest = world
         .jobs()
@@ -163,13 +169,10 @@ async fn flaky_passes_equal_the_truth_for_recent_and_old_pipelines() {
         "{expected:?}"
     );
     assert_eq!(flaky_scraped(&scrape), expected);
-    // At most one lookup per old pipeline with a pass to decide (those the backfill's last
-    // page did not list); none for recent ones.
+    // One lookup per old pipeline with a pass to decide (3 flaky, 1 not); none for recent
+    // ones.
     let lookups = lookups_sent(&h);
-    assert!(
-        (1..=old_failed.len() + old_passed.len()).contains(&lookups),
-        "{lookups}"
-    );
+    assert_eq!(lookups, old_pipelines.len());
     let name = "gitlab_jobs_exporter_flaky_lookups_total";
     assert_eq!(own(&scrape, name, Some("decided")), lookups as f64);
     eprintln!(
@@ -449,5 +452,62 @@ async fn hooks_tell_flaky_passes_and_first_attempts() {
     assert_eq!(flaky_scraped(&scrape), flaky_truth(&h.truth()));
     assert_eq!(lookups_sent(&h), 1, "only the old pipeline is looked up");
     assert_matches_truth(&scrape, &h.truth());
+    h.stop().await;
+}
+
+/// The simulator's own retries: chains (a retry that fails is retried again, up to four
+/// attempts) all through an 8-hour history, and late retries of each project's earliest
+/// pipelines at its end, long after any backfill. Polled every 30 s from the sixth hour on:
+/// every flaky pass equals the truth, and only the late retries cost a lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_retry_chains_and_late_retries_equal_the_truth() {
+    let projects = vec![
+        ProjectSpec {
+            id: 11,
+            path: "acme/api".into(),
+            pipelines_per_hour: 12.0,
+        },
+        ProjectSpec {
+            id: 12,
+            path: "acme/web".into(),
+            pipelines_per_hour: 8.0,
+        },
+    ];
+    let spec = WorldSpec::new(projects, T0, T0 + 8 * HOUR).with_retries(3);
+    let mut h = Harness::start(
+        World::generate(&spec, 9),
+        T0 + 6 * HOUR,
+        vec![by_path("acme/api"), by_path("acme/web")],
+        Duration::from_secs(3600),
+    )
+    .await;
+    h.poll().await;
+    for i in 1..=300 {
+        h.sim.advance(Duration::from_secs(30));
+        h.poll().await;
+        if i % 60 == 0 {
+            let scrape = h.scrape().await;
+            assert_eq!(flaky_scraped(&scrape), flaky_truth(&h.truth()), "cycle {i}");
+        }
+    }
+    h.settle().await;
+    let truth = h.truth();
+    let scrape = h.scrape().await;
+    assert_matches_truth(&scrape, &truth);
+    let expected = flaky_truth(&truth);
+    assert_eq!(flaky_scraped(&scrape), expected);
+    let flaky: f64 = expected.values().sum();
+    assert!(flaky >= 6.0, "chains and late retries pass: {expected:?}");
+    let lookups = lookups_sent(&h);
+    assert!((1..=6).contains(&lookups), "only late retries: {lookups}");
+    assert_eq!(
+        own(&scrape, "gitlab_jobs_exporter_flaky_undecided_total", None),
+        0.0
+    );
+    eprintln!(
+        "retry chains: flaky passes {flaky}, lookups {lookups}, successes counted {}, requests {}",
+        truth.jobs_with_status("success"),
+        h.sim.requests().total
+    );
     h.stop().await;
 }

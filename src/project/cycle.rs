@@ -602,7 +602,8 @@ impl<'a> Cycle<'a> {
                 }
                 let fed = p.feed(&page, now, self.metrics);
                 self.stats.add(fed);
-                p.attempts.listed(&page.jobs);
+                p.attempts
+                    .listed(&page.jobs, page.next().is_ok_and(|n| n.is_none()));
                 p.tracker.wants_page_after(&page.jobs)
             };
             for j in &page.jobs {

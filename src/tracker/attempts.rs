@@ -59,6 +59,10 @@ pub struct Horizon {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Failed {
     names: BTreeMap<String, u64>,
+    /// A lookup read all its failed attempts: what it holds now is known (later attempts are
+    /// new jobs, which the job list shows), so its later successes need no lookup.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    looked_up: bool,
 }
 
 /// A success counted whose flakiness is not decided yet.
@@ -142,8 +146,16 @@ impl Attempts {
         self.pending.values().any(|p| p.lookup)
     }
 
-    /// A page read from the top of the job list: the horizon moves down to it.
-    pub fn listed(&mut self, jobs: &[Job]) {
+    /// A page read from the top of the job list: the horizon moves down to it. `last`: no
+    /// page follows, so every job of the project has been listed (the horizon is the start).
+    pub fn listed(&mut self, jobs: &[Job], last: bool) {
+        if last {
+            self.horizon = Some(Horizon {
+                id: 0,
+                created_at: 0.0,
+            });
+            return;
+        }
         let lowest = jobs
             .iter()
             .filter_map(|j| Some((j.id, secs(j.created_at?))))
@@ -281,7 +293,8 @@ impl Attempts {
             (Some(h), Some(created)) => created >= h.created_at + HORIZON_MARGIN_SECS,
             _ => false,
         };
-        if after_horizon && p.pipeline >= self.pipeline_floor {
+        let looked_up = self.failed.get(&p.pipeline).is_some_and(|f| f.looked_up);
+        if (after_horizon || looked_up) && p.pipeline >= self.pipeline_floor {
             Verdict::NotFlaky
         } else {
             Verdict::Lookup
@@ -320,9 +333,13 @@ impl Attempts {
         events: &mut Vec<Event>,
     ) -> Outcome {
         let mut outcome = Outcome::default();
-        if let Lookup::Found { failed, .. } = &answer {
+        if let Lookup::Found { failed, complete } = &answer {
             for j in failed.iter().filter(|j| j.status == JobStatus::Failed) {
                 self.remember(pipeline, &j.name, j.id);
+            }
+            if *complete && pipeline >= self.pipeline_floor {
+                self.failed.entry(pipeline).or_default().looked_up = true;
+                self.evict();
             }
         }
         let ids: Vec<u64> = self

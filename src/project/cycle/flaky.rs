@@ -75,13 +75,16 @@ impl Cycle<'_> {
             self.stats.requests += usize::from(!matches!(next, Err(PageError::Capped { .. })));
             match next {
                 Ok(Some(page)) => {
+                    let last = page.next().is_ok_and(|n| n.is_none());
                     failed.extend(
                         page.jobs
                             .into_iter()
                             .filter(|j| j.status == JobStatus::Failed),
                     );
-                    if self.lock().attempts.lookup_satisfied(pipeline, &failed) {
-                        break Answer::Found { complete: true };
+                    // Every waiting success found flaky: the rest is not needed (but then
+                    // the pipeline is not known whole).
+                    if !last && self.lock().attempts.lookup_satisfied(pipeline, &failed) {
+                        break Answer::Found { complete: false };
                     }
                 }
                 Ok(None) => break Answer::Found { complete: true },

@@ -51,7 +51,7 @@ impl World {
                 }
             }
         }
-        self.attempts.listed(jobs);
+        self.attempts.listed(jobs, false);
         self.take(flaky);
     }
 
@@ -135,6 +135,26 @@ fn a_pipeline_created_after_the_horizon_is_decided_without_lookup() {
 }
 
 #[test]
+fn a_job_list_read_to_its_end_leaves_nothing_uncertain() {
+    let mut w = World::default();
+    let page = [
+        job(12, "rspec", "success", 7, 0, 200),
+        job(11, "lint", "success", 7, 0, 0),
+        job(10, "rspec", "canceled", 7, 0, 0),
+    ];
+    w.page(&page);
+    // The page was the list's last: every job of the project has been listed.
+    w.attempts.listed(&page, true);
+    w.complete(10, 12);
+    assert!(
+        w.attempts.pending().is_empty(),
+        "{:?}",
+        w.attempts.pending()
+    );
+    assert!(w.flaky.is_empty());
+}
+
+#[test]
 fn a_retry_of_a_pipeline_older_than_the_horizon_needs_one_lookup() {
     let mut w = World::default();
     w.page(&[job(500, "h", "failed", 50, 10_000, 10_000)]);
@@ -174,8 +194,13 @@ fn a_retry_of_a_pipeline_older_than_the_horizon_needs_one_lookup() {
     );
     assert_eq!(w.flaky, ["rspec"]);
     assert!(w.attempts.pending().is_empty(), "lint decided not flaky");
-    // The answer is remembered: a later retry of the same name decides without a lookup.
+    // The answer is remembered: a later retry of the same name decides without a lookup,
+    // and so does one of another name.
     w.page(&[job(503, "rspec", "success", 3, 0, 20_100)]);
+    assert_eq!(w.flaky, ["rspec", "rspec"]);
+    w.page(&[job(504, "docs", "success", 3, 0, 20_200)]);
+    w.complete(503, 504);
+    assert!(w.attempts.pending().is_empty());
     assert_eq!(w.flaky, ["rspec", "rspec"]);
 }
 
