@@ -53,10 +53,26 @@ pub struct ProjectCheckpoint {
     /// under; checkpoints from before it was recorded used the default policy.
     #[serde(default = "crate::labels::default_fingerprint")]
     pub label_policy: String,
+    /// Failed jobs waiting for their failure class (`project::followups`); none in older
+    /// checkpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub followups: Vec<PendingClass>,
     /// Failed attempts and undecided successes for flaky jobs, taken with the tracker;
     /// absent from older checkpoints (then nothing below the next cycle's pages is certain).
     #[serde(default, skip_serializing_if = "Attempts::is_empty")]
     pub attempts: Attempts,
+}
+
+/// A failed job waiting for its failure class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingClass {
+    pub job: u64,
+    /// As counted in `gitlab_ci_jobs_total` (the label policy applied).
+    pub labels: crate::tracker::JobLabels,
+    pub failure_reason: String,
+    /// Failed reads of its log so far.
+    #[serde(default)]
+    pub tries: u32,
 }
 
 #[derive(Debug, Error)]
@@ -313,6 +329,7 @@ mod tests {
                 discovered: true,
                 retired_at: Some(1_790_000_000.5),
                 label_policy: crate::labels::default_fingerprint(),
+                followups: Vec::new(),
                 attempts: Default::default(),
             },
         );

@@ -48,6 +48,7 @@ use crate::metrics::Metrics;
 use crate::model::Activity;
 use crate::model::ProjectId;
 use crate::project::cycle::{CycleStats, NextPoll, PollError, ProjectPoller, ProjectState};
+use crate::project::followups::ClassifyConfig;
 
 /// A project's task key in the runner: pacing, the drivers' schedules and the never-polled
 /// counts go by it. Not the project id: a configured project is polled before its id is known
@@ -149,6 +150,8 @@ pub struct Scheduler {
     health: Arc<Health>,
     backfill: Duration,
     labels: LabelsConfig,
+    /// `[failures]` when failed jobs are classified.
+    failures: Option<ClassifyConfig>,
     shard: (u32, u32),
     discovery: DiscoverySettings,
     /// `limits.max_projects`, less the configured projects: what discovery may add.
@@ -189,14 +192,13 @@ impl Scheduler {
             cfg.discovery.grace_period.as_secs_f64(),
         );
         let mut slots = Slots::new(registry);
+        let failures = ClassifyConfig::from_settings(cfg);
         for p in &cfg.projects {
             let key = slots.insert(Slot {
-                poller: Arc::new(ProjectPoller::new(
-                    p.clone(),
-                    cfg.poll.backfill,
-                    cfg.labels.clone(),
-                    shard,
-                )),
+                poller: Arc::new(
+                    ProjectPoller::new(p.clone(), cfg.poll.backfill, cfg.labels.clone(), shard)
+                        .with_failures(failures.clone()),
+                ),
                 discovered: None,
                 stop: CancellationToken::new(),
                 ended: false,
@@ -234,6 +236,7 @@ impl Scheduler {
             )),
             backfill: cfg.poll.backfill,
             labels: cfg.labels.clone(),
+            failures,
             shard,
             discovery: cfg.discovery.clone(),
             max_projects: cfg.limits.max_projects.saturating_sub(cfg.projects.len()),

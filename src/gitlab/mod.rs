@@ -13,6 +13,7 @@ pub mod meta;
 pub mod observer;
 pub mod pager;
 pub mod throttle;
+mod trace;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,7 @@ use crate::model::{Job, JobStatus, Project};
 use headers::{header_f64, raw_header, reset_in, retry_after, server_time};
 pub use observer::ClientObserver;
 use pager::NextHeaders;
+pub use trace::Trace;
 
 /// Largest response body accepted; a jobs page of 100 is ~200 KiB, so this only stops runaways.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -642,6 +644,21 @@ impl GitlabClient {
         url: url::Url,
         method: &Method,
     ) -> Result<Response, ApiError> {
+        let (status, headers, resp) = self.open(endpoint, url, method).await?;
+        let body = read_capped(resp)
+            .await
+            .map_err(|message| ApiError::Transport { endpoint, message })?;
+        self.answer(endpoint, status, headers, body)
+    }
+
+    /// Sends a request through the throttle and reads its head: the status, the headers
+    /// (GitLab's clock checked, `RateLimit-Remaining` reported), and the body still unread.
+    async fn open(
+        &self,
+        endpoint: &'static str,
+        url: url::Url,
+        method: &Method,
+    ) -> Result<(StatusCode, HeaderMap, reqwest::Response), ApiError> {
         let mut token =
             HeaderValue::from_str(self.token.expose_secret()).map_err(|_| ApiError::Transport {
                 endpoint,
@@ -675,13 +692,22 @@ impl GitlabClient {
         let status = resp.status();
         let mut headers = resp.headers().clone();
         self.check_clock(&mut headers);
-        let remaining = header_f64(&headers, "ratelimit-remaining");
-        if let Some(remaining) = remaining {
+        if let Some(remaining) = header_f64(&headers, "ratelimit-remaining") {
             self.observer.rate_limit_remaining(remaining);
         }
-        let body = read_capped(resp)
-            .await
-            .map_err(|message| ApiError::Transport { endpoint, message })?;
+        Ok((status, headers, resp))
+    }
+
+    /// What an answer means: a 429 pauses every request, an error status becomes its
+    /// [`ApiError`], a success goes back with its headers and `body`.
+    fn answer(
+        &self,
+        endpoint: &'static str,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<Response, ApiError> {
+        let remaining = header_f64(&headers, "ratelimit-remaining");
         if status == StatusCode::TOO_MANY_REQUESTS {
             let (retry_after, capped) = retry_after(&headers);
             if capped {

@@ -45,6 +45,9 @@ pub struct ProjectSeries {
     pub duration: BTreeMap<Key, Hist>,
     #[serde(with = "pairs")]
     pub queued: BTreeMap<Key, Hist>,
+    /// `gitlab_ci_job_failures_total` (see `super::failures`); absent in older checkpoints.
+    #[serde(default, with = "pairs", skip_serializing_if = "BTreeMap::is_empty")]
+    pub failures: BTreeMap<Key, u64>,
     /// `gitlab_ci_job_flaky_total` (see [`super::flaky`]); absent from older checkpoints.
     #[serde(default, with = "pairs", skip_serializing_if = "BTreeMap::is_empty")]
     pub flaky: BTreeMap<Key, u64>,

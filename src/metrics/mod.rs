@@ -8,6 +8,7 @@
 //! metric families themselves live beside it (`jobs`, `own`, `carry`).
 
 pub mod carry;
+mod failures;
 pub mod flaky;
 pub mod gzip;
 pub mod jobs;
@@ -153,6 +154,8 @@ pub struct Metrics {
     cycles: own::Polls,
     fleet: own::Fleet,
     hooks: own::Hooks,
+    /// Classifying failed jobs (`failures.rs`).
+    failures: failures::Own,
     /// `gitlab_ci_job_flaky_total`'s labels, and the flaky checks' own counters.
     flaky_layout: flaky::Layout,
     flaky: flaky::Own,
@@ -208,6 +211,7 @@ impl Metrics {
         let cycles = own::Polls::new(&registry)?;
         let fleet = own::Fleet::new(&registry)?;
         let hooks = own::Hooks::new(&registry)?;
+        let failures = failures::Own::new(&registry)?;
         let flaky = flaky::Own::new(&registry)?;
         let checkpoint_failures = prometheus::IntCounter::new(
             "gitlab_jobs_exporter_checkpoint_failures_total",
@@ -236,6 +240,7 @@ impl Metrics {
             cycles,
             fleet,
             hooks,
+            failures,
             flaky_layout: flaky::Layout::new(labels),
             flaky,
             rate_limit_seen: AtomicBool::new(false),
@@ -839,7 +844,10 @@ impl Metrics {
             Job(text::Family),
         }
         let mut parts = Vec::with_capacity(families.len() + 3);
-        for f in families {
+        for f in families
+            .into_iter()
+            .chain(failures::family(jobs, &self.layout))
+        {
             let mut text = Vec::new();
             TextEncoder::new().encode(std::slice::from_ref(&f), &mut text)?;
             let histogram = f.get_field_type() == prometheus::proto::MetricType::HISTOGRAM;

@@ -34,6 +34,7 @@ pub use crate::project::state::{NextPoll, ProjectState};
 use crate::tracker::Gap;
 
 mod catch_up;
+mod classify;
 mod fetch;
 mod flaky;
 mod listings;
@@ -145,6 +146,8 @@ pub struct CycleStats {
     pub completed: usize,
     /// Tracker events (jobs seen for the first time, jobs completed).
     pub events: usize,
+    /// Job logs read for failure classes (also in `requests`).
+    pub traces: usize,
 }
 
 impl CycleStats {
@@ -203,6 +206,15 @@ impl ProjectPoller {
             project: Mutex::new(project),
             gate: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Classifies failed jobs from their logs (`None`: `[failures] classify = false`).
+    pub fn with_failures(
+        mut self,
+        config: Option<crate::project::followups::ClassifyConfig>,
+    ) -> Self {
+        self.project_mut().followups.set_config(config);
+        self
     }
 
     pub fn project_mut(&mut self) -> &mut Project {
@@ -547,6 +559,8 @@ impl<'a> Cycle<'a> {
                 "too many unfinished jobs to follow; the oldest are no longer followed");
             self.metrics.api_error("followed_limit");
         }
+        // 3. Failure classes of failed jobs counted (now or before), a few per cycle.
+        self.classify().await;
         Ok(())
     }
 

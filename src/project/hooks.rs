@@ -72,7 +72,8 @@ impl Project {
                 metrics.observe_lag("webhook", now - t);
             }
         }
-        self.publish(&label, events, metrics);
+        let origin = vec![job.id; events.len()];
+        self.publish(&label, events, &origin, metrics);
         if seen == Seen::Changed {
             self.report_active(metrics);
             self.sync_tracked(metrics);

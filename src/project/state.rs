@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::model::Activity;
 use crate::model::JobStatus;
 use crate::persist::ProjectCheckpoint;
+use crate::project::followups::Followups;
 use crate::project::hooks::{HookState, MISSED_AFTER_SECS};
 use crate::tracker::attempts::Attempts;
 use crate::tracker::{Event, Tracker, secs};
@@ -134,6 +135,8 @@ pub struct Project {
     pub(crate) last_success: Option<f64>,
     pub(crate) last_error: Option<(f64, String)>,
     pub(crate) last_hook: Option<f64>,
+    /// Failed jobs waiting for their failure class (see [`crate::project::followups`]).
+    pub(crate) followups: Followups,
 }
 
 impl Project {
@@ -169,6 +172,7 @@ impl Project {
             last_success: None,
             last_error: None,
             last_hook: None,
+            followups: Followups::default(),
         }
     }
 
@@ -234,6 +238,7 @@ impl Project {
             discovered: false,
             retired_at: None,
             label_policy: self.labels.fingerprint(),
+            followups: self.followups.checkpoint(),
             attempts: self.attempts.clone(),
         }
     }
@@ -259,6 +264,8 @@ impl Project {
         self.attempts = cp.attempts.restored();
         self.completed_cycles = cp.completed_cycles;
         self.default_branch = cp.default_branch;
+        self.followups.restore(cp.followups);
+        self.followups.sync_gauge(metrics);
         self.sync_tracked(metrics);
         if self.resolved.is_some() {
             self.report_active(metrics);
@@ -288,6 +295,7 @@ impl Project {
     /// its counters stay. A later cycle sets everything again.
     pub fn pause(&mut self, metrics: &Metrics) {
         self.set_hook_state(HookState::None, metrics);
+        self.followups.unreport(metrics);
         metrics.add_tracked_jobs(-self.reported_tracked);
         self.reported_tracked = 0;
         metrics.set_active(&self.label(), &Default::default(), None);
@@ -297,6 +305,7 @@ impl Project {
     /// its series stay when another project now shows under the same path.
     pub fn forget(&mut self, metrics: &Metrics, remove_series: bool) {
         self.set_hook_state(HookState::None, metrics);
+        self.followups.unreport(metrics);
         metrics.add_tracked_jobs(-self.reported_tracked);
         self.reported_tracked = 0;
         if remove_series {
@@ -334,6 +343,10 @@ impl Project {
             ProjectState::NotFound if self.resolved.is_none() => self.backoff(interval),
             ProjectState::NotFound | ProjectState::Elsewhere => NextPoll::Never,
             ProjectState::Unauthorized | ProjectState::Forbidden => self.backoff(interval),
+            // Failed jobs wait for their class: polled at the normal pace, whatever the hooks.
+            ProjectState::Ok if self.followups.config().is_some() && !self.followups.is_empty() => {
+                NextPoll::Paced(Activity::Busy)
+            }
             ProjectState::Ok if self.hooks_suffice() => NextPoll::Reconcile,
             ProjectState::Ok
                 if self.hooks == HookState::None
@@ -363,6 +376,11 @@ impl Project {
 
     pub fn state(&self) -> ProjectState {
         self.state
+    }
+
+    /// Failed jobs waiting for their failure class.
+    pub fn pending_classifications(&self) -> usize {
+        self.followups.len()
     }
 
     /// A completed cycle: its activity (for pacing) and gauges.
@@ -396,10 +414,13 @@ impl Project {
             }
         }
         let mut events = Vec::new();
+        // The job each event is about (for the failure classes' queue).
+        let mut origin = Vec::new();
         let mut flaky = Vec::new();
         for job in &page.jobs {
             let before = events.len();
             self.tracker.observe(job, server_now, &mut events);
+            origin.resize(events.len(), job.id);
             self.observe_attempt(job, &events[before..], false, &mut flaky, metrics);
         }
         let mut fed = Fed {
@@ -420,7 +441,7 @@ impl Project {
         }
         self.polled_completions(missed, metrics);
         events.append(&mut flaky);
-        self.publish(&label, events, metrics);
+        self.publish(&label, events, &origin, metrics);
         fed
     }
 
@@ -457,11 +478,20 @@ impl Project {
         }
     }
 
-    /// Tracker events to the job series, under the label policy (polls' and hooks' alike).
-    pub(crate) fn publish(&self, label: &str, mut events: Vec<Event>, metrics: &Metrics) {
+    /// Tracker events to the job series, under the label policy (polls' and hooks' alike);
+    /// failed jobs (`origin[i]`: the id of `events[i]`'s job) queued for their class, in the
+    /// same step.
+    pub(crate) fn publish(
+        &mut self,
+        label: &str,
+        mut events: Vec<Event>,
+        origin: &[u64],
+        metrics: &Metrics,
+    ) {
         self.labels
             .apply(&mut events, self.default_branch.as_deref());
         metrics.apply(label, &events);
+        self.followups.enqueue(label, &events, origin, metrics);
     }
 
     /// GitLab's clock, or ours when it sent no `Date`.

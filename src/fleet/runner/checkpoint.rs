@@ -132,7 +132,8 @@ impl Scheduler {
             self.backfill,
             self.labels.clone(),
             self.shard,
-        );
+        )
+        .with_failures(self.failures.clone());
         poller.restore(p, &self.metrics);
         if retired_at.is_some() {
             // Restored with its gauges: clear them again, it is not polled.

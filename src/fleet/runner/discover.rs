@@ -155,14 +155,17 @@ impl Scheduler {
                 }
                 None => {
                     info!(project = %found.path, id, "project discovered; watching it from the backfill window");
-                    Arc::new(ProjectPoller::new_resolved(
-                        id,
-                        found.path.clone(),
-                        found.default_branch.clone(),
-                        self.backfill,
-                        self.labels.clone(),
-                        self.shard,
-                    ))
+                    Arc::new(
+                        ProjectPoller::new_resolved(
+                            id,
+                            found.path.clone(),
+                            found.default_branch.clone(),
+                            self.backfill,
+                            self.labels.clone(),
+                            self.shard,
+                        )
+                        .with_failures(self.failures.clone()),
+                    )
                 }
             };
             // Counted (afresh, for a revived one: pause() reset its flag) towards readiness.

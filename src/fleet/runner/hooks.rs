@@ -101,7 +101,7 @@ impl Scheduler {
             Route::Unwatched => "unwatched",
             Route::Here(slot) => {
                 let job = &d.hook.job;
-                let (seen, maybe_reset) = {
+                let (seen, maybe_reset, classify) = {
                     let mut p = slot.poller.project();
                     if p.label_unknown() {
                         // Configured by id, not looked up yet: its `project` label is not
@@ -114,10 +114,13 @@ impl Scheduler {
                     }
                     let known_final = !p.tracker.is_followed(job.id);
                     let seen = p.feed_hook(&d.hook, d.received_at, &self.metrics);
-                    (seen, seen == Seen::Stale && known_final)
+                    let classify = !p.followups.is_empty() && p.followups.config().is_some();
+                    (seen, seen == Seen::Stale && known_final, classify)
                 };
                 self.dirty.store(true, Ordering::Release);
+                // A failed job waits for its class: within a poll interval, not a reconcile.
                 if seen == Seen::Deferred
+                    || classify
                     || (maybe_reset && crate::project::state::is_waiting(&job.status))
                 {
                     // Not applied (the tracker waits for a cycle to fold it), or a late

@@ -107,7 +107,7 @@ impl Cycle<'_> {
     /// the state lock: tracker, attempts and series change together).
     fn publish_flaky(
         &self,
-        p: &crate::project::state::Project,
+        p: &mut crate::project::state::Project,
         events: Vec<crate::tracker::Event>,
         outcome: Outcome,
     ) {
@@ -115,7 +115,9 @@ impl Cycle<'_> {
             self.metrics.flaky_undecided(outcome.undecided);
         }
         if !events.is_empty() {
-            p.publish(&p.label(), events, self.metrics);
+            let label = p.label();
+            // Flaky passes only: no failed job among them for the failure classes' queue.
+            p.publish(&label, events, &[], self.metrics);
         }
     }
 }
