@@ -46,7 +46,17 @@ fn world() -> World {
             pipelines_per_hour: 4.0,
         },
     ];
-    World::generate(&WorldSpec::new(projects, T0, T0 + 4 * HOUR), 1)
+    // Retry chains and late retries: flaky passes for the "Flaky jobs" table and its alert.
+    World::generate(
+        &WorldSpec::new(projects, T0, T0 + 4 * HOUR).with_retries(2),
+        1,
+    )
+}
+
+/// Webhooks on and failed jobs classified from their logs ("Why jobs fail").
+fn hooks_and_classes(cfg: &mut gitlab_jobs_exporter::config::Config) {
+    with_webhooks(cfg);
+    cfg.failures.classify = true;
 }
 
 /// A Prometheus server in a temporary directory, killed when dropped.
@@ -356,7 +366,7 @@ async fn dashboards_and_rules_work_against_a_real_prometheus() {
             by_path("tools/cli"),
         ],
         Duration::from_secs(3600),
-        with_webhooks,
+        hooks_and_classes,
     )
     .await;
     // GitLab's Job Hooks too, a third of them lost: the polls find what they missed, so every
@@ -423,6 +433,15 @@ async fn dashboards_and_rules_work_against_a_real_prometheus() {
         prom.scalar(r#"up{job="gitlab-jobs-exporter"}"#).await,
         Some(1.0)
     );
+    // Failure classes and flaky passes, each once, in Prometheus as in the simulator.
+    assert!(truth.total_failures() > 0 && truth.total_flaky() > 0);
+    prom.wait_for_value(
+        "sum(gitlab_ci_job_failures_total)",
+        truth.total_failures() as f64,
+    )
+    .await;
+    prom.wait_for_value("sum(gitlab_ci_job_flaky_total)", truth.total_flaky() as f64)
+        .await;
 
     // The rules: loaded, evaluated without error, alerts labelled and annotated.
     let mut recording = Vec::new();
