@@ -18,6 +18,10 @@
 #   BENCH_PERF=0            N > 0: also profile the exporter's first N s (own run) with `perf record -g`
 #   BENCH_PROFILE=bench-release  cargo profile (release with line tables and symbols)
 #   BENCH_KEEP=0            1: keep the temp dir (logs, configs, perf.data)
+#   BENCH_STATE=0           1: the exporter runs with state.dir set (checkpoints, published page)
+#   BENCH_OURS_ONLY=0       1: only our CPU/RSS run (no naive run, no perf, no /metrics worlds):
+#                           quick before/after pairs
+#   BENCH_BIN=              the exporter binary to measure (a saved build); no cargo build then
 set -euo pipefail
 
 SECS=${BENCH_SECS:-120}
@@ -29,12 +33,14 @@ SERIES=${BENCH_SERIES-1k 10k 100k}
 NAIVE=${BENCH_NAIVE:-1}
 PERF=${BENCH_PERF:-0}
 PROFILE=${BENCH_PROFILE:-bench-release}
+STATE=${BENCH_STATE:-0}
+OURS_ONLY=${BENCH_OURS_ONLY:-0}
 TOKEN=bench-token
 WINDOW=5 # seconds per CPU sample
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-EXP="$TARGET/$PROFILE/gitlab-jobs-exporter"
+EXP=${BENCH_BIN:-"$TARGET/$PROFILE/gitlab-jobs-exporter"}
 SIM="$TARGET/$PROFILE/gitlab-sim"
 NAIVE_PY="$ROOT/scripts/naive_exporter.py"
 HZ=$(getconf CLK_TCK)
@@ -106,7 +112,12 @@ path = "bench"
 [limits]
 max_series = 1000000
 EOF
-	GITLAB_TOKEN=$TOKEN RUST_LOG=warn "$EXP" --config "$TMP/$name.toml" >"$TMP/$name.out" 2>"$TMP/$name.err" &
+	if ((STATE)); then
+		printf '[state]\ndir = "%s"\n' "$TMP/$name.state" >>"$TMP/$name.toml"
+	fi
+	# BENCH_WRAP: a command put before the exporter (e.g. `heaptrack -o FILE`); CPU figures are
+	# then the wrapper's.
+	GITLAB_TOKEN=$TOKEN RUST_LOG=warn ${BENCH_WRAP:-} "$EXP" --config "$TMP/$name.toml" >"$TMP/$name.out" 2>"$TMP/$name.err" &
 	EXP_PID=$!
 	PIDS+=("$EXP_PID")
 	EXP_URL="http://127.0.0.1:$port"
@@ -172,6 +183,7 @@ cpu_run() {
 	R_TICKS=$(ticks "$pid")
 	R_REQ=$(sim_total "$sim_url")
 	R_HWM=$(hwm_kib "$pid")
+	R_MEM=$(awk '/^(VmRSS|RssAnon|RssFile|Threads):/ {printf "%s %s ", $1, $2}' "/proc/$pid/status")
 	R_COUNTED=$(jobs_counted "$url")
 	R_READY=${ready:-"not within ${wall} s"}
 	R_RPM=$(awk -v r="$R_REQ" -v w="$wall" 'BEGIN {printf "%.0f", r * 60 / w}')
@@ -185,7 +197,7 @@ cpu_run() {
 	R_WALL=$wall
 	stop "$pid"
 	stop "$sim_pid"
-	log "$name: $R_REQ requests in $wall s, CPU $R_CPU s, peak RSS $(mib "$R_HWM"), ready after $R_READY"
+	log "$name: $R_REQ requests in $wall s, CPU $R_CPU s ($R_PER_K per 1,000; after the first cycle $R_STEADY), median $R_MEDIAN, peak RSS $(mib "$R_HWM"), ready after $R_READY; at the end: ${R_MEM}load $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
 # perf_run: a fresh simulator and exporter, `perf record -g` of the exporter from its start for
@@ -261,10 +273,16 @@ metrics_run() {
 main() {
 	command -v curl >/dev/null || die "curl is needed"
 	command -v python3 >/dev/null || die "python3 is needed"
-	log "building ($PROFILE)"
-	(cd "$ROOT" && cargo build --profile "$PROFILE" -p gitlab-jobs-exporter -p gitlab-sim --bins) >&2 ||
-		die "cargo build"
+	if [[ -z ${BENCH_BIN:-} ]]; then
+		log "building ($PROFILE)"
+		(cd "$ROOT" && cargo build --profile "$PROFILE" -p gitlab-jobs-exporter -p gitlab-sim --bins) >&2 ||
+			die "cargo build"
+	fi
 	[[ -x $EXP && -x $SIM ]] || die "binaries not found in $TARGET/$PROFILE"
+	if ((OURS_ONLY)); then
+		cpu_run ours ours
+		return 0
+	fi
 
 	cpu_run ours ours
 	local o=("$R_RPM" "$R_REQ" "$R_CPU" "$R_PER_K" "$R_STEADY" "$R_MEDIAN" "$(mib "$R_HWM")" "$R_READY" "$R_COUNTED")

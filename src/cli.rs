@@ -430,7 +430,10 @@ fn check_gitlab(cli: &Cli, cfg: &Settings, runtime: &tokio::runtime::Runtime) ->
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The queue is allocated whole up front: the default 128,000 lines hold 4 MB for good;
+    // 8,192 lines (256 KB) still absorb any burst the exporter logs (one line per project).
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(8192)
         .lossy(true)
         .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()

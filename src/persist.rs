@@ -243,12 +243,17 @@ fn set_aside(path: &Path, why: &str) {
     }
 }
 
-/// Writes the checkpoint atomically.
+/// Writes the checkpoint atomically. Encoded straight into the file through a small buffer:
+/// the whole JSON is never held in memory.
 pub fn save(dir: &Path, cp: &Checkpoint) -> Result<(), StateError> {
-    let bytes = serde_json::to_vec(cp)?;
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-    let mut f = create_fresh(&tmp).map_err(io(dir))?;
-    f.write_all(&bytes).map_err(io(dir))?;
+    let f = create_fresh(&tmp).map_err(io(dir))?;
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
+    serde_json::to_writer(&mut w, cp).map_err(|e| match e.io_error_kind() {
+        Some(kind) => io(dir)(std::io::Error::new(kind, e)),
+        None => StateError::Encode(e),
+    })?;
+    let f = w.into_inner().map_err(|e| io(dir)(e.into_error()))?;
     f.sync_all().map_err(io(dir))?;
     drop(f);
     std::fs::rename(&tmp, dir.join(FILE_NAME)).map_err(io(dir))?;

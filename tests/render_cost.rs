@@ -3,17 +3,20 @@
 //! (levels 1 and 6), and the heap the render takes beyond what was there before, for the
 //! renderer in use and for the `prometheus` crate's encoder from protobuf families (how the
 //! page was rendered before). A measurement, not run by default:
-//! `cargo test --release --test render_cost -- --ignored --nocapture`.
+//! `cargo test --release --test render_cost -- --ignored --nocapture --test-threads=1` (the heap
+//! counter is process-wide: tests running side by side would count each other's allocations).
+//! Also bytes per job series under the levers (fewer buckets, fewer labels).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use gitlab_jobs_exporter::config::MetricsSettings;
+use gitlab_jobs_exporter::config::labels::{Droppable, LabelsConfig, RunnerMode};
+use gitlab_jobs_exporter::config::{Buckets, MetricsSettings};
 use gitlab_jobs_exporter::metrics::jobs::{self, Bounds, ProjectSeries, Room};
 use gitlab_jobs_exporter::metrics::{Metrics, gzip};
-use gitlab_jobs_exporter::model::JobStatus;
+use gitlab_jobs_exporter::model::{JobRunner, JobStatus};
 use gitlab_jobs_exporter::tracker::{Event, JobLabels};
 use prometheus::Encoder;
 
@@ -204,5 +207,145 @@ fn render_cost_at_1k_10k_100k_job_series() {
             held.saturating_sub(unlabelled) as f64 / n as f64,
         );
         drop(plain);
+    }
+}
+
+/// A world of `n` job series, each a counter and two histograms, under `layout` (every job has
+/// a runner, so `labels.runner` shows).
+fn job_series_under(
+    n: usize,
+    bounds: &Bounds,
+    layout: &jobs::Layout,
+) -> BTreeMap<String, ProjectSeries> {
+    let per_project = 100;
+    let mut room = Room {
+        max: usize::MAX,
+        used: [0; 3],
+        folded: false,
+    };
+    let mut jobs = BTreeMap::new();
+    for p in 0..n.div_ceil(per_project) {
+        let mut events = Vec::new();
+        for j in 0..per_project.min(n - p * per_project) {
+            let labels = JobLabels {
+                ref_: format!("branch-{}", j % 10),
+                stage: "test".into(),
+                name: format!("rspec-{}", j / 10),
+                tag: false,
+                runner: Some(JobRunner {
+                    description: format!("shared-runner-{}", j % 4),
+                    runner_type: "instance_type".into(),
+                }),
+            };
+            events.push(Event::Started {
+                labels: labels.clone(),
+                queued_duration: j as f64 / 3.0,
+            });
+            events.push(Event::Completed {
+                labels,
+                status: JobStatus::Success,
+                failure_reason: String::new(),
+                duration: Some(j as f64 * 7.25),
+                finished_at: None,
+            });
+        }
+        let mut series = ProjectSeries::default();
+        series.apply(&events, bounds, layout, &mut room);
+        jobs.insert(format!("scale/group-{}/project-{p}", p / 50), series);
+    }
+    jobs
+}
+
+/// Bytes per job series (a counter and two histograms, as a job that ran makes) under the two
+/// levers an operator has: fewer histogram buckets (`[metrics]`) and fewer labels (`[labels]`):
+/// page text, gzip on the wire, heap held, checkpoint JSON. Each job series stays one series
+/// here; dropping a label also merges series (how many depends on the jobs).
+#[test]
+#[ignore = "a measurement; run by hand"]
+fn bytes_per_job_series_under_the_levers() {
+    let n = 10_000;
+    let buckets = |d: usize, q: usize| MetricsSettings {
+        duration_buckets: Buckets::new(
+            "d",
+            MetricsSettings::default().duration_buckets.as_slice()[..d].to_vec(),
+        )
+        .expect("buckets"),
+        queued_buckets: Buckets::new(
+            "q",
+            MetricsSettings::default().queued_buckets.as_slice()[..q].to_vec(),
+        )
+        .expect("buckets"),
+    };
+    let policy = |runner: RunnerMode, drop: &[Droppable]| LabelsConfig {
+        runner,
+        drop: drop.to_vec(),
+        ..Default::default()
+    };
+    let variants = [
+        (
+            "default: 14 + 12 buckets, no runner label",
+            MetricsSettings::default(),
+            LabelsConfig::default(),
+        ),
+        ("8 + 6 buckets", buckets(8, 6), LabelsConfig::default()),
+        ("4 + 3 buckets", buckets(4, 3), LabelsConfig::default()),
+        (
+            "labels.runner = \"description\"",
+            MetricsSettings::default(),
+            policy(RunnerMode::Description, &[]),
+        ),
+        (
+            "labels.drop = [\"ref\"]",
+            MetricsSettings::default(),
+            policy(RunnerMode::None, &[Droppable::Ref]),
+        ),
+        (
+            "labels.drop = [\"ref\", \"stage\", \"failure_reason\"]",
+            MetricsSettings::default(),
+            policy(
+                RunnerMode::None,
+                &[Droppable::Ref, Droppable::Stage, Droppable::FailureReason],
+            ),
+        ),
+        (
+            "8 + 6 buckets and labels.drop = [\"ref\"]",
+            buckets(8, 6),
+            policy(RunnerMode::None, &[Droppable::Ref]),
+        ),
+    ];
+    println!(
+        "{n} jobs of distinct (ref, job), 100 per project; bytes per job series (counter + 2 histograms)"
+    );
+    println!("| lever | job series | page text | gzip (level 1) | heap held | checkpoint JSON |");
+    println!("|---|---|---|---|---|---|");
+    for (name, settings, labels) in variants {
+        let bounds = Bounds {
+            duration: settings.duration_buckets.as_slice().to_vec(),
+            queued: settings.queued_buckets.as_slice().to_vec(),
+        };
+        let layout = jobs::Layout::new(&labels);
+        let m = Metrics::new(&settings, usize::MAX, &labels).expect("metrics");
+        let (series, .., held) = measure(|| job_series_under(n, &bounds, &layout));
+        let count = series.values().map(|s| s.total.len()).sum::<usize>();
+        let empty = m
+            .render_with(m.own_families(), &BTreeMap::new())
+            .expect("page");
+        let page = m.render_with(m.own_families(), &series).expect("page");
+        let at = page
+            .find("# HELP gitlab_ci_job_duration_seconds ")
+            .expect("split");
+        let gz = gzip::Parts::new(&page.as_bytes()[..at], &page.as_bytes()[at..], gzip::LEVEL)
+            .expect("gzip")
+            .len();
+        let json = serde_json::to_vec(&series).expect("json").len();
+        let per = |b: usize| b as f64 / count as f64;
+        println!(
+            "| {name} | {count} | {:.0} B | {:.0} B | {:.0} B | {:.0} B |",
+            per(page.len().saturating_sub(empty.len())),
+            per(gz),
+            per(held),
+            per(json)
+        );
+        assert!(count > 0 && page.len() > empty.len());
     }
 }

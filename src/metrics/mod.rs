@@ -44,6 +44,15 @@ pub struct Page {
     gz: tokio::sync::OnceCell<Result<Arc<gzip::Parts>, String>>,
 }
 
+/// A page's text as the owner of the chunks sent (see [`Page::around`]).
+struct PageText(Arc<Page>);
+
+impl AsRef<[u8]> for PageText {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.text
+    }
+}
+
 impl Page {
     fn new(text: Bytes, split: usize) -> Self {
         Self {
@@ -55,10 +64,12 @@ impl Page {
 
     /// The page with the never-published families placed before its histograms, so they stay
     /// with the other counters and gauges: `[page before its histograms, unpersisted,
-    /// histograms]` (slices of the same bytes, no copy).
-    fn around(&self, unpersisted: Bytes) -> [Bytes; 3] {
+    /// histograms]` (slices of the same bytes, no copy). The slices hold the page itself, so
+    /// that a snapshot's page is shared for as long as any scrape is sending it.
+    fn around(self: &Arc<Self>, unpersisted: Bytes) -> [Bytes; 3] {
         let at = self.split;
-        [self.text.slice(..at), unpersisted, self.text.slice(at..)]
+        let whole = Bytes::from_owner(PageText(self.clone()));
+        [whole.slice(..at), unpersisted, whole.slice(at..)]
     }
 
     /// The gzip parts, compressed by the first scrape that asks (off the async workers) and
@@ -79,6 +90,55 @@ impl Page {
             .await
             .clone()
             .map_err(|e| MetricsError(prometheus::Error::Msg(e)))
+    }
+}
+
+/// What a checkpoint published: the exporter's own families and the job series exactly as
+/// written, rendered only when a scrape asks. Holding these rather than the rendered page
+/// costs a fraction of the page's memory (a job series takes about a quarter of its page
+/// text), and a checkpoint every second no longer renders a page nobody reads.
+pub struct Snapshot {
+    own: Vec<prometheus::proto::MetricFamily>,
+    series: BTreeMap<String, jobs::ProjectSeries>,
+    /// The page rendered from this snapshot while a scrape still holds it: scrapes close
+    /// together share it; once the last is sent it is freed, not kept for the next.
+    page: Mutex<std::sync::Weak<Page>>,
+}
+
+impl Snapshot {
+    pub fn new(
+        own: Vec<prometheus::proto::MetricFamily>,
+        series: BTreeMap<String, jobs::ProjectSeries>,
+    ) -> Self {
+        Self {
+            own,
+            series,
+            page: Mutex::new(std::sync::Weak::new()),
+        }
+    }
+}
+
+/// What `/metrics` serves with persistence on: a page, or a snapshot rendered on demand.
+#[derive(Clone)]
+enum Published {
+    Page(Arc<Page>),
+    Snapshot(Arc<Snapshot>),
+}
+
+/// Where a page is rendered from: live values, or a published snapshot.
+#[derive(Clone)]
+enum Source {
+    Live,
+    Snapshot(Arc<Snapshot>),
+}
+
+impl Source {
+    fn same(&self, other: &Source) -> bool {
+        match (self, other) {
+            (Source::Live, Source::Live) => true,
+            (Source::Snapshot(a), Source::Snapshot(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 }
 
@@ -131,13 +191,13 @@ pub struct Metrics {
     jobs: Mutex<BTreeMap<String, jobs::ProjectSeries>>,
     /// The exporter's own counters and histograms as saved before a restart.
     base: Mutex<carry::Carry>,
-    /// With persistence: the page as of the last checkpoint, so no scrape ever sees a value
-    /// that a crash could take back. `None`: serve live values. Shared, never copied, by
-    /// every scrape.
-    published: Mutex<Option<Arc<Page>>>,
-    /// The live render in progress, if any: scrapes that arrive meanwhile share its page
-    /// rather than each render (and hold) a page of their own.
-    rendering: Mutex<Option<Arc<SharedRender>>>,
+    /// With persistence: the page, or the snapshot it is rendered from, as of the last
+    /// checkpoint, so no scrape ever sees a value that a crash could take back. `None`: serve
+    /// live values. Shared, never copied, by every scrape.
+    published: Mutex<Option<Published>>,
+    /// The render in progress, if any, and what it renders: scrapes of the same source that
+    /// arrive meanwhile share its page rather than each render (and hold) a page of their own.
+    rendering: Mutex<Option<(Source, Arc<SharedRender>)>>,
     /// Metrics about the checkpoint itself: live, never published or carried (a failing
     /// checkpoint write must show even though the published page stays as it was).
     checkpoint_failures: prometheus::IntCounter,
@@ -721,8 +781,10 @@ impl Metrics {
 
     /// The `/metrics` page: as of the last checkpoint when persistence is on, else live.
     pub fn render(&self) -> Result<String, MetricsError> {
-        let page = match lock(&self.published).clone() {
-            Some(page) => page,
+        let published = lock(&self.published).clone();
+        let page = match published {
+            Some(Published::Page(page)) => page,
+            Some(Published::Snapshot(s)) => Arc::new(self.render_source(&Source::Snapshot(s))?),
             None => Arc::new(self.render_live()?),
         };
         Ok(page
@@ -755,25 +817,44 @@ impl Metrics {
             .map_err(|e| MetricsError(prometheus::Error::Msg(e.to_string())))
     }
 
-    /// The published page, or a live one (shared by concurrent scrapes).
+    /// The published page (rendered from the published snapshot if no scrape holds it
+    /// already), or a live one; shared by concurrent scrapes.
     async fn page(self: &Arc<Self>) -> Result<Arc<Page>, MetricsError> {
         // Bound first: the guard must be gone before the await.
         let published = lock(&self.published).clone();
         match published {
-            Some(page) => Ok(page),
-            None => self.shared_live_render().await,
+            Some(Published::Page(page)) => Ok(page),
+            Some(Published::Snapshot(s)) => {
+                let held = lock(&s.page).upgrade();
+                if let Some(page) = held {
+                    return Ok(page);
+                }
+                let page = self.shared_render(Source::Snapshot(s.clone())).await?;
+                *lock(&s.page) = Arc::downgrade(&page);
+                Ok(page)
+            }
+            None => self.shared_render(Source::Live).await,
         }
     }
 
-    async fn shared_live_render(self: &Arc<Self>) -> Result<Arc<Page>, MetricsError> {
-        let cell = lock(&self.rendering)
-            .get_or_insert_with(|| Arc::new(tokio::sync::OnceCell::new()))
-            .clone();
+    async fn shared_render(self: &Arc<Self>, source: Source) -> Result<Arc<Page>, MetricsError> {
+        let cell = {
+            let mut rendering = lock(&self.rendering);
+            match rendering.as_ref() {
+                Some((running, cell)) if running.same(&source) => cell.clone(),
+                // Nothing running, or another source's render: this one starts its own.
+                _ => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    *rendering = Some((source.clone(), cell.clone()));
+                    cell
+                }
+            }
+        };
         let metrics = self.clone();
         let result = cell
             .get_or_init(|| async move {
                 // Rendering a large page is CPU work: off the async workers.
-                match tokio::task::spawn_blocking(move || metrics.render_live()).await {
+                match tokio::task::spawn_blocking(move || metrics.render_source(&source)).await {
                     Ok(r) => r.map(Arc::new).map_err(|e| e.to_string()),
                     Err(e) => Err(format!("render task failed: {e}")),
                 }
@@ -782,7 +863,10 @@ impl Metrics {
             .clone();
         // Done: the next scrape renders afresh (unless another already did this).
         let mut rendering = lock(&self.rendering);
-        if rendering.as_ref().is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+        if rendering
+            .as_ref()
+            .is_some_and(|(_, c)| Arc::ptr_eq(c, &cell))
+        {
             *rendering = None;
         }
         drop(rendering);
@@ -794,8 +878,18 @@ impl Metrics {
         // Own families first: gathering them takes the jobs lock too.
         let own = self.own_families();
         // Render under the lock rather than copy every series per scrape.
-        let (text, split) = self.write_page(own, &self.lock_jobs())?;
+        let (text, split) = self.write_page(&own, &*self.lock_jobs())?;
         Ok(Page::new(Bytes::from(text), split))
+    }
+
+    fn render_source(&self, source: &Source) -> Result<Page, MetricsError> {
+        match source {
+            Source::Live => self.render_live(),
+            Source::Snapshot(s) => {
+                let (text, split) = self.write_page(&s.own, &s.series)?;
+                Ok(Page::new(Bytes::from(text), split))
+            }
+        }
     }
 
     /// The metrics that are never published from a checkpoint (see `checkpoint_failures`).
@@ -825,7 +919,16 @@ impl Metrics {
         families: Vec<prometheus::proto::MetricFamily>,
         jobs: &BTreeMap<String, jobs::ProjectSeries>,
     ) -> Result<String, MetricsError> {
-        let (text, _) = self.write_page(families, jobs)?;
+        self.render_projects(families, jobs)
+    }
+
+    /// [`Metrics::render_with`] for job series held elsewhere (a checkpoint's, borrowed).
+    pub fn render_projects(
+        &self,
+        families: Vec<prometheus::proto::MetricFamily>,
+        jobs: &impl text::Projects,
+    ) -> Result<String, MetricsError> {
+        let (text, _) = self.write_page(&families, jobs)?;
         String::from_utf8(text).map_err(|e| MetricsError(prometheus::Error::Msg(e.to_string())))
     }
 
@@ -836,8 +939,8 @@ impl Metrics {
     /// ([`text`]) into one buffer sized beforehand, so rendering holds about one page.
     fn write_page(
         &self,
-        families: Vec<prometheus::proto::MetricFamily>,
-        jobs: &BTreeMap<String, jobs::ProjectSeries>,
+        families: &[prometheus::proto::MetricFamily],
+        jobs: &impl text::Projects,
     ) -> Result<(Vec<u8>, usize), MetricsError> {
         enum Part {
             Own(Vec<u8>),
@@ -849,9 +952,9 @@ impl Metrics {
             .chain(failures::family(jobs, &self.layout))
         {
             let mut text = Vec::new();
-            TextEncoder::new().encode(std::slice::from_ref(&f), &mut text)?;
+            TextEncoder::new().encode(std::slice::from_ref(f), &mut text)?;
             let histogram = f.get_field_type() == prometheus::proto::MetricType::HISTOGRAM;
-            parts.push((rank(&f), f.name().to_string(), histogram, Part::Own(text)));
+            parts.push((rank(f), f.name().to_string(), histogram, Part::Own(text)));
         }
         for f in text::Family::ALL {
             if !f.is_empty(jobs) {
@@ -891,7 +994,14 @@ impl Metrics {
     pub fn publish(&self, page: String, written_unix: f64) {
         let text = Bytes::from(page);
         let split = histograms_start(&text);
-        *lock(&self.published) = Some(Arc::new(Page::new(text, split)));
+        *lock(&self.published) = Some(Published::Page(Arc::new(Page::new(text, split))));
+        self.last_checkpoint.set(written_unix);
+    }
+
+    /// From now on `/metrics` serves the page of `snapshot` (the own families and job series
+    /// of a checkpoint just written at `written_unix`), rendered when a scrape asks.
+    pub fn publish_snapshot(&self, snapshot: Snapshot, written_unix: f64) {
+        *lock(&self.published) = Some(Published::Snapshot(Arc::new(snapshot)));
         self.last_checkpoint.set(written_unix);
     }
 }

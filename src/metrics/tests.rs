@@ -298,7 +298,11 @@ async fn concurrent_gzip_scrapes_share_one_compressed_page() {
         tokio::spawn(async move { m.scrape_as(gzip).await })
     };
     let (a, b, c) = (scrape(true), scrape(true), scrape(false));
-    while lock(&m.rendering).as_ref().map_or(0, Arc::strong_count) < 4 {
+    while lock(&m.rendering)
+        .as_ref()
+        .map_or(0, |(_, cell)| Arc::strong_count(cell))
+        < 4
+    {
         tokio::task::yield_now().await;
     }
     release.send(()).unwrap();
@@ -328,4 +332,52 @@ async fn concurrent_gzip_scrapes_share_one_compressed_page() {
     let text = gunzip(&f);
     assert_eq!(text, m.render().unwrap());
     assert!(text.contains("gitlab_jobs_exporter_checkpoint_failures_total 1\n"));
+}
+
+/// A published snapshot is rendered when a scrape asks, byte for byte the page of the values it
+/// holds (not the live ones); scrapes while one holds its page share that page, and once none
+/// does the page is freed and rendered again.
+#[tokio::test]
+async fn a_published_snapshot_is_rendered_on_demand_from_its_values() {
+    let m = busy_metrics(40);
+    let own = m.own_families();
+    let series = m.lock_jobs().clone();
+    let expected = m.render_with(own.clone(), &series).unwrap();
+    m.publish_snapshot(Snapshot::new(own, series), 1_790_000_000.0);
+    // After the checkpoint: live values change, the published page must not.
+    m.remove_project("g/p-1", &[]);
+    let joined = |chunks: &[Bytes]| {
+        chunks
+            .iter()
+            .map(|b| String::from_utf8_lossy(b))
+            .collect::<String>()
+    };
+    let a = m.scrape().await.unwrap();
+    assert_eq!(joined(&[a[0].clone(), a[2].clone()]), expected);
+    assert!(expected.contains("project=\"g/p-1\""));
+    assert!(
+        joined(&a[1..2])
+            .contains("gitlab_jobs_exporter_last_checkpoint_timestamp_seconds 1790000000")
+    );
+    let b = m.scrape().await.unwrap();
+    assert_eq!(
+        a[0].as_ptr(),
+        b[0].as_ptr(),
+        "one render while a scrape holds it"
+    );
+    let weak = lock(
+        &match lock(&m.published).clone() {
+            Some(Published::Snapshot(s)) => s,
+            _ => panic!("a snapshot is published"),
+        }
+        .page,
+    )
+    .clone();
+    drop((a, b));
+    assert!(weak.upgrade().is_none(), "the page is freed once sent");
+    let c = m.scrape_as(false).await.unwrap();
+    assert_eq!(joined(&[c[0].clone(), c[2].clone()]), expected);
+    assert_eq!(joined(&c), m.render().unwrap());
+    let gz = m.scrape_as(true).await.unwrap();
+    assert_eq!(gunzip(&gz), m.render().unwrap());
 }

@@ -8,6 +8,24 @@ use std::io::Write as _;
 
 use super::jobs::{self, Block, Bounds, Hist, Key, Layout, ProjectSeries};
 
+/// Job series by project path, in path order: the metrics' own map, or a checkpoint's series
+/// borrowed (so a checkpoint renders its page without copying every series once more).
+pub trait Projects {
+    fn each(&self) -> impl Iterator<Item = (&str, &ProjectSeries)>;
+}
+
+impl Projects for BTreeMap<String, ProjectSeries> {
+    fn each(&self) -> impl Iterator<Item = (&str, &ProjectSeries)> {
+        self.iter().map(|(p, s)| (p.as_str(), s))
+    }
+}
+
+impl Projects for BTreeMap<&str, &ProjectSeries> {
+    fn each(&self) -> impl Iterator<Item = (&str, &ProjectSeries)> {
+        self.iter().map(|(p, s)| (*p, *s))
+    }
+}
+
 /// Help texts of the job families.
 pub const JOBS_TOTAL_HELP: &str = "GitLab CI jobs that reached a completed status (success, failed, canceled, skipped), each counted once.";
 pub const DURATION_HELP: &str =
@@ -170,8 +188,8 @@ impl Family {
     }
 
     /// Whether any project has a series of this family (the encoder skips empty families).
-    pub fn is_empty(self, jobs: &BTreeMap<String, ProjectSeries>) -> bool {
-        jobs.values().all(|s| match self {
+    pub fn is_empty(self, jobs: &impl Projects) -> bool {
+        jobs.each().all(|(_, s)| match self {
             Self::Total => s.total.is_empty(),
             Self::Duration => s.duration.is_empty(),
             Self::Queued => s.queued.is_empty(),
@@ -179,13 +197,7 @@ impl Family {
     }
 
     /// Writes the family (nothing when it has no series).
-    pub fn write(
-        self,
-        out: &mut impl Out,
-        jobs: &BTreeMap<String, ProjectSeries>,
-        bounds: &Bounds,
-        layout: &Layout,
-    ) {
+    pub fn write(self, out: &mut impl Out, jobs: &impl Projects, bounds: &Bounds, layout: &Layout) {
         if self.is_empty(jobs) {
             return;
         }
@@ -202,7 +214,7 @@ impl Family {
             _ => &bounds.duration[..],
         };
         let les = Les::new(bounds);
-        for (project, series) in jobs {
+        for (project, series) in jobs.each() {
             let project = format!("project=\"{}\"", escaped(project, true)).into_bytes();
             match self {
                 Self::Total => {

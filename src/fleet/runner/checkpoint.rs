@@ -13,7 +13,9 @@ use tracing::{error, info};
 
 use super::{Scheduler, SharedPoller, Slot};
 use crate::fleet::registry::{Entry, EntryState};
+use crate::metrics::Snapshot;
 use crate::metrics::carry::capture;
+use crate::metrics::jobs::ProjectSeries;
 use crate::model::ProjectId;
 use crate::persist::{self, Checkpoint, ProjectCheckpoint, StateError};
 use crate::project::cycle::{ProjectPoller, ProjectState};
@@ -30,6 +32,36 @@ pub enum CheckpointError {
     Render(#[from] crate::metrics::MetricsError),
     #[error("checkpoint task failed: {0}")]
     Task(String),
+}
+
+/// The job series of a checkpoint by path, borrowed: in the order the projects were taken, a
+/// later project of the same path winning.
+fn by_path<'c>(cp: &'c Checkpoint, order: &[String]) -> BTreeMap<&'c str, &'c ProjectSeries> {
+    let mut series = BTreeMap::new();
+    for p in order.iter().filter_map(|k| cp.projects.get(k)) {
+        if let Some((_, path)) = &p.resolved {
+            series.insert(path.as_str(), &p.series);
+        }
+    }
+    series
+}
+
+/// [`by_path`], the series moved out of the checkpoint.
+fn take_by_path(cp: &mut Checkpoint, order: &[String]) -> BTreeMap<String, ProjectSeries> {
+    let mut series = BTreeMap::new();
+    let mut taken = HashSet::new();
+    for key in order {
+        // A key taken twice is the same entry: its series are already moved.
+        if !taken.insert(key.as_str()) {
+            continue;
+        }
+        if let Some(p) = cp.projects.get_mut(key)
+            && let Some((_, path)) = &p.resolved
+        {
+            series.insert(path.clone(), std::mem::take(&mut p.series));
+        }
+    }
+    series
 }
 
 impl Scheduler {
@@ -174,6 +206,21 @@ impl Scheduler {
     /// cycle) and the `/metrics` page that shows exactly its values. CPU work (copies,
     /// rendering): run it off the async workers.
     pub fn checkpoint(&self) -> Result<(Checkpoint, String), crate::metrics::MetricsError> {
+        let (cp, own, order) = self.take_checkpoint();
+        let series = by_path(&cp, &order);
+        let page = self.metrics.render_projects(own, &series)?;
+        Ok((cp, page))
+    }
+
+    /// A checkpoint, the own families as it saved them, and the order its projects were
+    /// taken in (see [`by_path`]).
+    fn take_checkpoint(
+        &self,
+    ) -> (
+        Checkpoint,
+        Vec<prometheus::proto::MetricFamily>,
+        Vec<String>,
+    ) {
         let entries: Vec<(SharedPoller, bool, Option<f64>)> = {
             let slots = self.slots();
             let since = |id| match slots.registry.get(id).map(|e| e.state) {
@@ -188,7 +235,7 @@ impl Scheduler {
                 .collect()
         };
         let mut projects = BTreeMap::new();
-        let mut series = BTreeMap::new();
+        let mut order = Vec::with_capacity(entries.len());
         for (poller, discovered, retired_at) in entries {
             let (key, mut cp) = {
                 let p = poller.project();
@@ -196,21 +243,18 @@ impl Scheduler {
             };
             cp.discovered = discovered;
             cp.retired_at = retired_at;
-            if let Some((_, path)) = &cp.resolved {
-                series.insert(path.clone(), cp.series.clone());
-            }
+            order.push(key.clone());
             projects.insert(key, cp);
         }
         let own = self.metrics.own_families();
         let carried = capture(&own);
-        let page = self.metrics.render_with(own, &series)?;
         let cp = Checkpoint {
             version: persist::VERSION,
             gitlab_url: self.gitlab_url.clone(),
             projects,
             own: carried,
         };
-        Ok((cp, page))
+        (cp, own, order)
     }
 
     /// Writes a checkpoint (when `state.dir` is set), then lets `/metrics` show its values:
@@ -223,16 +267,19 @@ impl Scheduler {
         };
         let me = self.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let (cp, page) = me.checkpoint()?;
+            let (mut cp, own, order) = me.take_checkpoint();
             persist::save(&dir, &cp)?;
-            Ok::<_, CheckpointError>(page)
+            // The page is rendered from what was just saved when a scrape asks, not now: the
+            // series move out of the checkpoint (no copy), the rest of it is dropped.
+            let series = take_by_path(&mut cp, &order);
+            Ok::<_, CheckpointError>(Snapshot::new(own, series))
         })
         .await
         .map_err(|e| CheckpointError::Task(e.to_string()))
         .and_then(|r| r);
         match result {
-            Ok(page) => {
-                self.metrics.publish(page, secs(Utc::now()));
+            Ok(snapshot) => {
+                self.metrics.publish_snapshot(snapshot, secs(Utc::now()));
                 self.health.published();
                 Ok(())
             }
