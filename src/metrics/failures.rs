@@ -8,12 +8,10 @@
 //!
 //! Also the own metrics of classifying: results, and the jobs waiting.
 
-use std::collections::BTreeMap;
-
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
-use super::jobs::{Layout, OVERFLOW, ProjectSeries};
+use super::jobs::{Layout, OVERFLOW};
 use super::{KNOWN_FAILURE_REASONS, Metrics, OTHER_FAILURE_REASON, lock, with};
 use crate::tracker::JobLabels;
 
@@ -133,15 +131,12 @@ impl Metrics {
 }
 
 /// The family over all projects, if any has a series.
-pub(super) fn family(
-    jobs: &BTreeMap<String, ProjectSeries>,
-    layout: &Layout,
-) -> Option<MetricFamily> {
+pub(super) fn family(jobs: &impl super::text::Projects, layout: &Layout) -> Option<MetricFamily> {
     let names = names(layout);
     let mut metrics = Vec::new();
-    for (project, series) in jobs {
+    for (project, series) in jobs.each() {
         for (key, n) in &series.failures {
-            let mut pairs: Vec<LabelPair> = std::iter::once(("project", project.as_str()))
+            let mut pairs: Vec<LabelPair> = std::iter::once(("project", project))
                 .chain(names.iter().copied().zip(key.iter().map(String::as_str)))
                 .map(|(k, v)| {
                     let mut l = LabelPair::default();

@@ -108,8 +108,8 @@ pub fn restored(series: &mut BTreeMap<Key, u64>, layout: &Layout) -> usize {
 
 /// The family in the text format, byte for byte what `TextEncoder` writes (see the tests);
 /// `None` when no project has a series.
-pub fn render(jobs: &BTreeMap<String, ProjectSeries>, layout: &Layout) -> Option<Vec<u8>> {
-    if jobs.values().all(|s| s.flaky.is_empty()) {
+pub fn render(jobs: &impl super::text::Projects, layout: &Layout) -> Option<Vec<u8>> {
+    if jobs.each().all(|(_, s)| s.flaky.is_empty()) {
         return None;
     }
     let mut out = Vec::with_capacity(256);
@@ -120,7 +120,7 @@ pub fn render(jobs: &BTreeMap<String, ProjectSeries>, layout: &Layout) -> Option
         out,
         "# HELP {FLAKY_TOTAL} {help}\n# TYPE {FLAKY_TOTAL} counter\n"
     );
-    for (project, series) in jobs {
+    for (project, series) in jobs.each() {
         let mut quoted = String::new();
         super::text::escape_into(&mut quoted, project, true);
         for (key, n) in &series.flaky {
@@ -274,7 +274,10 @@ mod tests {
             assert_eq!(used(&jobs), 2 * jobs["g/a"].flaky.len());
         }
         assert_eq!(
-            render(&BTreeMap::new(), &Layout::new(&Default::default())),
+            render(
+                &BTreeMap::<String, ProjectSeries>::new(),
+                &Layout::new(&Default::default())
+            ),
             None
         );
     }

@@ -947,10 +947,8 @@ impl Metrics {
             Job(text::Family),
         }
         let mut parts = Vec::with_capacity(families.len() + 3);
-        for f in families
-            .into_iter()
-            .chain(failures::family(jobs, &self.layout))
-        {
+        let failures = failures::family(jobs, &self.layout);
+        for f in families.iter().chain(failures.as_ref()) {
             let mut text = Vec::new();
             TextEncoder::new().encode(std::slice::from_ref(f), &mut text)?;
             let histogram = f.get_field_type() == prometheus::proto::MetricType::HISTOGRAM;
