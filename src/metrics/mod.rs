@@ -748,12 +748,18 @@ impl Metrics {
 
     /// The exporter's own families, live values plus the carried base.
     pub fn own_families(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let used = series_used(&self.lock_jobs());
-        let flaky_used = flaky::used(&self.lock_jobs());
+        let (used, flaky_used, failures_used) = {
+            let jobs = self.lock_jobs();
+            let failures: usize = jobs.values().map(|s| s.failures.len()).sum();
+            (series_used(&jobs), flaky::used(&jobs), failures)
+        };
         for (name, n) in [jobs::JOBS_TOTAL, jobs::DURATION, jobs::QUEUED]
             .iter()
             .zip(used)
-            .chain([(&flaky::FLAKY_TOTAL, flaky_used)])
+            .chain([
+                (&flaky::FLAKY_TOTAL, flaky_used),
+                (&failures::FAILURES_TOTAL, failures_used),
+            ])
         {
             if let Some(g) = with(&self.fleet.series, &[name]) {
                 g.set(n as i64);
