@@ -288,6 +288,8 @@ pub struct GitlabClient {
     max_clock_skew: Duration,
     /// The last `Date` header was more than `max_clock_skew` off (logged on each change).
     clock_off: AtomicBool,
+    /// `gitlab.timeout`: the whole of a JSON request; a job log gets more (see `trace`).
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for GitlabClient {
@@ -364,6 +366,7 @@ impl GitlabClient {
             observer,
             max_clock_skew: cfg.max_clock_skew,
             clock_off: AtomicBool::new(false),
+            timeout: cfg.timeout,
         })
     }
 
@@ -659,6 +662,17 @@ impl GitlabClient {
         url: url::Url,
         method: &Method,
     ) -> Result<(StatusCode, HeaderMap, reqwest::Response), ApiError> {
+        self.open_within(endpoint, url, method, self.timeout).await
+    }
+
+    /// [`Self::open`] with the whole request (body included) allowed `timeout`.
+    async fn open_within(
+        &self,
+        endpoint: &'static str,
+        url: url::Url,
+        method: &Method,
+        timeout: Duration,
+    ) -> Result<(StatusCode, HeaderMap, reqwest::Response), ApiError> {
         let mut token =
             HeaderValue::from_str(self.token.expose_secret()).map_err(|_| ApiError::Transport {
                 endpoint,
@@ -684,6 +698,7 @@ impl GitlabClient {
             Method::Put(body) => form(self.http.put(url), body),
         };
         let resp = req
+            .timeout(timeout)
             .header("PRIVATE-TOKEN", token)
             .header(reqwest::header::ACCEPT, "application/json")
             .send()

@@ -98,7 +98,13 @@ impl GitlabClient {
         tail_bytes: usize,
         max_log_bytes: u64,
     ) -> Result<Trace, ApiError> {
-        let (status, headers, mut resp) = self.open(ENDPOINT, url, &Method::Get).await?;
+        // A log may be megabytes where a JSON page is kilobytes: `gitlab.timeout` plus a
+        // second per MiB allowed, so a long log on a slow link is read rather than timed out
+        // and downloaded again by every retry.
+        let timeout = self.timeout + Duration::from_secs(max_log_bytes.div_ceil(1 << 20));
+        let (status, headers, mut resp) = self
+            .open_within(ENDPOINT, url, &Method::Get, timeout)
+            .await?;
         if !status.is_success() {
             // An error answer is GitLab's JSON message (bounded), never the log.
             let body = read_capped(resp)
@@ -340,5 +346,66 @@ mod tests {
             "CPU per classification of a 5 MiB log: {:.2} ms",
             per * 1000.0
         );
+    }
+
+    /// A log within `max_log_bytes` that takes longer than `gitlab.timeout` to arrive is read,
+    /// not cut off and downloaded again by every retry.
+    #[tokio::test]
+    async fn a_slow_log_within_the_limit_is_read_once() {
+        let requests = Arc::new(AtomicU64::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    let total = 24 * CHUNK;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n"
+                    );
+                    if conn.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    // 24 writes 60 ms apart: longer than the 1 s `gitlab.timeout` below.
+                    for _ in 0..24 {
+                        if conn.write_all(&[b'.'; CHUNK]).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(60)).await;
+                    }
+                });
+            }
+        });
+        let mut cfg = crate::config::Config::new(
+            format!("http://{addr}"),
+            "t0ken".to_string().into(),
+            vec![],
+        );
+        cfg.gitlab.max_requests_per_minute = 1e9;
+        cfg.gitlab.timeout = Duration::from_secs(1);
+        let gitlab = cfg.gitlab.validate().expect("gitlab settings");
+        let metrics = Arc::new(
+            Metrics::new(&Default::default(), usize::MAX, &Default::default()).expect("metrics"),
+        );
+        let retry = RetryPolicy {
+            retries: 3,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            ..RetryPolicy::default()
+        };
+        let client =
+            GitlabClient::new(&gitlab, "t0ken".to_string().into(), retry, metrics).expect("client");
+        let read = client.trace("7", 1, 1024, 32 * 1024 * 1024).await;
+        let n = requests.load(Ordering::Relaxed);
+        assert!(
+            matches!(read, Ok(Trace::Tail(_))),
+            "{read:?} after {n} downloads"
+        );
+        assert_eq!(n, 1);
     }
 }

@@ -246,8 +246,9 @@ impl Project {
     /// Takes up where a checkpoint left off.
     pub fn restore(&mut self, cp: ProjectCheckpoint, metrics: &Metrics) {
         let policy = self.labels.fingerprint();
+        let policy_changed = cp.resolved.is_some() && cp.label_policy != policy;
         if let Some((_, path)) = &cp.resolved
-            && cp.label_policy != policy
+            && policy_changed
         {
             // Series under another policy would mix label sets in one family. The tracker is
             // kept, so no job is counted twice; the counters restart (a reset to Prometheus).
@@ -264,7 +265,19 @@ impl Project {
         self.attempts = cp.attempts.restored();
         self.completed_cycles = cp.completed_cycles;
         self.default_branch = cp.default_branch;
-        self.followups.restore(cp.followups);
+        if policy_changed {
+            // Queued failed jobs carry labels made under the old policy (e.g. a raw branch
+            // name where `ref = "kind"` now keeps them out): the series they would join
+            // restarted from zero with the jobs counted before, so they go with them.
+            if !cp.followups.is_empty() {
+                warn!(
+                    dropped = cp.followups.len(),
+                    "failed jobs waiting for their class were queued under the old label policy; not classified"
+                );
+            }
+        } else {
+            self.followups.restore(cp.followups);
+        }
         self.followups.sync_gauge(metrics);
         self.sync_tracked(metrics);
         if self.resolved.is_some() {
@@ -602,5 +615,60 @@ mod tests {
         };
         let (_, m) = restored(old, &kind);
         assert_eq!(m.project_series("g/p"), Default::default());
+    }
+
+    /// A failed job queued for its class under one label policy is not counted under labels
+    /// made by it after a restart with another (a raw branch name where `ref = "kind"`).
+    #[test]
+    fn queued_classes_do_not_outlive_a_label_policy_change() {
+        use crate::project::followups::{ClassifyConfig, Outcome};
+        let on = || {
+            Some(ClassifyConfig {
+                classifier: std::sync::Arc::new(crate::failures::Classifier::with_defaults()),
+                tail_bytes: 1024,
+                max_log_bytes: 4096,
+            })
+        };
+        let raw = LabelsConfig::default();
+        let kind = LabelsConfig {
+            ref_: crate::labels::RefMode::Kind,
+            ..Default::default()
+        };
+        let failed: crate::model::Job = serde_json::from_value(serde_json::json!({
+            "id": 9, "status": "failed", "stage": "test", "name": "rspec",
+            "ref": "feature/customer-acme-secret", "failure_reason": "script_failure",
+            "started_at": "2026-01-01T10:00:00.000Z", "finished_at": "2026-01-01T10:01:00.000Z",
+            "duration": 60.0, "queued_duration": 2.0,
+        }))
+        .unwrap();
+        let settings = crate::config::MetricsSettings::default();
+        let m_old = Metrics::new(&settings, usize::MAX, &raw).unwrap();
+        let mut p = project(&raw);
+        p.resolved = Some((1, "g/p".into()));
+        p.followups.set_config(on());
+        let mut events = Vec::new();
+        p.tracker.observe(&failed, 0.0, &mut events);
+        assert!(!events.is_empty());
+        let origin = vec![9; events.len()];
+        p.publish("g/p", events, &origin, &m_old);
+        assert_eq!(p.followups.len(), 1);
+        let cp = p.checkpoint(&m_old);
+
+        // Same policy: the queue comes back.
+        let m_same = Metrics::new(&settings, usize::MAX, &raw).unwrap();
+        let mut same = project(&raw);
+        same.followups.set_config(on());
+        same.restore(cp.clone(), &m_same);
+        assert_eq!(same.followups.len(), 1);
+
+        let m = Metrics::new(&settings, usize::MAX, &kind).unwrap();
+        let mut p = project(&kind);
+        p.followups.set_config(on());
+        p.restore(cp, &m);
+        assert_eq!(p.followups.len(), 0);
+        p.followups
+            .settle("g/p", 9, Outcome::Class("oom".into(), "classified"), &m);
+        let page = m.render().unwrap();
+        assert!(!page.contains("feature/customer-acme-secret"), "{page}");
     }
 }

@@ -12,6 +12,9 @@ use crate::failures::{LOG_TOO_LARGE, UNAVAILABLE};
 use crate::gitlab::{ApiError, Trace};
 use crate::project::followups::Outcome;
 
+/// How long one cycle may spend reading logs before it leaves the rest for the next one.
+const STEP_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Cycle<'_> {
     pub(super) async fn classify(&mut self) {
         let (plan, config) = {
@@ -21,7 +24,15 @@ impl Cycle<'_> {
             };
             (p.followups.plan(), config)
         };
+        // Logs are read while the project's cycle (and a fleet poll permit) is held: a slow
+        // GitLab must not keep the job list unpolled, so the step stops after a while and
+        // leaves the rest queued (no try counted).
+        let started = std::time::Instant::now();
         for job in plan {
+            if started.elapsed() > STEP_BUDGET {
+                debug!(project = %self.label, "failure classes: step budget spent; the rest waits for the next cycle");
+                break;
+            }
             let read = self
                 .client
                 .trace(&self.api_id, job, config.tail_bytes, config.max_log_bytes)

@@ -79,7 +79,11 @@ impl Cycle<'_> {
                     failed.extend(
                         page.jobs
                             .into_iter()
-                            .filter(|j| j.status == JobStatus::Failed),
+                            // A job of another pipeline in the answer (a broken proxy, a
+                            // look-alike) must not make this pipeline's passes flaky.
+                            .filter(|j| {
+                                j.status == JobStatus::Failed && j.pipeline_id() == Some(pipeline)
+                            }),
                     );
                     // Every waiting success found flaky: the rest is not needed (but then
                     // the pipeline is not known whole).
