@@ -370,7 +370,14 @@ async fn classifying_off_requests_no_log_and_shows_no_class() {
     common::assert_matches_truth(&scrape, &rig.truth());
     assert_eq!(rig.sim.trace_stats().requests, 0);
     assert!(scrape.values("gitlab_ci_job_failures_total").is_empty());
-    assert!(!scrape.text.contains("gitlab_ci_job_failures_total"));
+    // No family at all (its series count, `gitlab_jobs_exporter_series`, says 0).
+    assert!(!scrape.text.contains("# TYPE gitlab_ci_job_failures_total"));
+    assert!(!scrape.text.contains("gitlab_ci_job_failures_total{"));
+    assert!(
+        scrape
+            .text
+            .contains(r#"gitlab_jobs_exporter_series{metric="gitlab_ci_job_failures_total"} 0"#)
+    );
 }
 
 /// Through the configuration and the scheduler (`[failures] classify = true`, webhooks on):
