@@ -593,6 +593,8 @@ async fn run_demo(
     cfg.webhook.enabled = true;
     cfg.webhook.secret = Some(secret.clone().into());
     cfg.webhook.reconcile_interval = Duration::from_secs(60);
+    // The simulator serves job logs: the demo shows why jobs fail too.
+    cfg.failures.classify = true;
     let mut settings = cfg.validate().context("demo configuration")?;
     if let Some(every) = summary_interval {
         settings.summary_interval = every;

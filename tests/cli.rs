@@ -419,6 +419,11 @@ async fn demo_runs_without_gitlab_and_discovers_its_projects() {
                 && l.contains("result=\"applied\"")
         })
     };
+    // Failed jobs' logs are read and classified (the demo turns `[failures] classify` on).
+    let classified = |page: &str| {
+        page.lines()
+            .any(|l| l.starts_with("gitlab_ci_job_failures_total{"))
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut metrics = String::new();
     while tokio::time::Instant::now() < deadline {
@@ -426,7 +431,7 @@ async fn demo_runs_without_gitlab_and_discovers_its_projects() {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };
-        if hooked(&metrics) {
+        if hooked(&metrics) && classified(&metrics) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -435,6 +440,10 @@ async fn demo_runs_without_gitlab_and_discovers_its_projects() {
     let _ = child.wait();
     assert!(ready, "the demo became ready");
     assert!(hooked(&metrics), "the demo's hooks are applied: {metrics}");
+    assert!(
+        classified(&metrics),
+        "the demo classifies failed jobs: {metrics}"
+    );
     assert!(
         metrics.contains("gitlab_jobs_exporter_watched_projects 5"),
         "the demo group's five projects are discovered: {metrics}"
