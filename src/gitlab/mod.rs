@@ -577,18 +577,36 @@ impl GitlabClient {
         let url = self
             .url(endpoint, rel)
             .inspect_err(|e| self.observer.api_error(e.kind()))?;
-        let policy = self.retry.clone();
+        // A 429 is retried too: the throttle holds every request until GitLab's wait is over.
+        self.retrying(
+            endpoint,
+            || self.request_once(endpoint, url.clone(), method, &parse),
+            |e| method.may_retry(e),
+        )
+        .await
+    }
+
+    /// `attempt` again while `retry` says so, bounded and with backoff (`self.retry`); each
+    /// retry logged by its kind only: the error itself (with GitLab's message) is logged once,
+    /// by the caller, when the retries are used up.
+    async fn retrying<T, Fut>(
+        &self,
+        endpoint: &'static str,
+        attempt: impl FnMut() -> Fut,
+        retry: impl FnMut(&ApiError) -> bool,
+    ) -> Result<T, ApiError>
+    where
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let policy = &self.retry;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(policy.min_delay)
             .with_max_delay(policy.max_delay)
             .with_max_times(policy.retries)
             .with_jitter();
-        // A 429 is retried too: the throttle holds every request until GitLab's wait is over.
-        (|| self.request_once(endpoint, url.clone(), method, &parse))
+        attempt
             .retry(backoff)
-            .when(|e| method.may_retry(e))
-            // Only the kind: the error itself (with GitLab's message) is logged once, by the
-            // caller, when the retries are used up.
+            .when(retry)
             .notify(|e: &ApiError, wait: Duration| {
                 // The project, when there is one, is the caller's span (`poll`, `discovery`).
                 warn!(

@@ -9,9 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
 use reqwest::StatusCode;
-use tracing::warn;
 
 use super::{ApiError, GitlabClient, Method, describe, read_capped};
 use crate::failures::TailBuffer;
@@ -51,25 +49,12 @@ impl GitlabClient {
         let url = self
             .url(ENDPOINT, &format!("projects/{project}/jobs/{job_id}/trace"))
             .inspect_err(|e| self.observer.api_error(e.kind()))?;
-        let policy = &self.retry;
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(policy.min_delay)
-            .with_max_delay(policy.max_delay)
-            .with_max_times(policy.retries)
-            .with_jitter();
-        (|| self.trace_once(url.clone(), tail_bytes, max_log_bytes))
-            .retry(backoff)
-            .when(ApiError::is_transient)
-            .notify(|e: &ApiError, wait: Duration| {
-                warn!(
-                    endpoint = ENDPOINT,
-                    kind = e.kind(),
-                    status = e.status(),
-                    wait_ms = wait.as_millis() as u64,
-                    "GitLab request failed; retrying"
-                );
-            })
-            .await
+        self.retrying(
+            ENDPOINT,
+            || self.trace_once(url.clone(), tail_bytes, max_log_bytes),
+            ApiError::is_transient,
+        )
+        .await
     }
 
     async fn trace_once(
